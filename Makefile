@@ -1,0 +1,46 @@
+# ProCode Portal — every target installs what it needs first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 5000
+export FLASK_APP := wsgi
+
+.PHONY: install dev serve seed test test-fast lint db-upgrade db-stop bench-verify bench-usage clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+## make dev: database (embedded unless DATABASE_URL is set), migrations, demo data, then serve on :5000
+dev: install
+	PORTAL_ENV=development $(BIN)/flask db upgrade
+	PORTAL_ENV=development $(BIN)/flask seed
+	@echo ""
+	@echo "  ProCode Portal: http://$(HOST):$(PORT)/"
+	@echo "  Demo login:     demo@procode.dev / demo-password"
+	@echo "  Support staff:  support@procode.dev / support-password"
+	@echo ""
+	PORTAL_ENV=development $(BIN)/flask run --host $(HOST) --port $(PORT)
+
+db-upgrade: install
+	PORTAL_ENV=development $(BIN)/flask db upgrade
+
+## make test: a fresh, migrated PostgreSQL database (embedded unless TEST_DATABASE_URL is set)
+test: install
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check portal tests bench
+	$(BIN)/mypy
+
+## Stop the embedded development server (its data stays under instance/pgdata).
+db-stop: install
+	$(BIN)/python -m portal.db stop
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

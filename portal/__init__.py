@@ -1,0 +1,115 @@
+"""ProCode Portal: the self-service API-key portal and the key service behind it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from typing import Any
+
+from flask import Flask, g, request
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from portal.config import CONFIGS, Config
+
+log = logging.getLogger("portal")
+
+
+def create_app(config: dict[str, Any] | None = None, env: str | None = None) -> Flask:
+    """Build the app. ``env`` picks the config class (``PORTAL_ENV``, default production)."""
+    app = Flask(__name__, template_folder="../templates", static_folder="../static", instance_relative_config=True)
+    config_class: type[Config] = CONFIGS[env or os.environ.get("PORTAL_ENV", "production")]
+    app.config.from_object(config_class)
+    app.config.update(config_class.from_env())
+    app.config.update(config or {})
+    config_class.validate(app.config)
+    if os.environ.get("PORTAL_TRUST_PROXY"):
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1)  # type: ignore[method-assign]
+
+    configure_database(app)
+    register_extensions(app)
+    register_blueprints(app)
+    register_error_handlers(app)
+    register_request_hooks(app)
+    register_template_helpers(app)
+    register_commands(app)
+    return app
+
+
+def configure_database(app: Flask) -> None:
+    from portal.db import check_connection, resolve_database_url
+
+    url = resolve_database_url(app.config, app.instance_path)
+    app.config["SQLALCHEMY_DATABASE_URI"] = url
+    if not app.testing:
+        check_connection(url)
+
+
+def register_extensions(app: Flask) -> None:
+    from portal.extensions import csrf, db, login_manager, migrate
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=os.path.join(os.path.dirname(__file__), "..", "migrations"))
+    csrf.init_app(app)
+    login_manager.init_app(app)
+    login_manager.login_view = "auth.login"
+    login_manager.login_message_category = "info"
+    login_manager.session_protection = "basic"
+
+    from portal.auth.services import load_user
+
+    login_manager.user_loader(load_user)
+
+
+def register_blueprints(app: Flask) -> None:
+    from portal.auth import bp as auth_bp
+    from portal.keys import bp as keys_bp
+    from portal.orgs import bp as orgs_bp
+    from portal.staff import bp as staff_bp
+
+    app.register_blueprint(auth_bp)
+    app.register_blueprint(orgs_bp)
+    app.register_blueprint(keys_bp, url_prefix="/orgs/<slug>/keys")
+    app.register_blueprint(staff_bp, url_prefix="/staff")
+
+
+def register_error_handlers(app: Flask) -> None:
+    from portal.errors import register
+
+    register(app)
+
+
+def register_request_hooks(app: Flask) -> None:
+    @app.before_request
+    def start_request() -> None:
+        g.request_id = request.headers.get("X-Request-ID", "")[:64] or uuid.uuid4().hex
+        g.request_started = time.perf_counter()
+
+    @app.after_request
+    def harden_response(response: Any) -> Any:
+        response.headers.setdefault("X-Request-ID", g.get("request_id", ""))
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        if response.mimetype == "text/html":
+            response.headers.setdefault(
+                "Content-Security-Policy",
+                "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                "object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'",
+            )
+        if not app.debug and response.mimetype == "text/html":
+            response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+
+def register_template_helpers(app: Flask) -> None:
+    from portal.templating import register
+
+    register(app)
+
+
+def register_commands(app: Flask) -> None:
+    from portal.cli import register
+
+    register(app)

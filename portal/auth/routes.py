@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+from typing import Any
+
+from flask import flash, redirect, request, url_for
+from flask_login import current_user, login_required, login_user, logout_user
+
+from portal.auth import bp, services
+from portal.auth.forms import LoginForm, PasswordChangeForm, SignupForm
+from portal.http import render_form_page, safe_next_url
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login() -> Any:
+    if current_user.is_authenticated:
+        return redirect(url_for("orgs.home"))
+    form = LoginForm()
+    if form.validate_on_submit():
+        try:
+            user = services.authenticate(form.email.data, form.password.data, request.remote_addr)
+        except services.Throttled as exc:
+            form.form_errors.append(str(exc))
+            return render_form_page("auth/login.html", status_on_error=429, form=form)
+        except services.AuthError as exc:
+            form.form_errors.append(str(exc))
+            return render_form_page("auth/login.html", status_on_error=401, form=form)
+        login_user(user, remember=form.remember.data)
+        return redirect(safe_next_url(request.args.get("next")) or url_for("orgs.home"))
+    return render_form_page("auth/login.html", form=form)
+
+
+@bp.route("/signup", methods=["GET", "POST"])
+def signup() -> Any:
+    if current_user.is_authenticated:
+        return redirect(url_for("orgs.home"))
+    form = SignupForm()
+    if form.validate_on_submit():
+        try:
+            user, org = services.sign_up(form.email.data, form.display_name.data, form.password.data)
+        except services.EmailTaken:
+            form.email.errors.append("An account with this email already exists. Sign in instead.")
+        else:
+            login_user(user)
+            flash(f"Welcome to ProCode! {org.name} is ready; create your first test key.", "success")
+            return redirect(url_for("keys.index", slug=org.slug))
+    return render_form_page("auth/signup.html", form=form)
+
+
+@bp.post("/logout")
+@login_required
+def logout() -> Any:
+    logout_user()
+    flash("You are signed out.", "info")
+    return redirect(url_for("auth.login"))
+
+
+@bp.route("/account/password", methods=["GET", "POST"])
+@login_required
+def change_password() -> Any:
+    form = PasswordChangeForm()
+    if form.validate_on_submit():
+        if services.change_password(current_user, form.current_password.data, form.new_password.data):
+            login_user(current_user._get_current_object())  # re-issue the session with the new session token
+            flash("Password changed. Other sessions were signed out.", "success")
+            return redirect(url_for("orgs.home"))
+        form.current_password.errors.append("That is not your current password.")
+    return render_form_page("auth/password.html", form=form)

@@ -1,0 +1,134 @@
+"""Accounts: sign-up, sign-in with throttling, password changes."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import unicodedata
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from flask import current_app
+
+from portal import audit, ratelimit
+from portal.extensions import db
+from portal.models import Membership, Organization, User
+from portal.models.user import new_session_token
+from portal.security import burn_password_check, hash_password, password_needs_rehash, verify_password
+
+
+class AuthError(Exception):
+    """A sign-in that did not succeed; the message is safe to show (it never says whether the email exists)."""
+
+
+class Throttled(AuthError):
+    pass
+
+
+class EmailTaken(Exception):
+    pass
+
+
+def normalize_email(email: str) -> str:
+    return email.strip().lower()
+
+
+def find_user_by_email(email: str) -> User | None:
+    return db.session.scalar(sa.select(User).where(sa.func.lower(User.email) == normalize_email(email)))
+
+
+def load_user(login_id: str) -> User | None:
+    """Flask-Login's loader: the id carries the session token, so a password change signs out other sessions."""
+    parsed = User.parse_login_id(login_id)
+    if parsed is None:
+        return None
+    user = db.session.get(User, parsed[0])
+    if user is None or not user.is_active or not secrets.compare_digest(user.session_token, parsed[1]):
+        return None
+    return user
+
+
+def slugify(text: str) -> str:
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")
+    return slug[:40] or "org"
+
+
+def unique_slug(base: str) -> str:
+    slug = slugify(base)
+    candidate = slug
+    while db.session.scalar(sa.select(sa.exists().where(Organization.slug == candidate))):
+        candidate = f"{slug}-{secrets.token_hex(2)}"
+    return candidate
+
+
+def create_user(email: str, display_name: str, password: str, *, is_staff: bool = False) -> User:
+    if find_user_by_email(email) is not None:
+        raise EmailTaken(email)
+    user = User(
+        email=normalize_email(email),
+        display_name=display_name.strip(),
+        password_hash=hash_password(password),
+        is_staff=is_staff,
+    )
+    db.session.add(user)
+    db.session.flush()
+    return user
+
+
+def create_organization(name: str, owner: User, *, plan: str = "free", slug: str | None = None) -> Organization:
+    org = Organization(name=name.strip(), slug=slug or unique_slug(name), plan=plan)
+    db.session.add(org)
+    db.session.flush()
+    db.session.add(Membership(user_id=owner.id, organization_id=org.id, role="owner"))
+    audit.record("org.created", organization_id=org.id, actor=owner, target_type="organization", target_id=org.id)
+    return org
+
+
+def sign_up(email: str, display_name: str, password: str) -> tuple[User, Organization]:
+    """A new account with a personal organization on the free plan, owned by its creator."""
+    user = create_user(email, display_name, password)
+    org = create_organization(f"{user.display_name}'s organization", user)
+    db.session.commit()
+    return user, org
+
+
+def _throttle_buckets(email: str, ip: str | None) -> list[tuple[str, int]]:
+    cfg = current_app.config
+    buckets = [(f"login:acct:{normalize_email(email)}", cfg["LOGIN_MAX_FAILURES_PER_ACCOUNT"])]
+    if ip:
+        buckets.append((f"login:ip:{ip}", cfg["LOGIN_MAX_FAILURES_PER_IP"]))
+    return buckets
+
+
+def authenticate(email: str, password: str, ip: str | None) -> User:
+    """The user for these credentials, or ``AuthError``. Failures count per account and per address."""
+    window = current_app.config["LOGIN_THROTTLE_WINDOW"]
+    buckets = _throttle_buckets(email, ip)
+    if any(ratelimit.current(bucket, window) >= limit for bucket, limit in buckets):
+        raise Throttled("Too many failed sign-in attempts. Wait a few minutes and try again.")
+
+    user = find_user_by_email(email)
+    if user is None:
+        burn_password_check(password)
+    if user is None or not verify_password(user.password_hash, password) or not user.is_active:
+        for bucket, _ in buckets:
+            ratelimit.hit(bucket, window)
+        db.session.commit()
+        raise AuthError("Invalid email or password.")
+
+    if password_needs_rehash(user.password_hash):
+        user.password_hash = hash_password(password)
+    user.last_login_at = datetime.now(UTC)
+    db.session.commit()
+    return user
+
+
+def change_password(user: User, current_password: str, new_password: str) -> bool:
+    if not verify_password(user.password_hash, current_password):
+        return False
+    user.password_hash = hash_password(new_password)
+    user.session_token = new_session_token()
+    audit.record("user.password_changed", organization_id=None, actor=user, target_type="user", target_id=user.id)
+    db.session.commit()
+    return True

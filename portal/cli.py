@@ -1,0 +1,12 @@
+"""``flask`` commands. Each calls the same services as the web pages."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+
+def register(app: Flask) -> None:
+    from portal.commands import keys, orgs, seed, users
+
+    for group in (seed.seed, users.users, orgs.orgs, keys.keys):
+        app.cli.add_command(group)

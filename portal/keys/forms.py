@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time
+
+from flask_wtf import FlaskForm
+from wtforms import DateField, HiddenField, RadioField, SelectField, StringField
+from wtforms.validators import DataRequired, Length, Optional, ValidationError
+
+from portal.forms import choices, no_control_chars, strip_filter
+
+NAME_RULES = [DataRequired(), Length(max=100), no_control_chars]
+
+
+def future_date(form: FlaskForm, field: DateField) -> None:
+    if field.data is not None and field.data <= date.today():
+        raise ValidationError("Pick a date after today.")
+
+
+def end_of_day(day: date | None) -> datetime | None:
+    """An expiry date means the key works through that whole day (UTC)."""
+    return datetime.combine(day, time.max, tzinfo=UTC) if day else None
+
+
+class CreateKeyForm(FlaskForm):
+    name = StringField("Name", validators=NAME_RULES, filters=[strip_filter],
+                       description="What uses this key, e.g. “billing worker”.")
+    environment = RadioField("Environment", choices=choices([("test", "Test (pk_test_…)"), ("live", "Live (pk_live_…)")]),
+                             default="test", validators=[DataRequired()])
+    expires_on = DateField("Expires on (optional)", validators=[Optional(), future_date],
+                           description="The key stops working at the end of this day, UTC.")
+    request_token = HiddenField()
+
+
+class RenameKeyForm(FlaskForm):
+    name = StringField("Name", validators=NAME_RULES, filters=[strip_filter])
+
+
+class ExpiryForm(FlaskForm):
+    expires_on = DateField("Expires on", validators=[Optional(), future_date],
+                           description="Leave empty for a key that does not expire.")
+
+
+class RollKeyForm(FlaskForm):
+    grace = SelectField(
+        "Keep the old key working for",
+        choices=choices(
+            [("now", "No time: stop it now"), ("1h", "1 hour"), ("24h", "24 hours"), ("7d", "7 days")]
+        ),
+        default="24h",
+    )
+
+
+class ConfirmForm(FlaskForm):
+    """An empty form: a POST with a CSRF token, for buttons like revoke."""

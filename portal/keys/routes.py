@@ -1,0 +1,163 @@
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from flask import abort, current_app, flash, g, make_response, redirect, render_template, request, url_for
+from flask_login import current_user
+
+from portal.db import get_org_scoped_or_404
+from portal.forms import choices
+from portal.http import render_form_page
+from portal.keys import bp, services
+from portal.keys.forms import ConfirmForm, CreateKeyForm, ExpiryForm, RenameKeyForm, RollKeyForm, end_of_day
+from portal.models import ApiKey
+from portal.orgs.context import can, org_view
+
+
+def _require_env_permission(environment: str) -> None:
+    if not can("keys.manage_live" if environment == "live" else "keys.manage_test"):
+        abort(403, f"Your role ({g.membership.role}) cannot manage {environment} keys.")
+
+
+def _show_secret(issued: services.IssuedKey, headline: str) -> Any:
+    """The one page that ever shows a key; it is never cached and never re-shown."""
+    response = make_response(render_template(
+        "keys/created.html", api_key=issued.api_key, plaintext=issued.plaintext, headline=headline,
+        api_base=current_app.config["PUBLIC_API_BASE"],
+    ))
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.get("/")
+@org_view()
+def index(slug: str) -> Any:
+    page = request.args.get("page", 1, type=int) or 1
+    environment = request.args.get("env")
+    per_page = current_app.config["KEYS_PER_PAGE"]
+    keys, total = services.list_keys(g.org, page=page, per_page=per_page, environment=environment)
+    return render_template(
+        "keys/index.html", keys=keys, total=total, page=page, per_page=per_page, environment=environment,
+        now=services.now(), usable=services.usable_key_count(g.org.id),
+    )
+
+
+@bp.route("/new", methods=["GET", "POST"])
+@org_view("keys.manage_test")
+def create(slug: str) -> Any:
+    form = CreateKeyForm()
+    if not can("keys.manage_live"):
+        form.environment.choices = choices([("test", "Test (pk_test_…)")])
+    if request.method == "GET":
+        form.request_token.data = secrets.token_urlsafe(16)
+    if form.validate_on_submit():
+        token = (form.request_token.data or "")[:64] or None
+        existing = services.find_by_request_token(g.org, token) if token else None
+        if existing is not None:
+            flash("This key was already created. Its secret is shown only once.", "warning")
+            return redirect(url_for("keys.detail", slug=slug, key_id=existing.id))
+        _require_env_permission(form.environment.data)
+        try:
+            issued = services.create_key(
+                g.org, name=form.name.data, environment=form.environment.data, actor=current_user,
+                expires_at=end_of_day(form.expires_on.data), request_token=token,
+            )
+        except services.KeyActionError as exc:
+            form.form_errors.append(str(exc))
+        else:
+            return _show_secret(issued, "Your new key")
+    return render_form_page("keys/new.html", form=form)
+
+
+@bp.get("/<key_id>")
+@org_view()
+def detail(slug: str, key_id: str) -> Any:
+    api_key = get_org_scoped_or_404(ApiKey, g.org.id, key_id)
+    return render_template(
+        "keys/detail.html", api_key=api_key, now=services.now(),
+        rename_form=RenameKeyForm(name=api_key.name),
+        expiry_form=ExpiryForm(expires_on=api_key.expires_at.date() if api_key.expires_at else None),
+        roll_form=RollKeyForm(), revoke_form=ConfirmForm(),
+        may_manage=can("keys.manage_live" if api_key.environment == "live" else "keys.manage_test"),
+    )
+
+
+def _managed_key(key_id: str) -> ApiKey:
+    api_key = get_org_scoped_or_404(ApiKey, g.org.id, key_id)
+    _require_env_permission(api_key.environment)
+    return api_key
+
+
+def _back(api_key: ApiKey) -> Any:
+    return redirect(url_for("keys.detail", slug=g.org.slug, key_id=api_key.id))
+
+
+@bp.post("/<key_id>/rename")
+@org_view("keys.manage_test")
+def rename(slug: str, key_id: str) -> Any:
+    api_key = _managed_key(key_id)
+    form = RenameKeyForm()
+    if form.validate_on_submit():
+        services.rename_key(g.org, api_key, form.name.data, current_user)
+        flash("Key renamed.", "success")
+        return _back(api_key)
+    return _invalid(api_key, form)
+
+
+@bp.post("/<key_id>/expiry")
+@org_view("keys.manage_test")
+def expiry(slug: str, key_id: str) -> Any:
+    api_key = _managed_key(key_id)
+    form = ExpiryForm()
+    if form.validate_on_submit():
+        try:
+            services.set_expiry(g.org, api_key, end_of_day(form.expires_on.data), current_user)
+        except services.KeyActionError as exc:
+            form.form_errors.append(str(exc))
+        else:
+            flash("Expiry updated.", "success")
+            return _back(api_key)
+    return _invalid(api_key, form)
+
+
+@bp.post("/<key_id>/revoke")
+@org_view("keys.manage_test")
+def revoke(slug: str, key_id: str) -> Any:
+    api_key = _managed_key(key_id)
+    form = ConfirmForm()
+    if form.validate_on_submit():
+        try:
+            services.revoke_key(g.org, api_key, current_user)
+        except services.KeyActionError as exc:
+            flash(str(exc), "error")
+        else:
+            flash(f"Key “{api_key.name}” ({api_key.hint}) is revoked. Calls with it now fail.", "success")
+    return _back(api_key)
+
+
+@bp.post("/<key_id>/roll")
+@org_view("keys.manage_test")
+def roll(slug: str, key_id: str) -> Any:
+    api_key = _managed_key(key_id)
+    form = RollKeyForm()
+    if form.validate_on_submit():
+        try:
+            issued = services.roll_key(g.org, api_key, services.ROLL_GRACE_PERIODS[form.grace.data], current_user)
+        except services.KeyActionError as exc:
+            flash(str(exc), "error")
+            return _back(api_key)
+        return _show_secret(issued, "Your rolled key")
+    return _invalid(api_key, form)
+
+
+def _invalid(api_key: ApiKey, form: Any) -> Any:
+    """Re-render the key page with the failing form's errors, answering 422."""
+    forms = {
+        "rename_form": RenameKeyForm(name=api_key.name),
+        "expiry_form": ExpiryForm(expires_on=api_key.expires_at.date() if api_key.expires_at else None),
+        "roll_form": RollKeyForm(),
+        "revoke_form": ConfirmForm(),
+    }
+    forms[{RenameKeyForm: "rename_form", ExpiryForm: "expiry_form", RollKeyForm: "roll_form"}[type(form)]] = form
+    return render_template("keys/detail.html", api_key=api_key, now=services.now(), may_manage=True, **forms), 422

@@ -1,0 +1,171 @@
+"""Key lifecycle: create, rename, set expiry, roll, revoke. Shared by the portal, the CLI and the staff area."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+from flask import current_app
+
+from portal import audit
+from portal.db import org_scoped
+from portal.extensions import db
+from portal.keys import format as keyformat
+from portal.models import ApiKey, Organization, User
+
+ROLL_GRACE_PERIODS: dict[str, timedelta] = {
+    "now": timedelta(0),
+    "1h": timedelta(hours=1),
+    "24h": timedelta(hours=24),
+    "7d": timedelta(days=7),
+}
+
+
+class KeyActionError(Exception):
+    """A key operation that cannot be done; the message is shown to the user."""
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    """A freshly made key: the row, and the plaintext that exists only until this response is sent."""
+
+    api_key: ApiKey
+    plaintext: str
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def pepper() -> str:
+    return str(current_app.config["API_KEY_PEPPER"])
+
+
+def usable_key_count(organization_id: uuid.UUID) -> int:
+    moment = now()
+    query = (
+        sa.select(sa.func.count())
+        .select_from(ApiKey)
+        .where(
+            ApiKey.organization_id == organization_id,
+            ApiKey.revoked_at.is_(None),
+            sa.or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > moment),
+        )
+    )
+    return int(db.session.scalar(query) or 0)
+
+
+def _issue(org: Organization, name: str, environment: str, actor: User | None,
+           expires_at: datetime | None, metadata: dict[str, object] | None) -> IssuedKey:
+    plaintext = keyformat.generate(environment)
+    api_key = ApiKey(
+        organization_id=org.id,
+        name=name,
+        environment=environment,
+        hint=keyformat.hint(plaintext),
+        key_hash=keyformat.key_hash(plaintext, pepper()),
+        created_by_id=actor.id if actor else None,
+        expires_at=expires_at,
+        metadata_=metadata or {},
+    )
+    db.session.add(api_key)
+    db.session.flush()
+    return IssuedKey(api_key, plaintext)
+
+
+def create_key(
+    org: Organization,
+    *,
+    name: str,
+    environment: str,
+    actor: User | None,
+    expires_at: datetime | None = None,
+    request_token: str | None = None,
+    actor_label: str | None = None,
+) -> IssuedKey:
+    """Make a key. ``request_token`` makes a resubmitted form find its first key instead of a second."""
+    if environment not in keyformat.PREFIXES:
+        raise KeyActionError(f"Unknown environment {environment!r}.")
+    if expires_at is not None and expires_at <= now():
+        raise KeyActionError("The expiry date must be in the future.")
+    limit = org.plan_info.max_keys
+    if usable_key_count(org.id) >= limit:
+        raise KeyActionError(f"The {org.plan_info.label} plan allows {limit} active keys. Revoke one or upgrade.")
+    metadata = {"request_token": request_token} if request_token else None
+    issued = _issue(org, name, environment, actor, expires_at, metadata)
+    audit.record(
+        "key.created", organization_id=org.id, actor=actor, actor_label=actor_label, target_type="api_key",
+        target_id=issued.api_key.id, details={"name": name, "environment": environment, "hint": issued.api_key.hint},
+    )
+    db.session.commit()
+    return issued
+
+
+def find_by_request_token(org: Organization, request_token: str) -> ApiKey | None:
+    return db.session.scalar(
+        org_scoped(ApiKey, org.id).where(ApiKey.metadata_["request_token"].astext == request_token)
+    )
+
+
+def list_keys(org: Organization, *, page: int = 1, per_page: int = 20,
+              environment: str | None = None) -> tuple[list[ApiKey], int]:
+    query = org_scoped(ApiKey, org.id)
+    if environment in keyformat.PREFIXES:
+        query = query.where(ApiKey.environment == environment)
+    total = int(db.session.scalar(sa.select(sa.func.count()).select_from(query.subquery())) or 0)
+    rows = db.session.scalars(
+        query.order_by(ApiKey.revoked_at.is_not(None), ApiKey.created_at.desc(), ApiKey.id)
+        .limit(per_page)
+        .offset((max(page, 1) - 1) * per_page)
+    )
+    return list(rows), total
+
+
+def rename_key(org: Organization, api_key: ApiKey, name: str, actor: User | None) -> None:
+    old = api_key.name
+    api_key.name = name
+    audit.record("key.renamed", organization_id=org.id, actor=actor, target_type="api_key", target_id=api_key.id,
+                 details={"from": old, "to": name, "hint": api_key.hint})
+    db.session.commit()
+
+
+def set_expiry(org: Organization, api_key: ApiKey, expires_at: datetime | None, actor: User | None) -> None:
+    if api_key.revoked_at is not None:
+        raise KeyActionError("A revoked key cannot be changed.")
+    if expires_at is not None and expires_at <= now():
+        raise KeyActionError("The expiry date must be in the future.")
+    api_key.expires_at = expires_at
+    audit.record("key.expiry_changed", organization_id=org.id, actor=actor, target_type="api_key",
+                 target_id=api_key.id,
+                 details={"expires_at": expires_at.isoformat() if expires_at else None, "hint": api_key.hint})
+    db.session.commit()
+
+
+def revoke_key(org: Organization, api_key: ApiKey, actor: User | None, actor_label: str | None = None) -> None:
+    """Revoke now; the very next verification of this key fails."""
+    if api_key.revoked_at is not None and api_key.revoked_at <= now():
+        raise KeyActionError("This key is already revoked.")
+    api_key.revoked_at = now()
+    api_key.revoked_by_id = actor.id if actor else None
+    audit.record("key.revoked", organization_id=org.id, actor=actor, actor_label=actor_label,
+                 target_type="api_key", target_id=api_key.id, details={"name": api_key.name, "hint": api_key.hint})
+    db.session.commit()
+
+
+def roll_key(org: Organization, api_key: ApiKey, grace: timedelta, actor: User | None) -> IssuedKey:
+    """A new key with the same name; the old one keeps working for ``grace``, then stops."""
+    moment = now()
+    if api_key.status_at(moment) != "active":
+        raise KeyActionError("Only an active key can be rolled.")
+    issued = _issue(org, api_key.name, api_key.environment, actor, api_key.expires_at,
+                    {"rolled_from": str(api_key.id)})
+    api_key.replaced_by_id = issued.api_key.id
+    api_key.revoked_at = moment + grace
+    api_key.revoked_by_id = actor.id if actor else None
+    audit.record("key.rolled", organization_id=org.id, actor=actor, target_type="api_key", target_id=api_key.id,
+                 details={"name": api_key.name, "old_hint": api_key.hint, "new_hint": issued.api_key.hint,
+                          "new_key_id": str(issued.api_key.id), "old_key_stops_at": api_key.revoked_at.isoformat()})
+    db.session.commit()
+    return issued

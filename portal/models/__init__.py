@@ -1,0 +1,12 @@
+"""Every model, imported here so Alembic's autogenerate sees every table."""
+
+from portal.models.api_key import ENVIRONMENTS, ApiKey
+from portal.models.audit import AuditEvent
+from portal.models.organization import ROLES, Invitation, Membership, Organization
+from portal.models.usage import OUTCOMES, ApiKeyUsage, RateLimitTracking
+from portal.models.user import User
+
+__all__ = [
+    "ENVIRONMENTS", "OUTCOMES", "ROLES", "ApiKey", "ApiKeyUsage", "AuditEvent", "Invitation", "Membership",
+    "Organization", "RateLimitTracking", "User",
+]

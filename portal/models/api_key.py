@@ -1,0 +1,67 @@
+"""API keys: only a keyed hash and a display hint are stored, never the key itself."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from portal.extensions import db
+from portal.models._types import Timestamp, check_in, created_at, uuid_pk
+from portal.models.organization import Organization
+from portal.models.user import User
+
+ENVIRONMENTS: tuple[str, ...] = ("test", "live")
+
+
+class ApiKey(db.Model):
+    __tablename__ = "api_keys"
+    __table_args__ = (
+        check_in("environment", ENVIRONMENTS, "ck_api_keys_environment"),
+        sa.Index("ix_api_keys_org_created", "organization_id", sa.text("created_at DESC")),
+        # Keys still able to authenticate, for counting against the plan's key limit.
+        sa.Index("ix_api_keys_org_unrevoked", "organization_id", postgresql_where=sa.text("revoked_at IS NULL")),
+    )
+
+    id: Mapped[uuid_pk]
+    organization_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), sa.ForeignKey("organizations.id", ondelete="CASCADE")
+    )
+    name: Mapped[str] = mapped_column(sa.String(100))
+    environment: Mapped[str] = mapped_column(sa.String(4))
+    hint: Mapped[str] = mapped_column(sa.String(40))
+    key_hash: Mapped[bytes] = mapped_column(sa.LargeBinary(32), unique=True)
+    created_by_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), sa.ForeignKey("users.id", ondelete="SET NULL")
+    )
+    created_at: Mapped[created_at]
+    expires_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    revoked_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    revoked_by_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), sa.ForeignKey("users.id", ondelete="SET NULL")
+    )
+    last_used_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    replaced_by_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), sa.ForeignKey("api_keys.id", ondelete="SET NULL")
+    )
+    metadata_: Mapped[dict[str, Any]] = mapped_column(
+        "metadata", JSONB, server_default=sa.text("'{}'::jsonb")
+    )
+
+    organization: Mapped[Organization] = relationship()
+    created_by: Mapped[User | None] = relationship(foreign_keys=[created_by_id])
+    revoked_by: Mapped[User | None] = relationship(foreign_keys=[revoked_by_id])
+
+    def status_at(self, now: datetime) -> str:
+        """``active``, ``expiring`` (rolled or due to expire, still working), ``expired`` or ``revoked``."""
+        if self.revoked_at is not None and self.revoked_at <= now:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= now:
+            return "expired"
+        if self.replaced_by_id is not None or self.revoked_at is not None:
+            return "expiring"
+        return "active"

@@ -1,0 +1,89 @@
+"""Organizations, who belongs to them, and pending invitations."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from portal.extensions import db
+from portal.models._types import Timestamp, check_in, created_at, uuid_pk
+from portal.plans import PLAN_NAMES, PLANS, Plan
+
+if TYPE_CHECKING:
+    from portal.models.user import User
+
+ROLES: tuple[str, ...] = ("owner", "admin", "developer", "viewer")
+
+
+class Organization(db.Model):
+    __tablename__ = "organizations"
+    __table_args__ = (check_in("plan", PLAN_NAMES, "ck_organizations_plan"),)
+
+    id: Mapped[uuid_pk]
+    name: Mapped[str] = mapped_column(sa.String(100))
+    slug: Mapped[str] = mapped_column(sa.String(60), unique=True)
+    plan: Mapped[str] = mapped_column(sa.String(20), server_default="free")
+    created_at: Mapped[created_at]
+
+    memberships: Mapped[list[Membership]] = relationship(
+        back_populates="organization", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+    @property
+    def plan_info(self) -> Plan:
+        return PLANS[self.plan]
+
+
+class Membership(db.Model):
+    __tablename__ = "memberships"
+    __table_args__ = (
+        sa.UniqueConstraint("user_id", "organization_id", name="uq_memberships_user_org"),
+        check_in("role", ROLES, "ck_memberships_role"),
+        sa.Index("ix_memberships_organization_id", "organization_id"),
+    )
+
+    id: Mapped[uuid_pk]
+    user_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), sa.ForeignKey("users.id", ondelete="CASCADE"))
+    organization_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), sa.ForeignKey("organizations.id", ondelete="CASCADE")
+    )
+    role: Mapped[str] = mapped_column(sa.String(20))
+    created_at: Mapped[created_at]
+
+    user: Mapped[User] = relationship(back_populates="memberships")
+    organization: Mapped[Organization] = relationship(back_populates="memberships")
+
+
+class Invitation(db.Model):
+    """An invite link: only the SHA-256 of its token is stored, the link itself is shown once."""
+
+    __tablename__ = "invitations"
+    __table_args__ = (
+        check_in("role", ROLES, "ck_invitations_role"),
+        sa.Index("ix_invitations_organization_id", "organization_id"),
+    )
+
+    id: Mapped[uuid_pk]
+    organization_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), sa.ForeignKey("organizations.id", ondelete="CASCADE")
+    )
+    role: Mapped[str] = mapped_column(sa.String(20))
+    email: Mapped[str | None] = mapped_column(sa.String(254))
+    token_hash: Mapped[bytes] = mapped_column(sa.LargeBinary(32), unique=True)
+    created_by_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), sa.ForeignKey("users.id", ondelete="SET NULL")
+    )
+    created_at: Mapped[created_at]
+    expires_at: Mapped[datetime] = mapped_column(Timestamp)
+    accepted_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    accepted_by_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), sa.ForeignKey("users.id", ondelete="SET NULL")
+    )
+    revoked_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+    organization: Mapped[Organization] = relationship()

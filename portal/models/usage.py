@@ -1,0 +1,49 @@
+"""Records of verified calls, and the counters the rate limiter keeps per window."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy.orm import Mapped, mapped_column
+
+from portal.extensions import db
+from portal.models._types import Timestamp, check_in
+
+OUTCOMES: tuple[str, ...] = ("ok", "malformed", "unknown", "revoked", "expired", "rate_limited")
+
+
+class ApiKeyUsage(db.Model):
+    """One row per answered verification, valid or not."""
+
+    __tablename__ = "api_key_usage"
+    __table_args__ = (
+        check_in("outcome", OUTCOMES, "ck_api_key_usage_outcome"),
+        sa.Index("ix_api_key_usage_org_time", "organization_id", "occurred_at"),
+        sa.Index("ix_api_key_usage_key_time", "key_id", "occurred_at"),
+    )
+
+    id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
+    key_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    organization_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    occurred_at: Mapped[datetime] = mapped_column(Timestamp, server_default=sa.func.now())
+    endpoint: Mapped[str | None] = mapped_column(sa.String(200))
+    status_code: Mapped[int] = mapped_column(sa.SmallInteger)
+    latency_ms: Mapped[float | None] = mapped_column(sa.Float)
+    outcome: Mapped[str] = mapped_column(sa.String(20))
+
+
+class RateLimitTracking(db.Model):
+    """A counter per bucket per window (``org:<id>`` for the API, ``login:…`` for sign-in failures)."""
+
+    __tablename__ = "rate_limit_tracking"
+    __table_args__ = (sa.Index("ix_rate_limit_tracking_window_start", "window_start"),)
+
+    bucket: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(Timestamp, primary_key=True)
+    organization_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), sa.ForeignKey("organizations.id", ondelete="CASCADE")
+    )
+    count: Mapped[int] = mapped_column(sa.Integer, server_default="0")

@@ -1,0 +1,174 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+
+from portal.extensions import db
+from portal.keys import format as keyformat
+from portal.models import ApiKey, AuditEvent
+from tests import factories
+
+
+def _create(client, org, **data):
+    form = {"name": "Billing worker", "environment": "test", "request_token": "tok-" + data.pop("token", "1")}
+    form.update(data)
+    return client.post(f"/orgs/{org.slug}/keys/new", data=form)
+
+
+def test_key_format_has_checksum_and_entropy():
+    key = keyformat.generate("live")
+    assert key.startswith("pk_live_") and len(key) == keyformat.KEY_LENGTH
+    assert keyformat.parse(key).environment == "live"
+    mistyped = key[:-7] + ("A" if key[-7] != "A" else "B") + key[-6:]
+    assert keyformat.parse(mistyped) is None
+    assert keyformat.parse(key[:-1]) is None
+    assert keyformat.parse("sk_live_" + key[8:]) is None
+    assert keyformat.parse(12345) is None
+    assert len({keyformat.generate("test") for _ in range(200)}) == 200
+
+
+def test_create_shows_key_once_and_stores_only_hash(client, auth, org, member, app):
+    auth.login(member)
+    response = _create(client, org)
+    assert response.status_code == 200
+    assert response.headers["Cache-Control"] == "no-store"
+    body = response.get_data(as_text=True)
+    plaintext = body.split('id="new-key" class="secret-value">')[1].split("<")[0]
+    assert keyformat.parse(plaintext) is not None
+    assert f"Bearer {plaintext}" in body  # the ready curl line
+    row = db.session.scalar(sa.select(ApiKey).where(ApiKey.organization_id == org.id))
+    assert row.key_hash == keyformat.key_hash(plaintext, app.config["API_KEY_PEPPER"])
+    assert row.hint == keyformat.hint(plaintext) and plaintext not in row.hint
+    stored = db.session.execute(sa.text("SELECT row_to_json(api_keys)::text FROM api_keys")).scalar()
+    assert plaintext not in stored
+    # The list and detail pages never show it again.
+    assert plaintext not in client.get(f"/orgs/{org.slug}/keys/").get_data(as_text=True)
+    assert plaintext not in client.get(f"/orgs/{org.slug}/keys/{row.id}").get_data(as_text=True)
+
+
+def test_resubmitting_the_create_form_does_not_reshow_or_duplicate(client, auth, org, member):
+    auth.login(member)
+    _create(client, org, token="same")
+    again = _create(client, org, token="same")
+    assert again.status_code == 302
+    follow = client.get(again.headers["Location"])
+    assert "already created" in follow.get_data(as_text=True)
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(ApiKey)) == 1
+
+
+def test_create_rejects_bad_input(client, auth, org, member):
+    auth.login(member)
+    yesterday = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()
+    response = _create(client, org, name="x" * 101, expires_on=yesterday)
+    assert response.status_code == 422
+    body = response.get_data(as_text=True)
+    assert "Field cannot be longer than 100 characters." in body
+    assert "Pick a date after today." in body
+    response = _create(client, org, name="", environment="prod")
+    assert response.status_code == 422
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(ApiKey)) == 0
+
+
+def test_developer_cannot_create_live_keys_admin_can(client, auth, org, member):
+    auth.login(member)
+    assert _create(client, org, environment="live").status_code == 422  # not a choice for developers
+    admin = factories.member(org, "admin")
+    auth.logout()
+    auth.login(admin)
+    response = _create(client, org, environment="live", token="2")
+    assert response.status_code == 200 and "pk_live_" in response.get_data(as_text=True)
+
+
+def test_viewer_reads_but_cannot_create(client, auth, org, owner):
+    factories.api_key(org, owner, name="Existing")
+    viewer = factories.member(org, "viewer")
+    auth.login(viewer)
+    assert "Existing" in client.get(f"/orgs/{org.slug}/keys/").get_data(as_text=True)
+    assert client.get(f"/orgs/{org.slug}/keys/new").status_code == 403
+
+
+def test_plan_key_limit(client, auth, org, owner):
+    for n in range(org.plan_info.max_keys):
+        factories.api_key(org, owner, name=f"k{n}")
+    auth.login(owner)
+    response = _create(client, org)
+    assert response.status_code == 422
+    assert "allows 5 active keys" in response.get_data(as_text=True)
+
+
+def test_revoke_is_post_and_audited(client, auth, org, member):
+    issued = factories.api_key(org, member)
+    auth.login(member)
+    url = f"/orgs/{org.slug}/keys/{issued.api_key.id}/revoke"
+    assert client.get(url).status_code == 405
+    assert client.post(url).status_code == 302
+    db.session.refresh(issued.api_key)
+    assert issued.api_key.revoked_at is not None
+    assert issued.api_key.status_at(datetime.now(UTC)) == "revoked"
+    event = db.session.scalar(sa.select(AuditEvent).where(AuditEvent.action == "key.revoked"))
+    assert event.organization_id == org.id and event.actor_id == member.id
+
+
+def test_roll_with_grace_keeps_old_key_until_then(client, auth, org, member):
+    issued = factories.api_key(org, member, name="Worker")
+    auth.login(member)
+    response = client.post(f"/orgs/{org.slug}/keys/{issued.api_key.id}/roll", data={"grace": "1h"})
+    assert response.status_code == 200
+    new_plain = response.get_data(as_text=True).split('id="new-key" class="secret-value">')[1].split("<")[0]
+    db.session.refresh(issued.api_key)
+    old = issued.api_key
+    new = db.session.get(ApiKey, old.replaced_by_id)
+    assert new.name == "Worker" and new.hint == keyformat.hint(new_plain)
+    now = datetime.now(UTC)
+    assert old.status_at(now) == "expiring"
+    assert old.status_at(now + timedelta(hours=1, seconds=1)) == "revoked"
+    assert db.session.scalar(sa.select(AuditEvent).where(AuditEvent.action == "key.rolled"))
+
+
+def test_roll_now_stops_the_old_key_immediately(client, auth, org, member):
+    issued = factories.api_key(org, member)
+    auth.login(member)
+    client.post(f"/orgs/{org.slug}/keys/{issued.api_key.id}/roll", data={"grace": "now"})
+    db.session.refresh(issued.api_key)
+    assert issued.api_key.status_at(datetime.now(UTC)) == "revoked"
+
+
+def test_rename_and_expiry(client, auth, org, member):
+    issued = factories.api_key(org, member)
+    auth.login(member)
+    base = f"/orgs/{org.slug}/keys/{issued.api_key.id}"
+    assert client.post(f"{base}/rename", data={"name": "Renamed"}).status_code == 302
+    future = (datetime.now(UTC) + timedelta(days=30)).date()
+    assert client.post(f"{base}/expiry", data={"expires_on": future.isoformat()}).status_code == 302
+    db.session.refresh(issued.api_key)
+    assert issued.api_key.name == "Renamed"
+    assert issued.api_key.expires_at.date() == future
+    assert client.post(f"{base}/rename", data={"name": ""}).status_code == 422
+
+
+def test_other_orgs_keys_are_404(client, auth, org, member):
+    other_org = factories.org()
+    other_owner = factories.member(other_org, "owner")
+    foreign = factories.api_key(other_org, other_owner)
+    auth.login(member)
+    assert client.get(f"/orgs/{org.slug}/keys/{foreign.api_key.id}").status_code == 404
+    assert client.post(f"/orgs/{org.slug}/keys/{foreign.api_key.id}/revoke").status_code == 404
+    assert client.get(f"/orgs/{other_org.slug}/keys/").status_code == 404
+    assert client.get(f"/orgs/{org.slug}/keys/not-a-uuid").status_code == 404
+    db.session.refresh(foreign.api_key)
+    assert foreign.api_key.revoked_at is None
+
+
+def test_list_is_paginated(client, auth, app, owner):
+    big = factories.org(plan="pro")
+    factories.member(big, "owner", owner)
+    for n in range(25):
+        factories.api_key(big, owner, name=f"key-{n:02d}")
+    auth.login(owner)
+    first = client.get(f"/orgs/{big.slug}/keys/").get_data(as_text=True)
+    second = client.get(f"/orgs/{big.slug}/keys/?page=2").get_data(as_text=True)
+    assert "Page 1 of 2" in first and "Page 2 of 2" in second
+    on_first = {f"key-{n:02d}" for n in range(25) if f">key-{n:02d}<" in first}
+    on_second = {f"key-{n:02d}" for n in range(25) if f">key-{n:02d}<" in second}
+    assert len(on_first) == 20 and len(on_second) == 5 and not on_first & on_second

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import pytest
+
+from portal import create_app
+from portal.config import ConfigError
+
+
+def test_csrf_token_is_required_for_state_changes(csrf_app, owner):
+    client = csrf_app.test_client()
+    response = client.post("/login", data={"email": owner.email, "password": "correct horse battery"})
+    assert response.status_code == 400
+    assert "The form expired" in response.get_data(as_text=True)
+    page = client.get("/login").get_data(as_text=True)
+    token = page.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
+    response = client.post("/login", data={"email": owner.email, "password": "correct horse battery",
+                                           "csrf_token": token})
+    assert response.status_code == 302
+
+
+def test_production_refuses_to_start_without_secrets(monkeypatch):
+    monkeypatch.delenv("SECRET_KEY", raising=False)
+    monkeypatch.delenv("API_KEY_PEPPER", raising=False)
+    with pytest.raises(ConfigError, match="SECRET_KEY and API_KEY_PEPPER must be set"):
+        create_app(env="production")
+
+
+def test_database_down_at_startup_names_url_without_password(monkeypatch):
+    monkeypatch.setenv("SECRET_KEY", "x" * 32)
+    monkeypatch.setenv("API_KEY_PEPPER", "y" * 32)
+    monkeypatch.setenv("DATABASE_URL", "postgresql://procode:hunter2secret@127.0.0.1:1/procode")
+    with pytest.raises(SystemExit) as excinfo:
+        create_app(env="production")
+    message = str(excinfo.value)
+    assert "127.0.0.1:1/procode" in message
+    assert "hunter2secret" not in message
+
+
+def test_pages_send_security_headers(client):
+    response = client.get("/login")
+    assert "script-src 'self'" in response.headers["Content-Security-Policy"]
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert "<script>" not in response.get_data(as_text=True)
+
+
+def test_unknown_page_is_a_plain_404(client):
+    response = client.get("/no/such/page")
+    assert response.status_code == 404
+    assert "Page not found" in response.get_data(as_text=True)
