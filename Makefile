@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 export FLASK_APP := wsgi
 
-.PHONY: install dev serve seed test test-fast lint db-upgrade db-stop bench-verify bench-usage clean
+.PHONY: install chromium dev serve seed test test-fast lint db-upgrade db-stop bench-verify bench-usage clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,8 +30,14 @@ dev: install
 db-upgrade: install
 	PORTAL_ENV=development $(BIN)/flask db upgrade
 
+## Debian's Chromium for the browser tests (installed when missing and we are root; else they are skipped)
+chromium:
+	@test -x /usr/bin/chromium || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else echo "chromium missing and not root: browser tests will be skipped"; fi; }
+
 ## make test: a fresh, migrated PostgreSQL database (embedded unless TEST_DATABASE_URL is set)
-test: install
+test: install chromium
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: install

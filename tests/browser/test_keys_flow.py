@@ -1,0 +1,67 @@
+"""A new customer's first minutes, in a real browser: sign up, create a key, copy it, revoke it."""
+
+from __future__ import annotations
+
+import re
+import secrets
+
+from portal.keys import format as keyformat
+
+
+def sign_up(page, live_server: str) -> str:
+    email = f"browser-{secrets.token_hex(4)}@example.com"
+    page.goto(f"{live_server}/signup")
+    page.get_by_label("Your name").fill("Grace Hopper")
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill("a long enough password")
+    page.get_by_role("button", name="Create account").click()
+    return email
+
+
+def test_sign_up_create_copy_and_revoke_a_key(page, live_server):
+    sign_up(page, live_server)
+    assert page.get_by_role("heading", name="No keys yet").is_visible()
+
+    page.get_by_role("link", name="Create your first key").click()
+    page.get_by_label("Name").fill("Checkout service")
+    page.get_by_role("button", name="Create key").click()
+
+    secret = page.locator("#new-key").inner_text().strip()
+    assert keyformat.parse(secret) is not None and secret.startswith("pk_test_")
+    page.get_by_role("button", name="Copy").first.click()
+    assert page.evaluate("navigator.clipboard.readText()") == secret
+    assert page.get_by_role("button", name="Copied").is_visible()
+
+    page.get_by_role("link", name="I have stored it, continue").click()
+    assert secret not in page.content()
+    assert page.get_by_text(keyformat.hint(secret)).is_visible()
+
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Revoke key").click()
+    assert page.get_by_text("is revoked").is_visible()
+    assert page.locator(".badge.status-revoked").first.is_visible()
+
+
+def test_reloading_the_created_page_never_shows_the_key_again(page, live_server):
+    sign_up(page, live_server)
+    page.goto(page.url.rstrip("/") + "/new")
+    page.get_by_label("Name").fill("Reload check")
+    page.get_by_role("button", name="Create key").click()
+    secret = page.locator("#new-key").inner_text().strip()
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.reload()  # browsers re-send the POST; the form's request token makes it find the first key
+    assert secret not in page.content()
+    assert page.get_by_text("already created").is_visible()
+    assert re.search(r"/keys/[0-9a-f-]{36}$", page.url)
+
+
+def test_phone_width_keeps_the_key_page_usable(browser, live_server):
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    page = context.new_page()
+    try:
+        sign_up(page, live_server)
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390
+        assert page.get_by_role("link", name="Create your first key").is_visible()
+    finally:
+        context.close()
