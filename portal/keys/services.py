@@ -93,7 +93,7 @@ def create_key(
     limit = org.plan_info.max_keys
     if usable_key_count(org.id) >= limit:
         raise KeyActionError(f"The {org.plan_info.label} plan allows {limit} active keys. Revoke one or upgrade.")
-    metadata = {"request_token": request_token} if request_token else None
+    metadata: dict[str, object] | None = {"request_token": request_token} if request_token else None
     issued = _issue(org, name, environment, actor, expires_at, metadata)
     audit.record(
         "key.created", organization_id=org.id, actor=actor, actor_label=actor_label, target_type="api_key",
