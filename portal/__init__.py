@@ -12,6 +12,7 @@ from flask import Flask, g, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from portal.config import CONFIGS, Config
+from portal.logs import configure_logging
 
 log = logging.getLogger("portal")
 
@@ -27,6 +28,7 @@ def create_app(config: dict[str, Any] | None = None, env: str | None = None) -> 
     if os.environ.get("PORTAL_TRUST_PROXY"):
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1)  # type: ignore[method-assign]
 
+    configure_logging(app)
     configure_database(app)
     register_extensions(app)
     register_blueprints(app)

@@ -48,3 +48,19 @@ def test_unknown_page_is_a_plain_404(client):
     response = client.get("/no/such/page")
     assert response.status_code == 404
     assert "Page not found" in response.get_data(as_text=True)
+
+
+def test_unexpected_error_is_a_plain_page_with_request_id(client, auth, org, owner, monkeypatch, caplog):
+    from portal.keys import services
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom: internal detail")
+
+    monkeypatch.setattr(services, "list_keys", broken)
+    auth.login(owner)
+    response = client.get(f"/orgs/{org.slug}/keys/", headers={"X-Request-ID": "req-123"})
+    body = response.get_data(as_text=True)
+    assert response.status_code == 500
+    assert "req-123" in body and "Something went wrong" in body
+    assert "boom" not in body and "Traceback" not in body
+    assert any("req-123" in record.getMessage() for record in caplog.records)
