@@ -57,6 +57,9 @@ class Config:
         for name in ("SECRET_KEY", "API_KEY_PEPPER", "DATABASE_URL", "PUBLIC_API_BASE"):
             if os.environ.get(name):
                 values[name] = os.environ[name]
+        if os.environ.get("COOKIE_SECURE", "").lower() in ("0", "false", "no"):
+            # Only for a plain-http deployment on a trusted network (e.g. docker compose on localhost).
+            values["SESSION_COOKIE_SECURE"] = values["REMEMBER_COOKIE_SECURE"] = False
         return values
 
     @classmethod
