@@ -73,7 +73,7 @@ def test_owner_renames_in_settings_and_sees_the_plan(client, auth, org, owner):
     response = client.post(f"/orgs/{org.slug}/settings", data={"name": "Acme Corp"})
     assert response.status_code == 302
     assert db.session.get(Organization, org.id).name == "Acme Corp"
-    [event] = db.session.scalars(sa.select(AuditEvent).filter_by(organization_id=org.id, action="org.renamed"))
+    [event] = db.session.scalars(sa.select(AuditEvent).filter_by(action="org.renamed"))
     assert event.details["to"] == "Acme Corp"
     # Bad input: 422, nothing written; the plan cannot be changed here.
     assert client.post(f"/orgs/{org.slug}/settings", data={"name": ""}).status_code == 422
@@ -96,10 +96,10 @@ def test_audit_page_lists_events_readably_for_any_member(client, auth, org, owne
 
 def test_audit_page_is_paginated_and_scoped(client, auth, org, owner, app):
     other = factories.org()
-    audit.record("org.renamed", organization_id=other.id, actor=None, details={"from": "a", "to": "Secret Co"})
+    audit.record("org.renamed", organization_id=other.id, actor=None, details={"to": "Secret Co"})
     per_page = app.config["AUDIT_PER_PAGE"]
     for i in range(per_page + 3):
-        audit.record("org.renamed", organization_id=org.id, actor=owner, details={"from": "x", "to": f"Name {i}"})
+        audit.record("org.renamed", organization_id=org.id, actor=owner, details={"to": f"Name {i}"})
     db.session.commit()
     auth.login(owner)
     first = client.get(f"/orgs/{org.slug}/audit").get_data(as_text=True)
