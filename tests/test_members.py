@@ -150,3 +150,22 @@ def test_another_orgs_members_page_is_404(client, auth, org, owner):
 def test_members_page_requires_sign_in(client, org):
     response = client.get(f"/orgs/{org.slug}/members")
     assert response.status_code == 302 and "/login" in response.headers["Location"]
+
+
+def test_member_forms_need_the_csrf_token(csrf_app, org, owner, member):
+    client = csrf_app.test_client()
+    client.post("/login", data={"email": owner.email, "password": factories.PASSWORD,
+                                "csrf_token": _csrf(client.get("/login"))})
+    page = client.get(f"/orgs/{org.slug}/members")
+    assert page.status_code == 200
+    target = _membership(org, member)
+    url = f"/orgs/{org.slug}/members/{target.id}/role"
+    assert client.post(url, data={"role": "viewer"}).status_code == 400
+    assert _membership(org, member).role == "developer"
+    assert client.post(url, data={"role": "viewer", "csrf_token": _csrf(page)}).status_code == 302
+    assert _membership(org, member).role == "viewer"
+
+
+def _csrf(response):
+    body = response.get_data(as_text=True)
+    return body.split('name="csrf_token" type="hidden" value="', 1)[1].split('"', 1)[0]

@@ -6,11 +6,15 @@ Shared by the views, the CLI and the staff area, so behaviour never forks.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import joinedload
+from sqlalchemy.orm.exc import ObjectDeletedError
 
 from portal import audit
 from portal.auth.services import create_organization
@@ -81,9 +85,24 @@ def list_members(org: Organization) -> list[Membership]:
     ))
 
 
-def _lock_org(org: Organization) -> None:
-    """Serialize membership changes per organization: two demotions cannot both pass the last-owner check."""
+@contextmanager
+def _membership_change(org: Organization, actor_membership: Membership, target: Membership) -> Iterator[None]:
+    """Lock the organization, re-read both memberships, and roll back if the change is refused.
+
+    The lock serializes membership changes per organization, so two owners demoting each other at once cannot
+    both pass the last-owner check; re-reading under the lock means the checks see committed roles.
+    """
     db.session.execute(sa.select(Organization.id).where(Organization.id == org.id).with_for_update())
+    try:
+        try:
+            db.session.refresh(actor_membership)
+            db.session.refresh(target)
+        except ObjectDeletedError:
+            raise OrgActionError("That membership no longer exists. Reload the page.") from None
+        yield
+    except OrgActionError:
+        db.session.rollback()
+        raise
 
 
 def _owner_count(org: Organization) -> int:
@@ -109,34 +128,31 @@ def change_role(org: Organization, target: Membership, new_role: str, *, actor: 
     """Give ``target`` another role, within the guard rails: owners stay, admins do not touch owners."""
     if new_role not in ROLES:
         raise OrgActionError(f"Unknown role {new_role!r}.")
-    _check_may_manage(actor_membership, target, new_role)
-    if new_role == target.role:
-        return
-    _lock_org(org)
-    db.session.refresh(target)
-    if target.role == "owner" and new_role != "owner" and _owner_count(org) <= 1:
-        db.session.rollback()
-        raise OrgActionError("The last owner cannot be demoted. Make someone else an owner first.")
-    old = target.role
-    target.role = new_role
-    audit.record("member.role_changed", organization_id=org.id, actor=actor, target_type="membership",
-                 target_id=target.id, details={**_member_details(target), "from": old, "to": new_role})
-    db.session.commit()
+    with _membership_change(org, actor_membership, target):
+        _check_may_manage(actor_membership, target, new_role)
+        if new_role == target.role:
+            db.session.commit()  # nothing to change; release the lock
+            return
+        if target.role == "owner" and _owner_count(org) <= 1:
+            raise OrgActionError("The last owner cannot be demoted. Make someone else an owner first.")
+        old = target.role
+        target.role = new_role
+        audit.record("member.role_changed", organization_id=org.id, actor=actor, target_type="membership",
+                     target_id=target.id, details={**_member_details(target), "from": old, "to": new_role})
+        db.session.commit()
 
 
 def remove_member(org: Organization, target: Membership, *, actor: User,
                   actor_membership: Membership) -> None:
     """Take ``target`` out of the organization; the last owner cannot be removed."""
-    _check_may_manage(actor_membership, target)
-    _lock_org(org)
-    db.session.refresh(target)
-    if target.role == "owner" and _owner_count(org) <= 1:
-        db.session.rollback()
-        raise OrgActionError("The last owner cannot be removed. Make someone else an owner first.")
-    audit.record("member.removed", organization_id=org.id, actor=actor, target_type="membership",
-                 target_id=target.id, details={**_member_details(target), "role": target.role})
-    db.session.delete(target)
-    db.session.commit()
+    with _membership_change(org, actor_membership, target):
+        _check_may_manage(actor_membership, target)
+        if target.role == "owner" and _owner_count(org) <= 1:
+            raise OrgActionError("The last owner cannot be removed. Make someone else an owner first.")
+        audit.record("member.removed", organization_id=org.id, actor=actor, target_type="membership",
+                     target_id=target.id, details={**_member_details(target), "role": target.role})
+        db.session.delete(target)
+        db.session.commit()
 
 
 # Invitations -----------------------------------------------------------------------------------------------
@@ -253,7 +269,11 @@ def accept_invitation(token: str, user: User) -> Membership:
     db.session.add(membership)
     invitation.accepted_at = now()
     invitation.accepted_by_id = user.id
-    db.session.flush()
+    try:
+        db.session.flush()
+    except IntegrityError:  # joined through another invitation at the same moment
+        db.session.rollback()
+        raise OrgActionError(f"You are already a member of {invitation.organization.name}.") from None
     audit.record("member.joined", organization_id=invitation.organization_id, actor=user,
                  target_type="membership", target_id=membership.id,
                  details={"email": user.email, "name": user.display_name, "role": invitation.role,
