@@ -78,7 +78,7 @@ def detail_pairs(event: AuditEvent) -> list[tuple[str, str]]:
     if "from" in details and "to" in details:
         pairs.append(("Change", f"{_readable(details.pop('from'))} → {_readable(details.pop('to'))}"))
     for key, value in details.items():
-        if key == "request_token":
+        if key == "request_token" or value is None or value == "":
             continue
         pairs.append((DETAIL_LABELS.get(key, key.replace("_", " ").capitalize()), _readable(value)))
     return pairs
