@@ -6,7 +6,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from flask import Flask
+from flask.sansio.app import App
 
 from portal.models import AuditEvent
 
@@ -84,7 +84,7 @@ def detail_pairs(event: AuditEvent) -> list[tuple[str, str]]:
     return pairs
 
 
-def register(app: Flask) -> None:
+def register(app: App) -> None:
     app.jinja_env.filters["action_label"] = action_label
     app.jinja_env.filters["audit_target"] = target_label
     app.jinja_env.filters["audit_details"] = detail_pairs
