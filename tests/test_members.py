@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+import threading
+
+import pytest
 import sqlalchemy as sa
 
 from portal.extensions import db
-from portal.models import AuditEvent, Membership
+from portal.models import AuditEvent, Membership, Organization, User
+from portal.orgs import services
 from tests import factories
 
 
@@ -169,3 +173,52 @@ def test_member_forms_need_the_csrf_token(csrf_app, org, owner, member):
 def _csrf(response):
     body = response.get_data(as_text=True)
     return body.split('name="csrf_token" type="hidden" value="', 1)[1].split('"', 1)[0]
+
+
+@pytest.fixture
+def two_owners(app):
+    """Committed for real: an organization with two owners, removed again afterwards."""
+    org = factories.org()
+    first, second = factories.member(org, "owner"), factories.member(org, "owner")
+    ids = (org.id, first.id, second.id)
+    db.session.remove()
+    yield ids
+    db.session.remove()
+    db.session.execute(sa.delete(Organization).where(Organization.id == ids[0]))
+    db.session.execute(sa.delete(User).where(User.id.in_(ids[1:])))
+    db.session.commit()
+
+
+@pytest.mark.concurrency
+def test_two_owners_demoting_each_other_at_once_leave_one_owner(app, two_owners):
+    org_id, first_id, second_id = two_owners
+    barrier = threading.Barrier(2)
+    outcomes: list[str] = []
+
+    def demote(actor_id, target_id):
+        with app.app_context():
+            org = db.session.get(Organization, org_id)
+            actor = db.session.get(User, actor_id)
+            mine = db.session.scalar(
+                sa.select(Membership).filter_by(organization_id=org_id, user_id=actor_id))
+            theirs = db.session.scalar(
+                sa.select(Membership).filter_by(organization_id=org_id, user_id=target_id))
+            barrier.wait()
+            try:
+                services.change_role(org, theirs, "admin", actor=actor, actor_membership=mine)
+                outcomes.append("changed")
+            except services.OrgActionError:
+                outcomes.append("refused")
+            finally:
+                db.session.remove()
+
+    pairs = ((first_id, second_id), (second_id, first_id))
+    threads = [threading.Thread(target=demote, args=pair) for pair in pairs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["changed", "refused"]
+    owners = db.session.scalar(sa.select(sa.func.count()).select_from(Membership)
+                               .filter_by(organization_id=org_id, role="owner"))
+    assert owners == 1
