@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 import re
+import threading
 from datetime import timedelta
 
+import pytest
 import sqlalchemy as sa
 
 from portal.extensions import db
-from portal.models import AuditEvent, Invitation, Membership
+from portal.models import AuditEvent, Invitation, Membership, Organization, User
+from portal.orgs import services
 from portal.security import token_digest
 from tests import factories
 
@@ -194,3 +197,49 @@ def test_foreign_invitation_ids_are_404(client, auth, org, owner):
     developer = factories.member(other, "developer")
     auth.login(developer)
     assert client.post(f"/orgs/{other.slug}/invitations/{foreign.id}/revoke").status_code == 403
+
+
+@pytest.fixture
+def shared_link(app):
+    """Committed for real: an organization, an invite link and two people who both try to use it."""
+    org = factories.org()
+    owner = factories.member(org, "owner")
+    first, second = factories.user(), factories.user()
+    owner_membership = db.session.scalar(sa.select(Membership).filter_by(user_id=owner.id))
+    issued = services.create_invitation(org, role="developer", email=None, ttl=timedelta(days=1), actor=owner,
+                                        actor_membership=owner_membership)
+    ids = (org.id, first.id, second.id)
+    token, owner_id = issued.token, owner.id
+    db.session.remove()
+    yield token, ids
+    db.session.remove()
+    db.session.execute(sa.delete(Organization).where(Organization.id == ids[0]))
+    db.session.execute(sa.delete(User).where(User.id.in_([*ids[1:], owner_id])))
+    db.session.commit()
+
+
+@pytest.mark.concurrency
+def test_a_link_used_by_two_people_at_once_admits_one(app, shared_link):
+    token, (org_id, *user_ids) = shared_link
+    barrier = threading.Barrier(2)
+    outcomes: list[str] = []
+
+    def accept(user_id):
+        with app.app_context():
+            user = db.session.get(User, user_id)
+            barrier.wait()
+            try:
+                services.accept_invitation(token, user)
+                outcomes.append("joined")
+            except services.OrgActionError:
+                outcomes.append("refused")
+            finally:
+                db.session.remove()
+
+    threads = [threading.Thread(target=accept, args=(user_id,)) for user_id in user_ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["joined", "refused"]
+    assert _count(Membership, organization_id=org_id, role="developer") == 1
