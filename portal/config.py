@@ -48,6 +48,8 @@ class Config:
 
     INVITATION_TTL = timedelta(days=7)
     KEYS_PER_PAGE = 20
+    AUDIT_PER_PAGE = 50
+    STAFF_PER_PAGE = 25
     PUBLIC_API_BASE = "http://127.0.0.1:5000"
 
     @classmethod

@@ -41,6 +41,10 @@ def signup() -> Any:
             form.email.errors.append("An account with this email already exists. Sign in instead.")
         else:
             login_user(user)
+            next_url = safe_next_url(request.args.get("next"))
+            if next_url:  # e.g. back to the invite link that sent a new visitor here
+                flash(f"Welcome to ProCode! Your account and {org.name} are ready.", "success")
+                return redirect(next_url)
             flash(f"Welcome to ProCode! {org.name} is ready; create your first test key.", "success")
             return redirect(url_for("keys.index", slug=org.slug))
     return render_form_page("auth/signup.html", form=form)

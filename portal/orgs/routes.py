@@ -1,12 +1,16 @@
+"""Organization pages: landing, creating another organization, settings and the audit trail."""
+
 from __future__ import annotations
 
 from typing import Any
 
-from flask import g, redirect, render_template, session, url_for
+from flask import current_app, flash, g, redirect, render_template, request, session, url_for
 from flask_login import current_user, login_required
 
-from portal.orgs import bp
+from portal.http import render_form_page
+from portal.orgs import bp, services
 from portal.orgs.context import memberships_of, org_view
+from portal.orgs.forms import OrgNameForm
 
 
 @bp.get("/")
@@ -25,3 +29,33 @@ def home() -> Any:
 @org_view()
 def overview(slug: str) -> Any:
     return redirect(url_for("keys.index", slug=g.org.slug))
+
+
+@bp.route("/orgs/new", methods=["GET", "POST"])
+@login_required
+def create() -> Any:
+    form = OrgNameForm()
+    if form.validate_on_submit():
+        org = services.create_org(form.name.data, current_user)
+        flash(f"{org.name} is ready. You are its owner.", "success")
+        return redirect(url_for("keys.index", slug=org.slug))
+    return render_form_page("orgs/new.html", form=form)
+
+
+@bp.route("/orgs/<slug>/settings", methods=["GET", "POST"])
+@org_view("org.settings")
+def settings(slug: str) -> Any:
+    form = OrgNameForm(obj=g.org) if request.method == "GET" else OrgNameForm()
+    if form.validate_on_submit():
+        services.rename_org(g.org, form.name.data, current_user)
+        flash("Organization renamed.", "success")
+        return redirect(url_for("orgs.settings", slug=g.org.slug))
+    return render_form_page("orgs/settings.html", form=form, plan=g.org.plan_info)
+
+
+@bp.get("/orgs/<slug>/audit")
+@org_view()
+def audit(slug: str) -> Any:
+    page = request.args.get("page", 1, type=int) or 1
+    events = services.audit_events(g.org, page=page, per_page=current_app.config["AUDIT_PER_PAGE"])
+    return render_template("orgs/audit.html", events=events)

@@ -1,15 +1,45 @@
-"""Organization-level changes: plans, members, invitations."""
+"""Organization-level changes: plans, settings, members, invitations, the audit trail.
+
+Shared by the views, the CLI and the staff area, so behaviour never forks.
+"""
 
 from __future__ import annotations
 
+import enum
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import joinedload
+from sqlalchemy.orm.exc import ObjectDeletedError
+
 from portal import audit
+from portal.auth.services import create_organization
+from portal.db import org_scoped
 from portal.extensions import db
-from portal.models import Organization, User
+from portal.models import ROLES, AuditEvent, Invitation, Membership, Organization, User
+from portal.orgs.context import role_allows
 from portal.plans import PLANS
+from portal.security import new_token, token_digest
+
+SUPPORT_LABEL = "ProCode support"
 
 
 class OrgActionError(Exception):
-    """An organization change that cannot be done; the message is shown to the user."""
+    """An organization change that cannot be done; the message is shown to the user.
+
+    ``status`` is the HTTP status a view answers with: 409 for a state that forbids the change (the last
+    owner), 403 for a change the actor's role does not allow.
+    """
+
+    status = 409
+
+
+class NotAllowed(OrgActionError):
+    status = 403
 
 
 def change_plan(org: Organization, plan: str, *, reason: str, actor: User | None,
@@ -19,5 +49,257 @@ def change_plan(org: Organization, plan: str, *, reason: str, actor: User | None
     old = org.plan
     org.plan = plan
     audit.record("plan.changed", organization_id=org.id, actor=actor, actor_label=actor_label,
-                 target_type="organization", target_id=org.id, details={"from": old, "to": plan, "reason": reason})
+                 target_type="organization", target_id=org.id,
+                 details={"from": old, "to": plan, "reason": reason.strip()})
     db.session.commit()
+
+
+def create_org(name: str, owner: User) -> Organization:
+    """Another organization for a signed-in user, who becomes its owner (free plan)."""
+    org = create_organization(name, owner)
+    db.session.commit()
+    return org
+
+
+def rename_org(org: Organization, name: str, actor: User) -> None:
+    old = org.name
+    if name == old:
+        return
+    org.name = name
+    audit.record("org.renamed", organization_id=org.id, actor=actor, target_type="organization",
+                 target_id=org.id, details={"from": old, "to": name})
+    db.session.commit()
+
+
+# Members ---------------------------------------------------------------------------------------------------
+
+
+def list_members(org: Organization) -> list[Membership]:
+    """Members with their accounts, owners first, then by name."""
+    rank = sa.case({role: i for i, role in enumerate(ROLES)}, value=Membership.role)
+    return list(db.session.scalars(
+        org_scoped(Membership, org.id)
+        .join(Membership.user)
+        .options(joinedload(Membership.user))
+        .order_by(rank, sa.func.lower(User.display_name), User.email)
+    ))
+
+
+@contextmanager
+def _membership_change(org: Organization, actor_membership: Membership, target: Membership) -> Iterator[None]:
+    """Lock the organization, re-read both memberships, and roll back if the change is refused.
+
+    The lock serializes membership changes per organization, so two owners demoting each other at once cannot
+    both pass the last-owner check; re-reading under the lock means the checks see committed roles.
+    """
+    db.session.execute(sa.select(Organization.id).where(Organization.id == org.id).with_for_update())
+    try:
+        try:
+            db.session.refresh(actor_membership)
+            db.session.refresh(target)
+        except ObjectDeletedError:
+            raise OrgActionError("That membership no longer exists. Reload the page.") from None
+        yield
+    except OrgActionError:
+        db.session.rollback()
+        raise
+
+
+def _owner_count(org: Organization) -> int:
+    query = sa.select(sa.func.count()).select_from(Membership).where(
+        Membership.organization_id == org.id, Membership.role == "owner")
+    return int(db.session.scalar(query) or 0)
+
+
+def _check_may_manage(actor_membership: Membership, target: Membership, new_role: str | None = None) -> None:
+    if not role_allows(actor_membership.role, "members.manage"):
+        raise NotAllowed(f"Your role ({actor_membership.role}) cannot manage members.")
+    touches_owner = target.role == "owner" or new_role == "owner"
+    if touches_owner and actor_membership.role != "owner":
+        raise NotAllowed("Only an owner can grant, change or remove the owner role.")
+
+
+def _member_details(target: Membership) -> dict[str, str]:
+    return {"email": target.user.email, "name": target.user.display_name}
+
+
+def change_role(org: Organization, target: Membership, new_role: str, *, actor: User,
+                actor_membership: Membership) -> None:
+    """Give ``target`` another role, within the guard rails: owners stay, admins do not touch owners."""
+    if new_role not in ROLES:
+        raise OrgActionError(f"Unknown role {new_role!r}.")
+    with _membership_change(org, actor_membership, target):
+        _check_may_manage(actor_membership, target, new_role)
+        if new_role == target.role:
+            db.session.commit()  # nothing to change; release the lock
+            return
+        if target.role == "owner" and _owner_count(org) <= 1:
+            raise OrgActionError("The last owner cannot be demoted. Make someone else an owner first.")
+        old = target.role
+        target.role = new_role
+        audit.record("member.role_changed", organization_id=org.id, actor=actor, target_type="membership",
+                     target_id=target.id, details={**_member_details(target), "from": old, "to": new_role})
+        db.session.commit()
+
+
+def remove_member(org: Organization, target: Membership, *, actor: User,
+                  actor_membership: Membership) -> None:
+    """Take ``target`` out of the organization; the last owner cannot be removed."""
+    with _membership_change(org, actor_membership, target):
+        _check_may_manage(actor_membership, target)
+        if target.role == "owner" and _owner_count(org) <= 1:
+            raise OrgActionError("The last owner cannot be removed. Make someone else an owner first.")
+        audit.record("member.removed", organization_id=org.id, actor=actor, target_type="membership",
+                     target_id=target.id, details={**_member_details(target), "role": target.role})
+        db.session.delete(target)
+        db.session.commit()
+
+
+# Invitations -----------------------------------------------------------------------------------------------
+
+
+class InviteState(enum.Enum):
+    """Where an invitation stands; only ``PENDING`` can be accepted or revoked."""
+
+    PENDING = "pending"
+    ACCEPTED = "accepted"
+    REVOKED = "revoked"
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True)
+class IssuedInvitation:
+    """A new invitation and its token, which exists only until the page showing the link is sent."""
+
+    invitation: Invitation
+    token: str
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def invite_state(invitation: Invitation, moment: datetime | None = None) -> InviteState:
+    if invitation.accepted_at is not None:
+        return InviteState.ACCEPTED
+    if invitation.revoked_at is not None:
+        return InviteState.REVOKED
+    if invitation.expires_at <= (moment or now()):
+        return InviteState.EXPIRED
+    return InviteState.PENDING
+
+
+def create_invitation(org: Organization, *, role: str, email: str | None, ttl: timedelta, actor: User,
+                      actor_membership: Membership) -> IssuedInvitation:
+    """An invite link for ``role``; only the token's SHA-256 is stored, so the link cannot be shown again."""
+    if role not in ROLES:
+        raise OrgActionError(f"Unknown role {role!r}.")
+    if not role_allows(actor_membership.role, "members.manage"):
+        raise NotAllowed(f"Your role ({actor_membership.role}) cannot invite members.")
+    if role == "owner" and actor_membership.role != "owner":
+        raise NotAllowed("Only an owner can invite another owner.")
+    token = new_token()
+    invitation = Invitation(organization_id=org.id, role=role, email=email.strip().lower() if email else None,
+                            token_hash=token_digest(token), created_by_id=actor.id, expires_at=now() + ttl)
+    db.session.add(invitation)
+    db.session.flush()
+    audit.record("member.invited", organization_id=org.id, actor=actor, target_type="invitation",
+                 target_id=invitation.id, details={"role": role, "email": invitation.email,
+                                                   "expires_at": invitation.expires_at.isoformat()})
+    db.session.commit()
+    return IssuedInvitation(invitation, token)
+
+
+def pending_invitations(org: Organization) -> list[Invitation]:
+    return list(db.session.scalars(
+        org_scoped(Invitation, org.id)
+        .where(Invitation.accepted_at.is_(None), Invitation.revoked_at.is_(None),
+               Invitation.expires_at > now())
+        .order_by(Invitation.created_at.desc())
+    ))
+
+
+def revoke_invitation(org: Organization, invitation: Invitation, *, actor: User,
+                      actor_membership: Membership) -> None:
+    if not role_allows(actor_membership.role, "members.manage"):
+        raise NotAllowed(f"Your role ({actor_membership.role}) cannot manage invitations.")
+    if invitation.role == "owner" and actor_membership.role != "owner":
+        raise NotAllowed("Only an owner can revoke an invitation for an owner.")
+    if invite_state(invitation) is not InviteState.PENDING:
+        raise OrgActionError("This invitation is no longer pending.")
+    invitation.revoked_at = now()
+    audit.record("invitation.revoked", organization_id=org.id, actor=actor, target_type="invitation",
+                 target_id=invitation.id, details={"role": invitation.role, "email": invitation.email})
+    db.session.commit()
+
+
+def find_invitation(token: str, *, for_update: bool = False) -> Invitation | None:
+    """The invitation behind a link, looked up by the token's digest (never by the token itself)."""
+    query = sa.select(Invitation).where(Invitation.token_hash == token_digest(token))
+    if for_update:
+        query = query.with_for_update()
+    return db.session.scalar(query)
+
+
+def membership_of(org_id: object, user: User) -> Membership | None:
+    return db.session.scalar(
+        sa.select(Membership).where(Membership.organization_id == org_id, Membership.user_id == user.id))
+
+
+def invitation_blocker(invitation: Invitation, user: User) -> str | None:
+    """Why ``user`` cannot accept this (pending) invitation, or ``None`` when they can."""
+    if invitation.email and invitation.email != user.email.lower():
+        return f"This invitation is for {invitation.email}. Sign in with that account to accept it."
+    if membership_of(invitation.organization_id, user) is not None:
+        return f"You are already a member of {invitation.organization.name}."
+    return None
+
+
+def accept_invitation(token: str, user: User) -> Membership:
+    """Join the organization: the invitation is locked, checked again, and used up in one transaction."""
+    invitation = find_invitation(token, for_update=True)
+    if invitation is None or invite_state(invitation) is not InviteState.PENDING:
+        db.session.rollback()
+        raise OrgActionError("This invitation can no longer be used.")
+    blocker = invitation_blocker(invitation, user)
+    if blocker:
+        db.session.rollback()
+        raise OrgActionError(blocker)
+    membership = Membership(user_id=user.id, organization_id=invitation.organization_id, role=invitation.role)
+    db.session.add(membership)
+    invitation.accepted_at = now()
+    invitation.accepted_by_id = user.id
+    try:
+        db.session.flush()
+    except IntegrityError:  # joined through another invitation at the same moment
+        db.session.rollback()
+        raise OrgActionError(f"You are already a member of {invitation.organization.name}.") from None
+    audit.record("member.joined", organization_id=invitation.organization_id, actor=user,
+                 target_type="membership", target_id=membership.id,
+                 details={"email": user.email, "name": user.display_name, "role": invitation.role,
+                          "invitation_id": str(invitation.id)})
+    db.session.commit()
+    return membership
+
+
+# Audit trail -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[AuditEvent]
+    total: int
+    page: int
+    per_page: int
+
+
+def audit_events(org: Organization, *, page: int = 1, per_page: int = 50) -> Page:
+    """The organization's audit events, newest first."""
+    page = max(page, 1)
+    query = org_scoped(AuditEvent, org.id)
+    total = int(db.session.scalar(sa.select(sa.func.count()).select_from(query.subquery())) or 0)
+    rows = db.session.scalars(
+        query.order_by(AuditEvent.created_at.desc(), AuditEvent.id)
+        .limit(per_page).offset((page - 1) * per_page)
+    )
+    return Page(list(rows), total, page, per_page)  # type: ignore[arg-type]  # org_scoped's Select typing

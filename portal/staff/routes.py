@@ -1,11 +1,19 @@
+"""The support staff area: find an organization, see its state, change its plan."""
+
 from __future__ import annotations
 
 from typing import Any
 
-from flask import abort, render_template
+from flask import abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
+from werkzeug.routing import BuildError
 
-from portal.staff import bp
+from portal.models import ENVIRONMENTS, Organization
+from portal.orgs import services as org_services
+from portal.staff import bp, services
+from portal.staff.forms import PlanChangeForm
+
+RECENT_EVENTS = 20
 
 
 @bp.before_request
@@ -17,4 +25,51 @@ def staff_only() -> None:
 
 @bp.get("/")
 def index() -> Any:
-    return render_template("staff/index.html")
+    query = request.args.get("q", "")[: services.MAX_QUERY_LENGTH]
+    page = request.args.get("page", 1, type=int) or 1
+    result = services.search_orgs(query, page=page, per_page=current_app.config["STAFF_PER_PAGE"])
+    return render_template("staff/index.html", query=query, result=result)
+
+
+def _usage_url(org: Organization) -> str | None:
+    """The usage pages for this organization, when that feature is installed."""
+    if "usage.staff_org" not in current_app.view_functions:
+        return None
+    for args in ({"slug": org.slug}, {"org_id": org.id}):
+        try:
+            return url_for("usage.staff_org", **args)
+        except BuildError:
+            continue
+    return None
+
+
+def _detail(org: Organization, form: PlanChangeForm | None = None, status: int = 200) -> Any:
+    if form is None:
+        form = PlanChangeForm(formdata=None, data={"plan": org.plan})
+    return render_template(
+        "staff/org_detail.html", org=org, plan=org.plan_info, form=form,
+        members=org_services.list_members(org), counts=services.key_counts(org),
+        environments=ENVIRONMENTS, statuses=services.KEY_STATUSES,
+        events=org_services.audit_events(org, per_page=RECENT_EVENTS).items, usage_url=_usage_url(org),
+    ), status
+
+
+@bp.get("/orgs/<slug>")
+def org_detail(slug: str) -> Any:
+    org = services.find_org(slug) or abort(404)
+    return _detail(org)
+
+
+@bp.post("/orgs/<slug>/plan")
+def change_plan(slug: str) -> Any:
+    org = services.find_org(slug) or abort(404)
+    form = PlanChangeForm()
+    if form.validate_on_submit():
+        if form.plan.data == org.plan:
+            form.plan.errors.append(f"{org.name} is already on the {org.plan_info.label} plan.")
+        else:
+            org_services.change_plan(org, form.plan.data, reason=form.reason.data, actor=current_user,
+                                     actor_label=org_services.SUPPORT_LABEL)
+            flash(f"{org.name} is now on the {org.plan_info.label} plan.", "success")
+            return redirect(url_for("staff.org_detail", slug=org.slug))
+    return _detail(org, form, 422)

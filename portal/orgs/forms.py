@@ -1,0 +1,42 @@
+"""Forms for organizations, members and invitations."""
+
+from __future__ import annotations
+
+from flask_wtf import FlaskForm
+from wtforms import EmailField, SelectField, StringField
+from wtforms.fields.choices import SelectChoice
+from wtforms.validators import DataRequired, Email, Length, Optional
+
+from portal.forms import choices, no_control_chars, strip_filter
+from portal.models import ROLES
+
+ROLE_LABELS: dict[str, str] = {
+    "owner": "Owner — everything, including settings",
+    "admin": "Admin — members and live keys",
+    "developer": "Developer — test keys",
+    "viewer": "Viewer — read only",
+}
+
+
+def role_choices(grantable: tuple[str, ...] = ROLES) -> list[SelectChoice]:
+    return choices([(role, role.capitalize()) for role in grantable])
+
+
+class OrgNameForm(FlaskForm):
+    name = StringField("Organization name", validators=[DataRequired(), Length(max=100), no_control_chars],
+                       filters=[strip_filter])
+
+
+class RoleForm(FlaskForm):
+    role = SelectField("Role", choices=role_choices(), validators=[DataRequired()])
+
+
+class InviteForm(FlaskForm):
+    role = SelectField("Role", choices=choices([(r, ROLE_LABELS[r]) for r in ROLES]), default="developer",
+                       validators=[DataRequired()])
+    email = EmailField(
+        "Email (optional)",
+        validators=[Optional(), Length(max=254), Email(check_deliverability=False)],
+        filters=[strip_filter],
+        description="If set, only the account with this email can use the link.",
+    )

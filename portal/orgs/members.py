@@ -1,0 +1,123 @@
+"""The members page: who belongs to the organization, their roles, and invite links."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import current_app, flash, g, make_response, redirect, render_template, url_for
+from flask_login import current_user
+
+from portal.db import get_org_scoped_or_404
+from portal.forms import choices
+from portal.keys.forms import ConfirmForm
+from portal.models import ROLES, Invitation, Membership
+from portal.orgs import bp, services
+from portal.orgs.context import can, org_view
+from portal.orgs.forms import ROLE_LABELS, InviteForm, RoleForm, role_choices
+
+
+def _grantable() -> tuple[str, ...]:
+    """Roles the signed-in member may hand out: owners any, admins all but owner."""
+    return ROLES if g.membership.role == "owner" else tuple(r for r in ROLES if r != "owner")
+
+
+def _may_change(target: Membership) -> bool:
+    return can("members.manage") and (target.role != "owner" or g.membership.role == "owner")
+
+
+def _invite_form(form: InviteForm | None = None) -> InviteForm:
+    form = form or InviteForm(formdata=None)
+    form.role.choices = choices([(r, ROLE_LABELS[r]) for r in _grantable()])
+    return form
+
+
+def _render(status: int = 200, *, error: str | None = None, invite_form: InviteForm | None = None) -> Any:
+    members = services.list_members(g.org)
+    role_forms = {}
+    if can("members.manage"):
+        grantable = role_choices(_grantable())
+        for m in members:
+            if _may_change(m):
+                form = RoleForm(formdata=None, data={"role": m.role})
+                form.role.choices = grantable
+                role_forms[m.id] = form
+    return render_template(
+        "orgs/members.html", members=members, role_forms=role_forms, error=error,
+        invite_form=_invite_form(invite_form) if can("members.manage") else None,
+        invitations=services.pending_invitations(g.org) if can("members.manage") else [],
+        confirm_form=ConfirmForm(formdata=None), ttl_days=current_app.config["INVITATION_TTL"].days,
+    ), status
+
+
+@bp.get("/orgs/<slug>/members")
+@org_view()
+def members(slug: str) -> Any:
+    return _render()
+
+
+@bp.post("/orgs/<slug>/members/<membership_id>/role")
+@org_view("members.manage")
+def change_role(slug: str, membership_id: str) -> Any:
+    target = get_org_scoped_or_404(Membership, g.org.id, membership_id)
+    form = RoleForm()
+    if not form.validate_on_submit():
+        return _render(422, error="Pick one of the listed roles.")
+    name = target.user.display_name
+    try:
+        services.change_role(g.org, target, form.role.data, actor=current_user, actor_membership=g.membership)
+    except services.OrgActionError as exc:
+        return _render(exc.status, error=str(exc))
+    flash(f"{name} is now {form.role.data}.", "success")
+    return redirect(url_for("orgs.members", slug=slug))
+
+
+@bp.post("/orgs/<slug>/members/<membership_id>/remove")
+@org_view("members.manage")
+def remove_member(slug: str, membership_id: str) -> Any:
+    target = get_org_scoped_or_404(Membership, g.org.id, membership_id)
+    if not ConfirmForm().validate_on_submit():
+        return _render(400, error="The form expired. Try again.")
+    name, leaving = target.user.display_name, target.user_id == current_user.id
+    try:
+        services.remove_member(g.org, target, actor=current_user, actor_membership=g.membership)
+    except services.OrgActionError as exc:
+        return _render(exc.status, error=str(exc))
+    if leaving:
+        flash(f"You left {g.org.name}.", "success")
+        return redirect(url_for("orgs.home"))
+    flash(f"{name} was removed from {g.org.name}.", "success")
+    return redirect(url_for("orgs.members", slug=slug))
+
+
+@bp.post("/orgs/<slug>/invitations")
+@org_view("members.manage")
+def create_invitation(slug: str) -> Any:
+    form = _invite_form(InviteForm())
+    if not form.validate_on_submit():
+        return _render(422, invite_form=form)
+    try:
+        issued = services.create_invitation(
+            g.org, role=form.role.data, email=form.email.data, ttl=current_app.config["INVITATION_TTL"],
+            actor=current_user, actor_membership=g.membership,
+        )
+    except services.OrgActionError as exc:
+        return _render(exc.status, error=str(exc), invite_form=form)
+    link = url_for("orgs.invitation", token=issued.token, _external=True)
+    page = render_template("orgs/invite_created.html", invitation=issued.invitation, link=link)
+    response = make_response(page)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.post("/orgs/<slug>/invitations/<invitation_id>/revoke")
+@org_view("members.manage")
+def revoke_invitation(slug: str, invitation_id: str) -> Any:
+    invitation = get_org_scoped_or_404(Invitation, g.org.id, invitation_id)
+    if not ConfirmForm().validate_on_submit():
+        return _render(400, error="The form expired. Try again.")
+    try:
+        services.revoke_invitation(g.org, invitation, actor=current_user, actor_membership=g.membership)
+    except services.OrgActionError as exc:
+        return _render(exc.status, error=str(exc))
+    flash("Invitation revoked; its link no longer works.", "success")
+    return redirect(url_for("orgs.members", slug=slug))

@@ -1,0 +1,114 @@
+"""What support staff look up: organizations across the whole portal, and one organization's state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+
+from portal.db import org_scoped
+from portal.extensions import db
+from portal.models import ApiKey, Membership, Organization, User
+
+KEY_STATUSES: tuple[str, ...] = ("active", "expiring", "expired", "revoked")
+MAX_QUERY_LENGTH = 100
+
+
+@dataclass(frozen=True)
+class OrgRow:
+    org: Organization
+    members: int
+    keys: int
+    active_keys: int
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    rows: list[OrgRow]
+    total: int
+    page: int
+    per_page: int
+
+
+@dataclass
+class KeyCounts:
+    """Keys of one organization counted by environment and status; never a key itself."""
+
+    cells: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def get(self, environment: str, status: str) -> int:
+        return self.cells.get((environment, status), 0)
+
+    def environment_total(self, environment: str) -> int:
+        return sum(n for (env, _), n in self.cells.items() if env == environment)
+
+    def status_total(self, status: str) -> int:
+        return sum(n for (_, st), n in self.cells.items() if st == status)
+
+    @property
+    def total(self) -> int:
+        return sum(self.cells.values())
+
+
+def _like_pattern(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def key_status(moment: datetime) -> sa.ColumnElement[str]:
+    """``ApiKey.status_at`` as SQL, evaluated at ``moment`` (a parameter, so it matches the Python clock)."""
+    at = sa.literal(moment, sa.DateTime(timezone=True))
+    return sa.case(
+        (sa.and_(ApiKey.revoked_at.is_not(None), ApiKey.revoked_at <= at), "revoked"),
+        (sa.and_(ApiKey.expires_at.is_not(None), ApiKey.expires_at <= at), "expired"),
+        (sa.or_(ApiKey.replaced_by_id.is_not(None), ApiKey.revoked_at.is_not(None)), "expiring"),
+        else_="active",
+    )
+
+
+def search_orgs(query: str | None, *, page: int = 1, per_page: int = 25) -> SearchResult:
+    """Organizations whose name or slug, or one of whose members' email, contains ``query`` (any case)."""
+    moment = datetime.now(UTC)
+    page = max(page, 1)
+    members = (sa.select(sa.func.count()).select_from(Membership)
+               .where(Membership.organization_id == Organization.id).scalar_subquery())
+    keys = (sa.select(sa.func.count()).select_from(ApiKey)
+            .where(ApiKey.organization_id == Organization.id).scalar_subquery())
+    active = (sa.select(sa.func.count()).select_from(ApiKey)
+              .where(ApiKey.organization_id == Organization.id, key_status(moment) == "active")
+              .scalar_subquery())
+    select = sa.select(Organization, members, keys, active)
+    text = (query or "").strip()[:MAX_QUERY_LENGTH]
+    if text:
+        pattern = _like_pattern(text)
+        member_email = (sa.select(Membership.id).join(User, User.id == Membership.user_id)
+                        .where(Membership.organization_id == Organization.id,
+                               User.email.ilike(pattern, escape="\\")))
+        select = select.where(sa.or_(Organization.name.ilike(pattern, escape="\\"),
+                                     Organization.slug.ilike(pattern, escape="\\"),
+                                     member_email.exists()))
+    total = int(db.session.scalar(
+        sa.select(sa.func.count()).select_from(select.with_only_columns(Organization.id).subquery())) or 0)
+    rows = db.session.execute(
+        select.order_by(sa.func.lower(Organization.name), Organization.slug)
+        .limit(per_page).offset((page - 1) * per_page)
+    )
+    return SearchResult([OrgRow(org, m, k, a) for org, m, k, a in rows], total, page, per_page)
+
+
+def find_org(slug: str) -> Organization | None:
+    return db.session.scalar(sa.select(Organization).where(Organization.slug == slug))
+
+
+def key_counts(org: Organization) -> KeyCounts:
+    """Counts grouped in SQL by environment and status; hashes and hints never leave the database."""
+    status = key_status(datetime.now(UTC)).label("status")
+    query = (org_scoped(ApiKey, org.id)
+             .with_only_columns(ApiKey.environment, status, sa.func.count())
+             .group_by(ApiKey.environment, status))
+    counts = KeyCounts()
+    for environment, st, n in db.session.execute(query):
+        counts.cells[(environment, st)] = int(n)
+    return counts
+
