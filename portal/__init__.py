@@ -8,7 +8,7 @@ import time
 import uuid
 from typing import Any
 
-from flask import Flask, g, request
+from flask import Flask, abort, g, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from portal.config import CONFIGS, Config
@@ -30,6 +30,7 @@ def create_app(config: dict[str, Any] | None = None, env: str | None = None) -> 
 
     configure_logging(app)
     configure_database(app)
+    register_staff_guard(app)
     register_extensions(app)
     register_blueprints(app)
     register_error_handlers(app)
@@ -46,6 +47,14 @@ def configure_database(app: Flask) -> None:
     app.config["SQLALCHEMY_DATABASE_URI"] = url
     if not app.testing:
         check_connection(url)
+
+
+def register_staff_guard(app: Flask) -> None:
+    """Registered before CSRF protection, so a non-staff POST to /staff gets 404, not a CSRF error that would
+    reveal the area exists."""
+    from portal.staff import hide_from_non_staff
+
+    app.before_request(hide_from_non_staff)
 
 
 def register_extensions(app: Flask) -> None:
@@ -87,6 +96,12 @@ def register_request_hooks(app: Flask) -> None:
     def start_request() -> None:
         g.request_id = request.headers.get("X-Request-ID", "")[:64] or uuid.uuid4().hex
         g.request_started = time.perf_counter()
+        # PostgreSQL text cannot hold NUL; refuse it once here instead of failing in some query later.
+        values = [request.path, *(v for vs in request.args.listvalues() for v in vs)]
+        if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
+            values.extend(v for vs in request.form.listvalues() for v in vs)
+        if any("\x00" in v for v in values):
+            abort(400, "Requests may not contain NUL characters.")
 
     @app.after_request
     def harden_response(response: Any) -> Any:

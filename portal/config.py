@@ -42,7 +42,8 @@ class Config:
     ARGON2_PARALLELISM = 4
 
     # Sign-in throttling: failures allowed per window, per account and per client address.
-    LOGIN_MAX_FAILURES_PER_ACCOUNT = 5
+    LOGIN_MAX_FAILURES_PER_ACCOUNT = 5  # from one address
+    LOGIN_MAX_FAILURES_PER_ACCOUNT_TOTAL = 50  # from all addresses together
     LOGIN_MAX_FAILURES_PER_IP = 20
     LOGIN_THROTTLE_WINDOW = timedelta(minutes=15)
 

@@ -18,7 +18,18 @@ def safe_next_url(target: str | None) -> str | None:
     """Only same-site relative paths are followed after sign-in."""
     if not target:
         return None
+    if "\\" in target or any(ord(c) < 32 or ord(c) == 127 for c in target):
+        return None  # browsers read "/\\evil.example" as "//evil.example"
     parts = urlsplit(target)
     if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
         return None
     return target
+
+
+MAX_PAGE = 100_000
+
+
+def page_arg(name: str = "page") -> int:
+    """A 1-based page number from the query string, clamped so OFFSET stays in range."""
+    page = request.args.get(name, 1, type=int) or 1
+    return min(max(page, 1), MAX_PAGE)

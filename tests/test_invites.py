@@ -173,7 +173,9 @@ def test_invitation_for_an_email_refuses_other_accounts(client, auth, org, owner
     other = factories.user()
     auth.login(other)
     response = client.post(path)
-    assert response.status_code == 409 and "intended@example.com" in response.get_data(as_text=True)
+    body = response.get_data(as_text=True)
+    assert response.status_code == 409 and "for a different email address" in body
+    assert "intended@example.com" not in body  # the link does not leak whom it was meant for
     assert _count(Membership, user_id=other.id) == 0
     auth.logout()
     intended = factories.user("Intended@Example.com")

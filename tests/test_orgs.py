@@ -54,8 +54,9 @@ def test_any_signed_in_user_creates_another_org_and_owns_it(client, auth, org, m
 def test_create_org_rejects_bad_names(client, auth, member):
     auth.login(member)
     before = db.session.scalar(sa.select(sa.func.count()).select_from(Organization))
-    for name in ("", "   ", "x" * 101, "bad\x00name"):
+    for name in ("", "   ", "x" * 101, "bad\x01name"):
         assert client.post("/orgs/new", data={"name": name}).status_code == 422
+    assert client.post("/orgs/new", data={"name": "bad\x00name"}).status_code == 400
     assert db.session.scalar(sa.select(sa.func.count()).select_from(Organization)) == before
     assert client.get("/orgs/new").status_code == 200
 

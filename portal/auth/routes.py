@@ -2,12 +2,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import flash, redirect, request, url_for
+from flask import flash, redirect, request, session, url_for
 from flask_login import current_user, login_required, login_user, logout_user
 
 from portal.auth import bp, services
 from portal.auth.forms import LoginForm, PasswordChangeForm, SignupForm
 from portal.http import render_form_page, safe_next_url
+
+
+def start_session(user: Any, remember: bool = False) -> None:
+    """A fresh session for each sign-in: nothing (CSRF token, last organization) carries over from before,
+    and the session expires after PERMANENT_SESSION_LIFETIME."""
+    session.clear()
+    session.permanent = True
+    login_user(user, remember=remember)
 
 
 @bp.route("/login", methods=["GET", "POST"])
@@ -24,7 +32,7 @@ def login() -> Any:
         except services.AuthError as exc:
             form.form_errors.append(str(exc))
             return render_form_page("auth/login.html", status_on_error=401, form=form)
-        login_user(user, remember=form.remember.data)
+        start_session(user, remember=form.remember.data)
         return redirect(safe_next_url(request.args.get("next")) or url_for("orgs.home"))
     return render_form_page("auth/login.html", form=form)
 
@@ -40,7 +48,7 @@ def signup() -> Any:
         except services.EmailTaken:
             form.email.errors.append("An account with this email already exists. Sign in instead.")
         else:
-            login_user(user)
+            start_session(user)
             next_url = safe_next_url(request.args.get("next"))
             if next_url:  # e.g. back to the invite link that sent a new visitor here
                 flash(f"Welcome to ProCode! Your account and {org.name} are ready.", "success")
@@ -54,6 +62,7 @@ def signup() -> Any:
 @login_required
 def logout() -> Any:
     logout_user()
+    session.clear()
     flash("You are signed out.", "info")
     return redirect(url_for("auth.login"))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
 import unicodedata
@@ -9,6 +10,7 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from flask import current_app
+from sqlalchemy.exc import IntegrityError
 
 from portal import audit, ratelimit
 from portal.extensions import db
@@ -71,8 +73,11 @@ def create_user(email: str, display_name: str, password: str, *, is_staff: bool 
         password_hash=hash_password(password),
         is_staff=is_staff,
     )
-    db.session.add(user)
-    db.session.flush()
+    try:
+        with db.session.begin_nested():  # the unique index decides when two sign-ups race
+            db.session.add(user)
+    except IntegrityError:
+        raise EmailTaken(email) from None
     return user
 
 
@@ -94,9 +99,13 @@ def sign_up(email: str, display_name: str, password: str) -> tuple[User, Organiz
 
 
 def _throttle_buckets(email: str, ip: str | None) -> list[tuple[str, int]]:
+    """Failure counters: per account from one address (tight), per account overall (loose, so a stranger
+    cannot lock the owner out with a handful of tries), and per address across accounts."""
     cfg = current_app.config
-    buckets = [(f"login:acct:{normalize_email(email)}", cfg["LOGIN_MAX_FAILURES_PER_ACCOUNT"])]
+    account = hashlib.sha256(normalize_email(email).encode()).hexdigest()[:32]
+    buckets = [(f"login:acct:{account}", cfg["LOGIN_MAX_FAILURES_PER_ACCOUNT_TOTAL"])]
     if ip:
+        buckets.append((f"login:acct-ip:{account}:{ip}", cfg["LOGIN_MAX_FAILURES_PER_ACCOUNT"]))
         buckets.append((f"login:ip:{ip}", cfg["LOGIN_MAX_FAILURES_PER_IP"]))
     return buckets
 

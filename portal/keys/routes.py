@@ -8,7 +8,7 @@ from flask_login import current_user
 
 from portal.db import get_org_scoped_or_404
 from portal.forms import choices
-from portal.http import render_form_page
+from portal.http import page_arg, render_form_page
 from portal.keys import bp, services
 from portal.keys.forms import ConfirmForm, CreateKeyForm, ExpiryForm, RenameKeyForm, RollKeyForm, end_of_day
 from portal.models import ApiKey
@@ -33,7 +33,7 @@ def _show_secret(issued: services.IssuedKey, headline: str) -> Any:
 @bp.get("/")
 @org_view()
 def index(slug: str) -> Any:
-    page = request.args.get("page", 1, type=int) or 1
+    page = page_arg()
     environment = request.args.get("env")
     per_page = current_app.config["KEYS_PER_PAGE"]
     keys, total = services.list_keys(g.org, page=page, per_page=per_page, environment=environment)
@@ -53,16 +53,15 @@ def create(slug: str) -> Any:
         form.request_token.data = secrets.token_urlsafe(16)
     if form.validate_on_submit():
         token = (form.request_token.data or "")[:64] or None
-        existing = services.find_by_request_token(g.org, token) if token else None
-        if existing is not None:
-            flash("This key was already created. Its secret is shown only once.", "warning")
-            return redirect(url_for("keys.detail", slug=slug, key_id=existing.id))
         _require_env_permission(form.environment.data)
         try:
             issued = services.create_key(
                 g.org, name=form.name.data, environment=form.environment.data, actor=current_user,
                 expires_at=end_of_day(form.expires_on.data), request_token=token,
             )
+        except services.AlreadyCreated as exc:
+            flash(str(exc), "warning")
+            return redirect(url_for("keys.detail", slug=slug, key_id=exc.api_key.id))
         except services.KeyActionError as exc:
             form.form_errors.append(str(exc))
         else:

@@ -27,6 +27,19 @@ class KeyActionError(Exception):
     """A key operation that cannot be done; the message is shown to the user."""
 
 
+class AlreadyCreated(Exception):
+    """The create form was submitted again; its first key exists and its secret is not shown again."""
+
+    def __init__(self, api_key: ApiKey) -> None:
+        super().__init__("This key was already created. Its secret is shown only once.")
+        self.api_key = api_key
+
+
+def lock_organization(org: Organization) -> None:
+    """Serialize key changes per organization, so plan limits and resubmission checks hold under races."""
+    db.session.execute(sa.select(Organization.id).where(Organization.id == org.id).with_for_update())
+
+
 @dataclass(frozen=True)
 class IssuedKey:
     """A freshly made key: the row, and the plaintext that exists only until this response is sent."""
@@ -90,8 +103,13 @@ def create_key(
         raise KeyActionError(f"Unknown environment {environment!r}.")
     if expires_at is not None and expires_at <= now():
         raise KeyActionError("The expiry date must be in the future.")
+    lock_organization(org)
+    if request_token and (existing := find_by_request_token(org, request_token)) is not None:
+        db.session.rollback()
+        raise AlreadyCreated(existing)
     limit = org.plan_info.max_keys
     if usable_key_count(org.id) >= limit:
+        db.session.rollback()
         raise KeyActionError(f"The {org.plan_info.label} plan allows {limit} active keys. Revoke one or upgrade.")
     metadata: dict[str, object] | None = {"request_token": request_token} if request_token else None
     issued = _issue(org, name, environment, actor, expires_at, metadata)
@@ -156,8 +174,11 @@ def revoke_key(org: Organization, api_key: ApiKey, actor: User | None, actor_lab
 
 def roll_key(org: Organization, api_key: ApiKey, grace: timedelta, actor: User | None) -> IssuedKey:
     """A new key with the same name; the old one keeps working for ``grace``, then stops."""
+    lock_organization(org)
+    db.session.refresh(api_key)  # another roll or revoke may have committed while we waited for the lock
     moment = now()
     if api_key.status_at(moment) != "active":
+        db.session.rollback()
         raise KeyActionError("Only an active key can be rolled.")
     issued = _issue(org, api_key.name, api_key.environment, actor, api_key.expires_at,
                     {"rolled_from": str(api_key.id)})

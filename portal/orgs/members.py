@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import current_app, flash, g, make_response, redirect, render_template, url_for
+from flask import abort, current_app, flash, g, make_response, redirect, render_template, url_for
 from flask_login import current_user
 
 from portal.db import get_org_scoped_or_404
@@ -72,9 +72,12 @@ def change_role(slug: str, membership_id: str) -> Any:
 
 
 @bp.post("/orgs/<slug>/members/<membership_id>/remove")
-@org_view("members.manage")
+@org_view()
 def remove_member(slug: str, membership_id: str) -> Any:
+    """Admins remove others; anyone may remove themselves (leave)."""
     target = get_org_scoped_or_404(Membership, g.org.id, membership_id)
+    if target.id != g.membership.id and not can("members.manage"):
+        abort(403, f"Your role ({g.membership.role}) cannot manage members.")
     if not ConfirmForm().validate_on_submit():
         return _render(400, error="The form expired. Try again.")
     name, leaving = target.user.display_name, target.user_id == current_user.id

@@ -7,7 +7,7 @@ from typing import Any
 from flask import current_app, flash, g, redirect, render_template, request, session, url_for
 from flask_login import current_user, login_required
 
-from portal.http import render_form_page
+from portal.http import page_arg, render_form_page
 from portal.orgs import bp, services
 from portal.orgs.context import memberships_of, org_view
 from portal.orgs.forms import OrgNameForm
@@ -56,6 +56,6 @@ def settings(slug: str) -> Any:
 @bp.get("/orgs/<slug>/audit")
 @org_view()
 def audit(slug: str) -> Any:
-    page = request.args.get("page", 1, type=int) or 1
+    page = page_arg()
     events = services.audit_events(g.org, page=page, per_page=current_app.config["AUDIT_PER_PAGE"])
     return render_template("orgs/audit.html", events=events)

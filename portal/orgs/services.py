@@ -112,11 +112,27 @@ def _owner_count(org: Organization) -> int:
 
 
 def _check_may_manage(actor_membership: Membership, target: Membership, new_role: str | None = None) -> None:
-    if not role_allows(actor_membership.role, "members.manage"):
+    leaving = new_role is None and actor_membership.id == target.id
+    if not leaving and not role_allows(actor_membership.role, "members.manage"):
         raise NotAllowed(f"Your role ({actor_membership.role}) cannot manage members.")
     touches_owner = target.role == "owner" or new_role == "owner"
     if touches_owner and actor_membership.role != "owner":
         raise NotAllowed("Only an owner can grant, change or remove the owner role.")
+
+
+def _revoke_invitations_from(org: Organization, target: Membership, actor: User) -> None:
+    """Links a member made stop working when they lose the right to invite, so they cannot rejoin by one."""
+    pending = db.session.scalars(
+        org_scoped(Invitation, org.id).where(
+            Invitation.created_by_id == target.user_id,
+            Invitation.accepted_at.is_(None),
+            Invitation.revoked_at.is_(None),
+        )
+    ).all()
+    for invitation in pending:
+        invitation.revoked_at = now()
+        audit.record("invitation.revoked", organization_id=org.id, actor=actor, target_type="invitation",
+                     target_id=invitation.id, details={"role": invitation.role, "reason": "inviter lost access"})
 
 
 def _member_details(target: Membership) -> dict[str, str]:
@@ -137,6 +153,8 @@ def change_role(org: Organization, target: Membership, new_role: str, *, actor: 
             raise OrgActionError("The last owner cannot be demoted. Make someone else an owner first.")
         old = target.role
         target.role = new_role
+        if not role_allows(new_role, "members.manage"):
+            _revoke_invitations_from(org, target, actor)
         audit.record("member.role_changed", organization_id=org.id, actor=actor, target_type="membership",
                      target_id=target.id, details={**_member_details(target), "from": old, "to": new_role})
         db.session.commit()
@@ -151,6 +169,7 @@ def remove_member(org: Organization, target: Membership, *, actor: User,
             raise OrgActionError("The last owner cannot be removed. Make someone else an owner first.")
         audit.record("member.removed", organization_id=org.id, actor=actor, target_type="membership",
                      target_id=target.id, details={**_member_details(target), "role": target.role})
+        _revoke_invitations_from(org, target, actor)
         db.session.delete(target)
         db.session.commit()
 
@@ -237,7 +256,8 @@ def find_invitation(token: str, *, for_update: bool = False) -> Invitation | Non
     """The invitation behind a link, looked up by the token's digest (never by the token itself)."""
     query = sa.select(Invitation).where(Invitation.token_hash == token_digest(token))
     if for_update:
-        query = query.with_for_update()
+        # Re-read under the lock: a copy loaded earlier in this request must not hide a concurrent accept.
+        query = query.with_for_update().execution_options(populate_existing=True)
     return db.session.scalar(query)
 
 
@@ -249,7 +269,7 @@ def membership_of(org_id: object, user: User) -> Membership | None:
 def invitation_blocker(invitation: Invitation, user: User) -> str | None:
     """Why ``user`` cannot accept this (pending) invitation, or ``None`` when they can."""
     if invitation.email and invitation.email != user.email.lower():
-        return f"This invitation is for {invitation.email}. Sign in with that account to accept it."
+        return "This invitation is for a different email address. Sign in with that account to accept it."
     if membership_of(invitation.organization_id, user) is not None:
         return f"You are already a member of {invitation.organization.name}."
     return None

@@ -8,6 +8,7 @@ from flask import abort, current_app, flash, redirect, render_template, request,
 from flask_login import current_user
 from werkzeug.routing import BuildError
 
+from portal.http import page_arg
 from portal.models import ENVIRONMENTS, Organization
 from portal.orgs import services as org_services
 from portal.staff import bp, services
@@ -16,17 +17,10 @@ from portal.staff.forms import PlanChangeForm
 RECENT_EVENTS = 20
 
 
-@bp.before_request
-def staff_only() -> None:
-    """The staff area does not exist for anyone but staff: 404, not 403."""
-    if not current_user.is_authenticated or not current_user.is_staff:
-        abort(404)
-
-
 @bp.get("/")
 def index() -> Any:
     query = request.args.get("q", "")[: services.MAX_QUERY_LENGTH]
-    page = request.args.get("page", 1, type=int) or 1
+    page = page_arg()
     result = services.search_orgs(query, page=page, per_page=current_app.config["STAFF_PER_PAGE"])
     return render_template("staff/index.html", query=query, result=result)
 
