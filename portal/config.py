@@ -50,6 +50,11 @@ class Config:
     KEYS_PER_PAGE = 20
     PUBLIC_API_BASE = "http://127.0.0.1:5000"
 
+    # Key verification: "direct" = per-thread autocommit connections and buffered usage rows (see
+    # portal/api/backend.py); "session" = through db.session, usage written at once (tests).
+    API_VERIFY_BACKEND = "direct"
+    API_USAGE_FLUSH_INTERVAL = 0.2  # seconds; a killed worker loses at most this much of its usage rows
+
     @classmethod
     def from_env(cls) -> dict[str, Any]:
         """Read the settings this class leaves to the environment."""
@@ -99,6 +104,7 @@ class TestConfig(Config):
     ARGON2_TIME_COST = 1
     ARGON2_MEMORY_COST = 1024
     ARGON2_PARALLELISM = 1
+    API_VERIFY_BACKEND = "session"
 
     @classmethod
     def from_env(cls) -> dict[str, Any]:
