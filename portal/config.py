@@ -62,6 +62,8 @@ class Config:
         for name in ("SECRET_KEY", "API_KEY_PEPPER", "DATABASE_URL", "PUBLIC_API_BASE"):
             if os.environ.get(name):
                 values[name] = os.environ[name]
+        if os.environ.get("API_USAGE_FLUSH_INTERVAL"):
+            values["API_USAGE_FLUSH_INTERVAL"] = float(os.environ["API_USAGE_FLUSH_INTERVAL"])
         return values
 
     @classmethod
