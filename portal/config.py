@@ -54,6 +54,7 @@ class Config:
     # portal/api/backend.py); "session" = through db.session, usage written at once (tests).
     API_VERIFY_BACKEND = "direct"
     API_USAGE_FLUSH_INTERVAL = 0.2  # seconds; a killed worker loses at most this much of its usage rows
+    API_VERIFY_FAST_PATH = True  # answer POST /v1/keys/verify at the WSGI layer (portal/api/fastpath.py)
 
     @classmethod
     def from_env(cls) -> dict[str, Any]:
@@ -62,6 +63,8 @@ class Config:
         for name in ("SECRET_KEY", "API_KEY_PEPPER", "DATABASE_URL", "PUBLIC_API_BASE"):
             if os.environ.get(name):
                 values[name] = os.environ[name]
+        if os.environ.get("API_VERIFY_FAST_PATH"):
+            values["API_VERIFY_FAST_PATH"] = os.environ["API_VERIFY_FAST_PATH"] not in ("0", "false", "no")
         if os.environ.get("API_USAGE_FLUSH_INTERVAL"):
             values["API_USAGE_FLUSH_INTERVAL"] = float(os.environ["API_USAGE_FLUSH_INTERVAL"])
         return values

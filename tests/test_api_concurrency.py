@@ -231,3 +231,20 @@ def test_gunicorn_clean_stop_writes_every_buffered_row(committed, tmp_path):
         sa.select(sa.func.count()).select_from(ApiKeyUsage).where(ApiKeyUsage.endpoint == committed["tag"])
     )
     assert count == len(statuses)
+
+
+def test_a_refused_row_does_not_block_the_others(committed):
+    from datetime import UTC, datetime
+
+    recorder = BufferedRecorder(libpq_dsn(committed["url"]), interval=3600)
+    now = datetime.now(UTC)
+    good = (None, None, now, committed["tag"], 401, 1.0, "malformed")
+    bad = (None, None, now, committed["tag"], 401, 1.0, "not-an-outcome")  # violates the CHECK constraint
+    for row in (good, bad, good):
+        recorder.add(row)
+    recorder.close()
+    assert recorder.dropped == 1
+    count = db.session.scalar(
+        sa.select(sa.func.count()).select_from(ApiKeyUsage).where(ApiKeyUsage.endpoint == committed["tag"])
+    )
+    assert count == 2

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from flask import Request
+from werkzeug.wrappers import Request
 
 MAX_BODY_BYTES = 16 * 1024
 MAX_KEY_CHARS = 256

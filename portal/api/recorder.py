@@ -66,6 +66,7 @@ class BufferedRecorder:
         self.batch = batch
         self.close_timeout = close_timeout
         self.written = 0
+        self.dropped = 0
         self._rows: list[Row] = []
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -153,10 +154,29 @@ class BufferedRecorder:
 
     def _write(self, rows: Sequence[Row]) -> None:
         conn = self._connection()
+        try:
+            with conn.cursor() as cur:
+                for start in range(0, len(rows), self.batch):
+                    write_usage_rows(cur, rows[start : start + self.batch])
+            conn.commit()
+        except (psycopg2.DataError, psycopg2.IntegrityError):
+            conn.rollback()
+            self._write_each(conn, rows)
+
+    def _write_each(self, conn: Any, rows: Sequence[Row]) -> None:
+        """A row the database refuses must not block the others forever: write row by row, log the refused."""
+        refused = 0
         with conn.cursor() as cur:
-            for start in range(0, len(rows), self.batch):
-                write_usage_rows(cur, rows[start : start + self.batch])
+            for row in rows:
+                cur.execute("SAVEPOINT usage_row")
+                try:
+                    write_usage_rows(cur, [row])
+                except (psycopg2.DataError, psycopg2.IntegrityError) as exc:
+                    cur.execute("ROLLBACK TO SAVEPOINT usage_row")
+                    refused += 1
+                    log.error("usage row refused by the database and dropped: %r (%s)", row, exc)
         conn.commit()
+        self.dropped += refused
 
     def close(self) -> None:
         """Stop the writer, flush what is left (retrying up to ``close_timeout``): a clean stop loses none."""

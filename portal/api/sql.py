@@ -29,10 +29,15 @@ def verify_statement(param: str = "$1") -> str:
     """The verification for the key hash in ``param``; no row means no such key.
 
     Columns: key id, organization id, slug, plan, environment, status (``ok``/``revoked``/``expired``), the
-    plan's per-minute limit, calls counted in the current window (this one included when the key is usable),
-    seconds until the window resets, and the database's time of the call. Only usable keys count against the
-    limit; the ``INSERT … ON CONFLICT DO UPDATE`` row lock makes concurrent increments serial, so each call
-    sees a distinct count and exactly ``min(limit, calls)`` calls per window see ``count <= limit``.
+    plan's per-minute limit, the window's count including this call (for a usable key), seconds until the
+    window resets, and the database's time of the call.
+
+    Admission is decided only by the atomic ``INSERT … ON CONFLICT DO UPDATE … RETURNING``: its row lock
+    serialises concurrent increments, each sees a distinct count, and a call is admitted iff its count is
+    ``<= limit`` — so exactly ``min(limit, calls)`` calls are admitted per window. Once the window's count has
+    reached the limit (as of the statement's snapshot) the call is refused without touching the row: a flood
+    above the limit reads the counter instead of queueing on its lock. The counter can therefore overshoot the
+    limit only by calls that raced past that check; admitted calls = ``min(count, limit)``.
     """
     return f"""
 WITH k AS (
@@ -45,20 +50,22 @@ WITH k AS (
            {WINDOW_START} AS window_start
     FROM api_keys k JOIN organizations o ON o.id = k.organization_id
     WHERE k.key_hash = {param}
+), seen AS (
+    SELECT coalesce((SELECT r.count FROM rate_limit_tracking r, k
+                     WHERE r.bucket = k.bucket AND r.window_start = k.window_start), 0) AS count
 ), hit AS (
     INSERT INTO rate_limit_tracking AS r (bucket, window_start, organization_id, count)
-    SELECT bucket, window_start, organization_id, 1 FROM k WHERE status = 'ok'
+    SELECT bucket, window_start, organization_id, 1 FROM k, seen WHERE k.status = 'ok' AND seen.count < k.lim
     ON CONFLICT (bucket, window_start) DO UPDATE SET count = r.count + 1
     RETURNING r.count
 )
 SELECT k.id::text, k.organization_id::text, k.slug, k.plan, k.environment, k.status, k.lim,
-       CASE WHEN k.status = 'ok' THEN (SELECT count FROM hit)
-            ELSE coalesce((SELECT r.count FROM rate_limit_tracking r
-                           WHERE r.bucket = k.bucket AND r.window_start = k.window_start), 0)
+       CASE WHEN k.status <> 'ok' THEN seen.count
+            ELSE coalesce((SELECT count FROM hit), seen.count + 1)
        END AS used,
        extract(epoch FROM k.window_start + {WINDOW} - statement_timestamp())::float8 AS reset_in,
        statement_timestamp() AS at
-FROM k
+FROM k, seen
 """  # noqa: S608 - only our own constants and the plan table are interpolated
 
 
