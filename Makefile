@@ -44,6 +44,13 @@ lint: install
 	$(BIN)/ruff check portal tests bench
 	$(BIN)/mypy
 
+## make bench-verify: the key-verification benchmark (fresh database, gunicorn, wrk, pgbench); ~4 minutes.
+## Not part of `make test`. BENCH_ARGS="--seconds 10 --workers 4 --threads 4" to tune.
+bench-verify: install
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	command -v pgbench >/dev/null || (apt-get update -qq && apt-get install -y -qq postgresql-client)
+	$(BIN)/python bench/verify.py $(BENCH_ARGS)
+
 ## Stop the embedded development server (its data stays under instance/pgdata).
 db-stop: install
 	$(BIN)/python -m portal.db stop

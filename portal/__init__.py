@@ -74,7 +74,9 @@ def register_extensions(app: Flask) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
+    from portal import api
     from portal.auth import bp as auth_bp
+    from portal.docs import bp as docs_bp
     from portal.keys import bp as keys_bp
     from portal.orgs import bp as orgs_bp
     from portal.staff import bp as staff_bp
@@ -83,6 +85,8 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(orgs_bp)
     app.register_blueprint(keys_bp, url_prefix="/orgs/<slug>/keys")
     app.register_blueprint(staff_bp, url_prefix="/staff")
+    app.register_blueprint(docs_bp, url_prefix="/docs")
+    api.init_app(app)  # /v1: CSRF-exempt, with the verifier and its usage writer
 
 
 def register_error_handlers(app: Flask) -> None:

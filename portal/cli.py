@@ -6,7 +6,7 @@ from flask import Flask
 
 
 def register(app: Flask) -> None:
-    from portal.commands import keys, orgs, seed, users
+    from portal.commands import keys, orgs, ratelimit, seed, users
 
-    for group in (seed.seed, users.users, orgs.orgs, keys.keys):
+    for group in (seed.seed, users.users, orgs.orgs, keys.keys, ratelimit.ratelimit_group):
         app.cli.add_command(group)

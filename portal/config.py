@@ -53,6 +53,12 @@ class Config:
     STAFF_PER_PAGE = 25
     PUBLIC_API_BASE = "http://127.0.0.1:5000"
 
+    # Key verification: "direct" = per-thread autocommit connections and buffered usage rows (see
+    # portal/api/backend.py); "session" = through db.session, usage written at once (tests).
+    API_VERIFY_BACKEND = "direct"
+    API_USAGE_FLUSH_INTERVAL = 0.2  # seconds; a killed worker loses at most this much of its usage rows
+    API_VERIFY_FAST_PATH = True  # answer POST /v1/keys/verify at the WSGI layer (portal/api/fastpath.py)
+
     @classmethod
     def from_env(cls) -> dict[str, Any]:
         """Read the settings this class leaves to the environment."""
@@ -63,6 +69,10 @@ class Config:
         if os.environ.get("COOKIE_SECURE", "").lower() in ("0", "false", "no"):
             # Only for a plain-http deployment on a trusted network (e.g. docker compose on localhost).
             values["SESSION_COOKIE_SECURE"] = values["REMEMBER_COOKIE_SECURE"] = False
+        if os.environ.get("API_VERIFY_FAST_PATH"):
+            values["API_VERIFY_FAST_PATH"] = os.environ["API_VERIFY_FAST_PATH"] not in ("0", "false", "no")
+        if os.environ.get("API_USAGE_FLUSH_INTERVAL"):
+            values["API_USAGE_FLUSH_INTERVAL"] = float(os.environ["API_USAGE_FLUSH_INTERVAL"])
         return values
 
     @classmethod
@@ -105,6 +115,7 @@ class TestConfig(Config):
     ARGON2_TIME_COST = 1
     ARGON2_MEMORY_COST = 1024
     ARGON2_PARALLELISM = 1
+    API_VERIFY_BACKEND = "session"
 
     @classmethod
     def from_env(cls) -> dict[str, Any]:

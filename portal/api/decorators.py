@@ -1,0 +1,74 @@
+"""``@require_api_key``: the same verification as ``POST /v1/keys/verify``, in-process, for any Flask view."""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+from flask import after_this_request, g, request
+
+from portal.api import services
+from portal.api.backend import DatabaseUnavailable
+from portal.api.inputs import BadRequest, bearer_token
+from portal.errors import json_error
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def check_request_key() -> services.Verification | Any:
+    """Verify the request's bearer key; the verification when it passes, else the error response to send."""
+    started = time.perf_counter()
+    try:
+        token = bearer_token(request)
+    except BadRequest as exc:
+        return json_error(400, exc.code, exc.message)
+    if token is None:
+        return json_error(
+            401,
+            "missing_key",
+            "Send your key as 'Authorization: Bearer <key>'.",
+            {"WWW-Authenticate": 'Bearer realm="procode"'},
+        )
+    endpoint = request.url_rule.rule[:200] if request.url_rule is not None else None
+    try:
+        result = services.verify(token, endpoint, started)
+    except DatabaseUnavailable:
+        return json_error(
+            503, "unavailable", "Key verification is unavailable; retry shortly.", {"Retry-After": "1"}
+        )
+    if not result.valid:
+        return json_error(
+            result.status_code, result.outcome, services.MESSAGES[result.outcome], result.headers()
+        )
+    return result
+
+
+def require_api_key(view: F) -> F:
+    """Let the view run only for a valid, non-rate-limited key; ``g.api_key`` holds the verification.
+
+    Every call that reaches the check is metered like a ``/v1/keys/verify`` call (endpoint = the route rule),
+    and the answer carries the same ``RateLimit-*`` headers.
+    """
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        outcome = check_request_key()
+        if not isinstance(outcome, services.Verification):
+            return outcome
+        g.api_key = outcome
+        headers = outcome.headers()
+
+        @after_this_request
+        def add_headers(response: Any) -> Any:
+            for name, value in headers.items():
+                response.headers.setdefault(name, value)
+            return response
+
+        return view(*args, **kwargs)
+
+    return cast(F, wrapper)
+
+
+__all__ = ["require_api_key", "check_request_key"]

@@ -1,0 +1,96 @@
+"""Reading a verification request. Anything that is not a verification is a 400 and never a usage row.
+
+A candidate key must be a string of 1–256 printable ASCII characters (what a bearer token can be); such a
+string is verified, and answered ``malformed`` if it is not a well-formed ProCode key. Anything else (not
+JSON, not an object, not a string, too long, control characters, non-ASCII) is not a credential at all: 400.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from werkzeug.wrappers import Request
+
+MAX_BODY_BYTES = 16 * 1024
+MAX_KEY_CHARS = 256
+MAX_ENDPOINT_CHARS = 200
+
+
+class BadRequest(Exception):
+    """A request that is not a verification: answered 400 with ``{"error": {"code", "message"}}``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyRequest:
+    key: str
+    endpoint: str | None
+
+
+def _is_token(value: str) -> bool:
+    return 0 < len(value) <= MAX_KEY_CHARS and value.isascii() and value.isprintable() and " " not in value
+
+
+def bearer_token(request: Request) -> str | None:
+    """The token of an ``Authorization: Bearer …`` header, ``None`` when there is no such header."""
+    header = request.headers.get("Authorization")
+    if header is None:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        raise BadRequest("unsupported_authorization", "Send the key as 'Authorization: Bearer <key>'.")
+    token = token.strip()
+    if not _is_token(token):
+        raise BadRequest("invalid_key", "The bearer token must be 1 to 256 printable ASCII characters.")
+    return token
+
+
+def _body(request: Request) -> dict[str, object] | None:
+    length = request.content_length
+    if length is not None and length > MAX_BODY_BYTES:
+        raise BadRequest("body_too_large", f"The request body must be at most {MAX_BODY_BYTES} bytes.")
+    data = request.get_data(cache=False)
+    if not data:
+        return None
+    if len(data) > MAX_BODY_BYTES:
+        raise BadRequest("body_too_large", f"The request body must be at most {MAX_BODY_BYTES} bytes.")
+    if request.mimetype != "application/json":
+        raise BadRequest("unsupported_content_type", "Send the body as application/json.")
+    try:
+        payload = json.loads(data)
+    except (ValueError, RecursionError):
+        raise BadRequest("invalid_json", "The body is not valid JSON (UTF-8).") from None
+    if not isinstance(payload, dict):
+        raise BadRequest("invalid_json", "The body must be a JSON object.")
+    return payload
+
+
+def parse_verify_request(request: Request) -> VerifyRequest:
+    """The key (body ``key`` or bearer token) and optional ``endpoint`` of a verification request."""
+    body = _body(request) or {}
+    header_key = bearer_token(request)
+    key = body.get("key")
+    if key is None:
+        key = header_key
+    elif not isinstance(key, str):
+        raise BadRequest("invalid_key", "'key' must be a string.")
+    elif not _is_token(key):
+        raise BadRequest("invalid_key", "'key' must be 1 to 256 printable ASCII characters.")
+    elif header_key is not None and header_key != key:
+        raise BadRequest("conflicting_keys", "The body and the Authorization header name different keys.")
+    if key is None:
+        raise BadRequest("missing_key", "Send the key as JSON {\"key\": …} or 'Authorization: Bearer <key>'.")
+    endpoint = body.get("endpoint")
+    if endpoint is not None:
+        if not isinstance(endpoint, str):
+            raise BadRequest("invalid_endpoint", "'endpoint' must be a string.")
+        if len(endpoint) > MAX_ENDPOINT_CHARS or not endpoint.isprintable():
+            raise BadRequest(
+                "invalid_endpoint", f"'endpoint' must be at most {MAX_ENDPOINT_CHARS} printable characters."
+            )
+    return VerifyRequest(key=key, endpoint=endpoint)

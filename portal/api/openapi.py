@@ -1,0 +1,204 @@
+"""The OpenAPI 3.1 document for ``/v1``, written by hand so it says what the code promises."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import current_app
+
+from portal.api.inputs import MAX_BODY_BYTES, MAX_ENDPOINT_CHARS, MAX_KEY_CHARS
+from portal.plans import PLANS
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str, headers: tuple[str, ...] = ()) -> dict[str, Any]:
+    answer: dict[str, Any] = {"description": description, "content": {"application/json": {"schema": schema}}}
+    if headers:
+        answer["headers"] = {h: {"$ref": f"#/components/headers/{h}"} for h in headers}
+    return answer
+
+
+RATE_HEADERS = ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
+LIMITS = ", ".join(f"{p.label} {p.requests_per_minute}/min" for p in PLANS.values())
+
+
+def _schemas() -> dict[str, Any]:
+    return {
+        "VerifyRequest": {
+            "type": "object",
+            "properties": {
+                "key": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": MAX_KEY_CHARS,
+                    "description": "The key to check, `pk_test_…` or `pk_live_…`. May be sent as "
+                    "`Authorization: Bearer <key>` instead.",
+                },
+                "endpoint": {
+                    "type": "string",
+                    "maxLength": MAX_ENDPOINT_CHARS,
+                    "description": "The ProCode API route being called, kept on the usage record.",
+                },
+            },
+        },
+        "RateLimit": {
+            "type": "object",
+            "required": ["limit", "remaining", "reset"],
+            "properties": {
+                "limit": {"type": "integer", "description": f"Calls per minute for the plan ({LIMITS})."},
+                "remaining": {"type": "integer", "description": "Calls left in the current minute."},
+                "reset": {
+                    "type": "integer",
+                    "description": "Seconds until the current minute's window resets.",
+                },
+            },
+        },
+        "Organization": {
+            "type": "object",
+            "properties": {
+                "id": {"type": "string", "format": "uuid"},
+                "slug": {"type": "string"},
+                "plan": {"type": "string", "enum": list(PLANS)},
+            },
+        },
+        "Valid": {
+            "type": "object",
+            "required": ["valid", "key_id", "organization", "environment", "ratelimit"],
+            "properties": {
+                "valid": {"const": True},
+                "key_id": {"type": "string", "format": "uuid"},
+                "organization": _ref("Organization"),
+                "environment": {"type": "string", "enum": ["test", "live"]},
+                "ratelimit": _ref("RateLimit"),
+            },
+        },
+        "Invalid": {
+            "type": "object",
+            "required": ["valid", "code"],
+            "properties": {
+                "valid": {"const": False},
+                "code": {
+                    "type": "string",
+                    "enum": ["malformed", "unknown", "revoked", "expired", "rate_limited"],
+                },
+                "message": {"type": "string"},
+                "ratelimit": _ref("RateLimit"),
+            },
+        },
+        "Error": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "required": ["code", "message"],
+                    "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+                }
+            },
+        },
+    }
+
+
+def _headers() -> dict[str, Any]:
+    integer = {"schema": {"type": "integer"}}
+    return {
+        "RateLimit-Limit": {**integer, "description": "The organization's calls per minute."},
+        "RateLimit-Remaining": {**integer, "description": "Calls left in the current window."},
+        "RateLimit-Reset": {**integer, "description": "Seconds until the window resets."},
+        "Retry-After": {**integer, "description": "Seconds to wait before retrying (429 and 503 only)."},
+    }
+
+
+def openapi_document() -> dict[str, Any]:
+    bad_request = _json(
+        _ref("Error"),
+        "Not a verification request (not JSON, wrong content type, missing or "
+        "oversized field, non-string or non-ASCII key). Not metered.",
+    )
+    unavailable = _json(
+        _ref("Error"), "The database is unreachable; retry after `Retry-After` seconds.", ("Retry-After",)
+    )
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "ProCode key verification API",
+            "version": "1",
+            "description": (
+                "Check ProCode API keys, enforce each organization's per-minute rate limit and meter every "
+                "answered call. Limits are counted per organization in fixed one-minute windows (UTC); "
+                "at most `limit` calls are admitted in each window, exactly, whatever the number of "
+                "clients or servers."
+            ),
+        },
+        "servers": [{"url": f"{current_app.config.get('PUBLIC_API_BASE', '')}/v1"}],
+        "components": {
+            "schemas": _schemas(),
+            "headers": _headers(),
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "pk_{test|live}_…"}
+            },
+        },
+        "paths": {
+            "/keys/verify": {
+                "post": {
+                    "operationId": "verifyKey",
+                    "summary": "Verify a key and count the call against its organization's rate limit",
+                    "description": (
+                        "Every answered call (200, 401, 429) is recorded as one usage row. Rate-limit "
+                        "headers are sent whenever the key's organization is known (valid, revoked, "
+                        "expired, rate limited). "
+                        f"The body may be at most {MAX_BODY_BYTES} bytes."
+                    ),
+                    "security": [{}, {"bearer": []}],
+                    "requestBody": {
+                        "required": False,
+                        "content": {"application/json": {"schema": _ref("VerifyRequest")}},
+                    },
+                    "responses": {
+                        "200": _json(
+                            _ref("Valid"), "The key is valid and the call was admitted.", RATE_HEADERS
+                        ),
+                        "400": bad_request,
+                        "401": _json(
+                            _ref("Invalid"),
+                            "Malformed, unknown, revoked or expired key "
+                            '(`WWW-Authenticate: Bearer error="invalid_token"`).',
+                            RATE_HEADERS,
+                        ),
+                        "429": _json(
+                            _ref("Invalid"),
+                            "Valid key, but the organization's limit for this minute is used up.",
+                            (*RATE_HEADERS, "Retry-After"),
+                        ),
+                        "503": unavailable,
+                    },
+                }
+            },
+            "/whoami": {
+                "get": {
+                    "operationId": "whoami",
+                    "summary": "Try a key: a route protected by `@require_api_key`",
+                    "security": [{"bearer": []}],
+                    "responses": {
+                        "200": _json(
+                            {"type": "object"}, "Who the key belongs to, and its rate limit.", RATE_HEADERS
+                        ),
+                        "400": bad_request,
+                        "401": _json(_ref("Error"), "Missing, malformed, unknown, revoked or expired key."),
+                        "429": _json(_ref("Error"), "Rate limited.", (*RATE_HEADERS, "Retry-After")),
+                        "503": unavailable,
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "operationId": "openapi",
+                    "summary": "This document",
+                    "responses": {"200": {"description": "OpenAPI 3.1 document"}},
+                }
+            },
+        },
+    }

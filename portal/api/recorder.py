@@ -1,0 +1,201 @@
+"""Usage rows: one per answered verification, written in batches off the request path.
+
+Each worker process buffers rows in memory and a writer thread flushes them every ``interval`` seconds (or
+sooner when ``batch`` rows are waiting) as one multi-row INSERT on its own connection, with
+``synchronous_commit`` on, so a flushed row is on disk. ``close()`` stops the thread and flushes what is left;
+it runs when a gunicorn worker exits (``worker_exit`` hook) and at interpreter exit, so a clean stop loses
+nothing. A worker killed with SIGKILL loses the rows still in its buffer: at most ``interval`` seconds of its
+answered calls (more only while the database refuses the flush; the rows are kept and retried meanwhile).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import psycopg2
+
+from portal.api import sql
+from portal.api.backend import Row, write_usage_rows
+from portal.extensions import db
+
+log = logging.getLogger("portal.api.usage")
+PRUNE_EVERY = 60.0  # seconds between deletions of finished limiter windows, per worker
+
+
+class UsageRecorder(Protocol):
+    def add(self, row: Row) -> None: ...
+
+    def flush(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class ImmediateRecorder:
+    """Writes each row at once through ``db.session`` (tests: the row lands in the test's transaction)."""
+
+    def add(self, row: Row) -> None:
+        connection = db.session.connection()
+        cur = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            write_usage_rows(cur, [row])
+        finally:
+            cur.close()
+        db.session.commit()
+
+    def flush(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        return None
+
+
+class BufferedRecorder:
+    """Buffers rows per process; a writer thread flushes them in batches on its own connection."""
+
+    def __init__(
+        self, dsn: str, *, interval: float = 0.2, batch: int = 2000, close_timeout: float = 10.0
+    ) -> None:
+        self.dsn = dsn
+        self.interval = interval
+        self.batch = batch
+        self.close_timeout = close_timeout
+        self.written = 0
+        self.dropped = 0
+        self._rows: list[Row] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._flush_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._conn: Any = None
+
+    def add(self, row: Row) -> None:
+        with self._lock:
+            self._rows.append(row)
+            waiting = len(self._rows)
+        if self._pid != os.getpid():
+            self._start()
+        if waiting >= self.batch:
+            self._wake.set()
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._rows)
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            # After a fork the parent's thread and connection are not ours: start afresh.
+            self._pid = os.getpid()
+            self._conn = None
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="usage-writer", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        next_prune = time.monotonic() + PRUNE_EVERY
+        while not self._stop.is_set():
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            try:
+                self.flush()
+                if time.monotonic() >= next_prune:
+                    next_prune = time.monotonic() + PRUNE_EVERY
+                    self.prune()
+            except Exception:  # noqa: BLE001 - the writer must survive anything; rows stay buffered
+                log.exception("usage flush failed; %d rows kept for the next attempt", self.pending())
+                time.sleep(min(1.0, self.interval * 5))
+
+    def _connection(self) -> Any:
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg2.connect(self.dsn, application_name="procode-usage-writer")
+            with self._conn.cursor() as cur:
+                cur.execute("SET TimeZone = 'UTC'")
+            self._conn.commit()
+        return self._conn
+
+    def flush(self) -> int:
+        """Write every buffered row (put back in front on failure); returns how many were written."""
+        with self._flush_lock:
+            with self._lock:
+                rows, self._rows = self._rows, []
+            if not rows:
+                return 0
+            try:
+                self._write(rows)
+            except BaseException:
+                with self._lock:
+                    self._rows[:0] = rows
+                if self._conn is not None:
+                    with contextlib.suppress(psycopg2.Error):
+                        self._conn.close()
+                    self._conn = None
+                raise
+            self.written += len(rows)
+            return len(rows)
+
+    def prune(self) -> int:
+        """Delete the API limiter's finished windows: the table stays small without a cron job."""
+        with self._flush_lock:
+            conn = self._connection()
+            with conn.cursor() as cur:
+                cur.execute(sql.PRUNE_API_WINDOWS_SQL)
+                deleted = int(cur.rowcount)
+            conn.commit()
+            return deleted
+
+    def _write(self, rows: Sequence[Row]) -> None:
+        conn = self._connection()
+        try:
+            with conn.cursor() as cur:
+                for start in range(0, len(rows), self.batch):
+                    write_usage_rows(cur, rows[start : start + self.batch])
+            conn.commit()
+        except (psycopg2.DataError, psycopg2.IntegrityError):
+            conn.rollback()
+            self._write_each(conn, rows)
+
+    def _write_each(self, conn: Any, rows: Sequence[Row]) -> None:
+        """A row the database refuses must not block the others forever: write row by row, log the refused."""
+        refused = 0
+        with conn.cursor() as cur:
+            for row in rows:
+                cur.execute("SAVEPOINT usage_row")
+                try:
+                    write_usage_rows(cur, [row])
+                except (psycopg2.DataError, psycopg2.IntegrityError) as exc:
+                    cur.execute("ROLLBACK TO SAVEPOINT usage_row")
+                    refused += 1
+                    log.error("usage row refused by the database and dropped: %r (%s)", row, exc)
+        conn.commit()
+        self.dropped += refused
+
+    def close(self) -> None:
+        """Stop the writer, flush what is left (retrying up to ``close_timeout``): a clean stop loses none."""
+        self._stop.set()
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+            thread.join(self.close_timeout)
+        deadline = time.monotonic() + self.close_timeout
+        while True:
+            try:
+                self.flush()
+                break
+            except Exception as exc:  # noqa: BLE001
+                if time.monotonic() > deadline:
+                    log.error("usage flush at shutdown failed, %d rows lost: %s", self.pending(), exc)
+                    break
+                time.sleep(0.2)
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        self._pid = 0

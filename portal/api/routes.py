@@ -1,0 +1,32 @@
+"""Thin ``/v1`` views over :mod:`portal.api.services`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import g, jsonify, request
+
+from portal.api import bp, services
+from portal.api.answer import answer_verify
+from portal.api.decorators import require_api_key
+from portal.api.openapi import openapi_document
+
+
+@bp.post("/keys/verify")
+def verify() -> Any:
+    """Verify a key (see :func:`portal.api.answer.answer_verify`); normally answered by the WSGI fast path."""
+    return answer_verify(request, services.get_verifier())
+
+
+@bp.get("/whoami")
+@require_api_key
+def whoami() -> Any:
+    """The demo protected route: who the key belongs to, and what is left of this minute's limit."""
+    body = g.api_key.as_json()
+    body.pop("valid", None)
+    return jsonify(body)
+
+
+@bp.get("/openapi.json")
+def openapi() -> Any:
+    return jsonify(openapi_document())

@@ -1,0 +1,94 @@
+"""The SQL of one verification, kept in one place so the app, the tests and ``pgbench`` run the same text.
+
+The whole check (key lookup, organization and plan, status at the call's time, the rate-limit upsert) is one
+statement with CTEs, prepared once per connection: one round trip, no re-parse or re-plan per call. Plan
+limits come from :mod:`portal.plans`, the single definition, and are baked into the statement text.
+Time is ``statement_timestamp()``: the same as ``now()`` for an autocommit statement, and still the call's own
+time when the statement runs inside a longer transaction (as in the test suite).
+"""
+
+from __future__ import annotations
+
+from portal.plans import PLANS
+
+WINDOW_SECONDS = 60
+STATEMENT_NAME = "portal_verify_v1"
+BUCKET_PREFIX = "org:"
+WINDOW = f"interval '{WINDOW_SECONDS} seconds'"
+WINDOW_START = (
+    f"to_timestamp(floor(extract(epoch FROM statement_timestamp()) / {WINDOW_SECONDS}) * {WINDOW_SECONDS})"
+)
+
+
+def _limit_case() -> str:
+    whens = " ".join(f"WHEN '{p.name}' THEN {int(p.requests_per_minute)}" for p in PLANS.values())
+    return f"CASE o.plan {whens} ELSE 0 END"
+
+
+def verify_statement(param: str = "$1") -> str:
+    """The verification for the key hash in ``param``; no row means no such key.
+
+    Columns: key id, organization id, slug, plan, environment, status (``ok``/``revoked``/``expired``), the
+    plan's per-minute limit, the window's count including this call (for a usable key), seconds until the
+    window resets, and the database's time of the call.
+
+    Admission is decided only by the atomic ``INSERT … ON CONFLICT DO UPDATE … RETURNING``: its row lock
+    serialises concurrent increments, each sees a distinct count, and a call is admitted iff its count is
+    ``<= limit`` — so exactly ``min(limit, calls)`` calls are admitted per window. Once the window's count has
+    reached the limit (as of the statement's snapshot) the call is refused without touching the row: a flood
+    above the limit reads the counter instead of queueing on its lock. The counter can therefore overshoot the
+    limit only by calls that raced past that check; admitted calls = ``min(count, limit)``.
+    """
+    return f"""
+WITH k AS (
+    SELECT k.id, k.organization_id, k.environment, o.slug, o.plan,
+           CASE WHEN k.revoked_at <= statement_timestamp() THEN 'revoked'
+                WHEN k.expires_at <= statement_timestamp() THEN 'expired'
+                ELSE 'ok' END AS status,
+           {_limit_case()} AS lim,
+           '{BUCKET_PREFIX}' || k.organization_id::text AS bucket,
+           {WINDOW_START} AS window_start
+    FROM api_keys k JOIN organizations o ON o.id = k.organization_id
+    WHERE k.key_hash = {param}
+), seen AS (
+    SELECT coalesce((SELECT r.count FROM rate_limit_tracking r, k
+                     WHERE r.bucket = k.bucket AND r.window_start = k.window_start), 0) AS count
+), hit AS (
+    INSERT INTO rate_limit_tracking AS r (bucket, window_start, organization_id, count)
+    SELECT bucket, window_start, organization_id, 1 FROM k, seen WHERE k.status = 'ok' AND seen.count < k.lim
+    ON CONFLICT (bucket, window_start) DO UPDATE SET count = r.count + 1
+    RETURNING r.count
+)
+SELECT k.id::text, k.organization_id::text, k.slug, k.plan, k.environment, k.status, k.lim,
+       CASE WHEN k.status <> 'ok' THEN seen.count
+            ELSE coalesce((SELECT count FROM hit), seen.count + 1)
+       END AS used,
+       extract(epoch FROM k.window_start + {WINDOW} - statement_timestamp())::float8 AS reset_in,
+       statement_timestamp() AS at
+FROM k, seen
+"""  # noqa: S608 - only our own constants and the plan table are interpolated
+
+
+PREPARE_SQL = f"PREPARE {STATEMENT_NAME} (bytea) AS {verify_statement()}"
+EXECUTE_SQL = f"EXECUTE {STATEMENT_NAME} (%s)"
+
+# Usage rows are written in batches: one multi-row INSERT per flush (a statement-level trigger runs once per
+# batch), then ``last_used_at`` for the keys in the batch, only where it is more than a minute old.
+INSERT_USAGE_PREFIX = (
+    "INSERT INTO api_key_usage "
+    "(key_id, organization_id, occurred_at, endpoint, status_code, latency_ms, outcome) "
+    "VALUES "
+)
+USAGE_ROW_TEMPLATE = "(%s::uuid, %s::uuid, %s, %s, %s, %s, %s)"
+TOUCH_KEYS_PREFIX = "UPDATE api_keys k SET last_used_at = v.t FROM (VALUES "
+TOUCH_KEYS_SUFFIX = (
+    ") AS v(id, t) WHERE k.id = v.id::uuid "
+    "AND (k.last_used_at IS NULL OR k.last_used_at < v.t::timestamptz - interval '1 minute')"
+)
+TOUCH_ROW_TEMPLATE = "(%s, %s::timestamptz)"
+
+# Windows of the API limiter end a minute after they start; keep one spare window for clock skew.
+PRUNE_API_WINDOWS_SQL = (
+    f"DELETE FROM rate_limit_tracking WHERE bucket LIKE '{BUCKET_PREFIX}%' "  # noqa: S608
+    f"AND window_start < statement_timestamp() - interval '{2 * WINDOW_SECONDS} seconds'"
+)

@@ -1,0 +1,55 @@
+"""The API reference page: the OpenAPI document served at ``/v1/openapi.json``, rendered server-side."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import current_app, render_template
+
+from portal.api.openapi import openapi_document
+from portal.docs import bp
+
+
+def operations(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each path and method as one flat record, responses sorted by status, ``$ref``s resolved one level."""
+    schemas = document["components"]["schemas"]
+    result = []
+    for path, methods in document["paths"].items():
+        for method, op in methods.items():
+            responses = []
+            for status, answer in sorted(op["responses"].items()):
+                schema = answer.get("content", {}).get("application/json", {}).get("schema", {})
+                name = schema.get("$ref", "").rsplit("/", 1)[-1]
+                responses.append(
+                    {
+                        "status": status,
+                        "description": answer["description"],
+                        "schema_name": name,
+                        "headers": list(answer.get("headers", {})),
+                    }
+                )
+            body = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {})
+            body_name = body.get("$ref", "").rsplit("/", 1)[-1]
+            result.append(
+                {
+                    "path": path,
+                    "method": method.upper(),
+                    "op": op,
+                    "responses": responses,
+                    "body": schemas.get(body_name),
+                }
+            )
+    return result
+
+
+@bp.get("/api")
+def api() -> Any:
+    document = openapi_document()
+    return render_template(
+        "docs/api.html",
+        doc=document,
+        operations=operations(document),
+        schemas=document["components"]["schemas"],
+        headers=document["components"]["headers"],
+        api_base=current_app.config.get("PUBLIC_API_BASE", ""),
+    )

@@ -1,0 +1,42 @@
+"""Helpers shared by the /v1 tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from portal.extensions import db
+from portal.models import ApiKeyUsage
+
+
+def verify(client: Any, key: object, **extra: Any) -> Any:
+    return client.post("/v1/keys/verify", json={"key": key, **extra})
+
+
+def usage_rows(**filters: Any) -> list[ApiKeyUsage]:
+    query = sa.select(ApiKeyUsage).order_by(ApiKeyUsage.id)
+    for name, value in filters.items():
+        query = query.where(getattr(ApiKeyUsage, name) == value)
+    return list(db.session.scalars(query))
+
+
+def usage_count() -> int:
+    return int(db.session.scalar(sa.select(sa.func.count()).select_from(ApiKeyUsage)) or 0)
+
+
+def exhaust(organization_id: Any, limit: int) -> None:
+    """Fill this minute's and the next minute's window, so the next call is limited even across a boundary."""
+    db.session.execute(
+        sa.text(
+            """
+        INSERT INTO rate_limit_tracking (bucket, window_start, organization_id, count)
+        SELECT 'org:' || CAST(:org AS text), v.w, :org, :limit
+        FROM (SELECT to_timestamp(floor(extract(epoch FROM statement_timestamp()) / 60) * 60) AS w) now_w,
+             LATERAL (VALUES (now_w.w), (now_w.w + interval '1 minute')) AS v(w)
+        ON CONFLICT (bucket, window_start) DO UPDATE SET count = EXCLUDED.count
+        """
+        ),
+        {"org": organization_id, "limit": limit},
+    )
+    db.session.commit()

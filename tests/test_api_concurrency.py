@@ -1,0 +1,250 @@
+"""The production path under concurrency, on committed data: the limiter is exact and no usage row is lost.
+
+These tests use the ``direct`` backend (per-thread autocommit connections) and the buffered usage writer, as
+gunicorn workers do, and one test runs a real gunicorn and stops it cleanly.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from portal.api.backend import DirectBackend, libpq_dsn
+from portal.api.recorder import BufferedRecorder
+from portal.api.services import Verifier
+from portal.extensions import db
+from portal.keys import format as keyformat
+from portal.models import ApiKeyUsage, Organization
+from portal.plans import PLANS
+from tests import factories
+
+pytestmark = pytest.mark.concurrency
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def committed(app: Any) -> Iterator[dict[str, Any]]:
+    """A free-plan organization with two keys, committed; deleted with its usage rows afterwards."""
+    org = factories.org(plan="free")
+    keys = [factories.api_key(org, None, name=f"k{i}").plaintext for i in range(2)]
+    tag = f"/concurrency/{uuid.uuid4().hex}"
+    data = {
+        "org_id": org.id,
+        "keys": keys,
+        "tag": tag,
+        "url": app.config["SQLALCHEMY_DATABASE_URI"],
+        "pepper": app.config["API_KEY_PEPPER"],
+    }
+    yield data
+    db.session.rollback()
+    db.session.execute(
+        sa.delete(ApiKeyUsage).where(
+            sa.or_(ApiKeyUsage.organization_id == org.id, ApiKeyUsage.endpoint == tag)
+        )
+    )
+    db.session.execute(sa.delete(Organization).where(Organization.id == org.id))
+    db.session.commit()
+
+
+def make_verifier(url: str, pepper: str, interval: float = 0.05) -> Verifier:
+    dsn = libpq_dsn(url)
+    return Verifier(DirectBackend(dsn), BufferedRecorder(dsn, interval=interval), pepper)
+
+
+def per_minute(org_id: uuid.UUID) -> list[tuple[int, int]]:
+    """(admitted, answered for a valid key) per one-minute window, from the usage rows."""
+    rows = db.session.execute(
+        sa.text(
+            """
+        SELECT count(*) FILTER (WHERE outcome = 'ok'), count(*)
+        FROM api_key_usage WHERE organization_id = :org
+        GROUP BY date_trunc('minute', occurred_at) ORDER BY 1
+        """
+        ),
+        {"org": org_id},
+    ).all()
+    return [(int(a), int(b)) for a, b in rows]
+
+
+def test_limiter_is_exact_with_many_threads(committed):
+    limit = PLANS["free"].requests_per_minute
+    verifier = make_verifier(committed["url"], committed["pepper"])
+    calls = 12 * 25
+    keys = committed["keys"]
+
+    def one(i: int) -> str:
+        return verifier.verify(keys[i % 2], committed["tag"]).outcome
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        outcomes = list(pool.map(one, range(calls)))
+    verifier.close()
+
+    assert set(outcomes) == {"ok", "rate_limited"}
+    windows = per_minute(committed["org_id"])
+    assert sum(total for _, total in windows) == calls
+    for admitted, total in windows:
+        assert admitted == min(limit, total)
+    assert outcomes.count("ok") == sum(admitted for admitted, _ in windows)
+
+
+def _process_calls(url: str, pepper: str, key: str, tag: str, calls: int, queue: Any) -> None:
+    verifier = make_verifier(url, pepper)
+    admitted = sum(verifier.verify(key, tag).outcome == "ok" for _ in range(calls))
+    verifier.close()
+    queue.put(admitted)
+
+
+def test_limit_is_shared_by_processes(committed):
+    """Two processes (like two gunicorn workers or two servers) draw from the same per-minute budget."""
+    limit = PLANS["free"].requests_per_minute
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [
+        ctx.Process(
+            target=_process_calls,
+            args=(committed["url"], committed["pepper"], key, committed["tag"], limit, queue),
+        )
+        for key in committed["keys"]
+    ]
+    for p in procs:
+        p.start()
+    admitted = [queue.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(30)
+    windows = per_minute(committed["org_id"])
+    assert sum(total for _, total in windows) == 2 * limit
+    for ok, total in windows:
+        assert ok == min(limit, total)
+    assert sum(admitted) == sum(ok for ok, _ in windows)
+    if len(windows) == 1:
+        assert sum(admitted) == limit
+
+
+def test_no_usage_row_lost_with_buffering(committed):
+    verifier = make_verifier(committed["url"], committed["pepper"], interval=0.01)
+    candidates = [*committed["keys"], "pk_test_bad", keyformat.generate("live")]
+    calls = 8 * 100
+
+    def one(i: int) -> None:
+        verifier.verify(candidates[i % len(candidates)], committed["tag"])
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(one, range(calls)))
+    verifier.close()
+    count = db.session.scalar(
+        sa.select(sa.func.count()).select_from(ApiKeyUsage).where(ApiKeyUsage.endpoint == committed["tag"])
+    )
+    assert count == calls
+
+
+def _free_port() -> int:
+    for port in range(18150, 18200):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 18150-18199")
+
+
+def _post(port: int, body: bytes) -> int:
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/keys/verify",
+        data=body,
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - loopback
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def test_gunicorn_clean_stop_writes_every_buffered_row(committed, tmp_path):
+    """Rows are only flushed at exit here (a one-hour interval): SIGTERM must still write them all."""
+    port = _free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": committed["url"],
+        "SECRET_KEY": "s" * 32,
+        "API_KEY_PEPPER": committed["pepper"],
+        "API_USAGE_FLUSH_INTERVAL": "3600",
+        "PORTAL_ENV": "production",
+        "GUNICORN_BIND": f"127.0.0.1:{port}",
+        "GUNICORN_WORKERS": "2",
+        "GUNICORN_THREADS": "2",
+    }
+    log = (tmp_path / "gunicorn.log").open("wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise AssertionError((tmp_path / "gunicorn.log").read_text()) from None
+                time.sleep(0.1)
+        bodies = [
+            f'{{"key": "{k}", "endpoint": "{committed["tag"]}"}}'.encode()
+            for k in [*committed["keys"], "pk_test_bad"]
+        ]
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            statuses = list(pool.map(lambda i: _post(port, bodies[i % 3]), range(200)))
+        assert set(statuses) <= {200, 401, 429}
+        in_db = db.session.scalar(
+            sa.select(sa.func.count())
+            .select_from(ApiKeyUsage)
+            .where(ApiKeyUsage.endpoint == committed["tag"])
+        )
+        assert in_db == 0  # still buffered in the workers
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(60)
+        log.close()
+    db.session.rollback()
+    count = db.session.scalar(
+        sa.select(sa.func.count()).select_from(ApiKeyUsage).where(ApiKeyUsage.endpoint == committed["tag"])
+    )
+    assert count == len(statuses)
+
+
+def test_a_refused_row_does_not_block_the_others(committed):
+    from datetime import UTC, datetime
+
+    recorder = BufferedRecorder(libpq_dsn(committed["url"]), interval=3600)
+    now = datetime.now(UTC)
+    good = (None, None, now, committed["tag"], 401, 1.0, "malformed")
+    bad = (None, None, now, committed["tag"], 401, 1.0, "not-an-outcome")  # violates the CHECK constraint
+    for row in (good, bad, good):
+        recorder.add(row)
+    recorder.close()
+    assert recorder.dropped == 1
+    count = db.session.scalar(
+        sa.select(sa.func.count()).select_from(ApiKeyUsage).where(ApiKeyUsage.endpoint == committed["tag"])
+    )
+    assert count == 2
