@@ -6,7 +6,7 @@ from flask import Flask
 
 
 def register(app: Flask) -> None:
-    from portal.commands import keys, orgs, seed, users
+    from portal.commands import keys, orgs, seed, usage, users
 
-    for group in (seed.seed, users.users, orgs.orgs, keys.keys):
+    for group in (seed.seed, users.users, orgs.orgs, keys.keys, usage.usage):
         app.cli.add_command(group)

@@ -49,6 +49,10 @@ class Config:
     INVITATION_TTL = timedelta(days=7)
     KEYS_PER_PAGE = 20
     PUBLIC_API_BASE = "http://127.0.0.1:5000"
+    # Usage: raw events are pruned after this many days (flask usage prune), rollups kept far longer.
+    USAGE_RAW_RETENTION_DAYS = 90
+    USAGE_ROLLUP_RETENTION_DAYS = 400
+    USAGE_RECENT_PER_PAGE = 50
 
     @classmethod
     def from_env(cls) -> dict[str, Any]:

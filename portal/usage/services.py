@@ -1,0 +1,258 @@
+"""Usage numbers for the pages, the CSV exports and the benchmark, read from the rollups (never raw scans).
+
+Only the per-key "recent calls" list reads raw events, one index range at a time.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from portal.extensions import db
+from portal.plans import Plan
+from portal.usage.ranges import UsageRange, bucket_index
+
+# How the chart groups the six outcomes: (key, label, outcomes, colour).
+CATEGORIES: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
+    ("ok", "OK", ("ok",), "#2b8a3e"),
+    ("rate_limited", "Rate-limited", ("rate_limited",), "#e67700"),
+    ("invalid", "Invalid key", ("malformed", "unknown"), "#862e9c"),
+    ("revoked", "Revoked/expired", ("revoked", "expired"), "#c92a2a"),
+)
+ENV_SERIES: tuple[tuple[str, str, str], ...] = (
+    ("live", "Live", "#a61e4d"), ("test", "Test", "#3b5bdb"), ("none", "No key", "#868e96"),
+)
+
+
+@dataclass
+class Table:
+    """Rows exactly as a page shows them; the HTML table and its CSV both render from this."""
+
+    caption: str
+    columns: list[str]
+    rows: list[list[Any]]
+    numeric_from: int = 1
+    links: list[str | None] = field(default_factory=list)
+
+
+@dataclass
+class Series:
+    starts: list[datetime]
+    counts: list[dict[str, float]]
+    show_env: bool
+
+    def totals(self) -> dict[str, float]:
+        total: dict[str, float] = {}
+        for bucket in self.counts:
+            for name, value in bucket.items():
+                total[name] = total.get(name, 0) + value
+        return total
+
+    def env_columns(self) -> list[tuple[str, str, str]]:
+        if not self.show_env:
+            return []
+        totals = self.totals()
+        return [e for e in ENV_SERIES if e[0] != "none" or totals.get("env_none")]
+
+
+def _empty_bucket() -> dict[str, float]:
+    return {"calls": 0, **{c[0]: 0 for c in CATEGORIES}, "latency_ms_sum": 0,
+            **{f"env_{e[0]}": 0 for e in ENV_SERIES}}
+
+
+def _fold(series: Series, rows: Any, r: UsageRange) -> Series:
+    for row in rows:
+        i = bucket_index(series.starts, row.bucket)
+        if i < 0:
+            continue
+        target = series.counts[i]
+        outcome = dict(zip(("calls", "ok", "malformed", "unknown", "revoked", "expired", "rate_limited"),
+                           row[2:9], strict=True))
+        target["calls"] += outcome["calls"]
+        for key, _label, outcomes, _colour in CATEGORIES:
+            target[key] += sum(outcome[o] for o in outcomes)
+        target["latency_ms_sum"] += row.latency_ms_sum
+        target[f"env_{row.environment}"] = target.get(f"env_{row.environment}", 0) + outcome["calls"]
+    return series
+
+
+def org_series(organization_id: uuid.UUID, r: UsageRange) -> Series:
+    rows = db.session.execute(sa.text(
+        "SELECT bucket, environment, calls, ok, malformed, unknown, revoked, expired, rate_limited,"
+        " latency_ms_sum"
+        " FROM usage_org_hourly WHERE organization_id = :org AND bucket >= :start AND bucket < :end"
+    ), {"org": organization_id, "start": r.start, "end": r.end})
+    starts = r.bucket_starts()
+    return _fold(Series(starts, [_empty_bucket() for _ in starts], show_env=True), rows, r)
+
+
+def key_series(key_id: uuid.UUID, r: UsageRange) -> Series:
+    rows = db.session.execute(sa.text(
+        "SELECT bucket, environment, calls, ok, malformed, unknown, revoked, expired, rate_limited,"
+        " latency_ms_sum"
+        " FROM usage_key_hourly WHERE key_id = :key AND bucket >= :start AND bucket < :end"
+    ), {"key": key_id, "start": r.start, "end": r.end})
+    starts = r.bucket_starts()
+    return _fold(Series(starts, [_empty_bucket() for _ in starts], show_env=False), rows, r)
+
+
+def series_table(series: Series, r: UsageRange) -> Table:
+    envs = series.env_columns()
+    columns = [f"{'Hour' if r.bucket == 'hour' else 'Day'} starting ({r.tz_name})", "Calls",
+               *(c[1] for c in CATEGORIES), *(e[1] for e in envs)]
+    rows = [
+        [r.bucket_label(start), int(b["calls"]), *(int(b[c[0]]) for c in CATEGORIES),
+         *(int(b[f"env_{e[0]}"]) for e in envs)]
+        for start, b in zip(series.starts, series.counts, strict=True)
+    ]
+    return Table(f"Calls per {r.bucket}, {r.describe()}", columns, rows)
+
+
+def chart_data(series: Series, r: UsageRange) -> dict[str, Any]:
+    """What static/js/usage-charts.js draws: the same numbers as the table."""
+    labels = [r.bucket_label(s) for s in series.starts]
+    outcome = [{"label": c[1], "color": c[3], "data": [int(b[c[0]]) for b in series.counts]}
+               for c in CATEGORIES]
+    env = [{"label": e[1], "color": e[2], "data": [int(b[f"env_{e[0]}"]) for b in series.counts]}
+           for e in series.env_columns()]
+    return {"labels": labels, "outcome": outcome, "environment": env}
+
+
+def summary(series: Series) -> dict[str, Any]:
+    totals = series.totals()
+    calls = int(totals.get("calls", 0))
+    return {
+        "calls": calls,
+        **{c[0]: int(totals.get(c[0], 0)) for c in CATEGORIES},
+        "error_rate": (calls - totals.get("ok", 0)) / calls if calls else 0.0,
+        "avg_latency_ms": totals.get("latency_ms_sum", 0) / calls if calls else None,
+    }
+
+
+def _split_days(r: UsageRange) -> tuple[date, date, datetime, datetime]:
+    """Whole UTC days inside the range (read from daily rollups) and the hours at either edge."""
+    first_midnight = r.start.replace(hour=0)
+    if first_midnight < r.start:
+        first_midnight += timedelta(days=1)
+    last_midnight = r.end.replace(hour=0)
+    if last_midnight <= first_midnight:
+        return date.min, date.min, r.end, r.end
+    return first_midnight.date(), last_midnight.date(), first_midnight, last_midnight
+
+
+def top_keys(organization_id: uuid.UUID, r: UsageRange, limit: int = 10) -> list[Any]:
+    """Keys by calls in the range: daily rollups for whole UTC days, hourly ones for the partial days."""
+    d0, d1, h0, h1 = _split_days(r)
+    return list(db.session.execute(sa.text("""
+        WITH parts AS (
+            SELECT key_id, calls, ok, rate_limited FROM usage_key_daily
+            WHERE organization_id = :org AND day >= :d0 AND day < :d1
+            UNION ALL
+            SELECT key_id, calls, ok, rate_limited FROM usage_key_hourly
+            WHERE organization_id = :org
+              AND ((bucket >= :start AND bucket < :h0) OR (bucket >= :h1 AND bucket < :end))
+        ), ranked AS (
+            SELECT key_id, sum(calls) AS calls, sum(ok) AS ok, sum(rate_limited) AS rate_limited
+            FROM parts GROUP BY key_id ORDER BY sum(calls) DESC, key_id LIMIT :limit
+        )
+        SELECT k.id, k.name, k.hint, k.environment, ranked.calls, ranked.ok, ranked.rate_limited
+        FROM ranked JOIN api_keys k ON k.id = ranked.key_id AND k.organization_id = :org
+        ORDER BY ranked.calls DESC, k.id
+    """), {"org": organization_id, "d0": d0, "d1": d1, "h0": h0, "h1": h1, "start": r.start, "end": r.end,
+           "limit": limit}))
+
+
+def top_keys_table(rows: list[Any], link: Any) -> Table:
+    return Table(
+        "Top keys by calls", ["Key", "Environment", "Calls", "OK", "Rate-limited"],
+        [[f"{row.name} ({row.hint})", row.environment, int(row.calls), int(row.ok), int(row.rate_limited)]
+         for row in rows],
+        numeric_from=2, links=[link(row.id) for row in rows],
+    )
+
+
+def top_endpoints_org(organization_id: uuid.UUID, r: UsageRange, limit: int = 10) -> Table:
+    rows = db.session.execute(sa.text(
+        "SELECT endpoint, sum(calls) AS calls, sum(errors) AS errors FROM usage_endpoint_hourly"
+        " WHERE organization_id = :org AND bucket >= :start AND bucket < :end"
+        " GROUP BY endpoint ORDER BY sum(calls) DESC, endpoint LIMIT :limit"
+    ), {"org": organization_id, "start": r.start, "end": r.end, "limit": limit})
+    return _endpoint_table("Top endpoints", rows)
+
+
+def top_endpoints_key(key_id: uuid.UUID, r: UsageRange, limit: int = 10) -> Table:
+    """Per key, endpoints are kept per UTC day, so the range widens to the whole UTC days it touches."""
+    first, last = r.start.date(), (r.end - timedelta(microseconds=1)).astimezone(UTC).date()
+    rows = db.session.execute(sa.text(
+        "SELECT endpoint, sum(calls) AS calls, sum(errors) AS errors FROM usage_key_endpoint_daily"
+        " WHERE key_id = :key AND day >= :first AND day <= :last"
+        " GROUP BY endpoint ORDER BY sum(calls) DESC, endpoint LIMIT :limit"
+    ), {"key": key_id, "first": first, "last": last, "limit": limit})
+    return _endpoint_table(f"Top endpoints, UTC days {first.isoformat()} – {last.isoformat()}", rows)
+
+
+def _endpoint_table(caption: str, rows: Any) -> Table:
+    return Table(caption, ["Endpoint", "Calls", "Errors"],
+                 [[row.endpoint or "(none)", int(row.calls), int(row.errors)] for row in rows])
+
+
+@dataclass
+class Quota:
+    plan: Plan
+    used: int
+    calls: int
+    projected: int
+    runs_out_at: datetime | None
+    month_end: datetime
+
+    @property
+    def percent(self) -> float:
+        return min(100.0, 100.0 * self.used / self.plan.monthly_quota) if self.plan.monthly_quota else 0.0
+
+
+def month_quota(organization_id: uuid.UUID, plan: Plan, now: datetime) -> Quota:
+    """This UTC month's OK calls against the plan, and when the quota runs out at the last 7 days' pace."""
+    month_start = now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    month_end = (month_start + timedelta(days=32)).replace(day=1)
+    week_start = now - timedelta(days=7)
+    row = db.session.execute(sa.text(
+        "SELECT coalesce(sum(ok) FILTER (WHERE bucket >= :month), 0) AS used,"
+        " coalesce(sum(calls) FILTER (WHERE bucket >= :month), 0) AS calls,"
+        " coalesce(sum(ok) FILTER (WHERE bucket >= :week), 0) AS week"
+        " FROM usage_org_hourly WHERE organization_id = :org AND bucket >= least(:month, :week)"
+    ), {"org": organization_id, "month": month_start, "week": week_start}).one()
+    used, per_second = int(row.used), int(row.week) / timedelta(days=7).total_seconds()
+    remaining = (month_end - now).total_seconds()
+    projected = used + int(per_second * remaining)
+    runs_out_at = None
+    if per_second > 0 and used < plan.monthly_quota <= projected:
+        runs_out_at = now + timedelta(seconds=(plan.monthly_quota - used) / per_second)
+    return Quota(plan, used, int(row.calls), projected, runs_out_at, month_end)
+
+
+def has_any_usage(organization_id: uuid.UUID) -> bool:
+    return bool(db.session.scalar(sa.text(
+        "SELECT EXISTS (SELECT 1 FROM usage_org_hourly WHERE organization_id = :org)"
+    ), {"org": organization_id}))
+
+
+def recent_calls(organization_id: uuid.UUID, key_id: uuid.UUID, page: int,
+                 per_page: int) -> tuple[list[Any], bool]:
+    """One page of a key's newest raw events (index on key_id, occurred_at), and whether there are older."""
+    rows = list(db.session.execute(sa.text(
+        "SELECT occurred_at, endpoint, status_code, outcome, latency_ms FROM api_key_usage"
+        " WHERE key_id = :key AND organization_id = :org ORDER BY occurred_at DESC, id DESC"
+        " LIMIT :limit OFFSET :offset"
+    ), {"key": key_id, "org": organization_id, "limit": per_page + 1, "offset": (page - 1) * per_page}))
+    return rows[:per_page], len(rows) > per_page
+
+
+def last_call_at(key_id: uuid.UUID) -> datetime | None:
+    value: datetime | None = db.session.scalar(sa.text(
+        "SELECT max(occurred_at) FROM api_key_usage WHERE key_id = :key"
+    ), {"key": key_id})
+    return value
