@@ -112,7 +112,7 @@ def _transaction(request: pytest.FixtureRequest, app: Flask) -> Iterator[None]:
             yield
         finally:
             db.session.remove()
-            db.session.configure(bind=None, join_transaction_mode="conservative_savepoint")
+            db.session.configure(bind=None, join_transaction_mode="conditional_savepoint")
             outer.rollback()
             connection.close()
 

@@ -112,3 +112,50 @@ def rebuild_rollups(organization_id: uuid.UUID | None = None, since: datetime | 
     db.session.execute(sa.text(REBUILD_SQL), {"since": since, "org": organization_id})
     db.session.commit()
     return since
+
+
+# Each rollup table as the raw events would give it: (table, key columns, raw aggregation). Counts only; latency
+# sums are floats whose last digits depend on the order of addition.
+_CHECKS = {
+    "usage_org_hourly": ("organization_id, bucket, environment, calls, ok, malformed, unknown, revoked, expired,"
+                         " rate_limited",
+                         "SELECT organization_id, hour, coalesce(environment, 'none'), {counts} FROM src"
+                         " GROUP BY 1, 2, 3"),
+    "usage_key_hourly": ("key_id, bucket, organization_id, environment, calls, ok, malformed, unknown, revoked,"
+                         " expired, rate_limited",
+                         "SELECT key_id, hour, key_org, environment, {counts} FROM src WHERE key_org IS NOT NULL"
+                         " GROUP BY 1, 2, 3, 4"),
+    "usage_key_daily": ("key_id, day, organization_id, environment, calls, ok, malformed, unknown, revoked,"
+                        " expired, rate_limited",
+                        "SELECT key_id, day, key_org, environment, {counts} FROM src WHERE key_org IS NOT NULL"
+                        " GROUP BY 1, 2, 3, 4"),
+    "usage_endpoint_hourly": ("organization_id, bucket, endpoint, calls, errors",
+                              "SELECT organization_id, hour, endpoint, count(*),"
+                              " count(*) FILTER (WHERE outcome <> 'ok') FROM src GROUP BY 1, 2, 3"),
+    "usage_key_endpoint_daily": ("key_id, day, endpoint, organization_id, calls, errors",
+                                 "SELECT key_id, day, endpoint, key_org, count(*),"
+                                 " count(*) FILTER (WHERE outcome <> 'ok') FROM src WHERE key_org IS NOT NULL"
+                                 " GROUP BY 1, 2, 3, 4"),
+}
+_SRC = REBUILD_SQL[: REBUILD_SQL.index("), org_hourly AS")] + ")"
+
+
+def rollup_mismatches(organization_id: uuid.UUID, since: datetime | None = None) -> dict[str, int]:
+    """Rows that differ between each rollup table and a fresh aggregation of the raw events (empty = equal).
+
+    Slow on purpose (it reads every raw row of the organization): for tests and the benchmark, not pages.
+    """
+    since = since or datetime(1970, 1, 1, tzinfo=UTC)
+    counts = ", ".join(["count(*)", *(f"count(*) FILTER (WHERE outcome = '{o}')" for o in OUTCOMES)])
+    found: dict[str, int] = {}
+    for table, (columns, raw) in _CHECKS.items():
+        column = ROLLUP_TABLES[table]
+        cutoff = since.date() if column == "day" else since
+        sql = (f"{_SRC}, raw AS ({raw.format(counts=counts)}),"  # noqa: S608 -- constants only
+               f" rolled AS (SELECT {columns} FROM {table} WHERE organization_id = :org AND {column} >= :cutoff)"
+               " SELECT (SELECT count(*) FROM (SELECT * FROM raw EXCEPT ALL SELECT * FROM rolled) a)"
+               " + (SELECT count(*) FROM (SELECT * FROM rolled EXCEPT ALL SELECT * FROM raw) b)")
+        differing = db.session.scalar(sa.text(sql), {"org": organization_id, "since": since, "cutoff": cutoff})
+        if differing:
+            found[table] = int(differing)
+    return found

@@ -139,6 +139,7 @@ def parse_range(args: Mapping[str, str], *, tz_cookie: str | None, now: datetime
             messages.append("The start date is in the future; showing the last 7 days.")
             key = DEFAULT_RANGE
         else:
+            last = min(last, today)
             if (last - first).days + 1 > max_days:
                 first = last - timedelta(days=max_days - 1)
                 messages.append(f"Usage is kept for {max_days} days; "

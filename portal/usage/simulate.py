@@ -22,14 +22,16 @@ from portal.models import ApiKey, Organization
 
 DAY, WEEK = 86_400, 7 * 86_400
 DAILY_PEAK, WEEKLY_PEAK = 15 * 3600, 6 * DAY + 12 * 3600  # 15:00 UTC; Wednesday noon (epoch 0 was a Thursday)
-DAILY_SWING, WEEKLY_SWING = 0.6, 0.25
+DAILY_SWING, WEEKLY_SWING = 0.5, 0.2
+# The warp t = x - a·sin(…) stays increasing while the swings sum below 1; times pushed past either end of the
+# window are reflected back into it, so no instant collects a pile of calls.
+_DAILY_AMPLITUDE = round(DAILY_SWING * DAY / (2 * math.pi), 3)
+_WEEKLY_AMPLITUDE = round(WEEKLY_SWING * WEEK / (2 * math.pi), 3)
 
 SIMULATE_SQL = sa.text(f"""
 INSERT INTO api_key_usage (key_id, organization_id, occurred_at, endpoint, status_code, latency_ms, outcome)
 SELECT keys.ids[1 + floor(keys.n * power(g.r_key, 2.2))::int], :org,
-       least(greatest(to_timestamp(g.x - {DAILY_SWING * DAY / (2 * math.pi)} * sin(2 * pi() * (g.x - {DAILY_PEAK}) / {DAY})
-                                        - {WEEKLY_SWING * WEEK / (2 * math.pi)} * sin(2 * pi() * (g.x - {WEEKLY_PEAK}) / {WEEK})),
-                      :start), :now),
+       to_timestamp(CASE WHEN g.t > g.hi THEN 2 * g.hi - g.t WHEN g.t < g.lo THEN 2 * g.lo - g.t ELSE g.t END),
        CASE WHEN g.r_ep < .30 THEN '/v1/translate' WHEN g.r_ep < .55 THEN '/v1/complete'
             WHEN g.r_ep < .70 THEN '/v1/embed' WHEN g.r_ep < .80 THEN '/v1/classify'
             WHEN g.r_ep < .88 THEN '/v1/search' WHEN g.r_ep < .94 THEN '/v1/moderate'
@@ -39,9 +41,13 @@ SELECT keys.ids[1 + floor(keys.n * power(g.r_key, 2.2))::int], :org,
        CASE WHEN g.r_out < .93 THEN 'ok' WHEN g.r_out < .98 THEN 'rate_limited'
             WHEN g.r_out < .993 THEN 'revoked' ELSE 'expired' END
 FROM (SELECT CAST(:keys AS uuid[]) AS ids, CAST(:nkeys AS int) AS n) AS keys,
-     (SELECT extract(epoch FROM CAST(:start AS timestamptz)) + (i + random()) * :step AS x,
-             random() AS r_key, random() AS r_ep, random() AS r_out, random() AS r_lat
-      FROM generate_series(CAST(:lo AS bigint), CAST(:hi AS bigint) - 1) AS i) AS g
+     (SELECT w.x - {_DAILY_AMPLITUDE} * sin(2 * pi() * (w.x - {DAILY_PEAK}) / {DAY})
+                 - {_WEEKLY_AMPLITUDE} * sin(2 * pi() * (w.x - {WEEKLY_PEAK}) / {WEEK}) AS t,
+             w.lo, w.hi, random() AS r_key, random() AS r_ep, random() AS r_out, random() AS r_lat
+      FROM (SELECT extract(epoch FROM CAST(:start AS timestamptz)) + (i + random()) * :step AS x,
+                   extract(epoch FROM CAST(:start AS timestamptz)) AS lo,
+                   extract(epoch FROM CAST(:now AS timestamptz)) AS hi
+            FROM generate_series(CAST(:lo AS bigint), CAST(:hi AS bigint) - 1) AS i) AS w) AS g
 """)  # noqa: S608 -- only constants of this module are formatted in
 
 
