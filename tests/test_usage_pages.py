@@ -17,10 +17,19 @@ def busy_key(org, owner):
     live = factories.api_key(org, owner, environment="live", name="Billing worker").api_key
     test = factories.api_key(org, owner, environment="test", name="Staging").api_key
     hour = floor_hour(datetime.now(UTC))
-    record([event(live, hour - timedelta(hours=h, minutes=-m), "ok" if m % 6 else "rate_limited",
-                  endpoint="/v1/translate" if m % 3 else "/v1/embed")
-            for h in range(5) for m in range(0, 60, 5)]
-           + [event(test, hour - timedelta(hours=30), "revoked")])
+    record(
+        [
+            event(
+                live,
+                hour - timedelta(hours=h, minutes=-m),
+                "ok" if m % 6 else "rate_limited",
+                endpoint="/v1/translate" if m % 3 else "/v1/embed",
+            )
+            for h in range(5)
+            for m in range(0, 60, 5)
+        ]
+        + [event(test, hour - timedelta(hours=30), "revoked")]
+    )
     return live
 
 
@@ -48,7 +57,9 @@ def test_dashboard_shows_totals_chart_data_and_tables(client, auth, org, owner, 
 def test_csv_is_exactly_the_table_on_the_page(client, auth, org, owner, busy_key, table):
     auth.login(owner)
     query = "range=custom&start=2026-11-01&end=2030-01-01&bucket=day&tz=Europe/Berlin"
-    page_rows = html_tables(client.get(f"/orgs/{org.slug}/usage?{query}").get_data(as_text=True))[f"table-{table}"]
+    page_rows = html_tables(client.get(f"/orgs/{org.slug}/usage?{query}").get_data(as_text=True))[
+        f"table-{table}"
+    ]
     response = client.get(f"/orgs/{org.slug}/usage.csv?{query}&table={table}")
     assert response.status_code == 200 and response.mimetype == "text/csv"
     assert csv_rows(response.data) == [numbers(row) if i else row for i, row in enumerate(page_rows)]
@@ -70,7 +81,9 @@ def test_bad_range_bucket_and_zone_show_a_message_not_an_error(client, auth, org
     assert response.status_code == 200
     assert "Unknown range" in html and "Unknown bucket" in html and "Unknown time zone" in html
     response = client.get(f"/orgs/{org.slug}/usage?range=custom&start=2026-11-20&end=2026-11-02")
-    assert response.status_code == 200 and "end date is before the start date" in response.get_data(as_text=True)
+    assert response.status_code == 200 and "end date is before the start date" in response.get_data(
+        as_text=True
+    )
     assert client.get(f"/orgs/{org.slug}/usage.csv?table=secrets").status_code == 404
 
 

@@ -16,7 +16,11 @@ def parse(tz_cookie=None, **args):
 def test_presets_end_with_the_current_hour():
     r = parse(range="24h")
     assert (r.start, r.end, r.bucket, r.messages) == (
-        datetime(2026, 11, 23, 10, tzinfo=UTC), datetime(2026, 11, 24, 10, tzinfo=UTC), "hour", [])
+        datetime(2026, 11, 23, 10, tzinfo=UTC),
+        datetime(2026, 11, 24, 10, tzinfo=UTC),
+        "hour",
+        [],
+    )
     assert len(r.bucket_starts()) == 24
     assert parse(range="30d").bucket == "day"
 
@@ -36,7 +40,10 @@ def test_a_daylight_saving_day_has_23_hours():
     r = parse(range="custom", start="2026-03-07", end="2026-03-09", bucket="day", tz="America/New_York")
     starts = r.bucket_starts()
     assert [b - a for a, b in zip(starts, starts[1:] + [r.end], strict=True)] == [
-        timedelta(hours=24), timedelta(hours=23), timedelta(hours=24)]
+        timedelta(hours=24),
+        timedelta(hours=23),
+        timedelta(hours=24),
+    ]
 
 
 def test_bad_input_falls_back_with_a_message():

@@ -14,7 +14,8 @@ import sqlalchemy as sa
 from portal.extensions import db
 
 INSERT = sa.text(
-    "INSERT INTO api_key_usage (key_id, organization_id, occurred_at, endpoint, status_code, latency_ms, outcome)"
+    "INSERT INTO api_key_usage"
+    " (key_id, organization_id, occurred_at, endpoint, status_code, latency_ms, outcome)"
     " SELECT * FROM unnest(CAST(:keys AS uuid[]), CAST(:orgs AS uuid[]), CAST(:ats AS timestamptz[]),"
     " CAST(:endpoints AS text[]), CAST(:statuses AS int[]), CAST(:latencies AS float8[]),"
     " CAST(:outcomes AS text[]))"
@@ -22,20 +23,38 @@ INSERT = sa.text(
 STATUS = {"ok": 200, "rate_limited": 429, "revoked": 401, "expired": 401, "unknown": 401, "malformed": 400}
 
 
-def event(key: Any, at: datetime, outcome: str = "ok", endpoint: str | None = "/v1/translate",
-          org_id: uuid.UUID | None = None, latency: float = 5.0) -> tuple[Any, ...]:
+def event(
+    key: Any,
+    at: datetime,
+    outcome: str = "ok",
+    endpoint: str | None = "/v1/translate",
+    org_id: uuid.UUID | None = None,
+    latency: float = 5.0,
+) -> tuple[Any, ...]:
     """One call; ``key`` is an ApiKey (or None for calls no key could be matched to)."""
     organization = org_id if org_id is not None else (key.organization_id if key is not None else None)
-    return (key.id if key is not None else None, organization, at, endpoint, STATUS[outcome], latency, outcome)
+    return (
+        key.id if key is not None else None,
+        organization,
+        at,
+        endpoint,
+        STATUS[outcome],
+        latency,
+        outcome,
+    )
 
 
 def record(events: list[tuple[Any, ...]], connection: Any = None) -> None:
     """Insert ``events`` in ONE statement, so the rollup trigger sees them together."""
     columns = list(zip(*events, strict=True))
     params = {
-        "keys": [str(v) if v else None for v in columns[0]], "orgs": [str(v) if v else None for v in columns[1]],
-        "ats": list(columns[2]), "endpoints": list(columns[3]), "statuses": list(columns[4]),
-        "latencies": list(columns[5]), "outcomes": list(columns[6]),
+        "keys": [str(v) if v else None for v in columns[0]],
+        "orgs": [str(v) if v else None for v in columns[1]],
+        "ats": list(columns[2]),
+        "endpoints": list(columns[3]),
+        "statuses": list(columns[4]),
+        "latencies": list(columns[5]),
+        "outcomes": list(columns[6]),
     }
     (connection or db.session).execute(INSERT, params)
 

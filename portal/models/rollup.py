@@ -22,7 +22,15 @@ from portal.models.usage import ApiKeyUsage
 # ``flask usage prune`` deletes raw events oldest first; BRIN stays tiny as rows arrive in time order.
 sa.Index("ix_api_key_usage_occurred_brin", ApiKeyUsage.occurred_at, postgresql_using="brin")
 
-COUNT_COLUMNS: tuple[str, ...] = ("calls", "ok", "malformed", "unknown", "revoked", "expired", "rate_limited")
+COUNT_COLUMNS: tuple[str, ...] = (
+    "calls",
+    "ok",
+    "malformed",
+    "unknown",
+    "revoked",
+    "expired",
+    "rate_limited",
+)
 
 
 def _org_fk() -> Mapped[uuid.UUID]:
@@ -81,8 +89,12 @@ class UsageKeyDaily(OutcomeCounts, db.Model):
 
     __tablename__ = "usage_key_daily"
     __table_args__ = (
-        sa.Index("ix_usage_key_daily_org_day", "organization_id", "day",
-                 postgresql_include=["key_id", "calls", "ok", "rate_limited"]),
+        sa.Index(
+            "ix_usage_key_daily_org_day",
+            "organization_id",
+            "day",
+            postgresql_include=["key_id", "calls", "ok", "rate_limited"],
+        ),
     )
 
     key_id: Mapped[uuid.UUID] = _key_fk()

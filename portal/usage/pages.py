@@ -25,16 +25,26 @@ def now() -> datetime:
 
 
 def current_range() -> UsageRange:
-    return parse_range(request.args, tz_cookie=request.cookies.get(TZ_COOKIE), now=now(),
-                       max_days=current_app.config["USAGE_ROLLUP_RETENTION_DAYS"])
+    return parse_range(
+        request.args,
+        tz_cookie=request.cookies.get(TZ_COOKIE),
+        now=now(),
+        max_days=current_app.config["USAGE_ROLLUP_RETENTION_DAYS"],
+    )
 
 
 def remember_zone(response: Any) -> Any:
     """Keep a valid ``tz`` choice in a cookie, so the member's zone sticks across pages."""
     tz = valid_zone(request.args.get("tz"))
     if tz and tz != request.cookies.get(TZ_COOKIE):
-        response.set_cookie(TZ_COOKIE, tz, max_age=365 * 24 * 3600, samesite="Lax",
-                            secure=current_app.config["SESSION_COOKIE_SECURE"], httponly=True)
+        response.set_cookie(
+            TZ_COOKIE,
+            tz,
+            max_age=365 * 24 * 3600,
+            samesite="Lax",
+            secure=current_app.config["SESSION_COOKIE_SECURE"],
+            httponly=True,
+        )
     return response
 
 
@@ -73,7 +83,9 @@ def key_page(org: Organization, api_key: ApiKey) -> UsagePage:
     last = services.last_call_at(api_key.id)
     if api_key.last_used_at and (last is None or api_key.last_used_at > last):
         last = api_key.last_used_at
-    return UsagePage(r, services.summary(series), services.chart_data(series, r), tables, {"last_call": last})
+    return UsagePage(
+        r, services.summary(series), services.chart_data(series, r), tables, {"last_call": last}
+    )
 
 
 def csv_response(table: Table, filename: str) -> Any:
@@ -82,7 +94,9 @@ def csv_response(table: Table, filename: str) -> Any:
     writer = csv.writer(out)
     writer.writerow(table.columns)
     for row in table.rows:
-        writer.writerow([f"'{v}" if isinstance(v, str) and v[:1] in ("=", "+", "-", "@") else v for v in row])
+        writer.writerow(
+            [f"'{v}" if isinstance(v, str) and v[:1] in ("=", "+", "-", "@") else v for v in row]
+        )
     response = current_app.response_class(out.getvalue(), mimetype="text/csv")
     safe = re.sub(r"[^A-Za-z0-9._-]+", "-", filename)
     response.headers["Content-Disposition"] = f'attachment; filename="{safe}"'

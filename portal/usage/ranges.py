@@ -17,17 +17,33 @@ from zoneinfo import ZoneInfo
 
 HOUR = timedelta(hours=1)
 PRESETS: dict[str, timedelta] = {
-    "24h": timedelta(hours=24), "7d": timedelta(days=7), "30d": timedelta(days=30),
+    "24h": timedelta(hours=24),
+    "7d": timedelta(days=7),
+    "30d": timedelta(days=30),
 }
 RANGE_LABELS = {"24h": "Last 24 hours", "7d": "Last 7 days", "30d": "Last 30 days", "custom": "Custom"}
 BUCKETS = ("hour", "day")
 DEFAULT_RANGE = "7d"
 MAX_HOURLY_SPAN = timedelta(days=31)
 COMMON_ZONES = (
-    "UTC", "America/Los_Angeles", "America/Denver", "America/Chicago", "America/New_York",
-    "America/Sao_Paulo", "Europe/London", "Europe/Paris", "Europe/Berlin", "Europe/Kyiv", "Africa/Lagos",
+    "UTC",
+    "America/Los_Angeles",
+    "America/Denver",
+    "America/Chicago",
+    "America/New_York",
+    "America/Sao_Paulo",
+    "Europe/London",
+    "Europe/Paris",
+    "Europe/Berlin",
+    "Europe/Kyiv",
+    "Africa/Lagos",
     "Africa/Johannesburg",
-    "Asia/Dubai", "Asia/Kolkata", "Asia/Singapore", "Asia/Shanghai", "Asia/Tokyo", "Australia/Sydney",
+    "Asia/Dubai",
+    "Asia/Kolkata",
+    "Asia/Singapore",
+    "Asia/Shanghai",
+    "Asia/Tokyo",
+    "Australia/Sydney",
     "Pacific/Auckland",
 )
 
@@ -107,8 +123,9 @@ def _parse_date(value: str | None) -> date | None:
         return None
 
 
-def parse_range(args: Mapping[str, str], *, tz_cookie: str | None, now: datetime,
-                max_days: int) -> UsageRange:
+def parse_range(
+    args: Mapping[str, str], *, tz_cookie: str | None, now: datetime, max_days: int
+) -> UsageRange:
     """Resolve ``range``, ``bucket``, ``tz``, ``start``, ``end`` from the query string (and the tz cookie)."""
     messages: list[str] = []
     tz_arg = args.get("tz")
@@ -129,8 +146,9 @@ def parse_range(args: Mapping[str, str], *, tz_cookie: str | None, now: datetime
         first, last = _parse_date(custom_start), _parse_date(custom_end)
         today = now.astimezone(tz).date()
         if first is None or last is None:
-            messages.append("A custom range needs a start and an end date (YYYY-MM-DD); "
-                            "showing the last 7 days.")
+            messages.append(
+                "A custom range needs a start and an end date (YYYY-MM-DD); showing the last 7 days."
+            )
             key = DEFAULT_RANGE
         elif last < first:
             messages.append("The end date is before the start date; showing the last 7 days.")
@@ -142,8 +160,9 @@ def parse_range(args: Mapping[str, str], *, tz_cookie: str | None, now: datetime
             last = min(last, today)
             if (last - first).days + 1 > max_days:
                 first = last - timedelta(days=max_days - 1)
-                messages.append(f"Usage is kept for {max_days} days; "
-                                f"the range now starts on {first.isoformat()}.")
+                messages.append(
+                    f"Usage is kept for {max_days} days; the range now starts on {first.isoformat()}."
+                )
             start = local_midnight(first, tz)
             end = min(local_midnight(last + timedelta(days=1), tz), end)
 

@@ -31,14 +31,23 @@ def _table_or_404(page: pages.UsagePage) -> Table:
     return table
 
 
-def _render(template: str, page: pages.UsagePage, csv_endpoint: str, csv_args: dict[str, Any],
-            **context: Any) -> Any:
+def _render(
+    template: str, page: pages.UsagePage, csv_endpoint: str, csv_args: dict[str, Any], **context: Any
+) -> Any:
     args = pages.query_args(page.r)
-    response = make_response(render_template(
-        template, page=page, r=page.r, range_labels=RANGE_LABELS, zones=COMMON_ZONES, args=args,
-        api_base=current_app.config["PUBLIC_API_BASE"],
-        csv_url=lambda table: url_for(csv_endpoint, table=table, **csv_args, **args), **context,
-    ))
+    response = make_response(
+        render_template(
+            template,
+            page=page,
+            r=page.r,
+            range_labels=RANGE_LABELS,
+            zones=COMMON_ZONES,
+            args=args,
+            api_base=current_app.config["PUBLIC_API_BASE"],
+            csv_url=lambda table: url_for(csv_endpoint, **{**csv_args, **args, "table": table}),
+            **context,
+        )
+    )
     return pages.remember_zone(response)
 
 
@@ -50,8 +59,9 @@ def _member_key_link(slug: str) -> Any:
 @org_view()
 def dashboard(slug: str) -> Any:
     page = pages.org_page(g.org, _member_key_link(slug))
-    return _render("usage/dashboard.html", page, "usage.dashboard_csv", {"slug": slug}, org=g.org,
-                   staff_view=False)
+    return _render(
+        "usage/dashboard.html", page, "usage.dashboard_csv", {"slug": slug}, org=g.org, staff_view=False
+    )
 
 
 @bp.get("/orgs/<slug>/usage.csv")
@@ -70,8 +80,17 @@ def key(slug: str, key_id: str) -> Any:
     number = min(max(request.args.get("page", 1, type=int) or 1, 1), MAX_PAGE)
     per_page = current_app.config["USAGE_RECENT_PER_PAGE"]
     calls, has_older = services.recent_calls(g.org.id, api_key.id, number, per_page)
-    return _render("usage/key.html", page, "usage.key_csv", {"slug": slug, "key_id": api_key.id}, org=g.org, api_key=api_key, calls=calls, page_number=number,
-                   has_older=has_older and number < MAX_PAGE)
+    return _render(
+        "usage/key.html",
+        page,
+        "usage.key_csv",
+        {"slug": slug, "key_id": api_key.id},
+        org=g.org,
+        api_key=api_key,
+        calls=calls,
+        page_number=number,
+        has_older=has_older and number < MAX_PAGE,
+    )
 
 
 @bp.get("/orgs/<slug>/keys/<key_id>/usage.csv")
@@ -100,8 +119,9 @@ def _staff_org(org_id: str) -> Organization:
 def staff_org(org_id: str) -> Any:
     org = _staff_org(org_id)
     page = pages.org_page(org, lambda _key_id: None)
-    return _render("usage/dashboard.html", page, "usage.staff_org_csv", {"org_id": org.id}, org=org,
-                   staff_view=True)
+    return _render(
+        "usage/dashboard.html", page, "usage.staff_org_csv", {"org_id": org.id}, org=org, staff_view=True
+    )
 
 
 @bp.get("/staff/orgs/<org_id>/usage.csv")

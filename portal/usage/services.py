@@ -24,7 +24,9 @@ CATEGORIES: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     ("revoked", "Revoked/expired", ("revoked", "expired"), "#c92a2a"),
 )
 ENV_SERIES: tuple[tuple[str, str, str], ...] = (
-    ("live", "Live", "#a61e4d"), ("test", "Test", "#3b5bdb"), ("none", "No key", "#868e96"),
+    ("live", "Live", "#a61e4d"),
+    ("test", "Test", "#3b5bdb"),
+    ("none", "No key", "#868e96"),
 )
 
 
@@ -60,8 +62,12 @@ class Series:
 
 
 def _empty_bucket() -> dict[str, float]:
-    return {"calls": 0, **{c[0]: 0 for c in CATEGORIES}, "latency_ms_sum": 0,
-            **{f"env_{e[0]}": 0 for e in ENV_SERIES}}
+    return {
+        "calls": 0,
+        **{c[0]: 0 for c in CATEGORIES},
+        "latency_ms_sum": 0,
+        **{f"env_{e[0]}": 0 for e in ENV_SERIES},
+    }
 
 
 def _fold(series: Series, rows: Any, r: UsageRange) -> Series:
@@ -70,8 +76,13 @@ def _fold(series: Series, rows: Any, r: UsageRange) -> Series:
         if i < 0:
             continue
         target = series.counts[i]
-        outcome = dict(zip(("calls", "ok", "malformed", "unknown", "revoked", "expired", "rate_limited"),
-                           row[2:9], strict=True))
+        outcome = dict(
+            zip(
+                ("calls", "ok", "malformed", "unknown", "revoked", "expired", "rate_limited"),
+                row[2:9],
+                strict=True,
+            )
+        )
         target["calls"] += outcome["calls"]
         for key, _label, outcomes, _colour in CATEGORIES:
             target[key] += sum(outcome[o] for o in outcomes)
@@ -81,32 +92,46 @@ def _fold(series: Series, rows: Any, r: UsageRange) -> Series:
 
 
 def org_series(organization_id: uuid.UUID, r: UsageRange) -> Series:
-    rows = db.session.execute(sa.text(
-        "SELECT bucket, environment, calls, ok, malformed, unknown, revoked, expired, rate_limited,"
-        " latency_ms_sum"
-        " FROM usage_org_hourly WHERE organization_id = :org AND bucket >= :start AND bucket < :end"
-    ), {"org": organization_id, "start": r.start, "end": r.end})
+    rows = db.session.execute(
+        sa.text(
+            "SELECT bucket, environment, calls, ok, malformed, unknown, revoked, expired, rate_limited,"
+            " latency_ms_sum"
+            " FROM usage_org_hourly WHERE organization_id = :org AND bucket >= :start AND bucket < :end"
+        ),
+        {"org": organization_id, "start": r.start, "end": r.end},
+    )
     starts = r.bucket_starts()
     return _fold(Series(starts, [_empty_bucket() for _ in starts], show_env=True), rows, r)
 
 
 def key_series(key_id: uuid.UUID, r: UsageRange) -> Series:
-    rows = db.session.execute(sa.text(
-        "SELECT bucket, environment, calls, ok, malformed, unknown, revoked, expired, rate_limited,"
-        " latency_ms_sum"
-        " FROM usage_key_hourly WHERE key_id = :key AND bucket >= :start AND bucket < :end"
-    ), {"key": key_id, "start": r.start, "end": r.end})
+    rows = db.session.execute(
+        sa.text(
+            "SELECT bucket, environment, calls, ok, malformed, unknown, revoked, expired, rate_limited,"
+            " latency_ms_sum"
+            " FROM usage_key_hourly WHERE key_id = :key AND bucket >= :start AND bucket < :end"
+        ),
+        {"key": key_id, "start": r.start, "end": r.end},
+    )
     starts = r.bucket_starts()
     return _fold(Series(starts, [_empty_bucket() for _ in starts], show_env=False), rows, r)
 
 
 def series_table(series: Series, r: UsageRange) -> Table:
     envs = series.env_columns()
-    columns = [f"{'Hour' if r.bucket == 'hour' else 'Day'} starting ({r.tz_name})", "Calls",
-               *(c[1] for c in CATEGORIES), *(e[1] for e in envs)]
+    columns = [
+        f"{'Hour' if r.bucket == 'hour' else 'Day'} starting ({r.tz_name})",
+        "Calls",
+        *(c[1] for c in CATEGORIES),
+        *(e[1] for e in envs),
+    ]
     rows = [
-        [r.bucket_label(start), int(b["calls"]), *(int(b[c[0]]) for c in CATEGORIES),
-         *(int(b[f"env_{e[0]}"]) for e in envs)]
+        [
+            r.bucket_label(start),
+            int(b["calls"]),
+            *(int(b[c[0]]) for c in CATEGORIES),
+            *(int(b[f"env_{e[0]}"]) for e in envs),
+        ]
         for start, b in zip(series.starts, series.counts, strict=True)
     ]
     return Table(f"Calls per {r.bucket}, {r.describe()}", columns, rows)
@@ -115,10 +140,13 @@ def series_table(series: Series, r: UsageRange) -> Table:
 def chart_data(series: Series, r: UsageRange) -> dict[str, Any]:
     """What static/js/usage-charts.js draws: the same numbers as the table."""
     labels = [r.bucket_label(s) for s in series.starts]
-    outcome = [{"label": c[1], "color": c[3], "data": [int(b[c[0]]) for b in series.counts]}
-               for c in CATEGORIES]
-    env = [{"label": e[1], "color": e[2], "data": [int(b[f"env_{e[0]}"]) for b in series.counts]}
-           for e in series.env_columns()]
+    outcome = [
+        {"label": c[1], "color": c[3], "data": [int(b[c[0]]) for b in series.counts]} for c in CATEGORIES
+    ]
+    env = [
+        {"label": e[1], "color": e[2], "data": [int(b[f"env_{e[0]}"]) for b in series.counts]}
+        for e in series.env_columns()
+    ]
     return {"labels": labels, "outcome": outcome, "environment": env}
 
 
@@ -147,7 +175,9 @@ def _split_days(r: UsageRange) -> tuple[date, date, datetime, datetime]:
 def top_keys(organization_id: uuid.UUID, r: UsageRange, limit: int = 10) -> list[Any]:
     """Keys by calls in the range: daily rollups for whole UTC days, hourly ones for the partial days."""
     d0, d1, h0, h1 = _split_days(r)
-    return list(db.session.execute(sa.text("""
+    return list(
+        db.session.execute(
+            sa.text("""
         WITH parts AS (
             SELECT key_id, calls, ok, rate_limited FROM usage_key_daily
             WHERE organization_id = :org AND day >= :d0 AND day < :d1
@@ -162,42 +192,72 @@ def top_keys(organization_id: uuid.UUID, r: UsageRange, limit: int = 10) -> list
         SELECT k.id, k.name, k.hint, k.environment, ranked.calls, ranked.ok, ranked.rate_limited
         FROM ranked JOIN api_keys k ON k.id = ranked.key_id AND k.organization_id = :org
         ORDER BY ranked.calls DESC, k.id
-    """), {"org": organization_id, "d0": d0, "d1": d1, "h0": h0, "h1": h1, "start": r.start, "end": r.end,
-           "limit": limit}))
+    """),
+            {
+                "org": organization_id,
+                "d0": d0,
+                "d1": d1,
+                "h0": h0,
+                "h1": h1,
+                "start": r.start,
+                "end": r.end,
+                "limit": limit,
+            },
+        )
+    )
 
 
 def top_keys_table(rows: list[Any], link: Any) -> Table:
     return Table(
-        "Top keys by calls", ["Key", "Environment", "Calls", "OK", "Rate-limited"],
-        [[f"{row.name} ({row.hint})", row.environment, int(row.calls), int(row.ok), int(row.rate_limited)]
-         for row in rows],
-        numeric_from=2, links=[link(row.id) for row in rows],
+        "Top keys by calls",
+        ["Key", "Environment", "Calls", "OK", "Rate-limited"],
+        [
+            [
+                f"{row.name} ({row.hint})",
+                row.environment,
+                int(row.calls),
+                int(row.ok),
+                int(row.rate_limited),
+            ]
+            for row in rows
+        ],
+        numeric_from=2,
+        links=[link(row.id) for row in rows],
     )
 
 
 def top_endpoints_org(organization_id: uuid.UUID, r: UsageRange, limit: int = 10) -> Table:
-    rows = db.session.execute(sa.text(
-        "SELECT endpoint, sum(calls) AS calls, sum(errors) AS errors FROM usage_endpoint_hourly"
-        " WHERE organization_id = :org AND bucket >= :start AND bucket < :end"
-        " GROUP BY endpoint ORDER BY sum(calls) DESC, endpoint LIMIT :limit"
-    ), {"org": organization_id, "start": r.start, "end": r.end, "limit": limit})
+    rows = db.session.execute(
+        sa.text(
+            "SELECT endpoint, sum(calls) AS calls, sum(errors) AS errors FROM usage_endpoint_hourly"
+            " WHERE organization_id = :org AND bucket >= :start AND bucket < :end"
+            " GROUP BY endpoint ORDER BY sum(calls) DESC, endpoint LIMIT :limit"
+        ),
+        {"org": organization_id, "start": r.start, "end": r.end, "limit": limit},
+    )
     return _endpoint_table("Top endpoints", rows)
 
 
 def top_endpoints_key(key_id: uuid.UUID, r: UsageRange, limit: int = 10) -> Table:
     """Per key, endpoints are kept per UTC day, so the range widens to the whole UTC days it touches."""
     first, last = r.start.date(), (r.end - timedelta(microseconds=1)).astimezone(UTC).date()
-    rows = db.session.execute(sa.text(
-        "SELECT endpoint, sum(calls) AS calls, sum(errors) AS errors FROM usage_key_endpoint_daily"
-        " WHERE key_id = :key AND day >= :first AND day <= :last"
-        " GROUP BY endpoint ORDER BY sum(calls) DESC, endpoint LIMIT :limit"
-    ), {"key": key_id, "first": first, "last": last, "limit": limit})
+    rows = db.session.execute(
+        sa.text(
+            "SELECT endpoint, sum(calls) AS calls, sum(errors) AS errors FROM usage_key_endpoint_daily"
+            " WHERE key_id = :key AND day >= :first AND day <= :last"
+            " GROUP BY endpoint ORDER BY sum(calls) DESC, endpoint LIMIT :limit"
+        ),
+        {"key": key_id, "first": first, "last": last, "limit": limit},
+    )
     return _endpoint_table(f"Top endpoints, UTC days {first.isoformat()} – {last.isoformat()}", rows)
 
 
 def _endpoint_table(caption: str, rows: Any) -> Table:
-    return Table(caption, ["Endpoint", "Calls", "Errors"],
-                 [[row.endpoint or "(none)", int(row.calls), int(row.errors)] for row in rows])
+    return Table(
+        caption,
+        ["Endpoint", "Calls", "Errors"],
+        [[row.endpoint or "(none)", int(row.calls), int(row.errors)] for row in rows],
+    )
 
 
 @dataclass
@@ -219,12 +279,15 @@ def month_quota(organization_id: uuid.UUID, plan: Plan, now: datetime) -> Quota:
     month_start = now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     month_end = (month_start + timedelta(days=32)).replace(day=1)
     week_start = now - timedelta(days=7)
-    row = db.session.execute(sa.text(
-        "SELECT coalesce(sum(ok) FILTER (WHERE bucket >= :month), 0) AS used,"
-        " coalesce(sum(calls) FILTER (WHERE bucket >= :month), 0) AS calls,"
-        " coalesce(sum(ok) FILTER (WHERE bucket >= :week), 0) AS week"
-        " FROM usage_org_hourly WHERE organization_id = :org AND bucket >= least(:month, :week)"
-    ), {"org": organization_id, "month": month_start, "week": week_start}).one()
+    row = db.session.execute(
+        sa.text(
+            "SELECT coalesce(sum(ok) FILTER (WHERE bucket >= :month), 0) AS used,"
+            " coalesce(sum(calls) FILTER (WHERE bucket >= :month), 0) AS calls,"
+            " coalesce(sum(ok) FILTER (WHERE bucket >= :week), 0) AS week"
+            " FROM usage_org_hourly WHERE organization_id = :org AND bucket >= least(:month, :week)"
+        ),
+        {"org": organization_id, "month": month_start, "week": week_start},
+    ).one()
     used, per_second = int(row.used), int(row.week) / timedelta(days=7).total_seconds()
     remaining = (month_end - now).total_seconds()
     projected = used + int(per_second * remaining)
@@ -235,24 +298,33 @@ def month_quota(organization_id: uuid.UUID, plan: Plan, now: datetime) -> Quota:
 
 
 def has_any_usage(organization_id: uuid.UUID) -> bool:
-    return bool(db.session.scalar(sa.text(
-        "SELECT EXISTS (SELECT 1 FROM usage_org_hourly WHERE organization_id = :org)"
-    ), {"org": organization_id}))
+    return bool(
+        db.session.scalar(
+            sa.text("SELECT EXISTS (SELECT 1 FROM usage_org_hourly WHERE organization_id = :org)"),
+            {"org": organization_id},
+        )
+    )
 
 
-def recent_calls(organization_id: uuid.UUID, key_id: uuid.UUID, page: int,
-                 per_page: int) -> tuple[list[Any], bool]:
+def recent_calls(
+    organization_id: uuid.UUID, key_id: uuid.UUID, page: int, per_page: int
+) -> tuple[list[Any], bool]:
     """One page of a key's newest raw events (index on key_id, occurred_at), and whether there are older."""
-    rows = list(db.session.execute(sa.text(
-        "SELECT occurred_at, endpoint, status_code, outcome, latency_ms FROM api_key_usage"
-        " WHERE key_id = :key AND organization_id = :org ORDER BY occurred_at DESC, id DESC"
-        " LIMIT :limit OFFSET :offset"
-    ), {"key": key_id, "org": organization_id, "limit": per_page + 1, "offset": (page - 1) * per_page}))
+    rows = list(
+        db.session.execute(
+            sa.text(
+                "SELECT occurred_at, endpoint, status_code, outcome, latency_ms FROM api_key_usage"
+                " WHERE key_id = :key AND organization_id = :org ORDER BY occurred_at DESC, id DESC"
+                " LIMIT :limit OFFSET :offset"
+            ),
+            {"key": key_id, "org": organization_id, "limit": per_page + 1, "offset": (page - 1) * per_page},
+        )
+    )
     return rows[:per_page], len(rows) > per_page
 
 
 def last_call_at(key_id: uuid.UUID) -> datetime | None:
-    value: datetime | None = db.session.scalar(sa.text(
-        "SELECT max(occurred_at) FROM api_key_usage WHERE key_id = :key"
-    ), {"key": key_id})
+    value: datetime | None = db.session.scalar(
+        sa.text("SELECT max(occurred_at) FROM api_key_usage WHERE key_id = :key"), {"key": key_id}
+    )
     return value

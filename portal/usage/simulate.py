@@ -21,7 +21,10 @@ from portal.keys.services import pepper
 from portal.models import ApiKey, Organization
 
 DAY, WEEK = 86_400, 7 * 86_400
-DAILY_PEAK, WEEKLY_PEAK = 15 * 3600, 6 * DAY + 12 * 3600  # 15:00 UTC; Wednesday noon (epoch 0 was a Thursday)
+DAILY_PEAK, WEEKLY_PEAK = (
+    15 * 3600,
+    6 * DAY + 12 * 3600,
+)  # 15:00 UTC; Wednesday noon (epoch 0 was a Thursday)
 DAILY_SWING, WEEKLY_SWING = 0.5, 0.2
 # The warp t = x - a·sin(…) stays increasing while the swings sum below 1; times pushed past either end of the
 # window are reflected back into it, so no instant collects a pile of calls.
@@ -31,7 +34,8 @@ _WEEKLY_AMPLITUDE = round(WEEKLY_SWING * WEEK / (2 * math.pi), 3)
 SIMULATE_SQL = sa.text(f"""
 INSERT INTO api_key_usage (key_id, organization_id, occurred_at, endpoint, status_code, latency_ms, outcome)
 SELECT keys.ids[1 + floor(keys.n * power(g.r_key, 2.2))::int], :org,
-       to_timestamp(CASE WHEN g.t > g.hi THEN 2 * g.hi - g.t WHEN g.t < g.lo THEN 2 * g.lo - g.t ELSE g.t END),
+       to_timestamp(CASE WHEN g.t > g.hi THEN 2 * g.hi - g.t
+                         WHEN g.t < g.lo THEN 2 * g.lo - g.t ELSE g.t END),
        CASE WHEN g.r_ep < .30 THEN '/v1/translate' WHEN g.r_ep < .55 THEN '/v1/complete'
             WHEN g.r_ep < .70 THEN '/v1/embed' WHEN g.r_ep < .80 THEN '/v1/classify'
             WHEN g.r_ep < .88 THEN '/v1/search' WHEN g.r_ep < .94 THEN '/v1/moderate'
@@ -52,17 +56,27 @@ FROM (SELECT CAST(:keys AS uuid[]) AS ids, CAST(:nkeys AS int) AS n) AS keys,
 
 
 def ensure_keys(org: Organization, count: int) -> list[uuid.UUID]:
-    """At least ``count`` keys in ``org``: existing ones first, then simulated ones (their secrets discarded)."""
-    ids = list(db.session.scalars(
-        sa.select(ApiKey.id).where(ApiKey.organization_id == org.id).order_by(ApiKey.created_at).limit(count)
-    ))
+    """At least ``count`` keys in ``org``: existing ones first, then simulated ones (secrets discarded)."""
+    ids = list(
+        db.session.scalars(
+            sa.select(ApiKey.id)
+            .where(ApiKey.organization_id == org.id)
+            .order_by(ApiKey.created_at)
+            .limit(count)
+        )
+    )
     secret = pepper()
     for n in range(len(ids), count):
         environment = "live" if n % 3 else "test"
         plaintext = keyformat.generate(environment)
-        key = ApiKey(organization_id=org.id, name=f"Simulated {environment} key {n + 1}", environment=environment,
-                     hint=keyformat.hint(plaintext), key_hash=keyformat.key_hash(plaintext, secret),
-                     metadata_={"simulated": True})
+        key = ApiKey(
+            organization_id=org.id,
+            name=f"Simulated {environment} key {n + 1}",
+            environment=environment,
+            hint=keyformat.hint(plaintext),
+            key_hash=keyformat.key_hash(plaintext, secret),
+            metadata_={"simulated": True},
+        )
         db.session.add(key)
         db.session.flush()
         ids.append(key.id)
@@ -70,8 +84,15 @@ def ensure_keys(org: Organization, count: int) -> list[uuid.UUID]:
     return ids
 
 
-def simulate(org: Organization, events: int, days: float, key_count: int = 5, chunk: int = 200_000,
-             progress: Callable[[int], None] | None = None, now: datetime | None = None) -> int:
+def simulate(
+    org: Organization,
+    events: int,
+    days: float,
+    key_count: int = 5,
+    chunk: int = 200_000,
+    progress: Callable[[int], None] | None = None,
+    now: datetime | None = None,
+) -> int:
     """Insert ``events`` calls spread over the last ``days`` days for ``org``; one commit per chunk."""
     now = now or datetime.now(UTC)
     start = now - timedelta(days=days)
@@ -80,27 +101,46 @@ def simulate(org: Organization, events: int, days: float, key_count: int = 5, ch
     done = 0
     while done < events:
         hi = min(done + chunk, events)
-        db.session.execute(SIMULATE_SQL, {
-            "org": org.id, "keys": key_ids, "nkeys": len(key_ids), "start": start, "now": now, "step": step,
-            "lo": done, "hi": hi,
-        })
+        db.session.execute(
+            SIMULATE_SQL,
+            {
+                "org": org.id,
+                "keys": key_ids,
+                "nkeys": len(key_ids),
+                "start": start,
+                "now": now,
+                "step": step,
+                "lo": done,
+                "hi": hi,
+            },
+        )
         db.session.commit()
         if progress:
             progress(hi - done)
         done = hi
-    db.session.execute(sa.text("""
+    db.session.execute(
+        sa.text("""
         UPDATE api_keys k SET last_used_at = last.at
         FROM (SELECT k2.id, (SELECT max(occurred_at) FROM api_key_usage u WHERE u.key_id = k2.id) AS at
               FROM api_keys k2 WHERE k2.organization_id = :org) AS last
         WHERE k.id = last.id AND last.at IS NOT NULL AND (k.last_used_at IS NULL OR k.last_used_at < last.at)
-    """), {"org": org.id})
+    """),
+        {"org": org.id},
+    )
     db.session.commit()
     return done
 
 
 def vacuum_analyze() -> None:
-    """Fresh statistics and visibility maps after a bulk load, so the rollup indexes serve index-only scans."""
+    """Fresh statistics and visibility maps after a bulk load, so rollup indexes serve index-only scans."""
     with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        for table in ("usage_org_hourly", "usage_key_hourly", "usage_key_daily", "usage_endpoint_hourly",
-                      "usage_key_endpoint_daily", "api_key_usage", "api_keys"):
+        for table in (
+            "usage_org_hourly",
+            "usage_key_hourly",
+            "usage_key_daily",
+            "usage_endpoint_hourly",
+            "usage_key_endpoint_daily",
+            "api_key_usage",
+            "api_keys",
+        ):
             conn.execute(sa.text(f"VACUUM (ANALYZE) {table}"))
