@@ -120,7 +120,7 @@ def upgrade():
     sa.PrimaryKeyConstraint('key_id', 'day')
     )
     with op.batch_alter_table('usage_key_daily', schema=None) as batch_op:
-        batch_op.create_index('ix_usage_key_daily_org_day', ['organization_id', 'day'], unique=False, postgresql_include=['key_id', 'calls', 'ok', 'rate_limited'])
+        batch_op.create_index('ix_usage_key_daily_org_day', ['organization_id', 'day'], unique=False)
 
     op.create_table('usage_key_endpoint_daily',
     sa.Column('key_id', sa.UUID(), nullable=False),
@@ -177,7 +177,7 @@ def downgrade():
     op.drop_table('usage_key_hourly')
     op.drop_table('usage_key_endpoint_daily')
     with op.batch_alter_table('usage_key_daily', schema=None) as batch_op:
-        batch_op.drop_index('ix_usage_key_daily_org_day', postgresql_include=['key_id', 'calls', 'ok', 'rate_limited'])
+        batch_op.drop_index('ix_usage_key_daily_org_day')
 
     op.drop_table('usage_key_daily')
     op.drop_table('usage_org_hourly')

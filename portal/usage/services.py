@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from portal.extensions import db
 from portal.plans import Plan
-from portal.usage.ranges import UsageRange, bucket_index
+from portal.usage.ranges import UsageRange
 
 # How the chart groups the six outcomes: (key, label, outcomes, colour).
 CATEGORIES: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
@@ -70,51 +70,40 @@ def _empty_bucket() -> dict[str, float]:
     }
 
 
-def _fold(series: Series, rows: Any, r: UsageRange) -> Series:
+_SERIES_SQL = """
+SELECT {index} AS i, sum(calls) AS calls, sum(ok) AS ok, sum(rate_limited) AS rate_limited,
+       sum(malformed + unknown) AS invalid, sum(revoked + expired) AS revoked,
+       sum(latency_ms_sum) AS latency_ms_sum,
+       coalesce(sum(calls) FILTER (WHERE environment = 'live'), 0) AS env_live,
+       coalesce(sum(calls) FILTER (WHERE environment = 'test'), 0) AS env_test,
+       coalesce(sum(calls) FILTER (WHERE environment = 'none'), 0) AS env_none
+FROM {table} WHERE {owner} = :owner AND bucket >= :start AND bucket < :end GROUP BY 1
+"""
+# Which bucket an hourly rollup row falls in, computed by PostgreSQL so only one row per bucket comes back:
+# hours by arithmetic, days (local, of uneven length around DST) by searching the sorted bucket starts.
+_HOUR_INDEX = "CAST(floor(extract(epoch FROM bucket - CAST(:start AS timestamptz)) / 3600) AS int)"
+_DAY_INDEX = "width_bucket(bucket, CAST(:starts AS timestamptz[])) - 1"
+
+
+def _series(table: str, owner: str, owner_id: uuid.UUID, r: UsageRange, show_env: bool) -> Series:
+    starts = r.bucket_starts()
+    hourly = r.bucket == "hour"
+    sql = _SERIES_SQL.format(index=_HOUR_INDEX if hourly else _DAY_INDEX, table=table, owner=owner)
+    params = {"owner": owner_id, "start": r.start, "end": r.end, **({} if hourly else {"starts": starts})}
+    rows = db.session.execute(sa.text(sql), params).mappings()
+    series = Series(starts, [_empty_bucket() for _ in starts], show_env=show_env)
     for row in rows:
-        i = bucket_index(series.starts, row.bucket)
-        if i < 0:
-            continue
-        target = series.counts[i]
-        outcome = dict(
-            zip(
-                ("calls", "ok", "malformed", "unknown", "revoked", "expired", "rate_limited"),
-                row[2:9],
-                strict=True,
-            )
-        )
-        target["calls"] += outcome["calls"]
-        for key, _label, outcomes, _colour in CATEGORIES:
-            target[key] += sum(outcome[o] for o in outcomes)
-        target["latency_ms_sum"] += row.latency_ms_sum
-        target[f"env_{row.environment}"] = target.get(f"env_{row.environment}", 0) + outcome["calls"]
+        if 0 <= row["i"] < len(starts):
+            series.counts[row["i"]].update({k: v for k, v in row.items() if k != "i"})
     return series
 
 
 def org_series(organization_id: uuid.UUID, r: UsageRange) -> Series:
-    rows = db.session.execute(
-        sa.text(
-            "SELECT bucket, environment, calls, ok, malformed, unknown, revoked, expired, rate_limited,"
-            " latency_ms_sum"
-            " FROM usage_org_hourly WHERE organization_id = :org AND bucket >= :start AND bucket < :end"
-        ),
-        {"org": organization_id, "start": r.start, "end": r.end},
-    )
-    starts = r.bucket_starts()
-    return _fold(Series(starts, [_empty_bucket() for _ in starts], show_env=True), rows, r)
+    return _series("usage_org_hourly", "organization_id", organization_id, r, show_env=True)
 
 
 def key_series(key_id: uuid.UUID, r: UsageRange) -> Series:
-    rows = db.session.execute(
-        sa.text(
-            "SELECT bucket, environment, calls, ok, malformed, unknown, revoked, expired, rate_limited,"
-            " latency_ms_sum"
-            " FROM usage_key_hourly WHERE key_id = :key AND bucket >= :start AND bucket < :end"
-        ),
-        {"key": key_id, "start": r.start, "end": r.end},
-    )
-    starts = r.bucket_starts()
-    return _fold(Series(starts, [_empty_bucket() for _ in starts], show_env=False), rows, r)
+    return _series("usage_key_hourly", "key_id", key_id, r, show_env=False)
 
 
 def series_table(series: Series, r: UsageRange) -> Table:
