@@ -138,3 +138,25 @@ def test_staff_see_any_organization_read_only(client, auth, org, owner, member, 
     assert html_tables(html)["table-keys"][1][0].startswith("Billing worker")
     assert client.get(f"/staff/orgs/{org.id}/usage.csv?table=keys").status_code == 200
     assert client.get("/staff/orgs/not-an-id/usage").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("tz", "expected"),
+    [
+        ("UTC", [["2026-11-20", "2"], ["2026-11-21", "1"]]),
+        # Berlin is UTC+1: 23:00 UTC is already midnight of the 21st there.
+        ("Europe/Berlin", [["2026-11-20", "1"], ["2026-11-21", "2"]]),
+    ],
+)
+def test_day_buckets_split_at_local_midnight(client, auth, org, owner, tz, expected):
+    key = factories.api_key(org, owner).api_key
+    record([
+        event(key, datetime(2026, 11, 20, 22, 59, 59, 999999, tzinfo=UTC)),
+        event(key, datetime(2026, 11, 20, 23, 0, tzinfo=UTC)),
+        event(key, datetime(2026, 11, 21, 0, 0, tzinfo=UTC)),
+    ])
+    auth.login(owner)
+    query = f"range=custom&start=2026-11-20&end=2026-11-21&bucket=day&tz={tz}"
+    for url in (f"/orgs/{org.slug}/usage?{query}", f"/orgs/{org.slug}/keys/{key.id}/usage?{query}"):
+        rows = html_tables(client.get(url).get_data(as_text=True))["table-series"]
+        assert [row[:2] for row in rows[1:]] == expected

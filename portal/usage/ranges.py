@@ -7,7 +7,6 @@ day starts at the whole UTC hour before its midnight.
 
 from __future__ import annotations
 
-import bisect
 import functools
 import zoneinfo
 from collections.abc import Mapping
@@ -109,11 +108,6 @@ class UsageRange:
         first = self.start.astimezone(self.tz).strftime("%Y-%m-%d %H:%M")
         last = self.end.astimezone(self.tz).strftime("%Y-%m-%d %H:%M")
         return f"{first} – {last} ({self.tz_name})"
-
-
-def bucket_index(starts: list[datetime], moment: datetime) -> int:
-    """Which bucket an hourly rollup row falls in (``starts`` is sorted)."""
-    return bisect.bisect_right(starts, moment) - 1
 
 
 def _parse_date(value: str | None) -> date | None:
