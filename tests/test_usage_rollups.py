@@ -205,3 +205,32 @@ def test_top_keys_mix_daily_and_hourly_rollups_without_losing_the_edges(org, key
     ranked = {row.id: (row.calls, row.rate_limited) for row in services.top_keys(org.id, r)}
     assert ranked == {test_key.id: (4, 0), live_key.id: (2, 2)}
     assert services.summary(services.org_series(org.id, r))["calls"] == 6
+
+
+@pytest.mark.parametrize("shape", ["skewed", "flat", "busy_outside_the_range"])
+def test_top_keys_shortcut_is_exact(monkeypatch, shape):
+    from portal.usage import services, topkeys
+    from portal.usage.ranges import parse_range
+
+    monkeypatch.setattr(topkeys, "CANDIDATES", 4)
+    org = factories.org(plan="enterprise")
+    owner = factories.member(org, "owner")
+    now = datetime(2026, 11, 24, 9, 41, tzinfo=UTC)
+    r = parse_range({"range": "7d", "bucket": "hour"}, tz_cookie=None, now=now, max_days=400)
+    keys = [factories.api_key(org, owner, name=f"k{i}").api_key for i in range(9)]
+    events = []
+    for i, key in enumerate(keys):
+        inside = {"skewed": 2 ** i, "flat": 5 + i % 2, "busy_outside_the_range": 3 + i}[shape]
+        events += [event(key, r.start + timedelta(minutes=7 * n)) for n in range(inside)]
+        if shape == "busy_outside_the_range" and i < 4:  # same UTC day, but before the range starts
+            events += [event(key, r.start - timedelta(minutes=1 + n)) for n in range(40)]
+    record(events)
+
+    expected = db.session.execute(
+        sa.text(
+        "SELECT key_id, count(*) FROM api_key_usage WHERE organization_id = :o AND occurred_at >= :s"
+        " AND occurred_at < :e GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 3"),
+        {"o": org.id, "s": r.start, "e": r.end},
+    )
+    ranked = services.top_keys(org.id, r, limit=3)
+    assert [(row.id, row.calls) for row in ranked] == [tuple(x) for x in expected]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -150,50 +150,11 @@ def summary(series: Series) -> dict[str, Any]:
     }
 
 
-def _split_days(r: UsageRange) -> tuple[date, date, datetime, datetime]:
-    """Whole UTC days inside the range (read from daily rollups) and the hours at either edge."""
-    first_midnight = r.start.replace(hour=0)
-    if first_midnight < r.start:
-        first_midnight += timedelta(days=1)
-    last_midnight = r.end.replace(hour=0)
-    if last_midnight <= first_midnight:
-        return date.min, date.min, r.end, r.end
-    return first_midnight.date(), last_midnight.date(), first_midnight, last_midnight
-
-
 def top_keys(organization_id: uuid.UUID, r: UsageRange, limit: int = 10) -> list[Any]:
-    """Keys by calls in the range: daily rollups for whole UTC days, hourly ones for the partial days."""
-    d0, d1, h0, h1 = _split_days(r)
-    return list(
-        db.session.execute(
-            sa.text("""
-        WITH parts AS (
-            SELECT key_id, calls, ok, rate_limited FROM usage_key_daily
-            WHERE organization_id = :org AND day >= :d0 AND day < :d1
-            UNION ALL
-            SELECT key_id, calls, ok, rate_limited FROM usage_key_hourly
-            WHERE organization_id = :org
-              AND ((bucket >= :start AND bucket < :h0) OR (bucket >= :h1 AND bucket < :end))
-        ), ranked AS (
-            SELECT key_id, sum(calls) AS calls, sum(ok) AS ok, sum(rate_limited) AS rate_limited
-            FROM parts GROUP BY key_id ORDER BY sum(calls) DESC, key_id LIMIT :limit
-        )
-        SELECT k.id, k.name, k.hint, k.environment, ranked.calls, ranked.ok, ranked.rate_limited
-        FROM ranked JOIN api_keys k ON k.id = ranked.key_id AND k.organization_id = :org
-        ORDER BY ranked.calls DESC, k.id
-    """),
-            {
-                "org": organization_id,
-                "d0": d0,
-                "d1": d1,
-                "h0": h0,
-                "h1": h1,
-                "start": r.start,
-                "end": r.end,
-                "limit": limit,
-            },
-        )
-    )
+    """Keys by calls in the range, exact (see ``portal.usage.topkeys``)."""
+    from portal.usage.topkeys import top_keys as ranked
+
+    return ranked(organization_id, r, limit)
 
 
 def top_keys_table(rows: list[Any], link: Any) -> Table:
