@@ -341,8 +341,9 @@ def main() -> int:
             f" the raw aggregation: {mismatches or 'yes'} (checked in {check_s:.0f} s)"
         )
 
-        dashboard_p95 = pct(results[0][1], 0.95)
-        ratio = statistics.median(results[0][2]) / statistics.median(results[0][1])
+        dashboards = [(page, raw_ms) for label, page, raw_ms in results if label.startswith("dashboard")]
+        dashboard_p95 = max(pct(page, 0.95) for page, _ in dashboards)  # the worst dashboard case
+        ratio = min(statistics.median(raw_ms) / statistics.median(page) for page, raw_ms in dashboards)
         ok = (
             dashboard_p95 <= TARGET_P95_MS
             and ratio >= TARGET_RATIO
