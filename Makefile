@@ -57,3 +57,7 @@ db-stop: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+
+## make bench-usage: 10M usage events on a fresh database, dashboard and key page vs raw GROUP BY (see README)
+bench-usage: install
+	$(BIN)/python bench/usage.py $(BENCH_ARGS)

@@ -80,11 +80,13 @@ def register_blueprints(app: Flask) -> None:
     from portal.keys import bp as keys_bp
     from portal.orgs import bp as orgs_bp
     from portal.staff import bp as staff_bp
+    from portal.usage import bp as usage_bp
 
     app.register_blueprint(auth_bp)
     app.register_blueprint(orgs_bp)
     app.register_blueprint(keys_bp, url_prefix="/orgs/<slug>/keys")
     app.register_blueprint(staff_bp, url_prefix="/staff")
+    app.register_blueprint(usage_bp)
     app.register_blueprint(docs_bp, url_prefix="/docs")
     api.init_app(app)  # /v1: CSRF-exempt, with the verifier and its usage writer
 

@@ -6,7 +6,7 @@ from flask import Flask
 
 
 def register(app: Flask) -> None:
-    from portal.commands import keys, orgs, ratelimit, seed, users
+    from portal.commands import keys, orgs, ratelimit, seed, usage, users
 
-    for group in (seed.seed, users.users, orgs.orgs, keys.keys, ratelimit.ratelimit_group):
+    for group in (seed.seed, users.users, orgs.orgs, keys.keys, ratelimit.ratelimit_group, usage.usage):
         app.cli.add_command(group)

@@ -52,6 +52,10 @@ class Config:
     AUDIT_PER_PAGE = 50
     STAFF_PER_PAGE = 25
     PUBLIC_API_BASE = "http://127.0.0.1:5000"
+    # Usage: raw events are pruned after this many days (flask usage prune), rollups kept far longer.
+    USAGE_RAW_RETENTION_DAYS = 90
+    USAGE_ROLLUP_RETENTION_DAYS = 400
+    USAGE_RECENT_PER_PAGE = 50
 
     # Key verification: "direct" = per-thread autocommit connections and buffered usage rows (see
     # portal/api/backend.py); "session" = through db.session, usage written at once (tests).

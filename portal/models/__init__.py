@@ -3,10 +3,18 @@
 from portal.models.api_key import ENVIRONMENTS, ApiKey
 from portal.models.audit import AuditEvent
 from portal.models.organization import ROLES, Invitation, Membership, Organization
+from portal.models.rollup import (
+    UsageEndpointHourly,
+    UsageKeyDaily,
+    UsageKeyEndpointDaily,
+    UsageKeyHourly,
+    UsageOrgHourly,
+)
 from portal.models.usage import OUTCOMES, ApiKeyUsage, RateLimitTracking
 from portal.models.user import User
 
 __all__ = [
     "ENVIRONMENTS", "OUTCOMES", "ROLES", "ApiKey", "ApiKeyUsage", "AuditEvent", "Invitation", "Membership",
-    "Organization", "RateLimitTracking", "User",
+    "Organization", "RateLimitTracking", "UsageEndpointHourly", "UsageKeyDaily", "UsageKeyEndpointDaily",
+    "UsageKeyHourly", "UsageOrgHourly", "User",
 ]

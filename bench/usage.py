@@ -1,0 +1,373 @@
+"""Usage pages at scale: 10M events over 1,000 keys and 30 days, dashboard and key page vs a raw GROUP BY.
+
+    make bench-usage                      # PostgreSQL at 127.0.0.1:5432 (BENCH_ADMIN_URL), a fresh database
+    .venv/bin/python bench/usage.py --events 1000000 --requests 30   # a quicker run
+
+Steps: create a fresh database and migrate it; one enterprise organization with an owner; ``simulate``
+10M calls (the same bulk path as ``flask usage simulate``, through the rollup trigger); start gunicorn on
+loopback (ports 18200-18299); sign in over HTTP like a browser; time the dashboard and the key page (p50/p95
+of sequential requests, measured by the client); time the same numbers computed by a raw GROUP BY over the
+events; check that rollups equal the raw events. Prints the ratios and whether the targets hold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import re
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.parse
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import sqlalchemy as sa  # noqa: E402
+
+from portal import create_app  # noqa: E402
+from portal.db import ensure_database, normalize_url  # noqa: E402
+from portal.extensions import db  # noqa: E402
+
+EMAIL, PASSWORD = "bench@procode.dev", "bench-password-123"
+TARGET_P95_MS, TARGET_RATIO = 50.0, 20.0
+
+RAW_DASHBOARD = [
+    """SELECT date_trunc('day', u.occurred_at, 'UTC') AS day, coalesce(k.environment, 'none') AS env,
+              u.outcome,
+              count(*), sum(u.latency_ms)
+       FROM api_key_usage u LEFT JOIN api_keys k ON k.id = u.key_id
+       WHERE u.organization_id = :org AND u.occurred_at >= :start AND u.occurred_at < :end
+       GROUP BY 1, 2, 3""",
+    """SELECT key_id, count(*), count(*) FILTER (WHERE outcome = 'ok'),
+              count(*) FILTER (WHERE outcome = 'rate_limited')
+       FROM api_key_usage WHERE organization_id = :org AND occurred_at >= :start AND occurred_at < :end
+       GROUP BY key_id ORDER BY 2 DESC LIMIT 10""",
+    """SELECT endpoint, count(*), count(*) FILTER (WHERE outcome <> 'ok') FROM api_key_usage
+       WHERE organization_id = :org AND occurred_at >= :start AND occurred_at < :end
+       GROUP BY endpoint ORDER BY 2 DESC LIMIT 10""",
+    """SELECT count(*) FILTER (WHERE outcome = 'ok' AND occurred_at >= :month),
+              count(*) FILTER (WHERE occurred_at >= :month),
+              count(*) FILTER (WHERE outcome = 'ok' AND occurred_at >= :week)
+       FROM api_key_usage WHERE organization_id = :org AND occurred_at >= least(:month, :week)""",
+]
+RAW_KEY = [
+    """SELECT date_trunc('day', occurred_at, 'UTC'), outcome, count(*), sum(latency_ms) FROM api_key_usage
+       WHERE key_id = :key AND occurred_at >= :start AND occurred_at < :end GROUP BY 1, 2""",
+    """SELECT endpoint, count(*), count(*) FILTER (WHERE outcome <> 'ok') FROM api_key_usage
+       WHERE key_id = :key AND occurred_at >= :start AND occurred_at < :end
+       GROUP BY 1 ORDER BY 2 DESC LIMIT 10""",
+]
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def free_port() -> int:
+    for port in range(18200, 18300):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise SystemExit("no free port in 18200-18299")
+
+
+class Browser:
+    """Just enough of a browser: cookies and the sign-in form's CSRF token, over plain http.client."""
+
+    def __init__(self, port: int) -> None:
+        self.port, self.cookies = port, {}
+
+    def request(
+        self, method: str, path: str, body: dict[str, str] | None = None
+    ) -> tuple[int, bytes, float]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+        headers = {"Cookie": "; ".join(f"{k}={v}" for k, v in self.cookies.items())}
+        data = None
+        if body is not None:
+            data = urllib.parse.urlencode(body)
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        started = time.perf_counter()
+        conn.request(method, path, body=data, headers=headers)
+        response = conn.getresponse()
+        payload = response.read()
+        elapsed = (time.perf_counter() - started) * 1000
+        for header, value in response.getheaders():
+            if header.lower() == "set-cookie":
+                name, _, rest = value.partition("=")
+                self.cookies[name] = rest.split(";", 1)[0]
+        conn.close()
+        return response.status, payload, elapsed
+
+    def login(self) -> None:
+        _, page, _ = self.request("GET", "/login")
+        token = re.search(rb'name="csrf_token"[^>]*value="([^"]+)"', page)
+        if token is None:
+            raise SystemExit("no CSRF token on the sign-in page")
+        status, _, _ = self.request(
+            "POST", "/login", {"email": EMAIL, "password": PASSWORD, "csrf_token": token.group(1).decode()}
+        )
+        if status != 302:
+            raise SystemExit(f"sign-in failed with {status}")
+
+
+def timed_pages(browser: Browser, path: str, requests: int) -> list[float]:
+    for _ in range(3):  # warm up both workers
+        browser.request("GET", path)
+    samples = []
+    for _ in range(requests):
+        status, _, elapsed = browser.request("GET", path)
+        if status != 200:
+            raise SystemExit(f"{path} answered {status}")
+        samples.append(elapsed)
+    return samples
+
+
+def timed_raw(url: str, statements: list[str], params: dict[str, Any], repeats: int) -> list[float]:
+    engine = sa.create_engine(url)
+    samples = []
+    with engine.connect() as conn:
+        for _ in range(repeats):
+            started = time.perf_counter()
+            for statement in statements:
+                conn.execute(sa.text(statement), params).all()
+            samples.append((time.perf_counter() - started) * 1000)
+            conn.rollback()
+    engine.dispose()
+    return samples
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=10_000_000)
+    parser.add_argument("--keys", type=int, default=1_000)
+    parser.add_argument("--days", type=float, default=30)
+    parser.add_argument("--requests", type=int, default=100, help="timed requests per page")
+    parser.add_argument("--raw-repeats", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--keep", action="store_true", help="keep the database afterwards (prints its URL)")
+    args = parser.parse_args()
+
+    admin = normalize_url(
+        os.environ.get("BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    )
+    name = f"procode_bench_usage_{secrets.token_hex(3)}"
+    ensure_database(admin, name)
+    url = sa.make_url(admin).set(database=name).render_as_string(hide_password=False)
+    print(f"database: {sa.make_url(url).render_as_string(hide_password=True)}")
+    gunicorn = None
+    try:
+        app = create_app(
+            {
+                "SQLALCHEMY_DATABASE_URI": url,
+                "SECRET_KEY": "bench-only-secret",
+                "API_KEY_PEPPER": "bench-only-pepper",
+            },
+            env="production",
+        )
+        with app.app_context():
+            from flask_migrate import upgrade
+
+            from portal.auth import services as auth
+            from portal.usage import maintenance
+            from portal.usage import simulate as sim
+
+            upgrade()
+            owner = auth.create_user(EMAIL, "Bench Owner", PASSWORD)
+            org = auth.create_organization("Bench Corp", owner, plan="enterprise", slug="bench")
+            db.session.commit()
+            org_id = org.id
+            started = time.perf_counter()
+            done = [0]
+
+            def progress(n: int) -> None:
+                done[0] += n
+                if done[0] % 1_000_000 < n or done[0] == args.events:
+                    print(
+                        f"  simulated {done[0]:>11,} events  {time.perf_counter() - started:6.1f} s",
+                        flush=True,
+                    )
+
+            sim.simulate(org, args.events, args.days, key_count=args.keys, progress=progress)
+            load_s = time.perf_counter() - started
+            started = time.perf_counter()
+            sim.vacuum_analyze()
+            vacuum_s = time.perf_counter() - started
+            print(
+                f"load: {args.events:,} events over {args.keys:,} keys and {args.days:g} days"
+                f" in {load_s:.1f} s "
+                f"({args.events / load_s:,.0f}/s), VACUUM ANALYZE {vacuum_s:.1f} s"
+            )
+            top_key = db.session.scalar(
+                sa.text(
+                    "SELECT key_id FROM usage_key_daily WHERE organization_id = :o"
+                    " GROUP BY 1 ORDER BY sum(calls) DESC"
+                    " LIMIT 1"
+                ),
+                {"o": org_id},
+            )
+            sizes = dict(
+                db.session.execute(
+                    sa.text(
+                        "SELECT relname, pg_size_pretty(pg_total_relation_size(oid)) FROM pg_class"
+                        " WHERE relname IN"
+                        " ('api_key_usage', 'usage_org_hourly', 'usage_key_hourly', 'usage_key_daily',"
+                        " 'usage_endpoint_hourly', 'usage_key_endpoint_daily')"
+                    )
+                ).all()
+            )
+            rows = dict(
+                db.session.execute(
+                    sa.text(
+                        "SELECT relname, reltuples::bigint FROM pg_class"
+                        " WHERE relname LIKE 'usage_%' AND relkind = 'r'"
+                    )
+                ).all()
+            )
+            print(
+                "sizes: "
+                + ", ".join(f"{k} {v} ({rows.get(k, args.events):,} rows)" for k, v in sizes.items())
+            )
+
+        port = free_port()
+        env = {
+            **os.environ,
+            "PORTAL_ENV": "production",
+            "DATABASE_URL": url,
+            "SECRET_KEY": "bench-only-secret",
+            "API_KEY_PEPPER": "bench-only-pepper",
+        }
+        gunicorn = subprocess.Popen(  # noqa: S603
+            [
+                str(ROOT / ".venv/bin/gunicorn"),
+                "-w",
+                str(args.workers),
+                "-b",
+                f"127.0.0.1:{port}",
+                "--log-level",
+                "warning",
+                "wsgi:app",
+            ],
+            cwd=ROOT,
+            env=env,
+        )
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        browser = Browser(port)
+        browser.login()
+        print(
+            f"gunicorn: {args.workers} sync workers on 127.0.0.1:{port};"
+            f" {args.requests} sequential requests each"
+        )
+
+        now = datetime.now(UTC)
+        end = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+        month = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        cases = [
+            (
+                "dashboard, 30 days by day",
+                "/orgs/bench/usage?range=30d&bucket=day",
+                RAW_DASHBOARD,
+                {
+                    "org": org_id,
+                    "start": end - timedelta(days=30),
+                    "end": end,
+                    "month": month,
+                    "week": now - timedelta(days=7),
+                },
+            ),
+            (
+                "dashboard, 7 days by hour",
+                "/orgs/bench/usage?range=7d&bucket=hour",
+                RAW_DASHBOARD,
+                {
+                    "org": org_id,
+                    "start": end - timedelta(days=7),
+                    "end": end,
+                    "month": month,
+                    "week": now - timedelta(days=7),
+                },
+            ),
+            (
+                "key page, 30 days by day",
+                f"/orgs/bench/keys/{top_key}/usage?range=30d&bucket=day",
+                RAW_KEY,
+                {"key": top_key, "start": end - timedelta(days=30), "end": end},
+            ),
+        ]
+        results = []
+        for label, path, raw, params in cases:
+            page = timed_pages(browser, path, args.requests)
+            raw_ms = timed_raw(url, raw, params, args.raw_repeats)
+            results.append((label, page, raw_ms))
+            speedup = statistics.median(raw_ms) / statistics.median(page)
+            print(
+                f"{label:28} app p50 {pct(page, 0.5):7.1f} ms  p95 {pct(page, 0.95):7.1f} ms"
+                f"  |  raw GROUP BY p50 {pct(raw_ms, 0.5):8.1f} ms  p95 {pct(raw_ms, 0.95):8.1f} ms"
+                f"  |  {speedup:6.1f}x faster",
+                flush=True,
+            )
+
+        with app.app_context():
+            raw_total = db.session.scalar(
+                sa.text("SELECT count(*) FROM api_key_usage WHERE organization_id = :o"), {"o": org_id}
+            )
+            rollup_total = db.session.scalar(
+                sa.text("SELECT sum(calls) FROM usage_org_hourly WHERE organization_id = :o"), {"o": org_id}
+            )
+            started = time.perf_counter()
+            mismatches = maintenance.rollup_mismatches(org_id)
+            check_s = time.perf_counter() - started
+        print(
+            f"totals: raw {raw_total:,} events, rollups {rollup_total:,} calls; every rollup row equals"
+            f" the raw aggregation: {mismatches or 'yes'} (checked in {check_s:.0f} s)"
+        )
+
+        dashboards = [(page, raw_ms) for label, page, raw_ms in results if label.startswith("dashboard")]
+        dashboard_p95 = max(pct(page, 0.95) for page, _ in dashboards)  # the worst dashboard case
+        ratio = min(statistics.median(raw_ms) / statistics.median(page) for page, raw_ms in dashboards)
+        ok = (
+            dashboard_p95 <= TARGET_P95_MS
+            and ratio >= TARGET_RATIO
+            and raw_total == rollup_total == args.events
+        )
+        ok = ok and not mismatches
+        print(
+            f"targets: dashboard p95 {dashboard_p95:.1f} ms (<= {TARGET_P95_MS:.0f}),"
+            f" {ratio:.0f}x faster than raw"
+            f" (>= {TARGET_RATIO:.0f}x), totals equal -> {'PASS' if ok else 'FAIL'}"
+        )
+        return 0 if ok else 1
+    finally:
+        if gunicorn is not None:
+            gunicorn.send_signal(signal.SIGTERM)
+            gunicorn.wait(timeout=30)
+        if args.keep:
+            print(f"kept: {url}")
+        else:
+            engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
+            with engine.connect() as conn:
+                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            engine.dispose()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,96 @@
+"""``flask usage``: simulate traffic, prune old raw events, rebuild rollups."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+import click
+import sqlalchemy as sa
+from flask import current_app
+
+from portal.extensions import db
+from portal.models import Organization
+from portal.usage import maintenance
+from portal.usage import simulate as sim
+
+
+def _org(slug: str) -> Organization:
+    org = db.session.scalar(sa.select(Organization).where(Organization.slug == slug))
+    if org is None:
+        raise click.ClickException(f"no organization with slug {slug!r}")
+    return org
+
+
+@click.group("usage")
+def usage() -> None:
+    """Usage data: simulate, prune, rebuild rollups."""
+
+
+@usage.command("simulate")
+@click.option("--org", "slug", required=True, help="Organization slug.")
+@click.option("--events", type=click.IntRange(1, 1_000_000_000), default=100_000, show_default=True)
+@click.option("--days", type=click.FloatRange(0.01, 400), default=30, show_default=True)
+@click.option(
+    "--keys",
+    "key_count",
+    type=click.IntRange(1, 10_000),
+    default=5,
+    show_default=True,
+    help="Use this many keys, adding simulated ones (secrets discarded) if the org has fewer.",
+)
+@click.option("--chunk", type=click.IntRange(1_000, 2_000_000), default=200_000, show_default=True)
+@click.option("--vacuum/--no-vacuum", default=True, show_default=True, help="VACUUM ANALYZE afterwards.")
+def simulate(slug: str, events: int, days: float, key_count: int, chunk: int, vacuum: bool) -> None:
+    """Generate realistic traffic in bulk (through the same insert trigger that keeps the rollups)."""
+    org = _org(slug)
+    started = time.perf_counter()
+    with click.progressbar(length=events, label=f"Simulating {events:,} calls", show_pos=True) as bar:
+        sim.simulate(org, events, days, key_count=key_count, chunk=chunk, progress=bar.update)
+    if vacuum:
+        click.echo("VACUUM ANALYZE …")
+        sim.vacuum_analyze()
+    click.echo(f"{events:,} calls over {days:g} days for {slug} in {time.perf_counter() - started:.1f} s")
+
+
+@usage.command("prune")
+@click.option("--older-than", default=None, help="Age like 90d (default: USAGE_RAW_RETENTION_DAYS).")
+@click.option(
+    "--rollups-older-than",
+    default=None,
+    help="Also drop rollups older than this (default: USAGE_ROLLUP_RETENTION_DAYS).",
+)
+def prune(older_than: str | None, rollups_older_than: str | None) -> None:
+    """Delete raw events past retention; rollups keep the history far longer."""
+    try:
+        raw_age = maintenance.parse_age(older_than or f"{current_app.config['USAGE_RAW_RETENTION_DAYS']}d")
+        rollup_age = maintenance.parse_age(
+            rollups_older_than or f"{current_app.config['USAGE_ROLLUP_RETENTION_DAYS']}d"
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if rollup_age < raw_age:
+        raise click.BadParameter("rollups must be kept at least as long as raw events")
+    raw = maintenance.prune_raw(raw_age)
+    rollups = maintenance.prune_rollups(rollup_age)
+    click.echo(
+        f"Deleted {raw:,} raw events older than {raw_age.days} days "
+        f"and {rollups:,} rollup rows older than {rollup_age.days} days."
+    )
+
+
+@usage.command("rebuild-rollups")
+@click.option("--org", "slug", default=None, help="Only this organization.")
+@click.option(
+    "--since",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    default=None,
+    help="UTC day to rebuild from (default: the first whole day of raw events still kept).",
+)
+def rebuild(slug: str | None, since: datetime | None) -> None:
+    """Recompute rollups from raw events (after a restore or a manual fix); writers wait meanwhile."""
+    org_id = _org(slug).id if slug else None
+    start = maintenance.rebuild_rollups(org_id, since.replace(tzinfo=UTC) if since else None)
+    click.echo(
+        "No raw events to rebuild from." if start is None else f"Rollups rebuilt from {start:%Y-%m-%d}."
+    )

@@ -1,0 +1,124 @@
+"""Pre-aggregated usage: what the charts read, so no page view scans raw ``api_key_usage`` rows.
+
+The rows are written only by the ``usage_rollup_ingest`` trigger (statement-level, AFTER INSERT on
+``api_key_usage``, migration 0003), so every write path feeds them. Counts per outcome are columns rather than
+a dimension: a key-hour is one row however its calls ended, which keeps the tables small and the scans short.
+Hours are UTC hours; days are UTC days.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy.orm import Mapped, mapped_column
+
+from portal.extensions import db
+from portal.models._types import Timestamp
+from portal.models.usage import ApiKeyUsage
+
+# ``flask usage prune`` deletes raw events oldest first; BRIN stays tiny as rows arrive in time order.
+sa.Index("ix_api_key_usage_occurred_brin", ApiKeyUsage.occurred_at, postgresql_using="brin")
+
+COUNT_COLUMNS: tuple[str, ...] = (
+    "calls",
+    "ok",
+    "malformed",
+    "unknown",
+    "revoked",
+    "expired",
+    "rate_limited",
+)
+
+
+def _org_fk() -> Mapped[uuid.UUID]:
+    return mapped_column(UUID(as_uuid=True), sa.ForeignKey("organizations.id", ondelete="CASCADE"))
+
+
+def _key_fk(primary_key: bool = True) -> Mapped[uuid.UUID]:
+    return mapped_column(
+        UUID(as_uuid=True), sa.ForeignKey("api_keys.id", ondelete="CASCADE"), primary_key=primary_key
+    )
+
+
+def _count() -> Mapped[int]:
+    return mapped_column(sa.Integer, server_default="0")
+
+
+class OutcomeCounts:
+    """Calls, split by outcome, and the latency sum (for an average that adds up across buckets)."""
+
+    calls: Mapped[int] = _count()
+    ok: Mapped[int] = _count()
+    malformed: Mapped[int] = _count()
+    unknown: Mapped[int] = _count()
+    revoked: Mapped[int] = _count()
+    expired: Mapped[int] = _count()
+    rate_limited: Mapped[int] = _count()
+    latency_ms_sum: Mapped[float] = mapped_column(sa.Float, server_default="0")
+
+
+class UsageOrgHourly(OutcomeCounts, db.Model):
+    """Per organization, UTC hour and environment: the dashboard chart, its totals and the month's quota."""
+
+    __tablename__ = "usage_org_hourly"
+
+    organization_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), sa.ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True
+    )
+    bucket: Mapped[datetime] = mapped_column(Timestamp, primary_key=True)
+    environment: Mapped[str] = mapped_column(sa.String(7), primary_key=True)
+
+
+class UsageKeyHourly(OutcomeCounts, db.Model):
+    """Per key and UTC hour: the key page's chart, and the partial days at the edges of a top-keys range."""
+
+    __tablename__ = "usage_key_hourly"
+    __table_args__ = (sa.Index("ix_usage_key_hourly_org_bucket", "organization_id", "bucket"),)
+
+    key_id: Mapped[uuid.UUID] = _key_fk()
+    bucket: Mapped[datetime] = mapped_column(Timestamp, primary_key=True)
+    organization_id: Mapped[uuid.UUID] = _org_fk()
+    environment: Mapped[str] = mapped_column(sa.String(7))
+
+
+class UsageKeyDaily(OutcomeCounts, db.Model):
+    """Per key and UTC day: top keys over long ranges read 30 rows per key instead of 720."""
+
+    __tablename__ = "usage_key_daily"
+    # No counts in the index: an upsert that only changes counts stays a HOT update (no index writes).
+    __table_args__ = (sa.Index("ix_usage_key_daily_org_day", "organization_id", "day"),)
+
+    key_id: Mapped[uuid.UUID] = _key_fk()
+    day: Mapped[date] = mapped_column(sa.Date, primary_key=True)
+    organization_id: Mapped[uuid.UUID] = _org_fk()
+    environment: Mapped[str] = mapped_column(sa.String(7))
+
+
+class UsageEndpointHourly(db.Model):
+    """Per organization, UTC hour and endpoint: the dashboard's top endpoints."""
+
+    __tablename__ = "usage_endpoint_hourly"
+
+    organization_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), sa.ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True
+    )
+    bucket: Mapped[datetime] = mapped_column(Timestamp, primary_key=True)
+    endpoint: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    calls: Mapped[int] = _count()
+    errors: Mapped[int] = _count()
+
+
+class UsageKeyEndpointDaily(db.Model):
+    """Per key, UTC day and endpoint: the key page's top endpoints (whole UTC days, kept small on purpose)."""
+
+    __tablename__ = "usage_key_endpoint_daily"
+
+    key_id: Mapped[uuid.UUID] = _key_fk()
+    day: Mapped[date] = mapped_column(sa.Date, primary_key=True)
+    endpoint: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    organization_id: Mapped[uuid.UUID] = _org_fk()
+    calls: Mapped[int] = _count()
+    errors: Mapped[int] = _count()

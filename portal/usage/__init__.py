@@ -1,0 +1,7 @@
+"""Usage analytics: the organization dashboard, per-key pages, CSV exports and the staff view."""
+
+from flask import Blueprint
+
+bp = Blueprint("usage", __name__)
+
+from portal.usage import routes  # noqa: E402,F401

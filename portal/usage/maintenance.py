@@ -1,0 +1,203 @@
+"""Retention and repair: prune old raw events (rollups stay), and rebuild rollups from the raw events left."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from portal.extensions import db
+
+OUTCOMES = ("ok", "malformed", "unknown", "revoked", "expired", "rate_limited")
+_COUNTS = ", ".join(["calls", *OUTCOMES, "latency_ms_sum"])
+_AGGREGATES = ", ".join(
+    [
+        "count(*)",
+        *(f"count(*) FILTER (WHERE outcome = '{o}')" for o in OUTCOMES),
+        "coalesce(sum(latency_ms), 0)",
+    ]
+)
+ROLLUP_TABLES = {  # table -> its time column
+    "usage_org_hourly": "bucket",
+    "usage_key_hourly": "bucket",
+    "usage_key_daily": "day",
+    "usage_endpoint_hourly": "bucket",
+    "usage_key_endpoint_daily": "day",
+}
+
+# The trigger's aggregation (migration 0003), over a range of raw events instead of one statement's rows.
+REBUILD_SQL = f"""
+WITH src AS MATERIALIZED (
+    SELECT n.organization_id, n.key_id, k.organization_id AS key_org, k.environment,
+           date_trunc('hour', n.occurred_at, 'UTC') AS hour, (n.occurred_at AT TIME ZONE 'UTC')::date AS day,
+           coalesce(n.endpoint, '') AS endpoint, n.outcome, n.latency_ms
+    FROM api_key_usage n LEFT JOIN api_keys k ON k.id = n.key_id
+    WHERE n.organization_id IS NOT NULL AND n.occurred_at >= :since
+      AND (CAST(:org AS uuid) IS NULL OR n.organization_id = :org)
+), org_hourly AS (
+    INSERT INTO usage_org_hourly (organization_id, bucket, environment, {_COUNTS})
+    SELECT organization_id, hour, coalesce(environment, 'none'), {_AGGREGATES} FROM src GROUP BY 1, 2, 3
+), key_hourly AS (
+    INSERT INTO usage_key_hourly (key_id, bucket, organization_id, environment, {_COUNTS})
+    SELECT key_id, hour, key_org, environment, {_AGGREGATES}
+    FROM src WHERE key_org IS NOT NULL GROUP BY 1, 2, 3, 4
+), key_daily AS (
+    INSERT INTO usage_key_daily (key_id, day, organization_id, environment, {_COUNTS})
+    SELECT key_id, day, key_org, environment, {_AGGREGATES}
+    FROM src WHERE key_org IS NOT NULL GROUP BY 1, 2, 3, 4
+), endpoint_hourly AS (
+    INSERT INTO usage_endpoint_hourly (organization_id, bucket, endpoint, calls, errors)
+    SELECT organization_id, hour, endpoint, count(*), count(*) FILTER (WHERE outcome <> 'ok')
+    FROM src GROUP BY 1, 2, 3
+)
+INSERT INTO usage_key_endpoint_daily (key_id, day, endpoint, organization_id, calls, errors)
+SELECT key_id, day, endpoint, key_org, count(*), count(*) FILTER (WHERE outcome <> 'ok')
+FROM src WHERE key_org IS NOT NULL GROUP BY 1, 2, 3, 4
+"""  # noqa: S608 -- only constants of this module are formatted in
+
+
+def parse_age(text: str) -> timedelta:
+    """``90d``, ``36h``, ``2w`` → a timedelta; anything else is a ValueError with a readable message."""
+    match = re.fullmatch(r"\s*(\d{1,5})\s*([hdw])\s*", text or "")
+    if not match:
+        raise ValueError(f"expected an age like 90d, 36h or 2w, got {text!r}")
+    number, unit = int(match.group(1)), match.group(2)
+    return {"h": timedelta(hours=number), "d": timedelta(days=number), "w": timedelta(weeks=number)}[unit]
+
+
+def _rowcount(statement: sa.TextClause, params: dict[str, Any]) -> int:
+    result: Any = db.session.execute(statement, params)
+    return int(result.rowcount)
+
+
+def prune_raw(older_than: timedelta, batch: int = 50_000, now: datetime | None = None) -> int:
+    """Delete raw events older than the cutoff in batches (short transactions); rollups stay."""
+    cutoff = (now or datetime.now(UTC)) - older_than
+    deleted = 0
+    while True:
+        count = _rowcount(
+            sa.text(
+                "DELETE FROM api_key_usage WHERE id IN"
+                " (SELECT id FROM api_key_usage WHERE occurred_at < :cutoff LIMIT :batch)"
+            ),
+            {"cutoff": cutoff, "batch": batch},
+        )
+        db.session.commit()
+        deleted += count
+        if count < batch:
+            return deleted
+
+
+def prune_rollups(older_than: timedelta, now: datetime | None = None) -> int:
+    cutoff = (now or datetime.now(UTC)) - older_than
+    deleted = 0
+    for table, column in ROLLUP_TABLES.items():
+        value = cutoff.date() if column == "day" else cutoff
+        deleted += _rowcount(
+            sa.text(f"DELETE FROM {table} WHERE {column} < :cutoff"),  # noqa: S608 -- constants only
+            {"cutoff": value},
+        )
+    db.session.commit()
+    return deleted
+
+
+def rebuild_rollups(
+    organization_id: uuid.UUID | None = None, since: datetime | None = None
+) -> datetime | None:
+    """Recompute rollups from ``since`` (a UTC midnight; by default the first whole day of raw events still
+    kept, since older rollups outlive their pruned raw rows).
+
+    Inserts into ``api_key_usage`` wait while this runs (SHARE lock), so no call is counted twice or missed.
+    Returns the UTC day the rebuild started from, or None when there was nothing to rebuild.
+    """
+    db.session.execute(sa.text("LOCK TABLE api_key_usage IN SHARE MODE"))
+    if since is None:
+        oldest = db.session.scalar(
+            sa.text(
+                "SELECT min(occurred_at) FROM api_key_usage"
+                " WHERE CAST(:org AS uuid) IS NULL OR organization_id = :org"
+            ),
+            {"org": organization_id},
+        )
+        if oldest is None:
+            db.session.rollback()
+            return None
+        since = oldest.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        if since < oldest:
+            since += timedelta(days=1)
+    since = since.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    for table, column in ROLLUP_TABLES.items():
+        value = since.date() if column == "day" else since
+        db.session.execute(
+            sa.text(
+                f"DELETE FROM {table} WHERE {column} >= :since"  # noqa: S608
+                " AND (CAST(:org AS uuid) IS NULL OR organization_id = :org)"
+            ),
+            {"since": value, "org": organization_id},
+        )
+    db.session.execute(sa.text(REBUILD_SQL), {"since": since, "org": organization_id})
+    db.session.commit()
+    return since
+
+
+# Each rollup table as the raw events would give it: (table, key columns, raw aggregation). Counts only;
+# latency sums are floats whose last digits depend on the order of addition.
+_CHECKS = {
+    "usage_org_hourly": (
+        "organization_id, bucket, environment, calls, ok, malformed, unknown, revoked, expired,"
+        " rate_limited",
+        "SELECT organization_id, hour, coalesce(environment, 'none'), {counts} FROM src GROUP BY 1, 2, 3",
+    ),
+    "usage_key_hourly": (
+        "key_id, bucket, organization_id, environment, calls, ok, malformed, unknown, revoked,"
+        " expired, rate_limited",
+        "SELECT key_id, hour, key_org, environment, {counts} FROM src WHERE key_org IS NOT NULL"
+        " GROUP BY 1, 2, 3, 4",
+    ),
+    "usage_key_daily": (
+        "key_id, day, organization_id, environment, calls, ok, malformed, unknown, revoked,"
+        " expired, rate_limited",
+        "SELECT key_id, day, key_org, environment, {counts} FROM src WHERE key_org IS NOT NULL"
+        " GROUP BY 1, 2, 3, 4",
+    ),
+    "usage_endpoint_hourly": (
+        "organization_id, bucket, endpoint, calls, errors",
+        "SELECT organization_id, hour, endpoint, count(*),"
+        " count(*) FILTER (WHERE outcome <> 'ok') FROM src GROUP BY 1, 2, 3",
+    ),
+    "usage_key_endpoint_daily": (
+        "key_id, day, endpoint, organization_id, calls, errors",
+        "SELECT key_id, day, endpoint, key_org, count(*),"
+        " count(*) FILTER (WHERE outcome <> 'ok') FROM src WHERE key_org IS NOT NULL"
+        " GROUP BY 1, 2, 3, 4",
+    ),
+}
+_SRC = REBUILD_SQL[: REBUILD_SQL.index("), org_hourly AS")] + ")"
+
+
+def rollup_mismatches(organization_id: uuid.UUID, since: datetime | None = None) -> dict[str, int]:
+    """Rows that differ between each rollup table and a fresh aggregation of the raw events (empty = equal).
+
+    Slow on purpose (it reads every raw row of the organization): for tests and the benchmark, not pages.
+    """
+    since = since or datetime(1970, 1, 1, tzinfo=UTC)
+    counts = ", ".join(["count(*)", *(f"count(*) FILTER (WHERE outcome = '{o}')" for o in OUTCOMES)])
+    found: dict[str, int] = {}
+    for table, (columns, raw) in _CHECKS.items():
+        column = ROLLUP_TABLES[table]
+        cutoff = since.date() if column == "day" else since
+        sql = (
+            f"{_SRC}, raw AS ({raw.format(counts=counts)}),"  # noqa: S608 -- constants only
+            f" rolled AS (SELECT {columns} FROM {table} WHERE organization_id = :org AND {column} >= :cutoff)"
+            " SELECT (SELECT count(*) FROM (SELECT * FROM raw EXCEPT ALL SELECT * FROM rolled) a)"
+            " + (SELECT count(*) FROM (SELECT * FROM rolled EXCEPT ALL SELECT * FROM raw) b)"
+        )
+        differing = db.session.scalar(
+            sa.text(sql), {"org": organization_id, "since": since, "cutoff": cutoff}
+        )
+        if differing:
+            found[table] = int(differing)
+    return found

@@ -1,0 +1,162 @@
+"""What members and staff see on the usage pages, and what they can download."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from portal.usage.ranges import floor_hour
+from tests import factories
+from tests.usage_helpers import csv_rows, event, html_tables, record
+
+
+@pytest.fixture
+def busy_key(org, owner):
+    """A live key with calls in the last hours, plus one test-key call; dashboard-ready."""
+    live = factories.api_key(org, owner, environment="live", name="Billing worker").api_key
+    test = factories.api_key(org, owner, environment="test", name="Staging").api_key
+    hour = floor_hour(datetime.now(UTC))
+    record(
+        [
+            event(
+                live,
+                hour - timedelta(hours=h, minutes=-m),
+                "ok" if m % 6 else "rate_limited",
+                endpoint="/v1/translate" if m % 3 else "/v1/embed",
+            )
+            for h in range(5)
+            for m in range(0, 60, 5)
+        ]
+        + [event(test, hour - timedelta(hours=30), "revoked")]
+    )
+    return live
+
+
+def numbers(cells):
+    return [c.replace(",", "") for c in cells]
+
+
+def test_dashboard_shows_totals_chart_data_and_tables(client, auth, org, owner, busy_key):
+    auth.login(owner)
+    response = client.get(f"/orgs/{org.slug}/usage?range=7d")
+    html = response.get_data(as_text=True)
+    assert response.status_code == 200
+    assert 'id="usage-data"' in html and 'type="application/json"' in html
+    assert "chart-4.6.1.umd.min.js" in html
+    tables = html_tables(html)
+    series = tables["table-series"]
+    assert series[0][:2] == ["Hour starting (UTC)", "Calls"]
+    assert sum(int(numbers(row)[1]) for row in series[1:]) == 61
+    assert tables["table-keys"][1][0].startswith("Billing worker")
+    assert [row[0] for row in tables["table-endpoints"][1:]] == ["/v1/translate", "/v1/embed"]
+    assert "calls in the Free plan" in html
+
+
+@pytest.mark.parametrize("table", ["series", "keys", "endpoints"])
+def test_csv_is_exactly_the_table_on_the_page(client, auth, org, owner, busy_key, table):
+    auth.login(owner)
+    query = "range=custom&start=2026-11-01&end=2030-01-01&bucket=day&tz=Europe/Berlin"
+    page_rows = html_tables(client.get(f"/orgs/{org.slug}/usage?{query}").get_data(as_text=True))[
+        f"table-{table}"
+    ]
+    response = client.get(f"/orgs/{org.slug}/usage.csv?{query}&table={table}")
+    assert response.status_code == 200 and response.mimetype == "text/csv"
+    assert csv_rows(response.data) == [numbers(row) if i else row for i, row in enumerate(page_rows)]
+
+
+def test_key_page_csv_is_the_table_too(client, auth, org, owner, busy_key):
+    auth.login(owner)
+    page = client.get(f"/orgs/{org.slug}/keys/{busy_key.id}/usage?range=24h&tz=Asia/Tokyo")
+    rows = html_tables(page.get_data(as_text=True))["table-series"]
+    csv = client.get(f"/orgs/{org.slug}/keys/{busy_key.id}/usage.csv?range=24h&tz=Asia/Tokyo&table=series")
+    assert csv_rows(csv.data) == [numbers(row) if i else row for i, row in enumerate(rows)]
+    assert rows[0][0] == "Hour starting (Asia/Tokyo)"
+
+
+def test_bad_range_bucket_and_zone_show_a_message_not_an_error(client, auth, org, owner, busy_key):
+    auth.login(owner)
+    response = client.get(f"/orgs/{org.slug}/usage?range=1y&bucket=week&tz=Nowhere/Special")
+    html = response.get_data(as_text=True)
+    assert response.status_code == 200
+    assert "Unknown range" in html and "Unknown bucket" in html and "Unknown time zone" in html
+    response = client.get(f"/orgs/{org.slug}/usage?range=custom&start=2026-11-20&end=2026-11-02")
+    assert response.status_code == 200 and "end date is before the start date" in response.get_data(
+        as_text=True
+    )
+    assert client.get(f"/orgs/{org.slug}/usage.csv?table=secrets").status_code == 404
+
+
+def test_time_zone_choice_is_remembered(client, auth, org, owner, busy_key):
+    auth.login(owner)
+    response = client.get(f"/orgs/{org.slug}/usage?tz=America/New_York")
+    assert "tz=America/New_York" in response.headers["Set-Cookie"]
+    html = client.get(f"/orgs/{org.slug}/usage").get_data(as_text=True)
+    assert "Hour starting (America/New_York)" in html
+
+
+def test_key_page_lists_recent_calls_with_pages(client, auth, org, owner, busy_key, app):
+    auth.login(owner)
+    app.config["USAGE_RECENT_PER_PAGE"] = 50
+    first = client.get(f"/orgs/{org.slug}/keys/{busy_key.id}/usage").get_data(as_text=True)
+    recent = html_tables(first)["table-recent"]
+    assert len(recent) == 51 and 'rel="next"' in first
+    second = client.get(f"/orgs/{org.slug}/keys/{busy_key.id}/usage?page=2").get_data(as_text=True)
+    assert len(html_tables(second)["table-recent"]) == 1 + 10 and 'rel="next"' not in second
+    assert "Last used" in first and "never" not in first.split("Last used")[1][:40]
+
+
+def test_empty_states_offer_the_curl_line(client, auth, org, owner):
+    key = factories.api_key(org, owner).api_key
+    auth.login(owner)
+    html = client.get(f"/orgs/{org.slug}/usage").get_data(as_text=True)
+    assert "No calls yet" in html and "curl -H" in html
+    html = client.get(f"/orgs/{org.slug}/keys/{key.id}/usage").get_data(as_text=True)
+    assert "No calls with this key yet" in html and key.hint in html
+
+
+def test_another_organizations_key_is_not_found(client, auth, org, owner, busy_key):
+    other = factories.org()
+    intruder = factories.member(other, "owner")
+    auth.login(intruder)
+    assert client.get(f"/orgs/{other.slug}/keys/{busy_key.id}/usage").status_code == 404
+    assert client.get(f"/orgs/{other.slug}/keys/{busy_key.id}/usage.csv").status_code == 404
+    assert client.get(f"/orgs/{org.slug}/usage").status_code == 404
+    assert client.get(f"/orgs/{other.slug}/keys/not-a-uuid/usage").status_code == 404
+
+
+def test_staff_see_any_organization_read_only(client, auth, org, owner, member, staff, busy_key):
+    url = f"/staff/orgs/{org.id}/usage"
+    assert client.get(url).status_code == 404  # signed out
+    auth.login(member)
+    assert client.get(url).status_code == 404  # members do not know the staff area exists
+    auth.logout()
+    auth.login(staff)
+    response = client.get(url + "?range=24h")
+    html = response.get_data(as_text=True)
+    assert response.status_code == 200 and "Staff view" in html and org.name in html
+    assert html_tables(html)["table-keys"][1][0].startswith("Billing worker")
+    assert client.get(f"/staff/orgs/{org.id}/usage.csv?table=keys").status_code == 200
+    assert client.get("/staff/orgs/not-an-id/usage").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("tz", "expected"),
+    [
+        ("UTC", [["2026-11-20", "2"], ["2026-11-21", "1"]]),
+        # Berlin is UTC+1: 23:00 UTC is already midnight of the 21st there.
+        ("Europe/Berlin", [["2026-11-20", "1"], ["2026-11-21", "2"]]),
+    ],
+)
+def test_day_buckets_split_at_local_midnight(client, auth, org, owner, tz, expected):
+    key = factories.api_key(org, owner).api_key
+    record([
+        event(key, datetime(2026, 11, 20, 22, 59, 59, 999999, tzinfo=UTC)),
+        event(key, datetime(2026, 11, 20, 23, 0, tzinfo=UTC)),
+        event(key, datetime(2026, 11, 21, 0, 0, tzinfo=UTC)),
+    ])
+    auth.login(owner)
+    query = f"range=custom&start=2026-11-20&end=2026-11-21&bucket=day&tz={tz}"
+    for url in (f"/orgs/{org.slug}/usage?{query}", f"/orgs/{org.slug}/keys/{key.id}/usage?{query}"):
+        rows = html_tables(client.get(url).get_data(as_text=True))["table-series"]
+        assert [row[:2] for row in rows[1:]] == expected

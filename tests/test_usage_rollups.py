@@ -1,0 +1,236 @@
+"""The rollups the charts read always equal the raw events, however and whenever the events arrive."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from portal.extensions import db
+from portal.usage import maintenance
+from tests import factories
+from tests.usage_helpers import event, record, rollup
+
+T0 = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def keys(org, owner):
+    return (
+        factories.api_key(org, owner, environment="test").api_key,
+        factories.api_key(org, owner, environment="live", name="Live").api_key,
+    )
+
+
+def test_every_outcome_and_environment_is_counted_like_the_raw_events(org, keys):
+    test_key, live_key = keys
+    record(
+        [
+            event(test_key, T0, "ok"),
+            event(test_key, T0 + timedelta(minutes=5), "rate_limited"),
+            event(live_key, T0, "revoked", endpoint="/v1/embed"),
+            event(live_key, T0, "expired", endpoint=None),
+            event(None, T0, "unknown", org_id=org.id),
+            event(None, T0, "malformed"),
+        ]
+    )
+    record([event(live_key, T0 + timedelta(minutes=59), "ok")])  # a second statement, same buckets
+
+    assert maintenance.rollup_mismatches(org.id) == {}
+    by_env = {r.environment: r for r in rollup("usage_org_hourly", "organization_id = :o", o=org.id)}
+    assert (by_env["test"].calls, by_env["test"].ok, by_env["test"].rate_limited) == (2, 1, 1)
+    assert (by_env["live"].calls, by_env["live"].revoked, by_env["live"].expired) == (3, 1, 1)
+    assert (by_env["none"].calls, by_env["none"].unknown) == (1, 1)  # no key, but the org is known
+    endpoints = {
+        r.endpoint: r.calls for r in rollup("usage_endpoint_hourly", "organization_id = :o", o=org.id)
+    }
+    assert endpoints == {"/v1/translate": 4, "/v1/embed": 1, "": 1}
+
+
+def test_hour_and_day_edges(org, keys):
+    key = keys[0]
+    last_of_day = datetime(2026, 11, 20, 23, 59, 59, 999999, tzinfo=UTC)
+    record(
+        [
+            event(key, last_of_day),
+            event(key, last_of_day + timedelta(microseconds=1)),
+            event(key, T0 - timedelta(microseconds=1)),
+            event(key, T0),
+        ]
+    )
+
+    hours = {r.bucket: r.calls for r in rollup("usage_key_hourly", "key_id = :k", k=key.id)}
+    assert hours == {
+        T0 - timedelta(hours=1): 1,
+        T0: 1,
+        datetime(2026, 11, 20, 23, tzinfo=UTC): 1,
+        datetime(2026, 11, 21, tzinfo=UTC): 1,
+    }
+    days = {r.day: r.calls for r in rollup("usage_key_daily", "key_id = :k", k=key.id)}
+    assert days == {date(2026, 11, 20): 3, date(2026, 11, 21): 1}
+    assert maintenance.rollup_mismatches(org.id) == {}
+
+
+def test_a_late_arrival_lands_in_its_old_bucket(org, keys):
+    key = keys[0]
+    record([event(key, T0)])
+    record(
+        [event(key, T0 - timedelta(days=12, minutes=30), "rate_limited")]
+    )  # arrives late, with its old time
+
+    old = rollup("usage_key_daily", "key_id = :k AND day = :d", k=key.id, d=date(2026, 11, 8))
+    assert [(r.calls, r.rate_limited) for r in old] == [(1, 1)]
+    assert maintenance.rollup_mismatches(org.id) == {}
+
+
+def test_rebuild_gives_the_same_rollups_as_the_trigger(org, keys):
+    test_key, live_key = keys
+    record(
+        [event(test_key, T0 + timedelta(minutes=i), "ok" if i % 4 else "rate_limited") for i in range(90)]
+        + [event(live_key, T0 - timedelta(days=2), "revoked")]
+    )
+    before = rollup("usage_key_daily", "organization_id = :o ORDER BY key_id, day", o=org.id)
+
+    maintenance.rebuild_rollups(org.id, since=T0 - timedelta(days=5))
+
+    assert rollup("usage_key_daily", "organization_id = :o ORDER BY key_id, day", o=org.id) == before
+    assert maintenance.rollup_mismatches(org.id) == {}
+
+
+def test_prune_deletes_old_raw_events_but_keeps_their_rollups(org, keys):
+    key = keys[0]
+    now = datetime.now(UTC)
+    record([event(key, now - timedelta(days=100)), event(key, now - timedelta(days=1))])
+
+    assert maintenance.prune_raw(timedelta(days=90)) >= 1
+
+    raw = db.session.scalar(sa.text("SELECT count(*) FROM api_key_usage WHERE key_id = :k"), {"k": key.id})
+    kept = db.session.scalar(
+        sa.text("SELECT sum(calls) FROM usage_key_daily WHERE key_id = :k"), {"k": key.id}
+    )
+    assert (raw, kept) == (1, 2)
+
+
+def test_parse_age():
+    assert maintenance.parse_age("90d") == timedelta(days=90)
+    assert maintenance.parse_age("36h") == timedelta(hours=36)
+    with pytest.raises(ValueError, match="expected an age"):
+        maintenance.parse_age("ninety days")
+
+
+@pytest.fixture
+def committed_org(app) -> Iterator[tuple[uuid.UUID, list[uuid.UUID]]]:
+    """An organization with two keys, committed for real; removed with everything it recorded afterwards."""
+    org = factories.org()
+    owner = factories.user()
+    key_ids = [factories.api_key(org, owner, environment=env).api_key.id for env in ("test", "live")]
+    org_id, user_id = org.id, owner.id
+    db.session.remove()
+    yield org_id, key_ids
+    db.session.remove()
+    with db.engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM api_key_usage WHERE organization_id = :o"), {"o": org_id})
+        conn.execute(sa.text("DELETE FROM audit_events WHERE organization_id = :o"), {"o": org_id})
+        conn.execute(
+            sa.text("DELETE FROM organizations WHERE id = :o"), {"o": org_id}
+        )  # cascades to rollups
+        conn.execute(sa.text("DELETE FROM users WHERE id = :u"), {"u": user_id})
+
+
+@pytest.mark.concurrency
+def test_concurrent_writers_on_two_connections_lose_nothing(committed_org):
+    org_id, key_ids = committed_org
+    errors: list[BaseException] = []
+    engine = db.engine
+
+    class Key:  # what event() needs from an ApiKey
+        def __init__(self, key_id: uuid.UUID) -> None:
+            self.id, self.organization_id = key_id, org_id
+
+    def writer(seed: int) -> None:
+        try:
+            with engine.connect() as conn:
+                for batch in range(40):
+                    events = [
+                        event(
+                            Key(key_ids[(seed + i) % 2]),
+                            T0 + timedelta(minutes=(batch * 7 + i) % 180),
+                            "ok" if i % 5 else "rate_limited",
+                        )
+                        for i in range(25)
+                    ]
+                    record(events, connection=conn)
+                    conn.commit()
+        except BaseException as exc:  # noqa: BLE001 -- reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(seed,)) for seed in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    assert maintenance.rollup_mismatches(org_id) == {}
+    total = db.session.scalar(
+        sa.text("SELECT sum(calls) FROM usage_org_hourly WHERE organization_id = :o"), {"o": org_id}
+    )
+    assert total == 2 * 40 * 25
+
+
+def test_top_keys_mix_daily_and_hourly_rollups_without_losing_the_edges(org, keys):
+    from portal.usage import services
+    from portal.usage.ranges import parse_range
+
+    test_key, live_key = keys
+    now = datetime(2026, 11, 24, 9, 41, tzinfo=UTC)
+    r = parse_range({"range": "7d", "bucket": "hour"}, tz_cookie=None, now=now, max_days=400)
+    moments = [
+        r.start - timedelta(microseconds=1),
+        r.start,
+        r.start + timedelta(hours=14, minutes=59),
+        datetime(2026, 11, 20, 12, tzinfo=UTC),
+        r.end - timedelta(microseconds=1),
+        r.end,
+    ]
+    record(
+        [event(test_key, at) for at in moments]
+        + [event(live_key, at, "rate_limited") for at in moments[1:3]]
+    )
+
+    ranked = {row.id: (row.calls, row.rate_limited) for row in services.top_keys(org.id, r)}
+    assert ranked == {test_key.id: (4, 0), live_key.id: (2, 2)}
+    assert services.summary(services.org_series(org.id, r))["calls"] == 6
+
+
+@pytest.mark.parametrize("shape", ["skewed", "flat", "busy_outside_the_range"])
+def test_top_keys_shortcut_is_exact(monkeypatch, shape):
+    from portal.usage import services, topkeys
+    from portal.usage.ranges import parse_range
+
+    monkeypatch.setattr(topkeys, "CANDIDATES", 4)
+    org = factories.org(plan="enterprise")
+    owner = factories.member(org, "owner")
+    now = datetime(2026, 11, 24, 9, 41, tzinfo=UTC)
+    r = parse_range({"range": "7d", "bucket": "hour"}, tz_cookie=None, now=now, max_days=400)
+    keys = [factories.api_key(org, owner, name=f"k{i}").api_key for i in range(9)]
+    events = []
+    for i, key in enumerate(keys):
+        inside = {"skewed": 2 ** i, "flat": 5 + i % 2, "busy_outside_the_range": 3 + i}[shape]
+        events += [event(key, r.start + timedelta(minutes=7 * n)) for n in range(inside)]
+        if shape == "busy_outside_the_range" and i < 4:  # same UTC day, but before the range starts
+            events += [event(key, r.start - timedelta(minutes=1 + n)) for n in range(40)]
+    record(events)
+
+    expected = db.session.execute(
+        sa.text(
+        "SELECT key_id, count(*) FROM api_key_usage WHERE organization_id = :o AND occurred_at >= :s"
+        " AND occurred_at < :e GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 3"),
+        {"o": org.id, "s": r.start, "e": r.end},
+    )
+    ranked = services.top_keys(org.id, r, limit=3)
+    assert [(row.id, row.calls) for row in ranked] == [tuple(x) for x in expected]
