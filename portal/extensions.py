@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from flask_login import LoginManager
@@ -32,7 +32,14 @@ class PortalSession(FlaskSession):
 
 db = SQLAlchemy(model_class=Base, session_options={"class_": PortalSession})
 migrate = Migrate()
+
+# Models subclass ``Model``: at run time Flask-SQLAlchemy's ``db.Model``; for the type checker the typed
+# declarative base it is built on, since ``db.Model`` is created dynamically.
+if TYPE_CHECKING:
+    Model = Base
+else:
+    Model = db.Model
 login_manager = LoginManager()
 csrf = CSRFProtect()
 
-__all__ = ["db", "migrate", "login_manager", "csrf", "sa"]
+__all__ = ["Model", "db", "migrate", "login_manager", "csrf", "sa"]

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from portal.extensions import db
+from portal.extensions import Model
 from portal.models._types import Timestamp, check_in, created_at, uuid_pk
 from portal.models.organization import Organization
 from portal.models.user import User
@@ -18,7 +18,7 @@ from portal.models.user import User
 ENVIRONMENTS: tuple[str, ...] = ("test", "live")
 
 
-class ApiKey(db.Model):
+class ApiKey(Model):
     __tablename__ = "api_keys"
     __table_args__ = (
         check_in("environment", ENVIRONMENTS, "ck_api_keys_environment"),

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from portal.extensions import db
+from portal.extensions import Model
 from portal.models._types import Timestamp, check_in, created_at, uuid_pk
 from portal.plans import PLAN_NAMES, PLANS, Plan
 
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 ROLES: tuple[str, ...] = ("owner", "admin", "developer", "viewer")
 
 
-class Organization(db.Model):
+class Organization(Model):
     __tablename__ = "organizations"
     __table_args__ = (check_in("plan", PLAN_NAMES, "ck_organizations_plan"),)
 
@@ -39,7 +39,7 @@ class Organization(db.Model):
         return PLANS[self.plan]
 
 
-class Membership(db.Model):
+class Membership(Model):
     __tablename__ = "memberships"
     __table_args__ = (
         sa.UniqueConstraint("user_id", "organization_id", name="uq_memberships_user_org"),
@@ -59,7 +59,7 @@ class Membership(db.Model):
     organization: Mapped[Organization] = relationship(back_populates="memberships")
 
 
-class Invitation(db.Model):
+class Invitation(Model):
     """An invite link: only the SHA-256 of its token is stored, the link itself is shown once."""
 
     __tablename__ = "invitations"

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
-from portal.extensions import db
+from portal.extensions import Model
 from portal.models._types import Timestamp
 from portal.models.usage import ApiKeyUsage
 
@@ -60,7 +60,7 @@ class OutcomeCounts:
     latency_ms_sum: Mapped[float] = mapped_column(sa.Float, server_default="0")
 
 
-class UsageOrgHourly(OutcomeCounts, db.Model):
+class UsageOrgHourly(OutcomeCounts, Model):
     """Per organization, UTC hour and environment: the dashboard chart, its totals and the month's quota."""
 
     __tablename__ = "usage_org_hourly"
@@ -72,7 +72,7 @@ class UsageOrgHourly(OutcomeCounts, db.Model):
     environment: Mapped[str] = mapped_column(sa.String(7), primary_key=True)
 
 
-class UsageKeyHourly(OutcomeCounts, db.Model):
+class UsageKeyHourly(OutcomeCounts, Model):
     """Per key and UTC hour: the key page's chart, and the partial days at the edges of a top-keys range."""
 
     __tablename__ = "usage_key_hourly"
@@ -84,7 +84,7 @@ class UsageKeyHourly(OutcomeCounts, db.Model):
     environment: Mapped[str] = mapped_column(sa.String(7))
 
 
-class UsageKeyDaily(OutcomeCounts, db.Model):
+class UsageKeyDaily(OutcomeCounts, Model):
     """Per key and UTC day: top keys over long ranges read 30 rows per key instead of 720."""
 
     __tablename__ = "usage_key_daily"
@@ -97,7 +97,7 @@ class UsageKeyDaily(OutcomeCounts, db.Model):
     environment: Mapped[str] = mapped_column(sa.String(7))
 
 
-class UsageEndpointHourly(db.Model):
+class UsageEndpointHourly(Model):
     """Per organization, UTC hour and endpoint: the dashboard's top endpoints."""
 
     __tablename__ = "usage_endpoint_hourly"
@@ -111,7 +111,7 @@ class UsageEndpointHourly(db.Model):
     errors: Mapped[int] = _count()
 
 
-class UsageKeyEndpointDaily(db.Model):
+class UsageKeyEndpointDaily(Model):
     """Per key, UTC day and endpoint: the key page's top endpoints (whole UTC days, kept small on purpose)."""
 
     __tablename__ = "usage_key_endpoint_daily"

@@ -9,13 +9,13 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
-from portal.extensions import db
+from portal.extensions import Model
 from portal.models._types import Timestamp, check_in
 
 OUTCOMES: tuple[str, ...] = ("ok", "malformed", "unknown", "revoked", "expired", "rate_limited")
 
 
-class ApiKeyUsage(db.Model):
+class ApiKeyUsage(Model):
     """One row per answered verification, valid or not."""
 
     __tablename__ = "api_key_usage"
@@ -35,7 +35,7 @@ class ApiKeyUsage(db.Model):
     outcome: Mapped[str] = mapped_column(sa.String(20))
 
 
-class RateLimitTracking(db.Model):
+class RateLimitTracking(Model):
     """A counter per bucket per window (``org:<id>`` for the API, ``login:…`` for sign-in failures)."""
 
     __tablename__ = "rate_limit_tracking"
