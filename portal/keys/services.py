@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from flask import current_app
@@ -14,6 +14,7 @@ from portal.db import org_scoped
 from portal.extensions import db
 from portal.keys import format as keyformat
 from portal.models import ApiKey, Organization, User
+from portal.timeutil import utcnow
 
 ROLL_GRACE_PERIODS: dict[str, timedelta] = {
     "now": timedelta(0),
@@ -48,8 +49,7 @@ class IssuedKey:
     plaintext: str
 
 
-def now() -> datetime:
-    return datetime.now(UTC)
+now = utcnow
 
 
 def pepper() -> str:

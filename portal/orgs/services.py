@@ -9,7 +9,7 @@ import enum
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -24,6 +24,7 @@ from portal.models import ROLES, AuditEvent, Invitation, Membership, Organizatio
 from portal.orgs.context import role_allows
 from portal.plans import PLANS
 from portal.security import new_token, token_digest
+from portal.timeutil import utcnow
 
 SUPPORT_LABEL = "ProCode support"
 
@@ -194,8 +195,7 @@ class IssuedInvitation:
     token: str
 
 
-def now() -> datetime:
-    return datetime.now(UTC)
+now = utcnow
 
 
 def invite_state(invitation: Invitation, moment: datetime | None = None) -> InviteState:
