@@ -226,10 +226,12 @@ class Gunicorn:
         except OSError:
             return False
 
+    def worker_pids(self) -> list[str]:
+        return Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+
     def worker_rss_mb(self) -> list[float]:
-        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
         sizes = []
-        for pid in children:
+        for pid in self.worker_pids():
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     sizes.append(int(line.split()[1]) / 1024)
@@ -360,6 +362,42 @@ def free_ports(count: int) -> list[int]:
     raise SystemExit("no free ports in 18100-18199")
 
 
+def cpu_seconds(pids: list[str]) -> float:
+    """User + system CPU of these processes so far (less sensitive to a busy machine than calls/s)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def backend_pids(url: str) -> list[str]:
+    """The PostgreSQL server processes serving the benchmark database (the server is on this machine)."""
+    conn = psycopg2.connect(url)
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        pids = [str(row[0]) for row in cur.fetchall()]
+    conn.close()
+    return pids
+
+
+def with_cpu(run: Any, url: str, server: Gunicorn | None) -> dict[str, Any]:
+    """Run ``run()`` (a wrk call) and add the app's and PostgreSQL's CPU microseconds per answered call."""
+    workers = server.worker_pids() if server else []
+    pg = backend_pids(url)
+    app0, pg0 = cpu_seconds(workers), cpu_seconds(pg)
+    result: dict[str, Any] = run()
+    calls = max(1, result["requests"])
+    result["app_us"] = (cpu_seconds(workers) - app0) * 1e6 / calls
+    result["pg_us"] = (cpu_seconds(pg) - pg0) * 1e6 / calls
+    return result
+
+
 def fmt(run: dict[str, Any]) -> str:
     return f"{run['rate']:8.0f}/s   p50 {run['p50_ms']:6.2f} ms   p99 {run['p99_ms']:6.2f} ms"
 
@@ -378,13 +416,13 @@ def measure(args: argparse.Namespace, url: str, workdir: Path, keys: list[str]) 
     log(f"(b) constant-JSON Flask app, gunicorn {args.workers} workers x {args.threads} threads")
     const = Gunicorn("bench.constant_app:app", url, port_b, args.workers, args.threads, workdir)
     wrk(port_b, all_keys, "/warmup", 2, conns)
-    out["b"] = wrk(port_b, all_keys, "/bench/b", secs, conns)
+    out["b"] = with_cpu(lambda: wrk(port_b, all_keys, "/bench/b", secs, conns), url, const)
     const.stop()
 
     log("portal: full load, half load, big customer, exact count")
     portal = Gunicorn("wsgi:app", url, port_p, args.workers, args.threads, workdir)
     out["warmup"] = wrk(port_p, all_keys, "/bench/warmup", 3, conns)
-    out["full"] = full = wrk(port_p, all_keys, "/bench/full", secs, conns)
+    out["full"] = full = with_cpu(lambda: wrk(port_p, all_keys, "/bench/full", secs, conns), url, portal)
     out["rss"] = portal.worker_rss_mb()
     out["half"] = half_load(port_p, all_keys, full["rate"] / 2, secs)
     out["big"] = wrk(port_p, big_keys, "/bench/big", secs, conns)
@@ -398,7 +436,7 @@ def measure(args: argparse.Namespace, url: str, workdir: Path, keys: list[str]) 
     finally:
         del os.environ["API_VERIFY_FAST_PATH"]
     wrk(port_f, all_keys, "/bench/flaskwarm", 2, conns)
-    out["flask"] = wrk(port_f, all_keys, "/bench/flask", secs, conns)
+    out["flask"] = with_cpu(lambda: wrk(port_f, all_keys, "/bench/flask", secs, conns), url, flask_only)
     flask_only.stop()
     out["checks"] = checks(url)
     return out
@@ -429,6 +467,11 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> None:
         f"  ratio to (a) {full['rate'] / a_all['rate']:.2f}   ratio to (b) {full['rate'] / b['rate']:.2f}   "
         f"big customer / spread {r['big']['rate'] / full['rate']:.2f}"
     )
+    print(
+        f"  CPU per call (app workers + PostgreSQL), less noisy than calls/s on a shared machine: "
+        f"constant app {b['app_us']:.0f} us; portal {full['app_us']:.0f} + {full['pg_us']:.0f} us; "
+        f"fast path off {r['flask']['app_us']:.0f} + {r['flask']['pg_us']:.0f} us"
+    )
     print(f"  worker RSS after full load: {', '.join(f'{m:.0f}' for m in r['rss'])} MB")
     for label in ("warmup", "full", "half", "big", "flask"):
         run, written = r[label], rows.get(f"/bench/{label}", 0)
@@ -452,8 +495,9 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--seconds", type=int, default=15, help="length of each measured run")
-    parser.add_argument("--workers", type=int, default=int(os.environ.get("GUNICORN_WORKERS", "4")))
-    parser.add_argument("--threads", type=int, default=int(os.environ.get("GUNICORN_THREADS", "4")))
+    default_workers = os.environ.get("GUNICORN_WORKERS", str(max(2, os.cpu_count() or 2)))
+    parser.add_argument("--workers", type=int, default=int(default_workers))
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("GUNICORN_THREADS", "8")))
     parser.add_argument("--connections", type=int, default=32, help="wrk connections at full load")
     parser.add_argument("--keep", action="store_true", help="keep the benchmark database")
     args = parser.parse_args()
