@@ -379,7 +379,8 @@ def backend_pids(url: str) -> list[str]:
     conn = psycopg2.connect(url)
     with conn.cursor() as cur:
         cur.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
+            "AND backend_type = 'client backend'"
         )
         pids = [str(row[0]) for row in cur.fetchall()]
     conn.close()
