@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import psycopg2
 import sqlalchemy as sa
+from psycopg2.errors import InvalidSqlStatementName
 
 from portal.api import sql
 from portal.extensions import db
@@ -125,6 +126,8 @@ class DirectBackend:
         cur = getattr(self._local, "cursor", None)
         self._local.cursor = None
         if cur is not None:
+            with self._lock, contextlib.suppress(ValueError):
+                self._connections.remove(cur.connection)
             with contextlib.suppress(psycopg2.Error):
                 cur.connection.close()
 
@@ -134,8 +137,11 @@ class DirectBackend:
                 cur = self._cursor()
                 cur.execute(sql.EXECUTE_SQL, (key_hash,))
                 return cur.fetchone()  # type: ignore[no-any-return]
-            except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-                # A dropped connection is retried once on a fresh one; the failed statement never committed.
+            except (psycopg2.OperationalError, psycopg2.InterfaceError, InvalidSqlStatementName) as exc:
+                # A dropped connection (or one reset by a pooler, which loses the prepared statement) is
+                # retried once on a fresh one. Had the server committed just before the connection dropped,
+                # the call counts twice against the limit: it can only be refused early, never admitted
+                # beyond the limit.
                 self._drop()
                 if attempt == 2:
                     log.warning("verification failed: database unavailable: %s", exc)
