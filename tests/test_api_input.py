@@ -57,6 +57,7 @@ def test_bad_requests_are_400_without_a_usage_row(client, kwargs, code):
     body = response.get_json()
     assert body["error"]["code"] == code
     assert body["error"]["message"]
+    assert response.headers["Cache-Control"] == "no-store"
     assert usage_count() == 0
 
 

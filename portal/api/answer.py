@@ -22,7 +22,7 @@ Answer = tuple[int, list[tuple[str, str]], bytes]
 def error_answer(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Answer:
     """``{"error": {"code", "message"}}`` with ``status``: the shape of every /v1 error."""
     body = json.dumps({"error": {"code": code, "message": message}}, separators=(",", ":")).encode()
-    return status, [("Content-Type", JSON), *(headers or {}).items()], body
+    return status, [("Content-Type", JSON), ("Cache-Control", "no-store"), *(headers or {}).items()], body
 
 
 def answer_verify(read: Callable[[], RawRequest], verifier: Verifier) -> Answer:
