@@ -8,9 +8,11 @@ connection for verifications. The ``worker_exit`` hook flushes buffered usage ro
 import os
 
 bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
-workers = int(os.environ.get("GUNICORN_WORKERS", "4"))
+# One process per core, several threads each: a verification mostly waits on PostgreSQL (the GIL is free
+# then), and fewer processes mean fewer handoffs and less memory. Measured on 2 cores: 2 x 8 beat 4 x 4.
+workers = int(os.environ.get("GUNICORN_WORKERS", str(max(2, os.cpu_count() or 2))))
 worker_class = "gthread"
-threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+threads = int(os.environ.get("GUNICORN_THREADS", "8"))
 keepalive = 30
 graceful_timeout = 30
 

@@ -14,18 +14,13 @@ RSS, usage rows vs answered calls, and whether the limiter stayed exact in every
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -35,47 +30,25 @@ import psycopg2.extras
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.harness import (  # noqa: E402
+    Gunicorn,
+    admin,
+    exact_calls,
+    fmt,
+    free_ports,
+    half_load,
+    log,
+    server_url,
+    with_cpu,
+    with_db,
+    wrk,
+)
 from portal.api import sql  # noqa: E402
 from portal.keys import format as keyformat  # noqa: E402
 from portal.plans import PLANS  # noqa: E402
 
 PEPPER = "bench-pepper-" + secrets.token_hex(8)
 ORGS, KEYS_PER_ORG = 1000, 10
-PORTS = range(18100, 18200)
-
-
-def log(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def server_url() -> tuple[str, Any]:
-    """A superuser URL on the local PostgreSQL, or an embedded server in a temporary directory."""
-    url = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    try:
-        psycopg2.connect(url, connect_timeout=3).close()
-        return url, None
-    except psycopg2.OperationalError:
-        from portal.db import embedded_server_url
-
-        tmp = tempfile.TemporaryDirectory(prefix="procode-bench-pg-")
-        log("no PostgreSQL at 127.0.0.1:5432; using the embedded server")
-        return embedded_server_url(Path(tmp.name) / "pgdata", database="postgres"), tmp
-
-
-def with_db(url: str, name: str) -> str:
-    import sqlalchemy as sa
-
-    return (
-        sa.make_url(url).set(database=name).set(drivername="postgresql").render_as_string(hide_password=False)
-    )
-
-
-def admin(url: str, statement: str) -> None:
-    conn = psycopg2.connect(url)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(statement)
-    conn.close()
 
 
 def migrate(url: str) -> None:
@@ -187,124 +160,6 @@ def pgbench(url: str, workdir: Path, *, big: bool, sync_commit: bool, seconds: i
     }
 
 
-class Gunicorn:
-    """gunicorn with the project's gunicorn.conf.py on a loopback port in 18100-18199."""
-
-    def __init__(self, app: str, url: str, port: int, workers: int, threads: int, workdir: Path) -> None:
-        self.port = port
-        self.log_path = workdir / f"gunicorn-{port}.log"
-        env = {
-            **os.environ,
-            "DATABASE_URL": url,
-            "SECRET_KEY": secrets.token_hex(16),
-            "API_KEY_PEPPER": PEPPER,
-            "PORTAL_ENV": "production",
-            "GUNICORN_BIND": f"127.0.0.1:{port}",
-            "GUNICORN_WORKERS": str(workers),
-            "GUNICORN_THREADS": str(threads),
-        }
-        self.log_file = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", app],
-            cwd=ROOT,
-            env=env,
-            stdout=self.log_file,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 30
-        while not self.ready():
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise SystemExit(f"gunicorn did not start:\n{self.log_path.read_text()}")
-            time.sleep(0.2)
-
-    def ready(self) -> bool:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{self.port}/v1/openapi.json", timeout=1)  # noqa: S310
-            return True
-        except urllib.error.HTTPError:
-            return True  # the constant app has no such route: it answers, so it is up
-        except OSError:
-            return False
-
-    def worker_rss_mb(self) -> list[float]:
-        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
-        sizes = []
-        for pid in children:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    sizes.append(int(line.split()[1]) / 1024)
-        return sizes
-
-    def stop(self) -> None:
-        """SIGTERM: the graceful stop during which workers flush their buffered usage rows."""
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(60)
-        self.log_file.close()
-
-
-def wrk(
-    port: int, keys: Path, endpoint: str, seconds: int, connections: int, delay_ms: int = 0
-) -> dict[str, Any]:
-    env = {**os.environ, "BENCH_KEYS": str(keys), "BENCH_ENDPOINT": endpoint, "BENCH_DELAY_MS": str(delay_ms)}
-    out = subprocess.run(
-        [
-            "wrk",
-            "-t",
-            "2",
-            "-c",
-            str(connections),
-            "-d",
-            f"{seconds}s",
-            "--timeout",
-            "5s",
-            "-s",
-            str(ROOT / "bench" / "verify.lua"),
-            f"http://127.0.0.1:{port}",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    data = json.loads(
-        next(line for line in out.splitlines() if line.startswith("BENCH_JSON"))[len("BENCH_JSON") :]
-    )
-    data["rate"] = data["requests"] / (data["duration_us"] / 1e6)
-    data["p50_ms"], data["p99_ms"] = data["p50_us"] / 1000, data["p99_us"] / 1000
-    data["connections"] = connections
-    return data
-
-
-def half_load(port: int, keys: Path, target: float, seconds: int) -> dict[str, Any]:
-    """wrk paced to ``target`` calls/s: each connection waits between calls (wrk's delay, whole ms),
-    calibrated once so that wait + latency gives the target rate."""
-    conns = 16
-    delay = max(1, round(conns * 1000 / target))
-    probe = wrk(port, keys, "/bench/probe", 3, conns, delay_ms=delay)
-    latency_ms = conns * 1000 / probe["rate"] - delay  # what each call adds to the wait
-    delay = max(1, round(conns * 1000 / target - latency_ms))
-    return wrk(port, keys, "/bench/half", seconds, conns, delay_ms=delay)
-
-
-def exact_calls(port: int, keys: list[str], calls: int) -> int:
-    """A client that knows exactly how many answers it received (wrk abandons in-flight calls at its end)."""
-    import http.client
-
-    def worker(share: int) -> int:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        answered = 0
-        for i in range(share):
-            body = json.dumps({"key": keys[(i * 7919 + share) % len(keys)], "endpoint": "/bench/exact"})
-            conn.request("POST", "/v1/keys/verify", body, {"Content-Type": "application/json"})
-            conn.getresponse().read()
-            answered += 1
-        conn.close()
-        return answered
-
-    with ThreadPoolExecutor(8) as pool:
-        return sum(pool.map(worker, [calls // 8] * 8))
-
-
 def checks(url: str) -> dict[str, Any]:
     conn = psycopg2.connect(url)
     limits = " ".join(f"WHEN '{p.name}' THEN {p.requests_per_minute}" for p in PLANS.values())
@@ -344,26 +199,6 @@ def checks(url: str) -> dict[str, Any]:
     }
 
 
-def free_ports(count: int) -> list[int]:
-    import socket
-
-    found = []
-    for port in PORTS:
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        found.append(port)
-        if len(found) == count:
-            return found
-    raise SystemExit("no free ports in 18100-18199")
-
-
-def fmt(run: dict[str, Any]) -> str:
-    return f"{run['rate']:8.0f}/s   p50 {run['p50_ms']:6.2f} ms   p99 {run['p99_ms']:6.2f} ms"
-
-
 def measure(args: argparse.Namespace, url: str, workdir: Path, keys: list[str]) -> dict[str, Any]:
     secs, conns = args.seconds, args.connections
     out: dict[str, Any] = {}
@@ -376,15 +211,15 @@ def measure(args: argparse.Namespace, url: str, workdir: Path, keys: list[str]) 
     all_keys, big_keys = workdir / "keys_all.txt", workdir / "keys_big.txt"
 
     log(f"(b) constant-JSON Flask app, gunicorn {args.workers} workers x {args.threads} threads")
-    const = Gunicorn("bench.constant_app:app", url, port_b, args.workers, args.threads, workdir)
+    const = Gunicorn("bench.constant_app:app", url, port_b, args.workers, args.threads, workdir, PEPPER)
     wrk(port_b, all_keys, "/warmup", 2, conns)
-    out["b"] = wrk(port_b, all_keys, "/bench/b", secs, conns)
+    out["b"] = with_cpu(lambda: wrk(port_b, all_keys, "/bench/b", secs, conns), url, const)
     const.stop()
 
     log("portal: full load, half load, big customer, exact count")
-    portal = Gunicorn("wsgi:app", url, port_p, args.workers, args.threads, workdir)
+    portal = Gunicorn("wsgi:app", url, port_p, args.workers, args.threads, workdir, PEPPER)
     out["warmup"] = wrk(port_p, all_keys, "/bench/warmup", 3, conns)
-    out["full"] = full = wrk(port_p, all_keys, "/bench/full", secs, conns)
+    out["full"] = full = with_cpu(lambda: wrk(port_p, all_keys, "/bench/full", secs, conns), url, portal)
     out["rss"] = portal.worker_rss_mb()
     out["half"] = half_load(port_p, all_keys, full["rate"] / 2, secs)
     out["big"] = wrk(port_p, big_keys, "/bench/big", secs, conns)
@@ -394,11 +229,11 @@ def measure(args: argparse.Namespace, url: str, workdir: Path, keys: list[str]) 
     log("portal with the WSGI fast path off (every verification through Flask's full request cycle)")
     os.environ["API_VERIFY_FAST_PATH"] = "0"
     try:
-        flask_only = Gunicorn("wsgi:app", url, port_f, args.workers, args.threads, workdir)
+        flask_only = Gunicorn("wsgi:app", url, port_f, args.workers, args.threads, workdir, PEPPER)
     finally:
         del os.environ["API_VERIFY_FAST_PATH"]
     wrk(port_f, all_keys, "/bench/flaskwarm", 2, conns)
-    out["flask"] = wrk(port_f, all_keys, "/bench/flask", secs, conns)
+    out["flask"] = with_cpu(lambda: wrk(port_f, all_keys, "/bench/flask", secs, conns), url, flask_only)
     flask_only.stop()
     out["checks"] = checks(url)
     return out
@@ -429,6 +264,11 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> None:
         f"  ratio to (a) {full['rate'] / a_all['rate']:.2f}   ratio to (b) {full['rate'] / b['rate']:.2f}   "
         f"big customer / spread {r['big']['rate'] / full['rate']:.2f}"
     )
+    print(
+        f"  CPU per call (app workers + PostgreSQL), less noisy than calls/s on a shared machine: "
+        f"constant app {b['app_us']:.0f} us; portal {full['app_us']:.0f} + {full['pg_us']:.0f} us; "
+        f"fast path off {r['flask']['app_us']:.0f} + {r['flask']['pg_us']:.0f} us"
+    )
     print(f"  worker RSS after full load: {', '.join(f'{m:.0f}' for m in r['rss'])} MB")
     for label in ("warmup", "full", "half", "big", "flask"):
         run, written = r[label], rows.get(f"/bench/{label}", 0)
@@ -452,8 +292,9 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--seconds", type=int, default=15, help="length of each measured run")
-    parser.add_argument("--workers", type=int, default=int(os.environ.get("GUNICORN_WORKERS", "4")))
-    parser.add_argument("--threads", type=int, default=int(os.environ.get("GUNICORN_THREADS", "4")))
+    default_workers = os.environ.get("GUNICORN_WORKERS", str(max(2, os.cpu_count() or 2)))
+    parser.add_argument("--workers", type=int, default=int(default_workers))
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("GUNICORN_THREADS", "8")))
     parser.add_argument("--connections", type=int, default=32, help="wrk connections at full load")
     parser.add_argument("--keep", action="store_true", help="keep the benchmark database")
     args = parser.parse_args()

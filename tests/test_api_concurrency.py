@@ -54,7 +54,7 @@ def committed(app: Any) -> Iterator[dict[str, Any]]:
     db.session.rollback()
     db.session.execute(
         sa.delete(ApiKeyUsage).where(
-            sa.or_(ApiKeyUsage.organization_id == org.id, ApiKeyUsage.endpoint == tag)
+            sa.or_(ApiKeyUsage.organization_id == org.id, ApiKeyUsage.endpoint.startswith(tag))
         )
     )
     db.session.execute(sa.delete(Organization).where(Organization.id == org.id))
@@ -139,15 +139,18 @@ def test_no_usage_row_lost_with_buffering(committed):
     verifier = make_verifier(committed["url"], committed["pepper"], interval=0.01)
     candidates = [*committed["keys"], "pk_test_bad", keyformat.generate("live")]
     calls = 8 * 100
+    odd = committed["tag"] + "/it's 100% ünï"
 
     def one(i: int) -> None:
-        verifier.verify(candidates[i % len(candidates)], committed["tag"])
+        verifier.verify(candidates[i % len(candidates)], committed["tag"] if i % 2 else odd)
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(one, range(calls)))
     verifier.close()
     count = db.session.scalar(
-        sa.select(sa.func.count()).select_from(ApiKeyUsage).where(ApiKeyUsage.endpoint == committed["tag"])
+        sa.select(sa.func.count())
+        .select_from(ApiKeyUsage)
+        .where(ApiKeyUsage.endpoint.in_([committed["tag"], odd]))
     )
     assert count == calls
 
@@ -248,3 +251,56 @@ def test_a_refused_row_does_not_block_the_others(committed):
         sa.select(sa.func.count()).select_from(ApiKeyUsage).where(ApiKeyUsage.endpoint == committed["tag"])
     )
     assert count == 2
+
+
+def test_verification_survives_a_dropped_connection(committed):
+    verifier = make_verifier(committed["url"], committed["pepper"])
+    key = committed["keys"][0]
+    assert verifier.verify(key, committed["tag"]).outcome == "ok"
+    pid = verifier.backend._cursor().connection.get_backend_pid()  # type: ignore[attr-defined]
+    db.session.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    db.session.commit()
+    assert verifier.verify(key, committed["tag"]).outcome == "ok"
+    cur = verifier.backend._cursor()  # type: ignore[attr-defined]
+    cur.execute("DEALLOCATE ALL")  # what a connection pooler's reset does
+    assert verifier.verify(key, committed["tag"]).outcome == "ok"
+    verifier.close()
+
+
+def test_database_down_is_503_and_not_metered(app, committed):
+    verifier = make_verifier("postgresql://nobody@127.0.0.1:1/none", committed["pepper"])
+    fast_path = app.extensions["portal.verify_fast_path"]
+    original = fast_path.verifier, fast_path.needs_app_context
+    fast_path.verifier, fast_path.needs_app_context = verifier, False
+    try:
+        response = app.test_client().post("/v1/keys/verify", json={"key": committed["keys"][0]})
+    finally:
+        fast_path.verifier, fast_path.needs_app_context = original
+    assert response.status_code == 503
+    assert response.get_json()["error"]["code"] == "unavailable"
+    assert response.headers["Retry-After"] == "1"
+    assert verifier.recorder.pending() == 0  # type: ignore[attr-defined]
+
+
+def test_finished_api_windows_are_pruned_on_the_fly(committed):
+    old = sa.text(
+        "INSERT INTO rate_limit_tracking (bucket, window_start, organization_id, count) "
+        "VALUES (:b, now() - interval '10 minutes', :org, 5)"
+    )
+    db.session.execute(old, {"b": f"org:{committed['org_id']}", "org": committed["org_id"]})
+    db.session.execute(old, {"b": f"login:{committed['tag']}", "org": None})
+    db.session.commit()
+    recorder = BufferedRecorder(libpq_dsn(committed["url"]))
+    assert recorder.prune() >= 1
+    recorder.close()
+    buckets = set(
+        db.session.scalars(
+            sa.text("SELECT bucket FROM rate_limit_tracking WHERE bucket IN (:a, :b)"),
+            {"a": f"org:{committed['org_id']}", "b": f"login:{committed['tag']}"},
+        )
+    )
+    assert buckets == {f"login:{committed['tag']}"}
+    db.session.execute(
+        sa.text("DELETE FROM rate_limit_tracking WHERE bucket = :b"), {"b": f"login:{committed['tag']}"}
+    )
+    db.session.commit()

@@ -55,3 +55,9 @@ def test_prune_refuses_to_cut_into_the_sign_in_window(app):
     result = app.test_cli_runner().invoke(args=["ratelimit", "prune", "--older-than", "5"])
     assert result.exit_code != 0
     assert "at least" in result.output
+
+
+def test_docs_render_code_spans_and_escape_the_rest():
+    from portal.docs.routes import ticks
+
+    assert str(ticks("send `Retry-After` <b>")) == "send <code>Retry-After</code> &lt;b&gt;"

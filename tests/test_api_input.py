@@ -57,6 +57,7 @@ def test_bad_requests_are_400_without_a_usage_row(client, kwargs, code):
     body = response.get_json()
     assert body["error"]["code"] == code
     assert body["error"]["message"]
+    assert response.headers["Cache-Control"] == "no-store"
     assert usage_count() == 0
 
 
@@ -94,3 +95,26 @@ def test_csrf_does_not_apply_to_the_api(csrf_app):
     response = csrf_app.test_client().post(URL, json={"key": KEY})
     assert response.status_code == 401
     assert response.get_json()["code"] == "malformed"
+
+
+def test_chunked_body_is_read_and_bounded(client):
+    import io
+
+    small = client.post(
+        URL, input_stream=io.BytesIO(json.dumps({"key": KEY}).encode()), content_type="application/json"
+    )
+    assert small.get_json()["code"] == "malformed"
+    huge = client.post(
+        URL, input_stream=io.BytesIO(b'{"key": "' + b"k" * 1_000_000 + b'"}'), content_type="application/json"
+    )
+    assert huge.status_code == 400
+    assert huge.get_json()["error"]["code"] == "body_too_large"
+    assert usage_count() == 1
+
+
+def test_content_length_that_is_not_a_number(client):
+    response = client.post(
+        URL, data=b"{}", content_type="application/json", headers={"Content-Length": "abc"}
+    )
+    assert response.status_code == 400
+    assert usage_count() == 0

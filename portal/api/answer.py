@@ -1,4 +1,4 @@
-"""The HTTP answer of ``POST /v1/keys/verify``, built without Flask globals.
+"""The HTTP answer of ``POST /v1/keys/verify`` as plain status, headers and bytes.
 
 Shared by the Flask view and the WSGI fast path (:mod:`portal.api.fastpath`), so both answer identically.
 """
@@ -6,45 +6,41 @@ Shared by the Flask view and the WSGI fast path (:mod:`portal.api.fastpath`), so
 from __future__ import annotations
 
 import json
-import logging
 import time
+from collections.abc import Callable
 
 from werkzeug.exceptions import RequestEntityTooLarge
-from werkzeug.wrappers import Request, Response
 
 from portal.api.backend import DatabaseUnavailable
-from portal.api.inputs import MAX_BODY_BYTES, BadRequest, parse_verify_request
+from portal.api.inputs import MAX_BODY_BYTES, BadRequest, RawRequest, parse_verify_request
 from portal.api.services import Verifier
 
-log = logging.getLogger("portal.api")
 JSON = "application/json"
+Answer = tuple[int, list[tuple[str, str]], bytes]
 
 
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
-    """``{"error": {"code", "message"}}`` with ``status``; the shape every /v1 error has."""
-    body = json.dumps({"error": {"code": code, "message": message}}, separators=(",", ":"))
-    return Response(body, status, headers, content_type=JSON)
+def error_answer(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Answer:
+    """``{"error": {"code", "message"}}`` with ``status``: the shape of every /v1 error."""
+    body = json.dumps({"error": {"code": code, "message": message}}, separators=(",", ":")).encode()
+    return status, [("Content-Type", JSON), ("Cache-Control", "no-store"), *(headers or {}).items()], body
 
 
-def answer_verify(request: Request, verifier: Verifier) -> Response:
-    """Parse, verify, answer: 200 valid, 401 unusable key, 429 rate limited, 400 not a verification."""
+def answer_verify(read: Callable[[], RawRequest], verifier: Verifier) -> Answer:
+    """Read, verify, answer: 200 valid, 401 unusable key, 429 rate limited, 400 not a verification."""
     started = time.perf_counter()
     try:
-        payload = parse_verify_request(request)
+        payload = parse_verify_request(read())
     except BadRequest as exc:
-        return error_response(400, exc.code, exc.message)
+        return error_answer(400, exc.code, exc.message)
     except RequestEntityTooLarge:
-        return error_response(
+        return error_answer(
             400, "body_too_large", f"The request body must be at most {MAX_BODY_BYTES} bytes."
         )
     try:
         result = verifier.verify(payload.key, payload.endpoint, started)
     except DatabaseUnavailable:
-        return error_response(
+        return error_answer(
             503, "unavailable", "Key verification is unavailable; retry shortly.", {"Retry-After": "1"}
         )
-    headers = result.headers()
-    headers["Cache-Control"] = "no-store"
-    return Response(
-        json.dumps(result.as_json(), separators=(",", ":")), result.status_code, headers, content_type=JSON
-    )
+    headers = [("Content-Type", JSON), ("Cache-Control", "no-store"), *result.headers().items()]
+    return result.status_code, headers, json.dumps(result.as_json(), separators=(",", ":")).encode()

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import psycopg2
 import sqlalchemy as sa
+from psycopg2.errors import InvalidSqlStatementName
 
 from portal.api import sql
 from portal.extensions import db
@@ -43,20 +44,51 @@ def libpq_dsn(sqlalchemy_url: str) -> str:
     return sa.make_url(sqlalchemy_url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
+def _text(value: str) -> str:
+    """A string literal; safe with ``standard_conforming_strings`` on (the default, and set by the writer)."""
+    if "\x00" in value:
+        raise ValueError("NUL in a usage row")
+    return "'" + value.replace("'", "''") + "'"
+
+
+_UUID_CHARS = frozenset("0123456789abcdef-")
+
+
+def _uuid(value: str | None) -> str:
+    """A uuid from our own statement's ``::text``; still checked, as it is pasted into SQL."""
+    if value is None:
+        return "NULL"
+    if len(value) != 36 or not _UUID_CHARS.issuperset(value):
+        raise ValueError(f"not a uuid: {value!r}")
+    return f"'{value}'::uuid"
+
+
+def render_usage_row(row: Row) -> str:
+    """One ``VALUES`` tuple. Hand-rendered (≈4x cheaper than ``cursor.mogrify``), so the writer thread holds
+    the GIL briefly; every field is typed or quoted here, the endpoint being the only free text."""
+    key_id, org_id, at, endpoint, status, latency, outcome = row
+    return (
+        f"({_uuid(key_id)},{_uuid(org_id)},'{at.isoformat()}'::timestamptz,"
+        f"{'NULL' if endpoint is None else _text(endpoint)},{int(status)},"
+        f"{'NULL' if latency is None else float(latency)!r},{_text(outcome)})"
+    )
+
+
 def write_usage_rows(cursor: Any, rows: Sequence[Row]) -> None:
     """One multi-row INSERT of usage rows, then ``last_used_at`` of their keys (once a minute at most)."""
     if not rows:
         return
-    values = b",".join(cursor.mogrify(sql.USAGE_ROW_TEMPLATE, row) for row in rows)
     latest: dict[str, Any] = {}
     for row in rows:
         key_id, occurred_at = row[0], row[2]
         if key_id is not None and (key_id not in latest or occurred_at > latest[key_id]):
             latest[key_id] = occurred_at
-    statement = sql.INSERT_USAGE_PREFIX.encode() + values
+    statement = sql.INSERT_USAGE_PREFIX + ",".join(map(render_usage_row, rows))
     if latest:
-        touches = b",".join(cursor.mogrify(sql.TOUCH_ROW_TEMPLATE, item) for item in sorted(latest.items()))
-        statement += b";" + sql.TOUCH_KEYS_PREFIX.encode() + touches + sql.TOUCH_KEYS_SUFFIX.encode()
+        touches = ",".join(
+            f"({_uuid(key_id)},'{at.isoformat()}'::timestamptz)" for key_id, at in sorted(latest.items())
+        )
+        statement += ";" + sql.TOUCH_KEYS_PREFIX + touches + sql.TOUCH_KEYS_SUFFIX
     cursor.execute(statement)
 
 
@@ -94,6 +126,8 @@ class DirectBackend:
         cur = getattr(self._local, "cursor", None)
         self._local.cursor = None
         if cur is not None:
+            with self._lock, contextlib.suppress(ValueError):
+                self._connections.remove(cur.connection)
             with contextlib.suppress(psycopg2.Error):
                 cur.connection.close()
 
@@ -103,8 +137,11 @@ class DirectBackend:
                 cur = self._cursor()
                 cur.execute(sql.EXECUTE_SQL, (key_hash,))
                 return cur.fetchone()  # type: ignore[no-any-return]
-            except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-                # A dropped connection is retried once on a fresh one; the failed statement never committed.
+            except (psycopg2.OperationalError, psycopg2.InterfaceError, InvalidSqlStatementName) as exc:
+                # A dropped connection (or one reset by a pooler, which loses the prepared statement) is
+                # retried once on a fresh one. Had the server committed just before the connection dropped,
+                # the call counts twice against the limit: it can only be refused early, never admitted
+                # beyond the limit.
                 self._drop()
                 if attempt == 2:
                     log.warning("verification failed: database unavailable: %s", exc)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from werkzeug.wrappers import Request
 
@@ -36,9 +37,8 @@ def _is_token(value: str) -> bool:
     return 0 < len(value) <= MAX_KEY_CHARS and value.isascii() and value.isprintable() and " " not in value
 
 
-def bearer_token(request: Request) -> str | None:
-    """The token of an ``Authorization: Bearer …`` header, ``None`` when there is no such header."""
-    header = request.headers.get("Authorization")
+def parse_bearer(header: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer …`` header value, ``None`` when there is no header."""
     if header is None:
         return None
     scheme, _, token = header.strip().partition(" ")
@@ -50,16 +50,57 @@ def bearer_token(request: Request) -> str | None:
     return token
 
 
-def _body(request: Request) -> dict[str, object] | None:
+def bearer_token(request: Request) -> str | None:
+    return parse_bearer(request.headers.get("Authorization"))
+
+
+def _too_large() -> BadRequest:
+    return BadRequest("body_too_large", f"The request body must be at most {MAX_BODY_BYTES} bytes.")
+
+
+@dataclass(frozen=True, slots=True)
+class RawRequest:
+    """What a verification needs from HTTP: the Authorization header, the media type and the body."""
+
+    authorization: str | None
+    mimetype: str
+    body: bytes
+
+
+def read_request(request: Request) -> RawRequest:
+    """From a werkzeug/Flask request (the Flask view)."""
     length = request.content_length
     if length is not None and length > MAX_BODY_BYTES:
-        raise BadRequest("body_too_large", f"The request body must be at most {MAX_BODY_BYTES} bytes.")
-    data = request.get_data(cache=False)
+        raise _too_large()
+    return RawRequest(request.headers.get("Authorization"), request.mimetype, request.get_data(cache=False))
+
+
+def read_environ(environ: dict[str, Any]) -> RawRequest:
+    """From the WSGI environ (the fast path): never reads more than ``MAX_BODY_BYTES`` + 1 bytes."""
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        raise BadRequest("invalid_request", "Content-Length is not a number.") from None
+    if length > MAX_BODY_BYTES:
+        raise _too_large()
+    stream = environ["wsgi.input"]
+    if length:
+        body = stream.read(length)
+    elif environ.get("wsgi.input_terminated"):  # chunked: the server knows where the body ends
+        body = stream.read(MAX_BODY_BYTES + 1)
+    else:
+        body = b""
+    mimetype = environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
+    return RawRequest(environ.get("HTTP_AUTHORIZATION"), mimetype, body)
+
+
+def _body(raw: RawRequest) -> dict[str, object] | None:
+    data = raw.body
     if not data:
         return None
     if len(data) > MAX_BODY_BYTES:
-        raise BadRequest("body_too_large", f"The request body must be at most {MAX_BODY_BYTES} bytes.")
-    if request.mimetype != "application/json":
+        raise _too_large()
+    if raw.mimetype != "application/json":
         raise BadRequest("unsupported_content_type", "Send the body as application/json.")
     try:
         payload = json.loads(data)
@@ -70,10 +111,10 @@ def _body(request: Request) -> dict[str, object] | None:
     return payload
 
 
-def parse_verify_request(request: Request) -> VerifyRequest:
+def parse_verify_request(raw: RawRequest) -> VerifyRequest:
     """The key (body ``key`` or bearer token) and optional ``endpoint`` of a verification request."""
-    body = _body(request) or {}
-    header_key = bearer_token(request)
+    body = _body(raw) or {}
+    header_key = parse_bearer(raw.authorization)
     key = body.get("key")
     if key is None:
         key = header_key

@@ -59,7 +59,7 @@ class BufferedRecorder:
     """Buffers rows per process; a writer thread flushes them in batches on its own connection."""
 
     def __init__(
-        self, dsn: str, *, interval: float = 0.2, batch: int = 2000, close_timeout: float = 10.0
+        self, dsn: str, *, interval: float = 0.2, batch: int = 500, close_timeout: float = 10.0
     ) -> None:
         self.dsn = dsn
         self.interval = interval
@@ -118,7 +118,7 @@ class BufferedRecorder:
         if self._conn is None or self._conn.closed:
             self._conn = psycopg2.connect(self.dsn, application_name="procode-usage-writer")
             with self._conn.cursor() as cur:
-                cur.execute("SET TimeZone = 'UTC'")
+                cur.execute("SET TimeZone = 'UTC'; SET standard_conforming_strings = on")
             self._conn.commit()
         return self._conn
 

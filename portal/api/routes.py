@@ -4,18 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import g, jsonify, request
+from flask import Response, g, jsonify, request
 
 from portal.api import bp, services
 from portal.api.answer import answer_verify
 from portal.api.decorators import require_api_key
+from portal.api.inputs import read_request
 from portal.api.openapi import openapi_document
 
 
 @bp.post("/keys/verify")
 def verify() -> Any:
     """Verify a key (see :func:`portal.api.answer.answer_verify`); normally answered by the WSGI fast path."""
-    return answer_verify(request, services.get_verifier())
+    status, headers, body = answer_verify(lambda: read_request(request), services.get_verifier())
+    return Response(body, status, headers)
 
 
 @bp.get("/whoami")

@@ -79,13 +79,11 @@ INSERT_USAGE_PREFIX = (
     "(key_id, organization_id, occurred_at, endpoint, status_code, latency_ms, outcome) "
     "VALUES "
 )
-USAGE_ROW_TEMPLATE = "(%s::uuid, %s::uuid, %s, %s, %s, %s, %s)"
 TOUCH_KEYS_PREFIX = "UPDATE api_keys k SET last_used_at = v.t FROM (VALUES "
 TOUCH_KEYS_SUFFIX = (
-    ") AS v(id, t) WHERE k.id = v.id::uuid "
-    "AND (k.last_used_at IS NULL OR k.last_used_at < v.t::timestamptz - interval '1 minute')"
+    ") AS v(id, t) WHERE k.id = v.id "
+    "AND (k.last_used_at IS NULL OR k.last_used_at < v.t - interval '1 minute')"
 )
-TOUCH_ROW_TEMPLATE = "(%s, %s::timestamptz)"
 
 # Windows of the API limiter end a minute after they start; keep one spare window for clock skew.
 PRUNE_API_WINDOWS_SQL = (

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from flask import current_app, render_template
+from markupsafe import Markup, escape
 
 from portal.api.openapi import openapi_document
 from portal.docs import bp
@@ -40,6 +42,15 @@ def operations(document: dict[str, Any]) -> list[dict[str, Any]]:
                 }
             )
     return result
+
+
+_TICKS = re.compile(r"`([^`]+)`")
+
+
+@bp.app_template_filter("ticks")
+def ticks(text: str | None) -> Markup:
+    """The OpenAPI descriptions' `code` spans as <code>, everything else escaped."""
+    return Markup(_TICKS.sub(lambda m: f"<code>{m.group(1)}</code>", str(escape(text or ""))))  # noqa: S704
 
 
 @bp.get("/api")

@@ -1,0 +1,236 @@
+"""What the verification benchmark drives: PostgreSQL, gunicorn, wrk, and CPU accounting via /proc."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+
+ROOT = Path(__file__).resolve().parent.parent
+PORTS = range(18100, 18200)
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def server_url() -> tuple[str, Any]:
+    """A superuser URL on the local PostgreSQL, or an embedded server in a temporary directory."""
+    url = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    try:
+        psycopg2.connect(url, connect_timeout=3).close()
+        return url, None
+    except psycopg2.OperationalError:
+        from portal.db import embedded_server_url
+
+        tmp = tempfile.TemporaryDirectory(prefix="procode-bench-pg-")
+        log("no PostgreSQL at 127.0.0.1:5432; using the embedded server")
+        return embedded_server_url(Path(tmp.name) / "pgdata", database="postgres"), tmp
+
+
+def with_db(url: str, name: str) -> str:
+    import sqlalchemy as sa
+
+    return (
+        sa.make_url(url).set(database=name).set(drivername="postgresql").render_as_string(hide_password=False)
+    )
+
+
+def admin(url: str, statement: str) -> None:
+    conn = psycopg2.connect(url)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(statement)
+    conn.close()
+
+
+class Gunicorn:
+    """gunicorn with the project's gunicorn.conf.py on a loopback port in 18100-18199."""
+
+    def __init__(
+        self, app: str, url: str, port: int, workers: int, threads: int, workdir: Path, pepper: str
+    ) -> None:
+        self.port = port
+        self.log_path = workdir / f"gunicorn-{port}.log"
+        env = {
+            **os.environ,
+            "DATABASE_URL": url,
+            "SECRET_KEY": secrets.token_hex(16),
+            "API_KEY_PEPPER": pepper,
+            "PORTAL_ENV": "production",
+            "GUNICORN_BIND": f"127.0.0.1:{port}",
+            "GUNICORN_WORKERS": str(workers),
+            "GUNICORN_THREADS": str(threads),
+        }
+        self.log_file = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", app],
+            cwd=ROOT,
+            env=env,
+            stdout=self.log_file,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while not self.ready():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise SystemExit(f"gunicorn did not start:\n{self.log_path.read_text()}")
+            time.sleep(0.2)
+
+    def ready(self) -> bool:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{self.port}/v1/openapi.json", timeout=1)  # noqa: S310
+            return True
+        except urllib.error.HTTPError:
+            return True  # the constant app has no such route: it answers, so it is up
+        except OSError:
+            return False
+
+    def worker_pids(self) -> list[str]:
+        return Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+
+    def worker_rss_mb(self) -> list[float]:
+        sizes = []
+        for pid in self.worker_pids():
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    sizes.append(int(line.split()[1]) / 1024)
+        return sizes
+
+    def stop(self) -> None:
+        """SIGTERM: the graceful stop during which workers flush their buffered usage rows."""
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(60)
+        self.log_file.close()
+
+
+def wrk(
+    port: int, keys: Path, endpoint: str, seconds: int, connections: int, delay_ms: int = 0
+) -> dict[str, Any]:
+    env = {**os.environ, "BENCH_KEYS": str(keys), "BENCH_ENDPOINT": endpoint, "BENCH_DELAY_MS": str(delay_ms)}
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t",
+            "2",
+            "-c",
+            str(connections),
+            "-d",
+            f"{seconds}s",
+            "--timeout",
+            "5s",
+            "-s",
+            str(ROOT / "bench" / "verify.lua"),
+            f"http://127.0.0.1:{port}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    data = json.loads(
+        next(line for line in out.splitlines() if line.startswith("BENCH_JSON"))[len("BENCH_JSON") :]
+    )
+    data["rate"] = data["requests"] / (data["duration_us"] / 1e6)
+    data["p50_ms"], data["p99_ms"] = data["p50_us"] / 1000, data["p99_us"] / 1000
+    data["connections"] = connections
+    return data
+
+
+def half_load(port: int, keys: Path, target: float, seconds: int) -> dict[str, Any]:
+    """wrk paced to ``target`` calls/s: each connection waits between calls (wrk's delay, whole ms),
+    calibrated once so that wait + latency gives the target rate."""
+    conns = 16
+    delay = max(1, round(conns * 1000 / target))
+    probe = wrk(port, keys, "/bench/probe", 3, conns, delay_ms=delay)
+    latency_ms = conns * 1000 / probe["rate"] - delay  # what each call adds to the wait
+    delay = max(1, round(conns * 1000 / target - latency_ms))
+    return wrk(port, keys, "/bench/half", seconds, conns, delay_ms=delay)
+
+
+def exact_calls(port: int, keys: list[str], calls: int) -> int:
+    """A client that knows exactly how many answers it received (wrk abandons in-flight calls at its end)."""
+    import http.client
+
+    def worker(share: int) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        answered = 0
+        for i in range(share):
+            body = json.dumps({"key": keys[(i * 7919 + share) % len(keys)], "endpoint": "/bench/exact"})
+            conn.request("POST", "/v1/keys/verify", body, {"Content-Type": "application/json"})
+            conn.getresponse().read()
+            answered += 1
+        conn.close()
+        return answered
+
+    with ThreadPoolExecutor(8) as pool:
+        return sum(pool.map(worker, [calls // 8] * 8))
+
+
+def free_ports(count: int) -> list[int]:
+    import socket
+
+    found = []
+    for port in PORTS:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        found.append(port)
+        if len(found) == count:
+            return found
+    raise SystemExit("no free ports in 18100-18199")
+
+
+def cpu_seconds(pids: list[str]) -> float:
+    """User + system CPU of these processes so far (less sensitive to a busy machine than calls/s)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def backend_pids(url: str) -> list[str]:
+    """The PostgreSQL server processes serving the benchmark database (the server is on this machine)."""
+    conn = psycopg2.connect(url)
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
+            "AND backend_type = 'client backend'"
+        )
+        pids = [str(row[0]) for row in cur.fetchall()]
+    conn.close()
+    return pids
+
+
+def with_cpu(run: Callable[[], dict[str, Any]], url: str, server: Gunicorn | None) -> dict[str, Any]:
+    """Run ``run()`` (a wrk call) and add the app's and PostgreSQL's CPU microseconds per answered call."""
+    workers = server.worker_pids() if server else []
+    pg = backend_pids(url)
+    app0, pg0 = cpu_seconds(workers), cpu_seconds(pg)
+    result: dict[str, Any] = run()
+    calls = max(1, result["requests"])
+    result["app_us"] = (cpu_seconds(workers) - app0) * 1e6 / calls
+    result["pg_us"] = (cpu_seconds(pg) - pg0) * 1e6 / calls
+    return result
+
+
+def fmt(run: dict[str, Any]) -> str:
+    return f"{run['rate']:8.0f}/s   p50 {run['p50_ms']:6.2f} ms   p99 {run['p99_ms']:6.2f} ms"
