@@ -79,6 +79,12 @@ def prune(older_than: str | None, rollups_older_than: str | None) -> None:
     )
 
 
+@usage.command("fold")
+def fold_pending() -> None:
+    """Move pending usage sums into the rollups now (pages do this too; handy from cron every minute)."""
+    click.echo(f"Folded {maintenance.fold():,} pending rollup rows.")
+
+
 @usage.command("rebuild-rollups")
 @click.option("--org", "slug", default=None, help="Only this organization.")
 @click.option(

@@ -19,6 +19,7 @@ from portal.extensions import db
 from portal.keys import format as keyformat
 from portal.keys.services import pepper
 from portal.models import ApiKey, Organization
+from portal.usage.maintenance import fold
 
 DAY, WEEK = 86_400, 7 * 86_400
 DAILY_PEAK, WEEKLY_PEAK = (
@@ -115,6 +116,7 @@ def simulate(
             },
         )
         db.session.commit()
+        fold()
         if progress:
             progress(hi - done)
         done = hi
