@@ -137,7 +137,8 @@ def test_staff_see_any_organization_read_only(client, auth, org, owner, member, 
     assert response.status_code == 200 and "Staff view" in html and org.name in html
     assert html_tables(html)["table-keys"][1][0].startswith("Billing worker")
     assert client.get(f"/staff/orgs/{org.id}/usage.csv?table=keys").status_code == 200
-    assert client.get("/staff/orgs/not-an-id/usage").status_code == 404
+    assert client.get(f"/staff/orgs/{org.slug}/usage").status_code == 200  # the slug works too
+    assert client.get("/staff/orgs/no-such-org/usage").status_code == 404
 
 
 @pytest.mark.parametrize(
