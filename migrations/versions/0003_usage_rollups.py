@@ -200,6 +200,13 @@ def upgrade():
         batch_op.create_index('ix_api_key_usage_occurred_brin', ['occurred_at'], unique=False, postgresql_using='brin')
 
     # ### end Alembic commands ###
+    # Every pending row is deleted soon after it is written: vacuum it eagerly so folds never wade through a
+    # long trail of dead rows.
+    op.execute(
+        "ALTER TABLE usage_rollup_pending SET (autovacuum_vacuum_threshold = 1000,"
+        " autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_insert_threshold = 1000,"
+        " autovacuum_vacuum_cost_delay = 0)"
+    )
     op.execute(FOLD_FUNCTION)
     op.execute(TRIGGER_FUNCTION)
     op.execute(

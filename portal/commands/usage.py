@@ -46,7 +46,8 @@ def simulate(slug: str, events: int, days: float, key_count: int, chunk: int, va
     org = _org(slug)
     started = time.perf_counter()
     with click.progressbar(length=events, label=f"Simulating {events:,} calls", show_pos=True) as bar:
-        sim.simulate(org, events, days, key_count=key_count, chunk=chunk, progress=bar.update)
+        sim.simulate(org, events, days, key_count=key_count, chunk=chunk, progress=bar.update,
+                     vacuum_pending=vacuum)
     if vacuum:
         click.echo("VACUUM ANALYZE …")
         sim.vacuum_analyze()
