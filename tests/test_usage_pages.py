@@ -161,3 +161,22 @@ def test_day_buckets_split_at_local_midnight(client, auth, org, owner, tz, expec
     for url in (f"/orgs/{org.slug}/usage?{query}", f"/orgs/{org.slug}/keys/{key.id}/usage?{query}"):
         rows = html_tables(client.get(url).get_data(as_text=True))["table-series"]
         assert [row[:2] for row in rows[1:]] == expected
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "range=custom&start=0001-01-01&end=0001-01-02",
+        "range=custom&start=2026-02-30&end=2026-03-01",
+        "range=custom&start=9999-12-31&end=9999-12-31",
+        "range=custom&start=2026-11-01&end=9999-12-31&bucket=hour",
+        "range=%00&bucket=%F0%9F%92%A5&tz=..%2F..%2Fetc%2Fpasswd",
+        "tz=Asia/Kolkata&bucket=day&range=30d&page=-4",
+        "page=99999999999999999999&range=24h",
+    ],
+)
+def test_odd_queries_never_break_the_pages(client, auth, org, owner, busy_key, query):
+    auth.login(owner)
+    for url in (f"/orgs/{org.slug}/usage?{query}", f"/orgs/{org.slug}/keys/{busy_key.id}/usage?{query}",
+                f"/orgs/{org.slug}/usage.csv?{query}"):
+        assert client.get(url).status_code == 200, url
