@@ -252,3 +252,15 @@ def test_top_keys_shortcut_is_exact(monkeypatch, shape):
     )
     ranked = services.top_keys(org.id, r, limit=3)
     assert [(row.id, row.calls) for row in ranked] == [tuple(x) for x in expected]
+
+
+def test_fold_keeps_one_row_per_key_whatever_pending_rows_say(org, keys):
+    key = keys[1]
+    pending = sa.text(
+        "INSERT INTO usage_rollup_pending (organization_id, key_id, environment, bucket, endpoint, calls, ok)"
+        " VALUES (:o, :k, :env, :b, '/v1/x', 1, 1)"
+    )
+    for env in ("live", "none"):  # never written by the trigger, but a fold must not trip over it
+        db.session.execute(pending, {"o": org.id, "k": key.id, "env": env, "b": T0})
+    assert maintenance.fold() == 2
+    assert [r.calls for r in rollup("usage_key_hourly", "key_id = :k", k=key.id)] == [2]

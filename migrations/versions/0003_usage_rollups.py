@@ -32,6 +32,9 @@ _AGGREGATES = ", ".join(
     ["count(*)", *(f"count(*) FILTER (WHERE outcome = '{o}')" for o in OUTCOMES), "coalesce(sum(latency_ms), 0)"]
 )
 FOLD_LOCK = 7_201_004  # pg_advisory lock id shared by every folder
+# A key's organization and environment never change; taking them by aggregate keeps one row per conflict key.
+_KEY_ORG = "(array_agg(organization_id))[1]"
+_KEY_ENV = "min(environment)"
 
 # Append-only and planned once per session. A key counts for its own organization only.
 TRIGGER_FUNCTION = f"""
@@ -45,7 +48,11 @@ BEGIN
     WHERE n.organization_id IS NOT NULL
     GROUP BY 1, 2, 3, 4, 5;
     IF random() < 0.01 AND pg_try_advisory_xact_lock({FOLD_LOCK}) THEN
-        PERFORM usage_rollup_fold();
+        BEGIN  -- a fold that fails must never fail the caller's insert; pages fold again later
+            PERFORM usage_rollup_fold();
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'usage_rollup_fold skipped: %', SQLERRM;
+        END;
     END IF;
     RETURN NULL;
 END
@@ -68,13 +75,13 @@ BEGIN
         ON CONFLICT (organization_id, bucket, environment) DO UPDATE SET {_ADD}
     ), key_hourly AS (
         INSERT INTO usage_key_hourly AS r (key_id, bucket, organization_id, environment, {_COUNTS})
-        SELECT key_id, bucket, organization_id, environment, {_SUMS}
-        FROM moved WHERE key_id IS NOT NULL GROUP BY 1, 2, 3, 4 ORDER BY 1, 2
+        SELECT key_id, bucket, {_KEY_ORG}, {_KEY_ENV}, {_SUMS}
+        FROM moved WHERE key_id IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2
         ON CONFLICT (key_id, bucket) DO UPDATE SET {_ADD}
     ), key_daily AS (
         INSERT INTO usage_key_daily AS r (key_id, day, organization_id, environment, {_COUNTS})
-        SELECT key_id, (bucket AT TIME ZONE 'UTC')::date, organization_id, environment, {_SUMS}
-        FROM moved WHERE key_id IS NOT NULL GROUP BY 1, 2, 3, 4 ORDER BY 1, 2
+        SELECT key_id, (bucket AT TIME ZONE 'UTC')::date, {_KEY_ORG}, {_KEY_ENV}, {_SUMS}
+        FROM moved WHERE key_id IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2
         ON CONFLICT (key_id, day) DO UPDATE SET {_ADD}
     ), endpoint_hourly AS (
         INSERT INTO usage_endpoint_hourly AS r (organization_id, bucket, endpoint, calls, errors)
@@ -84,8 +91,8 @@ BEGIN
         DO UPDATE SET calls = r.calls + EXCLUDED.calls, errors = r.errors + EXCLUDED.errors
     ), key_endpoint_daily AS (
         INSERT INTO usage_key_endpoint_daily AS r (key_id, day, endpoint, organization_id, calls, errors)
-        SELECT key_id, (bucket AT TIME ZONE 'UTC')::date, endpoint, organization_id, sum(calls), sum(calls - ok)
-        FROM moved WHERE key_id IS NOT NULL GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3
+        SELECT key_id, (bucket AT TIME ZONE 'UTC')::date, endpoint, {_KEY_ORG}, sum(calls), sum(calls - ok)
+        FROM moved WHERE key_id IS NOT NULL GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
         ON CONFLICT (key_id, day, endpoint)
         DO UPDATE SET calls = r.calls + EXCLUDED.calls, errors = r.errors + EXCLUDED.errors
     )
