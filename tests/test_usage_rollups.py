@@ -135,6 +135,7 @@ def committed_org(app) -> Iterator[tuple[uuid.UUID, list[uuid.UUID]]]:
     db.session.remove()
     with db.engine.begin() as conn:
         conn.execute(sa.text("DELETE FROM api_key_usage WHERE organization_id = :o"), {"o": org_id})
+        conn.execute(sa.text("DELETE FROM usage_rollup_pending WHERE organization_id = :o"), {"o": org_id})
         conn.execute(sa.text("DELETE FROM audit_events WHERE organization_id = :o"), {"o": org_id})
         conn.execute(
             sa.text("DELETE FROM organizations WHERE id = :o"), {"o": org_id}
@@ -264,3 +265,12 @@ def test_fold_keeps_one_row_per_key_whatever_pending_rows_say(org, keys):
         db.session.execute(pending, {"o": org.id, "k": key.id, "env": env, "b": T0})
     assert maintenance.fold() == 2
     assert [r.calls for r in rollup("usage_key_hourly", "key_id = :k", k=key.id)] == [2]
+
+
+def test_sums_of_a_deleted_organization_are_dropped_not_folded(org, keys):
+    other = factories.org()
+    record([event(keys[0], T0), event(None, T0, "unknown", org_id=other.id)])
+    db.session.delete(other)
+    db.session.flush()
+    assert maintenance.fold() == 2  # both pending rows leave the queue; the orphan is not folded
+    assert [r.calls for r in rollup("usage_org_hourly", "organization_id = :o", o=org.id)] == [1]

@@ -66,8 +66,14 @@ DECLARE
     folded bigint;
 BEGIN
     PERFORM pg_advisory_xact_lock({FOLD_LOCK});
-    WITH moved AS MATERIALIZED (
+    WITH moved_all AS MATERIALIZED (
         DELETE FROM usage_rollup_pending RETURNING *
+    ), moved AS MATERIALIZED (  -- sums of organizations or keys deleted meanwhile are dropped, not folded
+        SELECT m.organization_id, CASE WHEN k.id IS NOT NULL THEN m.key_id END AS key_id, m.environment,
+               m.bucket, m.endpoint, {_COUNTS}
+        FROM moved_all m
+        JOIN organizations o ON o.id = m.organization_id
+        LEFT JOIN api_keys k ON k.id = m.key_id
     ), org_hourly AS (
         INSERT INTO usage_org_hourly AS r (organization_id, bucket, environment, {_COUNTS})
         SELECT organization_id, bucket, environment, {_SUMS}
@@ -96,7 +102,7 @@ BEGIN
         ON CONFLICT (key_id, day, endpoint)
         DO UPDATE SET calls = r.calls + EXCLUDED.calls, errors = r.errors + EXCLUDED.errors
     )
-    SELECT count(*) INTO folded FROM moved;
+    SELECT count(*) INTO folded FROM moved_all;
     RETURN folded;
 END
 $fn$
