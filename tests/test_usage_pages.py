@@ -137,7 +137,8 @@ def test_staff_see_any_organization_read_only(client, auth, org, owner, member, 
     assert response.status_code == 200 and "Staff view" in html and org.name in html
     assert html_tables(html)["table-keys"][1][0].startswith("Billing worker")
     assert client.get(f"/staff/orgs/{org.id}/usage.csv?table=keys").status_code == 200
-    assert client.get("/staff/orgs/not-an-id/usage").status_code == 404
+    assert client.get(f"/staff/orgs/{org.slug}/usage").status_code == 200  # the slug works too
+    assert client.get("/staff/orgs/no-such-org/usage").status_code == 404
 
 
 @pytest.mark.parametrize(
@@ -160,3 +161,24 @@ def test_day_buckets_split_at_local_midnight(client, auth, org, owner, tz, expec
     for url in (f"/orgs/{org.slug}/usage?{query}", f"/orgs/{org.slug}/keys/{key.id}/usage?{query}"):
         rows = html_tables(client.get(url).get_data(as_text=True))["table-series"]
         assert [row[:2] for row in rows[1:]] == expected
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "range=custom&start=0001-01-01&end=0001-01-02",
+        "range=custom&start=2026-02-30&end=2026-03-01",
+        "range=custom&start=9999-12-31&end=9999-12-31",
+        "range=custom&start=2026-11-01&end=9999-12-31&bucket=hour",
+        "range=%01&bucket=%F0%9F%92%A5&tz=..%2F..%2Fetc%2Fpasswd",
+        "tz=Asia/Kolkata&bucket=day&range=30d&page=-4",
+        "page=99999999999999999999&range=24h",
+    ],
+)
+def test_odd_queries_never_break_the_pages(client, auth, org, owner, busy_key, query):
+    auth.login(owner)
+    for url in (f"/orgs/{org.slug}/usage?{query}", f"/orgs/{org.slug}/keys/{busy_key.id}/usage?{query}",
+                f"/orgs/{org.slug}/usage.csv?{query}"):
+        assert client.get(url).status_code == 200, url
+    # NUL cannot reach PostgreSQL at all: every page refuses it up front with a 400.
+    assert client.get(f"/orgs/{org.slug}/usage?range=%00").status_code == 400

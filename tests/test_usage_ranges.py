@@ -58,6 +58,8 @@ def test_custom_range_checks():
     long = parse(range="custom", start="2020-01-01", end="2026-11-20")
     assert "kept for 400 days" in long.messages[0] and long.bucket == "day"
     assert long.end - long.start <= timedelta(days=400)
+    ancient = parse(range="custom", start="0001-01-01", end="0001-01-02")
+    assert "nothing before" in ancient.messages[0] and ancient.key == "7d"
     hourly = parse(range="custom", start="2026-09-01", end="2026-11-20", bucket="hour")
     assert hourly.bucket == "day" and "up to 31 days" in hourly.messages[0]
 

@@ -107,6 +107,7 @@ def test_prune_deletes_old_raw_events_but_keeps_their_rollups(org, keys):
     record([event(key, now - timedelta(days=100)), event(key, now - timedelta(days=1))])
 
     assert maintenance.prune_raw(timedelta(days=90)) >= 1
+    maintenance.fold()
 
     raw = db.session.scalar(sa.text("SELECT count(*) FROM api_key_usage WHERE key_id = :k"), {"k": key.id})
     kept = db.session.scalar(
@@ -134,6 +135,7 @@ def committed_org(app) -> Iterator[tuple[uuid.UUID, list[uuid.UUID]]]:
     db.session.remove()
     with db.engine.begin() as conn:
         conn.execute(sa.text("DELETE FROM api_key_usage WHERE organization_id = :o"), {"o": org_id})
+        conn.execute(sa.text("DELETE FROM usage_rollup_pending WHERE organization_id = :o"), {"o": org_id})
         conn.execute(sa.text("DELETE FROM audit_events WHERE organization_id = :o"), {"o": org_id})
         conn.execute(
             sa.text("DELETE FROM organizations WHERE id = :o"), {"o": org_id}
@@ -142,7 +144,7 @@ def committed_org(app) -> Iterator[tuple[uuid.UUID, list[uuid.UUID]]]:
 
 
 @pytest.mark.concurrency
-def test_concurrent_writers_on_two_connections_lose_nothing(committed_org):
+def test_concurrent_writers_and_a_folder_lose_nothing(committed_org):
     org_id, key_ids = committed_org
     errors: list[BaseException] = []
     engine = db.engine
@@ -168,11 +170,26 @@ def test_concurrent_writers_on_two_connections_lose_nothing(committed_org):
         except BaseException as exc:  # noqa: BLE001 -- reported by the main thread
             errors.append(exc)
 
+    writing = threading.Event()
+
+    def folder() -> None:  # a page view folding pending sums while the writers write
+        try:
+            with engine.connect() as conn:
+                while writing.is_set():
+                    conn.execute(sa.text("SELECT usage_rollup_fold()"))
+                    conn.commit()
+        except BaseException as exc:  # noqa: BLE001 -- reported by the main thread
+            errors.append(exc)
+
+    writing.set()
     threads = [threading.Thread(target=writer, args=(seed,)) for seed in (0, 1)]
-    for thread in threads:
+    folding = threading.Thread(target=folder)
+    for thread in [*threads, folding]:
         thread.start()
     for thread in threads:
         thread.join()
+    writing.clear()
+    folding.join()
 
     assert errors == []
     assert maintenance.rollup_mismatches(org_id) == {}
@@ -201,6 +218,7 @@ def test_top_keys_mix_daily_and_hourly_rollups_without_losing_the_edges(org, key
         [event(test_key, at) for at in moments]
         + [event(live_key, at, "rate_limited") for at in moments[1:3]]
     )
+    maintenance.fold()
 
     ranked = {row.id: (row.calls, row.rate_limited) for row in services.top_keys(org.id, r)}
     assert ranked == {test_key.id: (4, 0), live_key.id: (2, 2)}
@@ -225,6 +243,7 @@ def test_top_keys_shortcut_is_exact(monkeypatch, shape):
         if shape == "busy_outside_the_range" and i < 4:  # same UTC day, but before the range starts
             events += [event(key, r.start - timedelta(minutes=1 + n)) for n in range(40)]
     record(events)
+    maintenance.fold()
 
     expected = db.session.execute(
         sa.text(
@@ -234,3 +253,24 @@ def test_top_keys_shortcut_is_exact(monkeypatch, shape):
     )
     ranked = services.top_keys(org.id, r, limit=3)
     assert [(row.id, row.calls) for row in ranked] == [tuple(x) for x in expected]
+
+
+def test_fold_keeps_one_row_per_key_whatever_pending_rows_say(org, keys):
+    key = keys[1]
+    pending = sa.text(
+        "INSERT INTO usage_rollup_pending (organization_id, key_id, environment, bucket, endpoint, calls, ok)"
+        " VALUES (:o, :k, :env, :b, '/v1/x', 1, 1)"
+    )
+    for env in ("live", "none"):  # never written by the trigger, but a fold must not trip over it
+        db.session.execute(pending, {"o": org.id, "k": key.id, "env": env, "b": T0})
+    assert maintenance.fold() == 2
+    assert [r.calls for r in rollup("usage_key_hourly", "key_id = :k", k=key.id)] == [2]
+
+
+def test_sums_of_a_deleted_organization_are_dropped_not_folded(org, keys):
+    other = factories.org()
+    record([event(keys[0], T0), event(None, T0, "unknown", org_id=other.id)])
+    db.session.delete(other)
+    db.session.flush()
+    assert maintenance.fold() == 2  # both pending rows leave the queue; the orphan is not folded
+    assert [r.calls for r in rollup("usage_org_hourly", "organization_id = :o", o=org.id)] == [1]

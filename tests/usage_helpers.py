@@ -60,6 +60,8 @@ def record(events: list[tuple[Any, ...]], connection: Any = None) -> None:
 
 
 def rollup(table: str, where: str, **params: Any) -> list[Any]:
+    """Rows of a rollup table, after folding what the trigger left pending (as every page does first)."""
+    db.session.execute(sa.text("SELECT usage_rollup_fold()"))
     return list(db.session.execute(sa.text(f"SELECT * FROM {table} WHERE {where}"), params))  # noqa: S608
 
 

@@ -46,7 +46,8 @@ def simulate(slug: str, events: int, days: float, key_count: int, chunk: int, va
     org = _org(slug)
     started = time.perf_counter()
     with click.progressbar(length=events, label=f"Simulating {events:,} calls", show_pos=True) as bar:
-        sim.simulate(org, events, days, key_count=key_count, chunk=chunk, progress=bar.update)
+        sim.simulate(org, events, days, key_count=key_count, chunk=chunk, progress=bar.update,
+                     vacuum_pending=vacuum)
     if vacuum:
         click.echo("VACUUM ANALYZE …")
         sim.vacuum_analyze()
@@ -77,6 +78,12 @@ def prune(older_than: str | None, rollups_older_than: str | None) -> None:
         f"Deleted {raw:,} raw events older than {raw_age.days} days "
         f"and {rollups:,} rollup rows older than {rollup_age.days} days."
     )
+
+
+@usage.command("fold")
+def fold_pending() -> None:
+    """Move pending usage sums into the rollups now (pages do this too; handy from cron every minute)."""
+    click.echo(f"Folded {maintenance.fold():,} pending rollup rows.")
 
 
 @usage.command("rebuild-rollups")

@@ -9,6 +9,7 @@ from portal.models.rollup import (
     UsageKeyEndpointDaily,
     UsageKeyHourly,
     UsageOrgHourly,
+    UsageRollupPending,
 )
 from portal.models.usage import OUTCOMES, ApiKeyUsage, RateLimitTracking
 from portal.models.user import User
@@ -16,5 +17,5 @@ from portal.models.user import User
 __all__ = [
     "ENVIRONMENTS", "OUTCOMES", "ROLES", "ApiKey", "ApiKeyUsage", "AuditEvent", "Invitation", "Membership",
     "Organization", "RateLimitTracking", "UsageEndpointHourly", "UsageKeyDaily", "UsageKeyEndpointDaily",
-    "UsageKeyHourly", "UsageOrgHourly", "User",
+    "UsageKeyHourly", "UsageOrgHourly", "UsageRollupPending", "User",
 ]

@@ -1,7 +1,8 @@
 """Pre-aggregated usage: what the charts read, so no page view scans raw ``api_key_usage`` rows.
 
-The rows are written only by the ``usage_rollup_ingest`` trigger (statement-level, AFTER INSERT on
-``api_key_usage``, migration 0003), so every write path feeds them. Counts per outcome are columns rather than
+Every INSERT into ``api_key_usage`` appends its aggregated sums to ``usage_rollup_pending`` (statement-level
+trigger, migration 0003), so every write path feeds them; ``usage_rollup_fold()`` moves pending sums into the
+rollup tables. Counts per outcome are columns rather than
 a dimension: a key-hour is one row however its calls ended, which keeps the tables small and the scans short.
 Hours are UTC hours; days are UTC days.
 """
@@ -58,6 +59,19 @@ class OutcomeCounts:
     expired: Mapped[int] = _count()
     rate_limited: Mapped[int] = _count()
     latency_ms_sum: Mapped[float] = mapped_column(sa.Float, server_default="0")
+
+
+class UsageRollupPending(OutcomeCounts, Model):
+    """Sums appended by the insert trigger (no upsert: writers never wait on each other), not yet folded."""
+
+    __tablename__ = "usage_rollup_pending"
+
+    id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
+    organization_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    key_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    environment: Mapped[str] = mapped_column(sa.String(7))
+    bucket: Mapped[datetime] = mapped_column(Timestamp)
+    endpoint: Mapped[str] = mapped_column(sa.String(200))
 
 
 class UsageOrgHourly(OutcomeCounts, Model):

@@ -30,33 +30,33 @@ ROLLUP_TABLES = {  # table -> its time column
 
 # The trigger's aggregation (migration 0003), over a range of raw events instead of one statement's rows.
 REBUILD_SQL = f"""
-WITH src AS MATERIALIZED (
-    SELECT n.organization_id, n.key_id, k.organization_id AS key_org, k.environment,
-           date_trunc('hour', n.occurred_at, 'UTC') AS hour, (n.occurred_at AT TIME ZONE 'UTC')::date AS day,
-           coalesce(n.endpoint, '') AS endpoint, n.outcome, n.latency_ms
-    FROM api_key_usage n LEFT JOIN api_keys k ON k.id = n.key_id
-    WHERE n.organization_id IS NOT NULL AND n.occurred_at >= :since
-      AND (CAST(:org AS uuid) IS NULL OR n.organization_id = :org)
-), org_hourly AS (
-    INSERT INTO usage_org_hourly (organization_id, bucket, environment, {_COUNTS})
-    SELECT organization_id, hour, coalesce(environment, 'none'), {_AGGREGATES} FROM src GROUP BY 1, 2, 3
-), key_hourly AS (
-    INSERT INTO usage_key_hourly (key_id, bucket, organization_id, environment, {_COUNTS})
-    SELECT key_id, hour, key_org, environment, {_AGGREGATES}
-    FROM src WHERE key_org IS NOT NULL GROUP BY 1, 2, 3, 4
-), key_daily AS (
-    INSERT INTO usage_key_daily (key_id, day, organization_id, environment, {_COUNTS})
-    SELECT key_id, day, key_org, environment, {_AGGREGATES}
-    FROM src WHERE key_org IS NOT NULL GROUP BY 1, 2, 3, 4
-), endpoint_hourly AS (
-    INSERT INTO usage_endpoint_hourly (organization_id, bucket, endpoint, calls, errors)
-    SELECT organization_id, hour, endpoint, count(*), count(*) FILTER (WHERE outcome <> 'ok')
-    FROM src GROUP BY 1, 2, 3
-)
-INSERT INTO usage_key_endpoint_daily (key_id, day, endpoint, organization_id, calls, errors)
-SELECT key_id, day, endpoint, key_org, count(*), count(*) FILTER (WHERE outcome <> 'ok')
-FROM src WHERE key_org IS NOT NULL GROUP BY 1, 2, 3, 4
+INSERT INTO usage_rollup_pending (organization_id, key_id, environment, bucket, endpoint, {_COUNTS})
+SELECT n.organization_id, k.id, coalesce(k.environment, 'none'), date_trunc('hour', n.occurred_at, 'UTC'),
+       coalesce(n.endpoint, ''), {_AGGREGATES}
+FROM api_key_usage n
+LEFT JOIN api_keys k ON k.id = n.key_id AND k.organization_id = n.organization_id
+WHERE n.organization_id IS NOT NULL AND n.occurred_at >= :since
+  AND (CAST(:org AS uuid) IS NULL OR n.organization_id = :org)
+GROUP BY 1, 2, 3, 4, 5
 """  # noqa: S608 -- only constants of this module are formatted in
+
+# The raw events, one row each with the dimensions the rollups use (for the equality check).
+_SRC = """
+WITH src AS MATERIALIZED (
+    SELECT n.organization_id, k.id AS key_id, k.organization_id AS key_org,
+           coalesce(k.environment, 'none') AS environment,
+           date_trunc('hour', n.occurred_at, 'UTC') AS hour, (n.occurred_at AT TIME ZONE 'UTC')::date AS day,
+           coalesce(n.endpoint, '') AS endpoint, n.outcome
+    FROM api_key_usage n LEFT JOIN api_keys k ON k.id = n.key_id AND k.organization_id = n.organization_id
+    WHERE n.organization_id = :org AND n.occurred_at >= :since
+)"""
+
+
+def fold() -> int:
+    """Move pending sums into the rollup tables now (one folder at a time); returns how many were moved."""
+    moved = int(db.session.scalar(sa.text("SELECT usage_rollup_fold()")) or 0)
+    db.session.commit()
+    return moved
 
 
 def parse_age(text: str) -> timedelta:
@@ -114,6 +114,7 @@ def rebuild_rollups(
     Returns the UTC day the rebuild started from, or None when there was nothing to rebuild.
     """
     db.session.execute(sa.text("LOCK TABLE api_key_usage IN SHARE MODE"))
+    db.session.execute(sa.text("SELECT usage_rollup_fold()"))  # nothing pending may predate the rebuild
     if since is None:
         oldest = db.session.scalar(
             sa.text(
@@ -139,6 +140,7 @@ def rebuild_rollups(
             {"since": value, "org": organization_id},
         )
     db.session.execute(sa.text(REBUILD_SQL), {"since": since, "org": organization_id})
+    db.session.execute(sa.text("SELECT usage_rollup_fold()"))
     db.session.commit()
     return since
 
@@ -149,7 +151,7 @@ _CHECKS = {
     "usage_org_hourly": (
         "organization_id, bucket, environment, calls, ok, malformed, unknown, revoked, expired,"
         " rate_limited",
-        "SELECT organization_id, hour, coalesce(environment, 'none'), {counts} FROM src GROUP BY 1, 2, 3",
+        "SELECT organization_id, hour, environment, {counts} FROM src GROUP BY 1, 2, 3",
     ),
     "usage_key_hourly": (
         "key_id, bucket, organization_id, environment, calls, ok, malformed, unknown, revoked,"
@@ -175,7 +177,6 @@ _CHECKS = {
         " GROUP BY 1, 2, 3, 4",
     ),
 }
-_SRC = REBUILD_SQL[: REBUILD_SQL.index("), org_hourly AS")] + ")"
 
 
 def rollup_mismatches(organization_id: uuid.UUID, since: datetime | None = None) -> dict[str, int]:
@@ -183,6 +184,7 @@ def rollup_mismatches(organization_id: uuid.UUID, since: datetime | None = None)
 
     Slow on purpose (it reads every raw row of the organization): for tests and the benchmark, not pages.
     """
+    fold()
     since = since or datetime(1970, 1, 1, tzinfo=UTC)
     counts = ", ".join(["count(*)", *(f"count(*) FILTER (WHERE outcome = '{o}')" for o in OUTCOMES)])
     found: dict[str, int] = {}

@@ -13,7 +13,7 @@ from typing import Any
 from flask import current_app, request
 
 from portal.models import ApiKey, Organization
-from portal.usage import services
+from portal.usage import maintenance, services
 from portal.usage.ranges import UsageRange, parse_range, valid_zone
 from portal.usage.services import Table
 
@@ -59,6 +59,7 @@ class UsagePage:
 
 def org_page(org: Organization, key_link: Callable[[Any], str | None]) -> UsagePage:
     r = current_range()
+    maintenance.fold()
     series = services.org_series(org.id, r)
     tables = {
         "series": services.series_table(series, r),
@@ -75,6 +76,7 @@ def org_page(org: Organization, key_link: Callable[[Any], str | None]) -> UsageP
 
 def key_page(org: Organization, api_key: ApiKey) -> UsagePage:
     r = current_range()
+    maintenance.fold()
     series = services.key_series(api_key.id, r)
     tables = {
         "series": services.series_table(series, r),

@@ -151,14 +151,19 @@ def parse_range(
             messages.append("The start date is in the future; showing the last 7 days.")
             key = DEFAULT_RANGE
         else:
-            last = min(last, today)
-            if (last - first).days + 1 > max_days:
-                first = last - timedelta(days=max_days - 1)
-                messages.append(
-                    f"Usage is kept for {max_days} days; the range now starts on {first.isoformat()}."
-                )
-            start = local_midnight(first, tz)
-            end = min(local_midnight(last + timedelta(days=1), tz), end)
+            last, oldest = min(last, today), today - timedelta(days=max_days - 1)
+            if last < oldest:
+                messages.append(f"Usage is kept for {max_days} days, nothing before {oldest.isoformat()};"
+                                " showing the last 7 days.")
+                key = DEFAULT_RANGE
+            else:
+                if first < oldest:
+                    first = oldest
+                    messages.append(
+                        f"Usage is kept for {max_days} days; the range now starts on {first.isoformat()}."
+                    )
+                start = local_midnight(first, tz)
+                end = min(local_midnight(last + timedelta(days=1), tz), end)
 
     bucket = args.get("bucket") or ("hour" if end - start <= PRESETS["7d"] else "day")
     if bucket not in BUCKETS:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import sqlalchemy as sa
 from flask import abort, current_app, g, make_response, render_template, request, url_for
 from flask_login import current_user
 
@@ -108,8 +109,8 @@ def _staff_org(org_id: str) -> Organization:
         abort(404)
     try:
         org = db.session.get(Organization, uuid.UUID(org_id))
-    except ValueError:
-        org = None
+    except ValueError:  # support staff often know the slug, not the id
+        org = db.session.scalar(sa.select(Organization).where(Organization.slug == org_id[:100]))
     if org is None:
         abort(404)
     return org

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from portal.extensions import db
 from portal.plans import Plan
+from portal.usage import topkeys
 from portal.usage.ranges import UsageRange
 
 # How the chart groups the six outcomes: (key, label, outcomes, colour).
@@ -152,9 +153,7 @@ def summary(series: Series) -> dict[str, Any]:
 
 def top_keys(organization_id: uuid.UUID, r: UsageRange, limit: int = 10) -> list[Any]:
     """Keys by calls in the range, exact (see ``portal.usage.topkeys``)."""
-    from portal.usage.topkeys import top_keys as ranked
-
-    return ranked(organization_id, r, limit)
+    return topkeys.top_keys(organization_id, r, limit)
 
 
 def top_keys_table(rows: list[Any], link: Any) -> Table:

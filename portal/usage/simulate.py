@@ -19,6 +19,7 @@ from portal.extensions import db
 from portal.keys import format as keyformat
 from portal.keys.services import pepper
 from portal.models import ApiKey, Organization
+from portal.usage.maintenance import fold
 
 DAY, WEEK = 86_400, 7 * 86_400
 DAILY_PEAK, WEEKLY_PEAK = (
@@ -92,6 +93,7 @@ def simulate(
     chunk: int = 200_000,
     progress: Callable[[int], None] | None = None,
     now: datetime | None = None,
+    vacuum_pending: bool = True,
 ) -> int:
     """Insert ``events`` calls spread over the last ``days`` days for ``org``; one commit per chunk."""
     now = now or datetime.now(UTC)
@@ -115,6 +117,9 @@ def simulate(
             },
         )
         db.session.commit()
+        fold()
+        if vacuum_pending:  # a bulk chunk leaves many dead pending rows; do not wait for autovacuum
+            vacuum("usage_rollup_pending")
         if progress:
             progress(hi - done)
         done = hi
@@ -131,16 +136,13 @@ def simulate(
     return done
 
 
+def vacuum(*tables: str) -> None:
+    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        for table in tables:
+            conn.execute(sa.text(f"VACUUM (ANALYZE) {table}"))
+
+
 def vacuum_analyze() -> None:
     """Fresh statistics and visibility maps after a bulk load, so rollup indexes serve index-only scans."""
-    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        for table in (
-            "usage_org_hourly",
-            "usage_key_hourly",
-            "usage_key_daily",
-            "usage_endpoint_hourly",
-            "usage_key_endpoint_daily",
-            "api_key_usage",
-            "api_keys",
-        ):
-            conn.execute(sa.text(f"VACUUM (ANALYZE) {table}"))
+    vacuum("usage_rollup_pending", "usage_org_hourly", "usage_key_hourly", "usage_key_daily",
+           "usage_endpoint_hourly", "usage_key_endpoint_daily", "api_key_usage", "api_keys")

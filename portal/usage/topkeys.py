@@ -9,6 +9,7 @@ the bound of every key left out, the answer is exact; otherwise (flat traffic) o
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -22,10 +23,10 @@ CANDIDATES = 50
 _EXACT = """
 WITH parts AS (
     SELECT key_id, calls, ok, rate_limited FROM usage_key_daily
-    WHERE organization_id = :org AND day >= :d0 AND day < :d1 {daily_keys}
+    WHERE organization_id = :org AND day >= :d0 AND day < :d1
     UNION ALL
     SELECT key_id, calls, ok, rate_limited FROM usage_key_hourly
-    WHERE organization_id = :org {hourly_keys}
+    WHERE organization_id = :org
       AND ((bucket >= :start AND bucket < :h0) OR (bucket >= :h1 AND bucket < :end))
 ), ranked AS (
     SELECT key_id, sum(calls) AS calls, sum(ok) AS ok, sum(rate_limited) AS rate_limited
@@ -35,14 +36,38 @@ SELECT k.id, k.name, k.hint, k.environment, ranked.calls, ranked.ok, ranked.rate
 FROM ranked JOIN api_keys k ON k.id = ranked.key_id AND k.organization_id = :org
 ORDER BY ranked.calls DESC, k.id
 """
-_ALL_KEYS = sa.text(_EXACT.format(daily_keys="", hourly_keys=""))
-_SOME_KEYS = sa.text(_EXACT.format(daily_keys="AND key_id = ANY(CAST(:ids AS uuid[]))",
-                                   hourly_keys="AND key_id = ANY(CAST(:ids AS uuid[]))"))
-_BOUNDS = sa.text(
-    "SELECT key_id, sum(calls) AS calls FROM usage_key_daily"
-    " WHERE organization_id = :org AND day >= :first AND day <= :last"
-    " GROUP BY key_id ORDER BY sum(calls) DESC, key_id LIMIT :limit"
+_ALL_KEYS = sa.text(_EXACT)
+# One pass over the daily rollup: each key's calls on the whole days inside the range, and on every day the
+# range touches (its upper bound).
+_DAILY = sa.text("""
+SELECT key_id, sum(calls) AS touched,
+       coalesce(sum(calls) FILTER (WHERE day >= :d0 AND day < :d1), 0) AS calls,
+       coalesce(sum(ok) FILTER (WHERE day >= :d0 AND day < :d1), 0) AS ok,
+       coalesce(sum(rate_limited) FILTER (WHERE day >= :d0 AND day < :d1), 0) AS rate_limited
+FROM usage_key_daily WHERE organization_id = :org AND day >= :first AND day <= :last
+GROUP BY key_id ORDER BY sum(calls) DESC, key_id LIMIT :limit
+""")
+_EDGES = sa.text("""
+SELECT key_id, sum(calls) AS calls, sum(ok) AS ok, sum(rate_limited) AS rate_limited FROM usage_key_hourly
+WHERE key_id = ANY(CAST(:ids AS uuid[]))
+  AND ((bucket >= :start AND bucket < :h0) OR (bucket >= :h1 AND bucket < :end))
+GROUP BY key_id
+""")
+_NAMES = sa.text(
+    "SELECT id, name, hint, environment FROM api_keys"
+    " WHERE organization_id = :org AND id = ANY(CAST(:ids AS uuid[]))"
 )
+
+
+@dataclass(frozen=True)
+class TopKey:
+    id: uuid.UUID
+    name: str
+    hint: str
+    environment: str
+    calls: int
+    ok: int
+    rate_limited: int
 
 
 def split_days(r: UsageRange) -> tuple[date, date, datetime, datetime]:
@@ -58,17 +83,56 @@ def split_days(r: UsageRange) -> tuple[date, date, datetime, datetime]:
 
 def top_keys(organization_id: uuid.UUID, r: UsageRange, limit: int = 10) -> list[Any]:
     d0, d1, h0, h1 = split_days(r)
-    params = {"org": organization_id, "d0": d0, "d1": d1, "h0": h0, "h1": h1, "start": r.start, "end": r.end,
-              "limit": limit}
-    bounds = list(db.session.execute(_BOUNDS, {
-        "org": organization_id, "first": r.start.date(), "last": (r.end - timedelta(microseconds=1)).date(),
-        "limit": CANDIDATES + 1,
-    }))
-    if len(bounds) > CANDIDATES:
-        ceiling = bounds[CANDIDATES].calls  # no key left out can have more calls than this
-        ids = [str(row.key_id) for row in bounds[:CANDIDATES]]
-        ranked = list(db.session.execute(_SOME_KEYS, {**params, "ids": ids}))
-        if len(ranked) == limit and ranked[-1].calls > ceiling:
-            return ranked
+    params = {
+        "org": organization_id,
+        "d0": d0,
+        "d1": d1,
+        "h0": h0,
+        "h1": h1,
+        "start": r.start,
+        "end": r.end,
+        "limit": limit,
+    }
+    daily = list(
+        db.session.execute(
+            _DAILY,
+            {
+                **params,
+                "first": r.start.date(),
+                "last": (r.end - timedelta(microseconds=1)).date(),
+                "limit": CANDIDATES + 1,
+            },
+        )
+    )
+    candidates, ceiling = daily[:CANDIDATES], (daily[CANDIDATES].touched if len(daily) > CANDIDATES else 0)
+    ids = [str(row.key_id) for row in candidates]
+    edges = {row.key_id: row for row in db.session.execute(_EDGES, {**params, "ids": ids})}
+    exact = []
+    for row in candidates:
+        edge = edges.get(row.key_id)
+        calls = int(row.calls) + (int(edge.calls) if edge else 0)
+        if calls:
+            exact.append(
+                (
+                    row.key_id,
+                    calls,
+                    int(row.ok) + (int(edge.ok) if edge else 0),
+                    int(row.rate_limited) + (int(edge.rate_limited) if edge else 0),
+                )
+            )
+    exact.sort(key=lambda item: (-item[1], item[0]))
+    exact = exact[:limit]
+    # Exact when every key was a candidate, or when no key left out could reach the last one shown.
+    if len(daily) > CANDIDATES and not (len(exact) == limit and exact[-1][1] > ceiling):
         return list(db.session.execute(_ALL_KEYS, params))
-    return list(db.session.execute(_SOME_KEYS, {**params, "ids": [str(row.key_id) for row in bounds]}))
+    names = {
+        row.id: row
+        for row in db.session.execute(_NAMES, {"org": organization_id, "ids": [str(e[0]) for e in exact]})
+    }
+    return [
+        TopKey(
+            key_id, names[key_id].name, names[key_id].hint, names[key_id].environment, calls, ok, limited
+        )
+        for key_id, calls, ok, limited in exact
+        if key_id in names
+    ]
