@@ -136,6 +136,8 @@ def test_key_with_future_expiry_still_works(client, org, owner):
 
 def test_rolled_key_works_during_grace_then_stops(client, org, owner, api_key):
     new = key_services.roll_key(org, api_key.api_key, timedelta(hours=1), owner)
+    stops = api_key.api_key.revoked_at - datetime.now(UTC)
+    assert timedelta(minutes=59) < stops <= timedelta(hours=1)  # the chosen grace, not some other length
     assert verify(client, api_key.plaintext).status_code == 200
     assert verify(client, new.plaintext).status_code == 200
     api_key.api_key.revoked_at = datetime.now(UTC) - timedelta(seconds=1)  # the grace period is over

@@ -1,0 +1,54 @@
+"""The published OpenAPI document is valid 3.1 and describes the answers the API really gives."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from jsonschema import Draft202012Validator
+from openapi_spec_validator import validate
+
+from portal.plans import PLANS
+from tests.api_helpers import exhaust, verify
+
+
+def _inline(node: Any, doc: dict[str, Any]) -> Any:
+    """Replace local ``$ref``s with what they point at, so a response schema stands alone."""
+    if isinstance(node, dict):
+        if "$ref" in node and node["$ref"].startswith("#/"):
+            target: Any = doc
+            for part in node["$ref"][2:].split("/"):
+                target = target[part]
+            return _inline(target, doc)
+        return {k: _inline(v, doc) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_inline(v, doc) for v in node]
+    return node
+
+
+@pytest.fixture
+def document(client) -> dict[str, Any]:
+    return client.get("/v1/openapi.json").get_json()
+
+
+def test_document_is_valid_openapi_3_1(document):
+    validate(document)  # raises on any violation of the OpenAPI 3.1 schema
+
+
+def _check(document: dict[str, Any], response: Any) -> None:
+    answer = document["paths"]["/keys/verify"]["post"]["responses"][str(response.status_code)]
+    answer = _inline(answer, document)
+    schema = answer["content"]["application/json"]["schema"]
+    errors = sorted(Draft202012Validator(schema).iter_errors(response.get_json()), key=str)
+    assert not errors, [e.message for e in errors]
+    for header in answer.get("headers", {}):
+        if answer["headers"][header].get("required"):
+            assert header in response.headers, header
+
+
+def test_real_answers_match_their_documented_schemas(client, document, org, api_key):
+    _check(document, verify(client, api_key.plaintext))  # 200
+    _check(document, verify(client, "pk_test_not_a_key"))  # 401 malformed
+    _check(document, client.post("/v1/keys/verify", data="not json", content_type="application/json"))  # 400
+    exhaust(org.id, PLANS[org.plan].requests_per_minute)
+    _check(document, verify(client, api_key.plaintext))  # 429
