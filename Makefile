@@ -21,9 +21,7 @@ dev: install
 	PORTAL_ENV=development $(BIN)/flask db upgrade
 	PORTAL_ENV=development $(BIN)/flask seed
 	@echo ""
-	@echo "  ProCode Portal: http://$(HOST):$(PORT)/"
-	@echo "  Demo login:     demo@procode.dev / demo-password"
-	@echo "  Support staff:  support@procode.dev / support-password"
+	@echo "  ProCode Portal: http://$(HOST):$(PORT)/  (sign in with the demo login printed above)"
 	@echo ""
 	PORTAL_ENV=development $(BIN)/flask run --host $(HOST) --port $(PORT)
 

@@ -91,3 +91,16 @@ def test_keys_revoke(cli, org, owner):
     assert cli("keys", "revoke", str(issued.api_key.id)).exit_code != 0  # already revoked
     assert cli("keys", "revoke", "not-a-uuid").exit_code != 0
     assert cli("keys", "revoke", "00000000-0000-0000-0000-000000000000").exit_code != 0
+
+
+def test_seeded_demo_logins_work(app, client):
+    from portal.commands.seed import DEMO_OWNER, DEMO_STAFF
+
+    output = app.test_cli_runner().invoke(args=["seed"]).output
+    assert f"{DEMO_OWNER[0]} / {DEMO_OWNER[2]}" in output and f"{DEMO_STAFF[0]} / {DEMO_STAFF[2]}" in output
+    response = client.post("/login", data={"email": DEMO_OWNER[0], "password": DEMO_OWNER[2]})
+    assert response.status_code == 302
+    assert client.get("/orgs/default/keys/").status_code == 200
+    client.post("/logout")
+    client.post("/login", data={"email": DEMO_STAFF[0], "password": DEMO_STAFF[2]})
+    assert client.get("/staff/?q=default").status_code == 200

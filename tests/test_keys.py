@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 import sqlalchemy as sa
 
 from portal.extensions import db
@@ -172,3 +173,40 @@ def test_list_is_paginated(client, auth, app, owner):
     on_first = {f"key-{n:02d}" for n in range(25) if f">key-{n:02d}<" in first}
     on_second = {f"key-{n:02d}" for n in range(25) if f">key-{n:02d}<" in second}
     assert len(on_first) == 20 and len(on_second) == 5 and not on_first & on_second
+
+
+def test_key_body_carries_at_least_160_bits():
+    import math
+
+    body = keyformat.generate("test")[len("pk_test_"):-keyformat.CHECKSUM_LENGTH]
+    assert len(body) == keyformat.BODY_LENGTH and set(body) <= set(keyformat.ALPHABET)
+    assert len(body) * math.log2(len(keyformat.ALPHABET)) >= 160
+
+
+@pytest.mark.parametrize(("grace", "length"), [("1h", timedelta(hours=1)), ("24h", timedelta(hours=24)),
+                                               ("7d", timedelta(days=7))])
+def test_every_roll_grace_option_keeps_the_old_key_that_long(client, auth, org, member, grace, length):
+    issued = factories.api_key(org, member)
+    auth.login(member)
+    client.post(f"/orgs/{org.slug}/keys/{issued.api_key.id}/roll", data={"grace": grace})
+    db.session.refresh(issued.api_key)
+    stops = issued.api_key.revoked_at - datetime.now(UTC)
+    assert length - timedelta(minutes=1) < stops <= length
+
+
+def test_rolled_keys_in_grace_count_against_the_plan_limit(client, auth, org, owner):
+    keys = [factories.api_key(org, owner, name=f"k{n}") for n in range(org.plan_info.max_keys)]
+    auth.login(owner)
+    # Rolling is always allowed, even at the limit: replacing a leaked key must never be blocked.
+    assert client.post(f"/orgs/{org.slug}/keys/{keys[0].api_key.id}/roll", data={"grace": "7d"}).status_code == 200
+    # But the old key still works for 7 days, so no new key fits until it stops.
+    response = _create(client, org, token="after-roll")
+    assert response.status_code == 422 and "allows 5 active keys" in response.get_data(as_text=True)
+
+
+def test_create_with_a_future_expiry_stores_the_end_of_that_day(client, auth, org, member):
+    auth.login(member)
+    day = (datetime.now(UTC) + timedelta(days=10)).date()
+    assert _create(client, org, expires_on=day.isoformat()).status_code == 200
+    row = db.session.scalar(sa.select(ApiKey).where(ApiKey.organization_id == org.id))
+    assert row.expires_at.date() == day and (row.expires_at.hour, row.expires_at.minute) == (23, 59)

@@ -64,3 +64,34 @@ def test_unexpected_error_is_a_plain_page_with_request_id(client, auth, org, own
     assert "req-123" in body and "Something went wrong" in body
     assert "boom" not in body and "Traceback" not in body
     assert any("req-123" in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.parametrize("missing", ["SECRET_KEY", "API_KEY_PEPPER"])
+def test_production_refuses_to_start_without_either_secret(monkeypatch, missing):
+    monkeypatch.setenv("SECRET_KEY", "x" * 32)
+    monkeypatch.setenv("API_KEY_PEPPER", "y" * 32)
+    monkeypatch.delenv(missing)
+    with pytest.raises(ConfigError, match=f"{missing} must be set"):
+        create_app(env="production")
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("postgresql://u:p@h:5433/d", "postgresql+psycopg2://u:p@h:5433/d"),
+        ("postgres://u:p@h/d", "postgresql+psycopg2://u:p@h/d"),
+        ("postgresql+psycopg://u@h/d", "postgresql+psycopg2://u@h/d"),
+        ("postgresql+psycopg2://u@h/d", "postgresql+psycopg2://u@h/d"),
+    ],
+)
+def test_database_urls_are_pinned_to_psycopg2(given, expected):
+    from portal.db import normalize_url
+
+    assert normalize_url(given) == expected
+
+
+def test_non_postgresql_urls_are_refused():
+    from portal.db import normalize_url
+
+    with pytest.raises(ValueError, match="only PostgreSQL"):
+        normalize_url("mysql://u@h/d")

@@ -57,13 +57,18 @@ def pepper() -> str:
 
 
 def usable_key_count(organization_id: uuid.UUID) -> int:
+    """Keys that can authenticate right now; the plan's ``max_keys`` caps this number for new keys.
+
+    Rolling is always allowed (replacing a leaked key must never be blocked), but the old key counts until its
+    grace period ends."""
     moment = now()
     query = (
         sa.select(sa.func.count())
         .select_from(ApiKey)
         .where(
             ApiKey.organization_id == organization_id,
-            ApiKey.revoked_at.is_(None),
+            # A rolled key still working through its grace period counts: it can still authenticate.
+            sa.or_(ApiKey.revoked_at.is_(None), ApiKey.revoked_at > moment),
             sa.or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > moment),
         )
     )
