@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from flask import Flask, current_app, g
+from flask import Flask, current_app, g, session
 from flask_login import current_user
 
-from portal.orgs.context import can, memberships_of
+from portal.models import Membership
+from portal.orgs.context import can, memberships_of, role_allows
 
 
 def format_dt(value: datetime | None, fmt: str = "%Y-%m-%d %H:%M UTC") -> str:
@@ -18,11 +19,26 @@ def format_dt(value: datetime | None, fmt: str = "%Y-%m-%d %H:%M UTC") -> str:
 def register(app: Flask) -> None:
     app.jinja_env.filters["dt"] = format_dt
     app.jinja_env.globals["can"] = can
+    app.jinja_env.globals["nav_allows"] = nav_allows
     app.jinja_env.globals["has_endpoint"] = lambda name: name in current_app.view_functions
 
     @app.context_processor
     def navigation() -> dict[str, Any]:
         context: dict[str, Any] = {"current_org": g.get("org"), "current_membership": g.get("membership")}
+        context["nav_membership"] = g.get("membership")
         if current_user.is_authenticated:
             context["my_memberships"] = memberships_of(current_user.id)
+            if context["nav_membership"] is None:
+                context["nav_membership"] = _nav_fallback(context["my_memberships"])
         return context
+
+
+def _nav_fallback(memberships: list[Membership]) -> Membership | None:
+    """On pages outside an organization (account, docs, staff) the nav keeps the last organization's links,
+    so a member is never left without a way back to Keys, Members and Audit."""
+    last = session.get("last_org")
+    return next((m for m in memberships if m.organization.slug == last), memberships[0] if memberships else None)
+
+
+def nav_allows(membership: Membership | None, permission: str) -> bool:
+    return membership is not None and role_allows(membership.role, permission)
