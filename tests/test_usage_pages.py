@@ -182,3 +182,22 @@ def test_odd_queries_never_break_the_pages(client, auth, org, owner, busy_key, q
         assert client.get(url).status_code == 200, url
     # NUL cannot reach PostgreSQL at all: every page refuses it up front with a 400.
     assert client.get(f"/orgs/{org.slug}/usage?range=%00").status_code == 400
+
+
+def test_no_always_empty_invalid_key_series(client, auth, org, owner, busy_key):
+    """Malformed/unknown keys carry no organization, so the org and key pages show no "Invalid key" numbers."""
+    auth.login(owner)
+    dashboard = client.get(f"/orgs/{org.slug}/usage?range=7d").get_data(as_text=True)
+    key_page = client.get(f"/orgs/{org.slug}/keys/{busy_key.id}/usage?range=7d").get_data(as_text=True)
+    outcomes = ["OK", "Rate-limited", "Revoked/expired"]
+    assert html_tables(dashboard)["table-series"][0][1:] == ["Calls", *outcomes, "Live", "Test"]
+    assert html_tables(key_page)["table-series"][0][1:] == ["Calls", *outcomes]
+    csvs = [
+        client.get(f"/orgs/{org.slug}/usage.csv?range=7d&table=series").data,
+        client.get(f"/orgs/{org.slug}/keys/{busy_key.id}/usage.csv?range=7d&table=series").data,
+    ]
+    for body in (dashboard, key_page, *(c.decode() for c in csvs)):
+        assert "Invalid" not in body
+    assert csv_rows(csvs[0])[0][1:] == ["Calls", *outcomes, "Live", "Test"]
+    note = "malformed or unknown key cannot be tied to an organization"
+    assert dashboard.count(note) == 1 and note not in key_page
