@@ -115,6 +115,7 @@ def test_empty_states_offer_the_curl_line(client, auth, org, owner):
     auth.login(owner)
     html = client.get(f"/orgs/{org.slug}/usage").get_data(as_text=True)
     assert "No calls yet" in html and "curl -H" in html
+    assert html.count("malformed or unknown key cannot be tied to an organization") == 1
     html = client.get(f"/orgs/{org.slug}/keys/{key.id}/usage").get_data(as_text=True)
     assert "No calls with this key yet" in html and key.hint in html
 
