@@ -55,6 +55,9 @@ def test_simulate_makes_realistic_traffic_that_the_rollups_match(app, org):
     ]
     assert max(per_hour) > 1.4 * min(per_hour)
     assert maintenance.rollup_mismatches(org.id) == {}
+    # The organization is as old as its simulated history, so the quota forecast paces over 7 days.
+    first = count("SELECT min(occurred_at) FROM api_key_usage WHERE organization_id = :o", o=org.id)
+    assert count("SELECT created_at FROM organizations WHERE id = :o", o=org.id) <= first
 
 
 def test_unknown_org_and_bad_age_are_reported(app):

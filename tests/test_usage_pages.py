@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import sqlalchemy as sa
 
+from portal.extensions import db
+from portal.models import ApiKey
 from portal.usage.ranges import floor_hour
 from tests import factories
 from tests.usage_helpers import csv_rows, event, html_tables, record
@@ -111,6 +115,7 @@ def test_empty_states_offer_the_curl_line(client, auth, org, owner):
     auth.login(owner)
     html = client.get(f"/orgs/{org.slug}/usage").get_data(as_text=True)
     assert "No calls yet" in html and "curl -H" in html
+    assert html.count("malformed or unknown key cannot be tied to an organization") == 1
     html = client.get(f"/orgs/{org.slug}/keys/{key.id}/usage").get_data(as_text=True)
     assert "No calls with this key yet" in html and key.hint in html
 
@@ -182,3 +187,76 @@ def test_odd_queries_never_break_the_pages(client, auth, org, owner, busy_key, q
         assert client.get(url).status_code == 200, url
     # NUL cannot reach PostgreSQL at all: every page refuses it up front with a 400.
     assert client.get(f"/orgs/{org.slug}/usage?range=%00").status_code == 400
+
+
+def test_no_always_empty_invalid_key_series(client, auth, org, owner, busy_key):
+    """Malformed/unknown keys carry no organization, so the org and key pages show no "Invalid key" numbers."""
+    auth.login(owner)
+    dashboard = client.get(f"/orgs/{org.slug}/usage?range=7d").get_data(as_text=True)
+    key_page = client.get(f"/orgs/{org.slug}/keys/{busy_key.id}/usage?range=7d").get_data(as_text=True)
+    outcomes = ["OK", "Rate-limited", "Revoked/expired"]
+    assert html_tables(dashboard)["table-series"][0][1:] == ["Calls", *outcomes, "Live", "Test"]
+    assert html_tables(key_page)["table-series"][0][1:] == ["Calls", *outcomes]
+    csvs = [
+        client.get(f"/orgs/{org.slug}/usage.csv?range=7d&table=series").data,
+        client.get(f"/orgs/{org.slug}/keys/{busy_key.id}/usage.csv?range=7d&table=series").data,
+    ]
+    for body in (dashboard, key_page, *(c.decode() for c in csvs)):
+        assert "Invalid" not in body
+    assert csv_rows(csvs[0])[0][1:] == ["Calls", *outcomes, "Live", "Test"]
+    note = "malformed or unknown key cannot be tied to an organization"
+    assert dashboard.count(note) == 1 and note not in key_page
+
+
+def test_csv_defuses_formula_cells_the_page_shows_plain(client, auth, org, owner):
+    """A spreadsheet would run "=…", "+…", "-…", "@…" cells; the CSV makes them text, the page shows them as is."""
+    key = factories.api_key(org, owner, environment="live", name="=HYPERLINK(1)").api_key
+    risky = ["=SUM(A1:A9)", "+1", "-2", "@cmd"]
+    hour = floor_hour(datetime.now(UTC))
+    record([event(key, hour - timedelta(hours=1), endpoint=e) for e in risky for _ in range(risky.index(e) + 1)])
+    auth.login(owner)
+    html = client.get(f"/orgs/{org.slug}/usage?range=24h").get_data(as_text=True)
+    shown = [row[0] for row in html_tables(html)["table-endpoints"][1:]]
+    assert shown == list(reversed(risky))
+    exported = csv_rows(client.get(f"/orgs/{org.slug}/usage.csv?range=24h&table=endpoints").data)
+    assert [row[0] for row in exported[1:]] == [f"'{e}" for e in reversed(risky)]
+    assert html_tables(html)["table-keys"][1][0].startswith("=HYPERLINK(1)")
+    keys_csv = csv_rows(client.get(f"/orgs/{org.slug}/usage.csv?range=24h&table=keys").data)
+    assert keys_csv[1][0].startswith("'=HYPERLINK(1)")
+
+
+def test_top_keys_link_to_their_key_pages(client, auth, org, owner, busy_key):
+    auth.login(owner)
+    html = client.get(f"/orgs/{org.slug}/usage?range=7d").get_data(as_text=True)
+    keys_table = html.split('id="table-keys"', 1)[1].split("</table>", 1)[0]
+    links = re.findall(r'<th scope="row"><a href="([^"]+)">', keys_table)
+    test_key = db.session.scalar(sa.select(ApiKey).where(ApiKey.name == "Staging"))
+    assert links == [f"/orgs/{org.slug}/keys/{busy_key.id}/usage", f"/orgs/{org.slug}/keys/{test_key.id}/usage"]
+    assert client.get(links[0]).status_code == 200
+
+
+def test_series_table_splits_live_and_test(client, auth, org, owner, busy_key):
+    auth.login(owner)
+    html = client.get(f"/orgs/{org.slug}/usage?range=7d&bucket=day").get_data(as_text=True)
+    rows = html_tables(html)["table-series"]
+    live, test = rows[0].index("Live"), rows[0].index("Test")
+    assert sum(int(numbers(r)[live]) for r in rows[1:]) == 60
+    assert sum(int(numbers(r)[test]) for r in rows[1:]) == 1
+
+
+def test_staff_usage_page_has_nothing_to_submit(client, auth, org, staff, busy_key):
+    auth.login(staff)
+    html = client.get(f"/staff/orgs/{org.id}/usage?range=7d").get_data(as_text=True)
+    main = html.split('<main id="main"', 1)[1].split("</main>", 1)[0]
+    assert "Staff view" in main and "table-series" in main
+    assert '<form method="post"' not in main.lower()
+    # The only POST form on the whole page is signing out, in the navigation.
+    assert re.findall(r'<form method="post" action="([^"]+)"', html, re.IGNORECASE) == ["/logout"]
+
+
+def test_key_page_shows_its_top_endpoints(client, auth, org, owner, busy_key):
+    auth.login(owner)
+    html = client.get(f"/orgs/{org.slug}/keys/{busy_key.id}/usage?range=24h").get_data(as_text=True)
+    endpoints = html_tables(html)["table-endpoints"]
+    assert endpoints[0] == ["Endpoint", "Calls", "Errors"]
+    assert [(r[0], numbers(r)[1]) for r in endpoints[1:]] == [("/v1/translate", "40"), ("/v1/embed", "20")]

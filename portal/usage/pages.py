@@ -68,7 +68,7 @@ def org_page(org: Organization, key_link: Callable[[Any], str | None]) -> UsageP
     }
     totals = services.summary(series)
     extra = {
-        "quota": services.month_quota(org.id, org.plan_info, now()),
+        "quota": services.month_quota(org.id, org.plan_info, now(), org.created_at),
         "has_any_usage": totals["calls"] > 0 or services.has_any_usage(org.id),
     }
     return UsagePage(r, totals, services.chart_data(series, r), tables, extra)

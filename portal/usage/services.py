@@ -17,11 +17,12 @@ from portal.plans import Plan
 from portal.usage import topkeys
 from portal.usage.ranges import UsageRange
 
-# How the chart groups the six outcomes: (key, label, outcomes, colour).
+# How the chart groups the outcomes: (key, label, outcomes, colour). Malformed and unknown keys are left out:
+# no organization can be told from them (their events carry no organization_id), so for an organization or
+# one of its keys they would always read 0.
 CATEGORIES: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     ("ok", "OK", ("ok",), "#2b8a3e"),
     ("rate_limited", "Rate-limited", ("rate_limited",), "#e67700"),
-    ("invalid", "Invalid key", ("malformed", "unknown"), "#862e9c"),
     ("revoked", "Revoked/expired", ("revoked", "expired"), "#c92a2a"),
 )
 ENV_SERIES: tuple[tuple[str, str, str], ...] = (
@@ -73,7 +74,7 @@ def _empty_bucket() -> dict[str, float]:
 
 _SERIES_SQL = """
 SELECT {index} AS i, sum(calls) AS calls, sum(ok) AS ok, sum(rate_limited) AS rate_limited,
-       sum(malformed + unknown) AS invalid, sum(revoked + expired) AS revoked,
+       sum(revoked + expired) AS revoked,
        sum(latency_ms_sum) AS latency_ms_sum,
        coalesce(sum(calls) FILTER (WHERE environment = 'live'), 0) AS env_live,
        coalesce(sum(calls) FILTER (WHERE environment = 'test'), 0) AS env_test,
@@ -209,6 +210,10 @@ def _endpoint_table(caption: str, rows: Any) -> Table:
     )
 
 
+PACE_WINDOW = timedelta(days=7)
+MIN_PACE_WINDOW = timedelta(hours=1)
+
+
 @dataclass
 class Quota:
     plan: Plan
@@ -217,33 +222,50 @@ class Quota:
     projected: int
     runs_out_at: datetime | None
     month_end: datetime
+    pace_window: timedelta = PACE_WINDOW
 
     @property
     def percent(self) -> float:
         return min(100.0, 100.0 * self.used / self.plan.monthly_quota) if self.plan.monthly_quota else 0.0
 
+    @property
+    def pace_label(self) -> str:
+        """How the page names the stretch of time the pace is measured over."""
+        if self.pace_window >= PACE_WINDOW:
+            return "of the last 7 days"
+        return "since the organization was created"
 
-def month_quota(organization_id: uuid.UUID, plan: Plan, now: datetime) -> Quota:
-    """This UTC month's OK calls against the plan, and when the quota runs out at the last 7 days' pace."""
+
+def month_quota(
+    organization_id: uuid.UUID, plan: Plan, now: datetime, created_at: datetime | None = None
+) -> Quota:
+    """This UTC month's OK calls against the plan, and when the quota runs out at the recent pace.
+
+    The pace is the OK calls of the last 7 days over 7 days, or, for an organization younger than that, over
+    its age (at least an hour): dividing a two-day-old organization's calls by 7 days would hide its pace.
+    """
     month_start = now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     month_end = (month_start + timedelta(days=32)).replace(day=1)
-    week_start = now - timedelta(days=7)
+    window = PACE_WINDOW
+    if created_at is not None:
+        window = max(MIN_PACE_WINDOW, min(PACE_WINDOW, now - created_at))
+    pace_start = now - window
     row = db.session.execute(
         sa.text(
             "SELECT coalesce(sum(ok) FILTER (WHERE bucket >= :month), 0) AS used,"
             " coalesce(sum(calls) FILTER (WHERE bucket >= :month), 0) AS calls,"
-            " coalesce(sum(ok) FILTER (WHERE bucket >= :week), 0) AS week"
-            " FROM usage_org_hourly WHERE organization_id = :org AND bucket >= least(:month, :week)"
+            " coalesce(sum(ok) FILTER (WHERE bucket >= :pace), 0) AS pace"
+            " FROM usage_org_hourly WHERE organization_id = :org AND bucket >= least(:month, :pace)"
         ),
-        {"org": organization_id, "month": month_start, "week": week_start},
+        {"org": organization_id, "month": month_start, "pace": pace_start},
     ).one()
-    used, per_second = int(row.used), int(row.week) / timedelta(days=7).total_seconds()
-    remaining = (month_end - now).total_seconds()
-    projected = used + int(per_second * remaining)
+    used, paced = int(row.used), int(row.pace)
+    window_s, remaining_s = window.total_seconds(), (month_end - now).total_seconds()
+    projected = used + int(paced * remaining_s / window_s)
     runs_out_at = None
-    if per_second > 0 and used < plan.monthly_quota <= projected:
-        runs_out_at = now + timedelta(seconds=(plan.monthly_quota - used) / per_second)
-    return Quota(plan, used, int(row.calls), projected, runs_out_at, month_end)
+    if paced > 0 and used < plan.monthly_quota <= projected:
+        runs_out_at = now + timedelta(seconds=(plan.monthly_quota - used) * window_s / paced)
+    return Quota(plan, used, int(row.calls), projected, runs_out_at, month_end, window)
 
 
 def has_any_usage(organization_id: uuid.UUID) -> bool:

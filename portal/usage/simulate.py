@@ -132,6 +132,12 @@ def simulate(
     """),
         {"org": org.id},
     )
+    # The history is as if the organization existed then; a younger created_at would make the quota
+    # forecast pace only the last hours (see services.month_quota).
+    db.session.execute(
+        sa.text("UPDATE organizations SET created_at = least(created_at, :start) WHERE id = :org"),
+        {"org": org.id, "start": start},
+    )
     db.session.commit()
     return done
 
