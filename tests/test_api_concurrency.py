@@ -253,6 +253,21 @@ def test_a_refused_row_does_not_block_the_others(committed):
     assert count == 2
 
 
+def test_buffered_rows_keep_copy_special_characters(committed):
+    """The writer's COPY format must not reinterpret tabs, newlines, backslashes or a literal \\N."""
+    from datetime import UTC, datetime
+
+    endpoints = [committed["tag"] + suffix for suffix in ("\tx", "\ny\r", "\\", "\\N", "")]
+    recorder = BufferedRecorder(libpq_dsn(committed["url"]), interval=3600)
+    for endpoint in endpoints:
+        recorder.add((None, None, datetime.now(UTC), endpoint, 401, None, "malformed"))
+    recorder.close()
+    stored = db.session.scalars(
+        sa.select(ApiKeyUsage.endpoint).where(ApiKeyUsage.endpoint.startswith(committed["tag"]))
+    ).all()
+    assert sorted(stored) == sorted(endpoints)
+
+
 def test_verification_survives_a_dropped_connection(committed):
     verifier = make_verifier(committed["url"], committed["pepper"])
     key = committed["keys"][0]

@@ -240,7 +240,9 @@ def test_answer_ids_are_strings(client, api_key):
     uuid.UUID(body["organization"]["id"])
 
 
-def test_endpoint_text_is_stored_verbatim(client, api_key):
-    endpoint = "/it's 100% ünïcødé; DROP TABLE x; --"
+@pytest.mark.parametrize(
+    "endpoint", ["/it's 100% ünïcødé; DROP TABLE x; --", "\\N", "/a\\tb\\\\c\\n", "\\."]
+)
+def test_endpoint_text_is_stored_verbatim(client, api_key, endpoint):
     assert verify(client, api_key.plaintext, endpoint=endpoint).status_code == 200
     assert usage_rows()[0].endpoint == endpoint

@@ -72,12 +72,11 @@ FROM k, seen
 PREPARE_SQL = f"PREPARE {STATEMENT_NAME} (bytea) AS {verify_statement()}"
 EXECUTE_SQL = f"EXECUTE {STATEMENT_NAME} (%s)"
 
-# Usage rows are written in batches: one multi-row INSERT per flush (a statement-level trigger runs once per
-# batch), then ``last_used_at`` for the keys in the batch, only where it is more than a minute old.
-INSERT_USAGE_PREFIX = (
-    "INSERT INTO api_key_usage "
-    "(key_id, organization_id, occurred_at, endpoint, status_code, latency_ms, outcome) "
-    "VALUES "
+# Usage rows are written in batches: one COPY per flush (a statement-level trigger runs once per batch), then
+# ``last_used_at`` for the keys in the batch, only where it is more than a minute old.
+COPY_USAGE = (
+    "COPY api_key_usage (key_id, organization_id, occurred_at, endpoint, status_code, latency_ms, outcome) "
+    "FROM STDIN"
 )
 TOUCH_KEYS_PREFIX = "UPDATE api_keys k SET last_used_at = v.t FROM (VALUES "
 TOUCH_KEYS_SUFFIX = (
