@@ -289,6 +289,28 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> None:
     )
 
 
+def targets(r: dict[str, Any]) -> list[tuple[str, bool, str]]:
+    """The issue's targets, each with whether this run met it."""
+    full, c, rows = r["full"], r["checks"], r["checks"]["rows"]
+    in_flight_ok = all(
+        0 <= rows.get(f"/bench/{label}", 0) - r[label]["requests"] <= r[label]["connections"]
+        for label in ("full", "half", "big", "flask")
+    )
+    return [
+        ("throughput >= 0.4 of (a) pgbench", full["rate"] / r["a_all"]["rate"] >= 0.4,
+         f"{full['rate'] / r['a_all']['rate']:.2f}"),
+        ("throughput >= 0.5 of (b) constant app", full["rate"] / r["b"]["rate"] >= 0.5,
+         f"{full['rate'] / r['b']['rate']:.2f}"),
+        ("p99 <= 10 ms at half load", r["half"]["p99_ms"] <= 10.0, f"{r['half']['p99_ms']:.1f} ms"),
+        ("worker RSS <= 80 MB", max(r["rss"]) <= 80, f"{max(r['rss']):.0f} MB"),
+        ("big customer >= 0.8 of spread-out", r["big"]["rate"] / full["rate"] >= 0.8,
+         f"{r['big']['rate'] / full['rate']:.2f}"),
+        ("usage rows == answered calls", rows.get("/bench/exact", 0) == r["exact"] and in_flight_ok,
+         f"{rows.get('/bench/exact', 0)} / {r['exact']}"),
+        ("limiter exact in every organization-minute", c["violations"] == 0, f"{c['violations']} violations"),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--seconds", type=int, default=15, help="length of each measured run")
@@ -324,7 +346,13 @@ def main() -> None:
             server.cleanup_mode = "delete"
             server.cleanup()
     report(args, results)
+    checked = targets(results)
+    print("  targets:")
+    for label, ok, value in checked:
+        print(f"    {'PASS' if ok else 'FAIL'}  {label:45} {value}")
     print(f"  total time {time.monotonic() - started:.0f} s")
+    if not all(ok for _, ok, _ in checked):
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":
