@@ -112,14 +112,42 @@ def write_usage_rows(cursor: Any, rows: Sequence[Row]) -> None:
         cursor.execute(sql.TOUCH_KEYS_PREFIX + touches + sql.TOUCH_KEYS_SUFFIX)
 
 
-class DirectBackend:
-    """Per-thread autocommit connections with the verification prepared; reconnects after a failure."""
+class _Call:
+    """One verification waiting in a worker's queue: its key hash, then its row (or error) when done."""
 
-    def __init__(self, dsn: str) -> None:
+    __slots__ = ("done", "error", "event", "key_hash", "row")
+
+    def __init__(self, key_hash: bytes) -> None:
+        self.key_hash = key_hash
+        self.event = threading.Event()
+        self.done = False
+        self.row: Row | None = None
+        self.error: BaseException | None = None
+
+
+class DirectBackend:
+    """Per-thread autocommit connections with the verification prepared; reconnects after a failure.
+
+    Concurrent verifications of one process are grouped: the first thread to arrive becomes the leader and
+    runs the statement for every call queued at that moment (itself included) on its own connection, in ONE
+    grouped statement (:func:`portal.api.sql.verify_group_statement`), while the calls arriving meanwhile
+    queue; when it is done it hands the queue to the first of them, the next leader. A lone call runs at once,
+    alone, with the single-call statement: no added latency. Grouping saves PostgreSQL a statement, a commit
+    and a counter update per call (≈ 100 µs of backend CPU for one call against ≈ 30 µs per call in groups of
+    8), and the worker a round trip.
+    """
+
+    def __init__(self, dsn: str, *, max_group: int = 64) -> None:
         self.dsn = dsn
+        self.max_group = max_group
+        self.groups = 0  # statements run for more than one call (observability and tests)
+        self.grouped_calls = 0
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: list[Any] = []
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Call] = []
+        self._leading = False  # a leader is running a statement; invariant: not leading => queue empty
 
     def connect(self, *, synchronous_commit: bool) -> Any:
         conn = psycopg2.connect(self.dsn, application_name="procode-verify")
@@ -139,6 +167,7 @@ class DirectBackend:
             conn = self.connect(synchronous_commit=False)
             cur = conn.cursor()
             cur.execute(sql.PREPARE_SQL)
+            cur.execute(sql.PREPARE_GROUP_SQL)
             local.cursor, local.pid = cur, os.getpid()
         return cur
 
@@ -152,15 +181,56 @@ class DirectBackend:
                 cur.connection.close()
 
     def verify(self, key_hash: bytes) -> Row | None:
+        call = _Call(key_hash)
+        with self._queue_lock:
+            self._queue.append(call)
+            lead, self._leading = not self._leading, True
+        if not lead:
+            call.event.wait()  # set when the call is answered, or when it is to lead the next group
+        if not call.done:
+            self._lead()
+        if call.error is not None:
+            raise call.error
+        return call.row
+
+    def _lead(self) -> None:
+        """Run the queued calls (this thread's one among them) as one group, then pass the lead on."""
+        with self._queue_lock:
+            group, self._queue = self._queue[: self.max_group], self._queue[self.max_group :]
+        try:
+            rows = self.verify_many([call.key_hash for call in group])
+            for call, row in zip(group, rows, strict=True):
+                call.row = row
+        except BaseException as exc:  # every waiting call must be woken, whatever happened
+            for call in group:
+                call.error = exc
+        finally:
+            with self._queue_lock:
+                if self._queue:
+                    self._queue[0].event.set()  # the next leader (its call is not done)
+                else:
+                    self._leading = False
+            for call in group:
+                call.done = True
+                call.event.set()
+
+    def verify_many(self, key_hashes: Sequence[bytes]) -> list[Row | None]:
+        """Verify the calls for ``key_hashes`` on this thread's connection: one statement, one round trip."""
         for attempt in (1, 2):
             try:
                 cur = self._cursor()
-                cur.execute(sql.EXECUTE_SQL, (key_hash,))
-                return cur.fetchone()  # type: ignore[no-any-return]
+                if len(key_hashes) == 1:
+                    cur.execute(sql.EXECUTE_SQL, (key_hashes[0],))
+                    return [cur.fetchone()]
+                cur.execute(sql.EXECUTE_GROUP_SQL, (list(key_hashes),))
+                found: dict[int, Row] = {row[0]: row[1:] for row in cur.fetchall()}
+                self.groups += 1
+                self.grouped_calls += len(key_hashes)
+                return [found.get(ord_) for ord_ in range(1, len(key_hashes) + 1)]
             except (psycopg2.OperationalError, psycopg2.InterfaceError, InvalidSqlStatementName) as exc:
                 # A dropped connection (or one reset by a pooler, which loses the prepared statement) is
                 # retried once on a fresh one. Had the server committed just before the connection dropped,
-                # the call counts twice against the limit: it can only be refused early, never admitted
+                # the calls count twice against the limit: they can only be refused early, never admitted
                 # beyond the limit.
                 self._drop()
                 if attempt == 2:

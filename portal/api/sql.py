@@ -72,6 +72,64 @@ FROM k, seen
 PREPARE_SQL = f"PREPARE {STATEMENT_NAME} (bytea) AS {verify_statement()}"
 EXECUTE_SQL = f"EXECUTE {STATEMENT_NAME} (%s)"
 
+
+def verify_group_statement(param: str = "$1") -> str:
+    """The verification of several calls at once, for the array of key hashes in ``param``.
+
+    One row per call whose key exists, led by the call's position in the array (1-based); the other columns
+    are those of :func:`verify_statement`. Each organization's counter is incremented once, by the number of
+    the group's calls with a usable key for it (unless the window's count had already reached the limit as of
+    the statement's snapshot: then its calls are refused without touching the row, as one at a time). Each
+    call's count is the counter before the group's increment plus its rank among the group's calls for that
+    organization, so the counts of an organization's calls are still distinct and consecutive, a call is
+    admitted iff its count is ``<= limit``, and exactly ``min(limit, calls)`` calls are admitted per window.
+    Counter rows are locked in ``bucket`` order, so two groups sharing organizations cannot deadlock.
+    """
+    return f"""
+WITH k AS (
+    SELECT i.ord, k.id, k.organization_id, k.environment, o.slug, o.plan,
+           CASE WHEN k.revoked_at <= statement_timestamp() THEN 'revoked'
+                WHEN k.expires_at <= statement_timestamp() THEN 'expired'
+                ELSE 'ok' END AS status,
+           {_limit_case()} AS lim,
+           '{BUCKET_PREFIX}' || k.organization_id::text AS bucket,
+           {WINDOW_START} AS window_start
+    FROM unnest({param}::bytea[]) WITH ORDINALITY AS i(key_hash, ord)
+    JOIN api_keys k ON k.key_hash = i.key_hash
+    JOIN organizations o ON o.id = k.organization_id
+), seen AS (
+    SELECT b.bucket, coalesce(r.count, 0) AS count
+    FROM (SELECT DISTINCT bucket, window_start FROM k) b
+    LEFT JOIN rate_limit_tracking r ON r.bucket = b.bucket AND r.window_start = b.window_start
+), asking AS (
+    SELECT k.ord, k.bucket, k.window_start, k.organization_id,
+           row_number() OVER (PARTITION BY k.bucket ORDER BY k.ord) AS rank,
+           count(*) OVER (PARTITION BY k.bucket) AS n
+    FROM k JOIN seen ON seen.bucket = k.bucket
+    WHERE k.status = 'ok' AND seen.count < k.lim
+), hit AS (
+    INSERT INTO rate_limit_tracking AS r (bucket, window_start, organization_id, count)
+    SELECT DISTINCT ON (bucket) bucket, window_start, organization_id, n FROM asking ORDER BY bucket
+    ON CONFLICT (bucket, window_start) DO UPDATE SET count = r.count + excluded.count
+    RETURNING r.bucket, r.count
+)
+SELECT k.ord, k.id::text, k.organization_id::text, k.slug, k.plan, k.environment, k.status, k.lim,
+       CASE WHEN k.status <> 'ok' THEN seen.count
+            WHEN a.ord IS NULL THEN seen.count + 1
+            ELSE coalesce(h.count - a.n, seen.count) + a.rank
+       END AS used,
+       extract(epoch FROM k.window_start + {WINDOW} - statement_timestamp())::float8 AS reset_in,
+       statement_timestamp() AS at
+FROM k JOIN seen ON seen.bucket = k.bucket
+LEFT JOIN asking a ON a.ord = k.ord
+LEFT JOIN hit h ON h.bucket = k.bucket
+"""  # noqa: S608 - only our own constants and the plan table are interpolated
+
+
+GROUP_STATEMENT_NAME = "portal_verify_group_v1"
+PREPARE_GROUP_SQL = f"PREPARE {GROUP_STATEMENT_NAME} (bytea[]) AS {verify_group_statement()}"
+EXECUTE_GROUP_SQL = f"EXECUTE {GROUP_STATEMENT_NAME} (%s)"
+
 # Usage rows are written in batches: one COPY per flush (a statement-level trigger runs once per batch), then
 # ``last_used_at`` for the keys in the batch, only where it is more than a minute old.
 COPY_USAGE = (

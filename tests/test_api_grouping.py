@@ -1,0 +1,166 @@
+"""Grouped verification: a worker's concurrent calls share one statement, and admission stays exact.
+
+On committed data (several connections), like tests/test_api_concurrency.py: the direct backend groups the
+calls its threads have in flight; each organization's counter moves once per group, and every call still gets
+its own count, so admitted calls per organization-minute are exactly ``min(limit, calls with a usable key)``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from portal.api.backend import DirectBackend, libpq_dsn
+from portal.api.recorder import BufferedRecorder
+from portal.api.services import Verifier
+from portal.extensions import db
+from portal.keys import format as keyformat
+from portal.models import ApiKey, ApiKeyUsage, Organization
+from portal.plans import PLANS
+from tests import factories
+
+pytestmark = pytest.mark.concurrency
+FREE = PLANS["free"].requests_per_minute
+
+
+@pytest.fixture
+def orgs(app: Any) -> Iterator[dict[str, Any]]:
+    """Three free organizations (``a``, ``b`` and ``full``, whose counter is at its limit) with two keys each,
+    plus a revoked key of ``a``; committed, deleted with their usage and counters afterwards."""
+    made = {name: factories.org(plan="free") for name in ("a", "b", "full")}
+    keys = {name: [factories.api_key(o, None, name=f"k{i}").plaintext for i in range(2)] for name, o in made.items()}
+    revoked = factories.api_key(made["a"], None, name="revoked")
+    db.session.execute(
+        sa.update(ApiKey).where(ApiKey.id == revoked.api_key.id).values(revoked_at=datetime.now(UTC) - timedelta(1))
+    )
+    # The full organization's counter is at the limit in this window and the next (the test may straddle them).
+    for offset in (0, 60):
+        db.session.execute(
+            sa.text(
+                "INSERT INTO rate_limit_tracking (bucket, window_start, organization_id, count) VALUES "
+                "(:b, to_timestamp(floor(extract(epoch FROM now()) / 60) * 60 + :o), :org, :n)"
+            ),
+            {"b": f"org:{made['full'].id}", "o": offset, "org": made["full"].id, "n": FREE},
+        )
+    db.session.commit()
+    ids = {name: o.id for name, o in made.items()}
+    tag = f"/grouping/{uuid.uuid4().hex}"
+    yield {
+        "ids": ids,
+        "keys": keys,
+        "revoked": revoked.plaintext,
+        "tag": tag,
+        "url": app.config["SQLALCHEMY_DATABASE_URI"],
+        "pepper": app.config["API_KEY_PEPPER"],
+    }
+    db.session.rollback()
+    db.session.execute(
+        sa.delete(ApiKeyUsage).where(
+            sa.or_(ApiKeyUsage.organization_id.in_(list(ids.values())), ApiKeyUsage.endpoint == tag)
+        )
+    )
+    db.session.execute(
+        sa.text("DELETE FROM rate_limit_tracking WHERE organization_id = ANY(:ids)"), {"ids": list(ids.values())}
+    )
+    db.session.execute(sa.delete(Organization).where(Organization.id.in_(list(ids.values()))))
+    db.session.commit()
+
+
+def counter(org_id: uuid.UUID) -> int:
+    db.session.rollback()
+    return int(
+        db.session.scalar(
+            sa.text(
+                "SELECT coalesce(sum(count), 0) FROM rate_limit_tracking "
+                "WHERE bucket = :b AND window_start = to_timestamp(floor(extract(epoch FROM now()) / 60) * 60)"
+            ),
+            {"b": f"org:{org_id}"},
+        )
+    )
+
+
+def test_one_group_numbers_each_call_within_its_organization(orgs):
+    """One statement for a mixed group: per-organization counts are distinct and consecutive, the counter moves
+    once by the group's usable calls, an organization at its limit is refused without being counted."""
+    backend = DirectBackend(libpq_dsn(orgs["url"]))
+    pepper = orgs["pepper"]
+
+    def hashed(key: str) -> bytes:
+        parsed = keyformat.parse(key)
+        assert parsed is not None
+        return keyformat.key_hash(parsed.key, pepper)
+
+    a, b, full = orgs["keys"]["a"], orgs["keys"]["b"], orgs["keys"]["full"]
+    plan = [a[0], b[0], full[0], a[1], orgs["revoked"], keyformat.generate("test"), a[0], b[1], full[1]]
+    rows = backend.verify_many([hashed(k) for k in plan])
+    backend.close()
+    assert backend.groups == 1
+    assert len(rows) == len(plan)
+    assert rows[5] is None  # unknown key
+    by_call = [(row[1], row[5], row[7]) if row is not None else None for row in rows]  # org, status, used
+    ids = {name: str(i) for name, i in orgs["ids"].items()}
+    assert [used for org, status, used in (by_call[i] for i in (0, 3, 6))] == [1, 2, 3]
+    assert [used for org, status, used in (by_call[i] for i in (1, 7))] == [1, 2]
+    assert by_call[4] == (ids["a"], "revoked", 0)  # the counter before the group; not spent
+    assert {used for _, status, used in (by_call[i] for i in (2, 8))} == {FREE + 1}  # refused on the read
+    if counter(orgs["ids"]["a"]) == 3:  # the same window (not straddling a minute)
+        assert counter(orgs["ids"]["b"]) == 2
+        assert counter(orgs["ids"]["full"]) == FREE  # not touched
+
+
+def test_threads_grouped_for_mixed_organizations_admit_exactly(orgs):
+    """Many threads on one verifier (one gunicorn worker): calls are grouped, every organization-minute admits
+    exactly min(limit, usable calls), the full organization admits none, and each call is one usage row."""
+    dsn = libpq_dsn(orgs["url"])
+    backend = DirectBackend(dsn)
+    verifier = Verifier(backend, BufferedRecorder(dsn, interval=0.05), orgs["pepper"])
+    keys = orgs["keys"]
+    candidates = [*keys["a"], *keys["b"], *keys["full"], orgs["revoked"], keyformat.generate("test"), "pk_bad"]
+    calls = 16 * 30
+
+    def one(i: int) -> tuple[str, str | None]:
+        result = verifier.verify(candidates[i % len(candidates)], orgs["tag"])
+        return result.outcome, result.organization_id
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        results = list(pool.map(one, range(calls)))
+    verifier.close()
+
+    assert backend.groups > 0  # 16 threads at once: some calls shared a statement
+    ids = {str(i): name for name, i in orgs["ids"].items()}
+    outcomes = Counter((ids.get(org or ""), outcome) for outcome, org in results)
+    assert outcomes[("full", "ok")] == 0
+    assert outcomes[("full", "rate_limited")] == 2 * calls // len(candidates)
+    assert outcomes[("a", "revoked")] == calls // len(candidates)
+    assert outcomes[(None, "unknown")] == outcomes[(None, "malformed")] == calls // len(candidates)
+
+    db.session.rollback()
+    rows = db.session.execute(
+        sa.text(
+            """
+        SELECT organization_id, count(*) FILTER (WHERE outcome = 'ok'),
+               count(*) FILTER (WHERE outcome IN ('ok', 'rate_limited'))
+        FROM api_key_usage WHERE endpoint = :tag AND organization_id IS NOT NULL
+        GROUP BY organization_id, date_trunc('minute', occurred_at)
+        """
+        ),
+        {"tag": orgs["tag"]},
+    ).all()
+    for org_id, admitted, usable in rows:
+        if ids[str(org_id)] == "full":
+            assert admitted == 0
+        else:
+            assert admitted == min(FREE, usable)
+    for name in ("a", "b"):
+        assert outcomes[(name, "ok")] == sum(ok for org_id, ok, _ in rows if ids[str(org_id)] == name)
+    total = db.session.scalar(
+        sa.select(sa.func.count()).select_from(ApiKeyUsage).where(ApiKeyUsage.endpoint == orgs["tag"])
+    )
+    assert total == calls
