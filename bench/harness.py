@@ -179,11 +179,11 @@ def exact_calls(port: int, keys: list[str], calls: int) -> int:
         return sum(pool.map(worker, [calls // 8] * 8))
 
 
-def free_ports(count: int) -> list[int]:
+def free_ports(count: int, ports: range = PORTS) -> list[int]:
     import socket
 
     found = []
-    for port in PORTS:
+    for port in ports:
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
@@ -192,7 +192,7 @@ def free_ports(count: int) -> list[int]:
         found.append(port)
         if len(found) == count:
             return found
-    raise SystemExit("no free ports in 18100-18199")
+    raise SystemExit(f"no free ports in {ports.start}-{ports.stop - 1}")
 
 
 def cpu_seconds(pids: list[str]) -> float:

@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 import sqlalchemy as sa  # noqa: E402
 
+from bench.harness import free_ports  # noqa: E402
 from portal import create_app  # noqa: E402
 from portal.db import ensure_database, normalize_url  # noqa: E402
 from portal.extensions import db  # noqa: E402
@@ -71,17 +72,6 @@ RAW_KEY = [
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def free_port() -> int:
-    for port in range(18200, 18300):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise SystemExit("no free port in 18200-18299")
 
 
 class Browser:
@@ -243,7 +233,7 @@ def main() -> int:
                 + ", ".join(f"{k} {v} ({rows.get(k, args.events):,} rows)" for k, v in sizes.items())
             )
 
-        port = free_port()
+        [port] = free_ports(1, range(18200, 18300))
         env = {
             **os.environ,
             "PORTAL_ENV": "production",

@@ -25,6 +25,17 @@ def _limit_case() -> str:
     return f"CASE o.plan {whens} ELSE 0 END"
 
 
+def _key_columns() -> str:
+    """What both verification statements read per key: its organization, status now, limit and window."""
+    return f"""k.id, k.organization_id, k.environment, o.slug, o.plan,
+           CASE WHEN k.revoked_at <= statement_timestamp() THEN 'revoked'
+                WHEN k.expires_at <= statement_timestamp() THEN 'expired'
+                ELSE 'ok' END AS status,
+           {_limit_case()} AS lim,
+           '{BUCKET_PREFIX}' || k.organization_id::text AS bucket,
+           {WINDOW_START} AS window_start"""  # noqa: S608 - only our own constants
+
+
 def verify_statement(param: str = "$1") -> str:
     """The verification for the key hash in ``param``; no row means no such key.
 
@@ -41,13 +52,7 @@ def verify_statement(param: str = "$1") -> str:
     """
     return f"""
 WITH k AS (
-    SELECT k.id, k.organization_id, k.environment, o.slug, o.plan,
-           CASE WHEN k.revoked_at <= statement_timestamp() THEN 'revoked'
-                WHEN k.expires_at <= statement_timestamp() THEN 'expired'
-                ELSE 'ok' END AS status,
-           {_limit_case()} AS lim,
-           '{BUCKET_PREFIX}' || k.organization_id::text AS bucket,
-           {WINDOW_START} AS window_start
+    SELECT {_key_columns()}
     FROM api_keys k JOIN organizations o ON o.id = k.organization_id
     WHERE k.key_hash = {param}
 ), seen AS (
@@ -87,13 +92,7 @@ def verify_group_statement(param: str = "$1") -> str:
     """
     return f"""
 WITH k AS (
-    SELECT i.ord, k.id, k.organization_id, k.environment, o.slug, o.plan,
-           CASE WHEN k.revoked_at <= statement_timestamp() THEN 'revoked'
-                WHEN k.expires_at <= statement_timestamp() THEN 'expired'
-                ELSE 'ok' END AS status,
-           {_limit_case()} AS lim,
-           '{BUCKET_PREFIX}' || k.organization_id::text AS bucket,
-           {WINDOW_START} AS window_start
+    SELECT i.ord, {_key_columns()}
     FROM unnest({param}::bytea[]) WITH ORDINALITY AS i(key_hash, ord)
     JOIN api_keys k ON k.key_hash = i.key_hash
     JOIN organizations o ON o.id = k.organization_id
