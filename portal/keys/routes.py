@@ -15,8 +15,12 @@ from portal.models import ApiKey
 from portal.orgs.context import can, org_view
 
 
+def _env_permission(environment: str) -> str:
+    return "keys.manage_live" if environment == "live" else "keys.manage_test"
+
+
 def _require_env_permission(environment: str) -> None:
-    if not can("keys.manage_live" if environment == "live" else "keys.manage_test"):
+    if not can(_env_permission(environment)):
         abort(403, f"Your role ({g.membership.role}) cannot manage {environment} keys.")
 
 
@@ -72,14 +76,7 @@ def create(slug: str) -> Any:
 @bp.get("/<key_id>")
 @org_view()
 def detail(slug: str, key_id: str) -> Any:
-    api_key = get_org_scoped_or_404(ApiKey, g.org.id, key_id)
-    return render_template(
-        "keys/detail.html", api_key=api_key, now=services.now(),
-        rename_form=RenameKeyForm(name=api_key.name),
-        expiry_form=ExpiryForm(expires_on=api_key.expires_at.date() if api_key.expires_at else None),
-        roll_form=RollKeyForm(), revoke_form=ConfirmForm(),
-        may_manage=can("keys.manage_live" if api_key.environment == "live" else "keys.manage_test"),
-    )
+    return _render_detail(get_org_scoped_or_404(ApiKey, g.org.id, key_id))
 
 
 def _managed_key(key_id: str) -> ApiKey:
@@ -152,11 +149,19 @@ def roll(slug: str, key_id: str) -> Any:
 
 def _invalid(api_key: ApiKey, form: Any) -> Any:
     """Re-render the key page with the failing form's errors, answering 422."""
-    forms = {
+    return _render_detail(api_key, failed=form), 422
+
+
+def _render_detail(api_key: ApiKey, failed: Any = None) -> str:
+    """The key page with its forms; ``failed`` replaces its blank twin so its errors show."""
+    forms: dict[str, Any] = {
         "rename_form": RenameKeyForm(name=api_key.name),
         "expiry_form": ExpiryForm(expires_on=api_key.expires_at.date() if api_key.expires_at else None),
         "roll_form": RollKeyForm(),
         "revoke_form": ConfirmForm(),
     }
-    forms[{RenameKeyForm: "rename_form", ExpiryForm: "expiry_form", RollKeyForm: "roll_form"}[type(form)]] = form
-    return render_template("keys/detail.html", api_key=api_key, now=services.now(), may_manage=True, **forms), 422
+    if failed is not None:
+        slot = {RenameKeyForm: "rename_form", ExpiryForm: "expiry_form", RollKeyForm: "roll_form"}[type(failed)]
+        forms[slot] = failed
+    return render_template("keys/detail.html", api_key=api_key, now=services.now(),
+                           may_manage=can(_env_permission(api_key.environment)), **forms)
