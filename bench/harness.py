@@ -61,7 +61,15 @@ class Gunicorn:
     """gunicorn with the project's gunicorn.conf.py on a loopback port in 18100-18199."""
 
     def __init__(
-        self, app: str, url: str, port: int, workers: int, threads: int, workdir: Path, pepper: str
+        self,
+        app: str,
+        url: str,
+        port: int,
+        workers: int,
+        threads: int,
+        workdir: Path,
+        pepper: str,
+        worker_class: str = "gevent",
     ) -> None:
         self.port = port
         self.log_path = workdir / f"gunicorn-{port}.log"
@@ -74,6 +82,7 @@ class Gunicorn:
             "GUNICORN_BIND": f"127.0.0.1:{port}",
             "GUNICORN_WORKERS": str(workers),
             "GUNICORN_THREADS": str(threads),
+            "GUNICORN_WORKER_CLASS": worker_class,
         }
         self.log_file = self.log_path.open("wb")
         self.proc = subprocess.Popen(

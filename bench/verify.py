@@ -210,14 +210,22 @@ def measure(args: argparse.Namespace, url: str, workdir: Path, keys: list[str]) 
     port_b, port_p, port_f = free_ports(3)
     all_keys, big_keys = workdir / "keys_all.txt", workdir / "keys_big.txt"
 
-    log(f"(b) constant-JSON Flask app, gunicorn {args.workers} workers x {args.threads} threads")
-    const = Gunicorn("bench.constant_app:app", url, port_b, args.workers, args.threads, workdir, PEPPER)
+    server = (args.workers, args.threads, workdir, PEPPER, args.worker_class)
+    log(f"(b) constant-JSON Flask app, gunicorn {settings(args)}")
+    const = Gunicorn("bench.constant_app:app", url, port_b, *server)
     wrk(port_b, all_keys, "/warmup", 2, conns)
     out["b"] = with_cpu(lambda: wrk(port_b, all_keys, "/bench/b", secs, conns), url, const)
     const.stop()
+    if args.worker_class != "gthread":
+        # The same ceiling on threads, for reference: the worker class must not make (b) look weaker.
+        log(f"(b) again under gthread {args.workers} x {args.threads} (reference)")
+        const = Gunicorn("bench.constant_app:app", url, port_b, *server[:-1], "gthread")
+        wrk(port_b, all_keys, "/warmup", 2, conns)
+        out["b_gthread"] = with_cpu(lambda: wrk(port_b, all_keys, "/bench/b", secs, conns), url, const)
+        const.stop()
 
     log("portal: full load, half load, big customer, exact count")
-    portal = Gunicorn("wsgi:app", url, port_p, args.workers, args.threads, workdir, PEPPER)
+    portal = Gunicorn("wsgi:app", url, port_p, *server)
     out["warmup"] = wrk(port_p, all_keys, "/bench/warmup", 3, conns)
     out["full"] = full = with_cpu(lambda: wrk(port_p, all_keys, "/bench/full", secs, conns), url, portal)
     out["rss"] = portal.worker_rss_mb()
@@ -229,7 +237,7 @@ def measure(args: argparse.Namespace, url: str, workdir: Path, keys: list[str]) 
     log("portal with the WSGI fast path off (every verification through Flask's full request cycle)")
     os.environ["API_VERIFY_FAST_PATH"] = "0"
     try:
-        flask_only = Gunicorn("wsgi:app", url, port_f, args.workers, args.threads, workdir, PEPPER)
+        flask_only = Gunicorn("wsgi:app", url, port_f, *server)
     finally:
         del os.environ["API_VERIFY_FAST_PATH"]
     wrk(port_f, all_keys, "/bench/flaskwarm", 2, conns)
@@ -239,13 +247,19 @@ def measure(args: argparse.Namespace, url: str, workdir: Path, keys: list[str]) 
     return out
 
 
+def settings(args: argparse.Namespace) -> str:
+    if args.worker_class == "gthread":
+        return f"gthread {args.workers} workers x {args.threads} threads"
+    return f"{args.worker_class} {args.workers} workers"
+
+
 def report(args: argparse.Namespace, r: dict[str, Any]) -> None:
     full, a_all, b = r["full"], r["a_all"], r["b"]
     rows, c = r["checks"]["rows"], r["checks"]
     print()
     print(
         f"ProCode verification benchmark: {os.cpu_count()} CPUs, "
-        f"gunicorn gthread {args.workers}x{args.threads}, wrk {args.connections} connections, "
+        f"gunicorn {settings(args)}, wrk {args.connections} connections, "
         f"{args.seconds} s runs, synchronous_commit=off on the hot path"
     )
     lines = [
@@ -253,6 +267,7 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> None:
         ("    same, one organization", r["a_big"]),
         ("    same, one organization, sync commit", r["a_sync"]),
         ("(b) constant-JSON Flask route", b),
+        *([("    same under gthread (reference)", r["b_gthread"])] if "b_gthread" in r else []),
         ("portal, full load", full),
         (f"portal, half load ({r['half']['rate']:.0f}/s paced)", r["half"]),
         ("portal, one organization (big customer)", r["big"]),
@@ -266,7 +281,9 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> None:
     )
     print(
         f"  CPU per call (app workers + PostgreSQL), less noisy than calls/s on a shared machine: "
-        f"constant app {b['app_us']:.0f} us; portal {full['app_us']:.0f} + {full['pg_us']:.0f} us; "
+        f"constant app {b['app_us']:.0f} us"
+        + (f" (gthread {r['b_gthread']['app_us']:.0f} us)" if "b_gthread" in r else "")
+        + f"; portal {full['app_us']:.0f} + {full['pg_us']:.0f} us; "
         f"fast path off {r['flask']['app_us']:.0f} + {r['flask']['pg_us']:.0f} us"
     )
     print(f"  worker RSS after full load: {', '.join(f'{m:.0f}' for m in r['rss'])} MB")
@@ -317,6 +334,12 @@ def main() -> None:
     default_workers = os.environ.get("GUNICORN_WORKERS", str(max(2, os.cpu_count() or 2)))
     parser.add_argument("--workers", type=int, default=int(default_workers))
     parser.add_argument("--threads", type=int, default=int(os.environ.get("GUNICORN_THREADS", "8")))
+    parser.add_argument(
+        "--worker-class",
+        default=os.environ.get("GUNICORN_WORKER_CLASS", "gevent"),
+        choices=("gevent", "gthread"),
+        help="gunicorn worker class for (b) and the portal (gunicorn.conf.py's default: gevent)",
+    )
     parser.add_argument("--connections", type=int, default=32, help="wrk connections at full load")
     parser.add_argument("--keep", action="store_true", help="keep the benchmark database")
     args = parser.parse_args()

@@ -58,8 +58,10 @@ def register_staff_guard(app: Flask) -> None:
 
 
 def register_extensions(app: Flask) -> None:
+    from portal import green
     from portal.extensions import csrf, db, login_manager, migrate
 
+    green.init_psycopg2()  # under a gevent worker: queries yield instead of blocking the worker
     db.init_app(app)
     migrate.init_app(app, db, directory=os.path.join(os.path.dirname(__file__), "..", "migrations"))
     csrf.init_app(app)

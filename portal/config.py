@@ -57,7 +57,7 @@ class Config:
     USAGE_ROLLUP_RETENTION_DAYS = 400
     USAGE_RECENT_PER_PAGE = 50
 
-    # Key verification: "direct" = per-thread autocommit connections and buffered usage rows (see
+    # Key verification: "direct" = one autocommit connection per process and buffered usage rows (see
     # portal/api/backend.py); "session" = through db.session, usage written at once (tests).
     API_VERIFY_BACKEND = "direct"
     API_USAGE_FLUSH_INTERVAL = 0.2  # seconds; a killed worker loses at most this much of its usage rows

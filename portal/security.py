@@ -9,6 +9,8 @@ from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError
 from flask import current_app
 
+from portal import green
+
 
 def _hasher() -> PasswordHasher:
     cfg = current_app.config
@@ -21,12 +23,12 @@ def _hasher() -> PasswordHasher:
 
 
 def hash_password(password: str) -> str:
-    return _hasher().hash(password)
+    return green.offload(_hasher().hash, password)
 
 
 def verify_password(password_hash: str, password: str) -> bool:
     try:
-        return _hasher().verify(password_hash, password)
+        return green.offload(_hasher().verify, password_hash, password)
     except (VerificationError, InvalidHashError):
         return False
 

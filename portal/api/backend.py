@@ -1,7 +1,7 @@
-"""Where the verification statement runs: a per-thread autocommit connection, or the request's session.
+"""Where the verification statement runs: a per-process autocommit connection, or the request's session.
 
-``direct`` (production): each worker thread keeps its own psycopg2 connection in autocommit mode, with the
-statement prepared once, so a verification is exactly one round trip (no BEGIN/COMMIT, no pool pre-ping). It
+``direct`` (production): each worker process keeps one psycopg2 connection in autocommit mode, with the
+statements prepared once, so a verification is exactly one round trip (no BEGIN/COMMIT, no pool pre-ping). It
 runs with ``synchronous_commit = off``: the limiter's row lock is released as soon as the commit is in the WAL
 buffer instead of after the disk flush, which is what lets one organization's counter row take thousands of
 updates a second. ``session`` (tests): the statement runs on the Flask-SQLAlchemy session's connection, so it
@@ -11,10 +11,8 @@ joins the test's rolled-back transaction.
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
-import re
 import threading
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -49,54 +47,55 @@ def libpq_dsn(sqlalchemy_url: str) -> str:
 _UUID_CHARS = frozenset("0123456789abcdef-")
 
 
-def _uuid(value: str | None) -> str:
+def _checked_uuid(value: str) -> str:
     """A uuid from our own statement's ``::text``; still checked, as it is pasted into SQL."""
-    if value is None:
-        return "NULL"
-    if len(value) != 36 or not _UUID_CHARS.issuperset(value):
-        raise ValueError(f"not a uuid: {value!r}")
-    return f"'{value}'::uuid"
-
-
-# COPY's text format: backslash, tab, newline and carriage return are escaped; NULL is ``\N``.
-NULL = "\\N"
-_COPY_SPECIAL = re.compile(r"[\\\t\n\r\x00]")
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
-def _copy_text(value: str | None) -> str:
-    if value is None:
-        return NULL
-    if _COPY_SPECIAL.search(value) is None:  # the common case: nothing to escape
-        return value
-    if "\x00" in value:
-        raise ValueError("NUL in a usage row")
-    return value.translate(_COPY_ESCAPES)
-
-
-def _copy_uuid(value: str | None) -> str:
-    """A uuid from our own statement's ``::text``; checked all the same, as it is a field of the COPY data."""
-    if value is None:
-        return NULL
     if len(value) != 36 or not _UUID_CHARS.issuperset(value):
         raise ValueError(f"not a uuid: {value!r}")
     return value
 
 
-def render_usage_line(row: Row) -> str:
-    """One line of ``COPY api_key_usage … FROM STDIN`` (text format). COPY instead of a multi-row INSERT:
-    PostgreSQL skips parsing and planning a statement with thousands of literals (≈17 instead of ≈30 µs of
-    server CPU per row, measured), and rendering a line costs the writer thread less GIL time."""
-    key_id, org_id, at, endpoint, status, latency, outcome = row
+def _uuid(value: str | None) -> str:
+    return "NULL" if value is None else f"'{_checked_uuid(value)}'::uuid"
+
+
+def _element(value: str | None) -> str:
+    """One element of a PostgreSQL array literal: quoted, with ``\\`` and ``"`` escaped; ``NULL`` for None."""
+    if value is None:
+        return "NULL"
+    if "\x00" in value:
+        raise ValueError("NUL in a usage row")
+    if "\\" in value or '"' in value:
+        value = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{value}"'
+
+
+def _uuid_element(value: str | None) -> str:
+    return "NULL" if value is None else _checked_uuid(value)
+
+
+def usage_arrays(rows: Sequence[Row]) -> tuple[str, ...]:
+    """The rows as one array literal per column, the parameters of :data:`portal.api.sql.INSERT_USAGE`.
+
+    One statement with seven text parameters, whatever the batch size: PostgreSQL parses each array once
+    instead of a statement with thousands of literals, and rendering costs the writer about what a ``COPY``
+    line does. ``COPY`` itself is not an option: psycopg2 refuses it on the cooperative (gevent) connections
+    the workers use.
+    """
+    key_ids, org_ids, ats, endpoints, statuses, latencies, outcomes = zip(*rows, strict=True)
     return (
-        f"{_copy_uuid(key_id)}\t{_copy_uuid(org_id)}\t{at.isoformat()}\t{_copy_text(endpoint)}\t"
-        f"{int(status)}\t{NULL if latency is None else repr(float(latency))}\t{_copy_text(outcome)}\n"
+        "{" + ",".join(map(_uuid_element, key_ids)) + "}",
+        "{" + ",".join(map(_uuid_element, org_ids)) + "}",
+        "{" + ",".join(f'"{at.isoformat()}"' for at in ats) + "}",
+        "{" + ",".join(map(_element, endpoints)) + "}",
+        "{" + ",".join(str(int(status)) for status in statuses) + "}",
+        "{" + ",".join("NULL" if ms is None else repr(float(ms)) for ms in latencies) + "}",
+        "{" + ",".join(map(_element, outcomes)) + "}",
     )
 
 
 def write_usage_rows(cursor: Any, rows: Sequence[Row]) -> None:
-    """The usage rows in one ``COPY`` (statement-level triggers run once per batch, as for an INSERT), then
-    ``last_used_at`` of their keys (once a minute at most)."""
+    """The usage rows in one ``INSERT`` (statement-level triggers run once per batch), then ``last_used_at``
+    of their keys (once a minute at most)."""
     if not rows:
         return
     latest: dict[str, Any] = {}
@@ -104,7 +103,7 @@ def write_usage_rows(cursor: Any, rows: Sequence[Row]) -> None:
         key_id, occurred_at = row[0], row[2]
         if key_id is not None and (key_id not in latest or occurred_at > latest[key_id]):
             latest[key_id] = occurred_at
-    cursor.copy_expert(sql.COPY_USAGE, io.StringIO("".join(map(render_usage_line, rows))))
+    cursor.execute(sql.INSERT_USAGE, usage_arrays(rows))
     if latest:
         touches = ",".join(
             f"({_uuid(key_id)},'{at.isoformat()}'::timestamptz)" for key_id, at in sorted(latest.items())
@@ -126,15 +125,17 @@ class _Call:
 
 
 class DirectBackend:
-    """Per-thread autocommit connections with the verification prepared; reconnects after a failure.
+    """One autocommit connection per process with the verification prepared; reconnects after a failure.
 
-    Concurrent verifications of one process are grouped: the first thread to arrive becomes the leader and
-    runs the statement for every call queued at that moment (itself included) on its own connection, in ONE
-    grouped statement (:func:`portal.api.sql.verify_group_statement`), while the calls arriving meanwhile
-    queue; when it is done it hands the queue to the first of them, the next leader. A lone call runs at once,
-    alone, with the single-call statement: no added latency. Grouping saves PostgreSQL a statement, a commit
-    and a counter update per call (≈ 100 µs of backend CPU for one call against ≈ 30 µs per call in groups of
-    8), and the worker a round trip.
+    Concurrent verifications of one process are grouped: the first call to arrive (a thread under gthread, a
+    greenlet under gevent) becomes the leader and runs the statement for every call queued at that moment
+    (itself included), in ONE grouped statement (:func:`portal.api.sql.verify_group_statement`), while the
+    calls arriving meanwhile queue; when it is done it hands the queue to the first of them, the next leader.
+    A lone call runs at once, alone, with the single-call statement: no added latency. Grouping saves
+    PostgreSQL a statement, a commit and a counter update per call (≈ 100 µs of backend CPU for one call
+    against ≈ 30 µs per call in groups of 8), and the worker a round trip. There is one leader at a time, so
+    one connection serves the whole process (a second leader with its own connection was measured: slower at
+    full load, no better at half load).
     """
 
     def __init__(self, dsn: str, *, max_group: int = 64) -> None:
@@ -142,41 +143,28 @@ class DirectBackend:
         self.max_group = max_group
         self.groups = 0  # statements run for more than one call (observability and tests)
         self.grouped_calls = 0
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._connections: list[Any] = []
+        self._cur: Any = None  # the leader's prepared cursor, opened on first use in this process
+        self._pid = 0
         self._queue_lock = threading.Lock()
         self._queue: list[_Call] = []
         self._leading = False  # a leader is running a statement; invariant: not leading => queue empty
 
-    def connect(self, *, synchronous_commit: bool) -> Any:
-        conn = psycopg2.connect(self.dsn, application_name="procode-verify")
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute("SET TimeZone = 'UTC'")
-            if not synchronous_commit:
-                cur.execute("SET synchronous_commit = off")
-        with self._lock:
-            self._connections.append(conn)
-        return conn
-
     def _cursor(self) -> Any:
-        local = self._local
-        cur = getattr(local, "cursor", None)
-        if cur is None or cur.closed or local.pid != os.getpid():
-            conn = self.connect(synchronous_commit=False)
+        cur = self._cur
+        if cur is None or cur.closed or self._pid != os.getpid():
+            conn = psycopg2.connect(self.dsn, application_name="procode-verify")
+            conn.autocommit = True
             cur = conn.cursor()
+            cur.execute("SET TimeZone = 'UTC'")
+            cur.execute("SET synchronous_commit = off")
             cur.execute(sql.PREPARE_SQL)
             cur.execute(sql.PREPARE_GROUP_SQL)
-            local.cursor, local.pid = cur, os.getpid()
+            self._cur, self._pid = cur, os.getpid()
         return cur
 
     def _drop(self) -> None:
-        cur = getattr(self._local, "cursor", None)
-        self._local.cursor = None
-        if cur is not None:
-            with self._lock, contextlib.suppress(ValueError):
-                self._connections.remove(cur.connection)
+        cur, self._cur = self._cur, None
+        if cur is not None and self._pid == os.getpid():
             with contextlib.suppress(psycopg2.Error):
                 cur.connection.close()
 
@@ -215,7 +203,7 @@ class DirectBackend:
                 call.event.set()
 
     def verify_many(self, key_hashes: Sequence[bytes]) -> list[Row | None]:
-        """Verify the calls for ``key_hashes`` on this thread's connection: one statement, one round trip."""
+        """Verify the calls for ``key_hashes`` (by the leader): one statement, one round trip."""
         for attempt in (1, 2):
             try:
                 cur = self._cursor()
@@ -239,12 +227,7 @@ class DirectBackend:
         raise AssertionError("unreachable")
 
     def close(self) -> None:
-        with self._lock:
-            connections, self._connections = self._connections, []
-        for conn in connections:
-            with contextlib.suppress(psycopg2.Error):
-                conn.close()
-        self._local = threading.local()
+        self._drop()
 
 
 class SessionBackend:

@@ -1,7 +1,7 @@
 """Usage rows: one per answered verification, written in batches off the request path.
 
 Each worker process buffers rows in memory and a writer thread flushes them every ``interval`` seconds (or
-sooner when ``batch`` rows are waiting) as one multi-row INSERT on its own connection, with
+sooner when ``batch`` rows are waiting) as one INSERT (a column array each) on its own connection, with
 ``synchronous_commit`` on, so a flushed row is on disk. ``close()`` stops the thread and flushes what is left;
 it runs when a gunicorn worker exits (``worker_exit`` hook) and at interpreter exit, so a clean stop loses
 nothing. A worker killed with SIGKILL loses the rows still in its buffer: at most ``interval`` seconds of its

@@ -129,11 +129,13 @@ GROUP_STATEMENT_NAME = "portal_verify_group_v1"
 PREPARE_GROUP_SQL = f"PREPARE {GROUP_STATEMENT_NAME} (bytea[]) AS {verify_group_statement()}"
 EXECUTE_GROUP_SQL = f"EXECUTE {GROUP_STATEMENT_NAME} (%s)"
 
-# Usage rows are written in batches: one COPY per flush (a statement-level trigger runs once per batch), then
-# ``last_used_at`` for the keys in the batch, only where it is more than a minute old.
-COPY_USAGE = (
-    "COPY api_key_usage (key_id, organization_id, occurred_at, endpoint, status_code, latency_ms, outcome) "
-    "FROM STDIN"
+# Usage rows are written in batches: one INSERT per flush, each column an array literal (a statement-level
+# trigger runs once per batch), then ``last_used_at`` for the keys in the batch, only where it is more than a
+# minute old.
+INSERT_USAGE = (
+    "INSERT INTO api_key_usage (key_id, organization_id, occurred_at, endpoint, status_code, latency_ms, outcome) "
+    "SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::timestamptz[], %s::text[], %s::int[], %s::float8[], "
+    "%s::text[])"
 )
 TOUCH_KEYS_PREFIX = "UPDATE api_keys k SET last_used_at = v.t FROM (VALUES "
 TOUCH_KEYS_SUFFIX = (

@@ -1,0 +1,67 @@
+"""Serving under gevent (the default gunicorn worker, see gunicorn.conf.py) without stalling the event loop.
+
+A gevent worker answers all of its connections from one OS thread, switching between them whenever one waits
+for I/O. Two things in the portal would wait without switching, and stop every connection of the worker:
+
+- psycopg2 is a C extension that monkey-patching cannot reach. It offers a documented hook instead, a *wait
+  callback*: with one set, each query is sent asynchronously and waits for its socket through gevent's hub.
+- argon2id hashing is tens of milliseconds of CPU by design. It runs in gevent's thread pool, where
+  argon2-cffi releases the GIL, so the worker keeps answering meanwhile.
+
+Outside gevent (tests, ``flask run``, gthread workers) nothing here changes anything.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def active() -> bool:
+    """Whether this process runs under gevent with its sockets monkey-patched."""
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey is not None and bool(monkey.is_module_patched("socket"))
+
+
+def _wait_for_socket(conn: Any) -> None:
+    """psycopg2's wait callback: drive the asynchronous query, yielding to gevent while the socket is busy."""
+    import gevent.socket
+    from psycopg2 import OperationalError, extensions
+
+    while True:
+        state = conn.poll()
+        if state == extensions.POLL_OK:
+            return
+        if state == extensions.POLL_READ:
+            gevent.socket.wait_read(conn.fileno())
+        elif state == extensions.POLL_WRITE:
+            gevent.socket.wait_write(conn.fileno())
+        else:
+            raise OperationalError(f"unexpected poll state from psycopg2: {state!r}")
+
+
+def init_psycopg2() -> bool:
+    """Under gevent, make every psycopg2 connection of this process cooperative; returns whether it did.
+
+    Green connections cannot run ``COPY`` (psycopg2 refuses it with a wait callback), which is why the usage
+    writer sends its batches as one ``INSERT … SELECT FROM unnest(…)`` instead.
+    """
+    if not active():
+        return False
+    from psycopg2 import extensions
+
+    if extensions.get_wait_callback() is None:
+        extensions.set_wait_callback(_wait_for_socket)
+    return True
+
+
+def offload(function: Callable[..., T], *args: Any) -> T:
+    """Run CPU-heavy ``function(*args)`` in gevent's thread pool under gevent; directly otherwise."""
+    if not active():
+        return function(*args)
+    import gevent
+
+    return gevent.get_hub().threadpool.apply(function, args)  # type: ignore[no-any-return]

@@ -1,0 +1,106 @@
+"""Under gevent (the shipped gunicorn worker) a query or a password hash must not stall the worker's loop.
+
+Each test runs a small script in a fresh interpreter with gevent's monkey-patching, as a gevent worker
+does; patching the test process itself would change every other test.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from portal.api.backend import libpq_dsn
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_patched(script: str, **env: str) -> dict[str, Any]:
+    """Run ``script`` after ``gevent.monkey.patch_all()``; it prints one JSON object as its last line."""
+    code = "from gevent import monkey\nmonkey.patch_all()\n" + textwrap.dedent(script)
+    out = subprocess.run(  # noqa: S603 - our own script, run with this interpreter
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def test_a_waiting_query_lets_other_greenlets_run(database_url):
+    """Greenlet ``b`` waits in PostgreSQL for a lock that greenlet ``a`` releases only after ``b`` is waiting:
+    with blocking psycopg2 ``a`` could never run again and ``b`` would hit its lock timeout."""
+    result = run_patched(
+        """
+        import json, gevent, psycopg2
+        from portal import create_app
+        from psycopg2 import extensions
+
+        app = create_app({"SQLALCHEMY_DATABASE_URI": DSN}, env="testing")  # installs the wait callback
+        events = []
+
+        def a(holder):
+            cur = holder.cursor()
+            cur.execute("SELECT pg_advisory_lock(424242)")
+            events.append("a locked")
+            gevent.spawn(b)
+            for _ in range(1000):  # until b's query is waiting on the lock in PostgreSQL (10 s at most)
+                gevent.sleep(0.01)
+                cur.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+                if cur.fetchone()[0]:
+                    break
+            events.append("a releases")
+            cur.execute("SELECT pg_advisory_unlock(424242)")
+
+        def b():
+            conn = psycopg2.connect(DSN)
+            cur = conn.cursor()
+            cur.execute("SET lock_timeout = '5s'")
+            events.append("b waits")
+            cur.execute("SELECT pg_advisory_lock(424242)")
+            events.append("b locked")
+            conn.close()
+
+        holder = psycopg2.connect(DSN)
+        holder.autocommit = True
+        gevent.joinall([gevent.spawn(a, holder)])
+        gevent.wait(timeout=30)
+        print(json.dumps({"green": extensions.get_wait_callback() is not None, "events": events}))
+        """.replace("DSN", repr(libpq_dsn(database_url)))
+    )
+    assert result["green"]
+    assert result["events"] == ["a locked", "b waits", "a releases", "b locked"]
+
+
+def test_password_hashing_yields_to_other_greenlets(database_url):
+    """While one greenlet hashes a password (argon2id, real cost), another still gets to run: the hash
+    runs in gevent's thread pool, so it is not finished when the other greenlet looks."""
+    result = run_patched(
+        """
+        import json, gevent
+        from portal import create_app
+        from portal.security import hash_password, verify_password
+
+        app = create_app({"SQLALCHEMY_DATABASE_URI": DSN, "ARGON2_TIME_COST": 3,
+                          "ARGON2_MEMORY_COST": 65536, "ARGON2_PARALLELISM": 4}, env="testing")
+
+        def in_app(function, *args):
+            with app.app_context():  # each greenlet has its own context, as each request has
+                return function(*args)
+
+        hashing = gevent.spawn(in_app, hash_password, "correct horse battery staple")
+        seen_running = gevent.spawn(lambda: not hashing.ready()).get()
+        digest = hashing.get()
+        ok = in_app(verify_password, digest, "correct horse battery staple")
+        wrong = in_app(verify_password, digest, "wrong")
+        print(json.dumps({"seen_running": seen_running, "ok": ok, "wrong": wrong,
+                          "argon2id": digest.startswith("$argon2id$")}))
+        """.replace("DSN", repr(database_url))
+    )
+    assert result == {"seen_running": True, "ok": True, "wrong": False, "argon2id": True}
