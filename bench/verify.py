@@ -118,7 +118,9 @@ def pgbench(url: str, workdir: Path, *, big: bool, sync_commit: bool, seconds: i
         "INSERT INTO api_key_usage (key_id, organization_id, occurred_at, endpoint, status_code, latency_ms, "
         "outcome) VALUES (NULL, NULL, now(), '/bench/pgbench', 200, 0.1, 'ok');\nEND;\n"
     )
-    env = {**os.environ, "PGOPTIONS": f"-c synchronous_commit={'on' if sync_commit else 'off'}"}
+    # The session settings of the portal's verification connection (portal/api/backend.py).
+    options = f"-c synchronous_commit={'on' if sync_commit else 'off'} -c plan_cache_mode=force_generic_plan"
+    env = {**os.environ, "PGOPTIONS": options}
     out = subprocess.run(
         [
             "pgbench",
