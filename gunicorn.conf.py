@@ -15,6 +15,7 @@ workers = int(os.environ.get("GUNICORN_WORKERS", str(max(2, os.cpu_count() or 2)
 worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gevent")
 worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000"))  # per gevent worker
 threads = int(os.environ.get("GUNICORN_THREADS", "8"))  # per gthread worker
+raw_env = ["PORTAL_WEB_WORKER=1"]  # no `flask db` commands (nor Alembic's memory) in web workers
 keepalive = 30
 graceful_timeout = 30
 

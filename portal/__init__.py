@@ -59,11 +59,14 @@ def register_staff_guard(app: Flask) -> None:
 
 def register_extensions(app: Flask) -> None:
     from portal import green
-    from portal.extensions import csrf, db, login_manager, migrate
+    from portal.extensions import csrf, db, login_manager
 
     green.init_psycopg2()  # under a gevent worker: queries yield instead of blocking the worker
     db.init_app(app)
-    migrate.init_app(app, db, directory=os.path.join(os.path.dirname(__file__), "..", "migrations"))
+    if app.config["MIGRATIONS_CLI"]:
+        from flask_migrate import Migrate  # imports Alembic: only where `flask db` can run
+
+        Migrate(app, db, directory=os.path.join(os.path.dirname(__file__), "..", "migrations"))
     csrf.init_app(app)
     login_manager.init_app(app)
     login_manager.login_view = "auth.login"

@@ -62,6 +62,9 @@ class Config:
     API_VERIFY_BACKEND = "direct"
     API_USAGE_FLUSH_INTERVAL = 0.2  # seconds; a killed worker loses at most this much of its usage rows
     API_VERIFY_FAST_PATH = True  # answer POST /v1/keys/verify at the WSGI layer (portal/api/fastpath.py)
+    # `flask db …` (Flask-Migrate, Alembic). gunicorn.conf.py turns it off in web workers, which never
+    # migrate: Alembic alone is ≈ 10 MB of each worker's memory.
+    MIGRATIONS_CLI = True
 
     @classmethod
     def from_env(cls) -> dict[str, Any]:
@@ -77,6 +80,8 @@ class Config:
             values["API_VERIFY_FAST_PATH"] = os.environ["API_VERIFY_FAST_PATH"] not in ("0", "false", "no")
         if os.environ.get("API_USAGE_FLUSH_INTERVAL"):
             values["API_USAGE_FLUSH_INTERVAL"] = float(os.environ["API_USAGE_FLUSH_INTERVAL"])
+        if os.environ.get("PORTAL_WEB_WORKER"):
+            values["MIGRATIONS_CLI"] = False
         return values
 
     @classmethod

@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from flask_login import LoginManager
-from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from flask_sqlalchemy.session import Session as FlaskSession
 from flask_wtf import CSRFProtect
@@ -31,7 +30,6 @@ class PortalSession(FlaskSession):
 
 
 db = SQLAlchemy(model_class=Base, session_options={"class_": PortalSession})
-migrate = Migrate()
 
 # Models subclass ``Model``: at run time Flask-SQLAlchemy's ``db.Model``; for the type checker the typed
 # declarative base it is built on, since ``db.Model`` is created dynamically.
@@ -42,4 +40,4 @@ else:
 login_manager = LoginManager()
 csrf = CSRFProtect()
 
-__all__ = ["Model", "db", "migrate", "login_manager", "csrf", "sa"]
+__all__ = ["Model", "db", "login_manager", "csrf", "sa"]
