@@ -236,6 +236,11 @@ def measure(args: argparse.Namespace, url: str, workdir: Path, keys: list[str]) 
     out["exact"] = exact_calls(port_p, keys, 4000)
     portal.stop()
 
+    log("(b) paced at the portal's half-load rate: what this machine's scheduling costs any route")
+    const = Gunicorn("bench.constant_app:app", url, port_b, *server)
+    out["b_half"] = half_load(port_b, all_keys, out["half"]["rate"], secs)
+    const.stop()
+
     log("portal with the WSGI fast path off (every verification through Flask's full request cycle)")
     os.environ["API_VERIFY_FAST_PATH"] = "0"
     try:
@@ -272,6 +277,7 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> None:
         *([("    same under gthread (reference)", r["b_gthread"])] if "b_gthread" in r else []),
         ("portal, full load", full),
         (f"portal, half load ({r['half']['rate']:.0f}/s paced)", r["half"]),
+        ("    (b) paced at the same rate", r["b_half"]),
         ("portal, one organization (big customer)", r["big"]),
         ("portal, fast path off (Flask view)", r["flask"]),
     ]
