@@ -16,9 +16,6 @@ worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gevent")
 worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000"))  # per gevent worker
 threads = int(os.environ.get("GUNICORN_THREADS", "8"))  # per gthread worker
 raw_env = ["PORTAL_WEB_WORKER=1"]  # no `flask db` commands (nor Alembic's memory) in web workers
-# Each worker listens on its own SO_REUSEPORT socket, so the kernel spreads connections over the workers: on
-# one shared socket the busiest worker kept winning the accept race (16 connections measured all on one).
-reuse_port = True
 keepalive = 30
 graceful_timeout = 30
 
