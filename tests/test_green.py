@@ -6,31 +6,16 @@ does; patching the test process itself would change every other test.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 from typing import Any
 
 from portal.api.backend import libpq_dsn
+from tests.scripts import run_python
 
-ROOT = Path(__file__).resolve().parent.parent
 
-
-def run_patched(script: str, **env: str) -> dict[str, Any]:
-    """Run ``script`` after ``gevent.monkey.patch_all()``; it prints one JSON object as its last line."""
-    code = "from gevent import monkey\nmonkey.patch_all()\n" + textwrap.dedent(script)
-    out = subprocess.run(  # noqa: S603 - our own script, run with this interpreter
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env={"PATH": "/usr/bin:/bin", **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+def run_patched(script: str) -> dict[str, Any]:
+    """Run ``script`` after ``gevent.monkey.patch_all()``, as a gevent worker does."""
+    return run_python("from gevent import monkey\nmonkey.patch_all()\n" + textwrap.dedent(script))  # type: ignore[no-any-return]
 
 
 def test_a_waiting_query_lets_other_greenlets_run(database_url):

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
+from tests.scripts import run_python
 
-ROOT = Path(__file__).resolve().parent.parent
 PROBE = (
     "import json, sys, wsgi; "
     "print(json.dumps({'alembic': 'alembic' in sys.modules, 'db_cli': 'db' in wsgi.app.cli.commands}))"
@@ -15,17 +11,8 @@ PROBE = (
 
 
 def load_wsgi(database_url: str, **env: str) -> dict[str, bool]:
-    out = subprocess.run(  # noqa: S603 - our own module, run with this interpreter
-        [sys.executable, "-c", PROBE],
-        cwd=ROOT,
-        env={"PATH": "/usr/bin:/bin", "DATABASE_URL": database_url, "SECRET_KEY": "s" * 32,
-             "API_KEY_PEPPER": "p" * 32, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    secrets = {"DATABASE_URL": database_url, "SECRET_KEY": "s" * 32, "API_KEY_PEPPER": "p" * 32}
+    return run_python(PROBE, **secrets, **env)  # type: ignore[no-any-return]
 
 
 def test_web_workers_do_not_load_alembic(database_url):
