@@ -7,18 +7,11 @@ buffered usage writer, as gunicorn workers do, and one test runs a real gunicorn
 from __future__ import annotations
 
 import multiprocessing
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,9 +25,9 @@ from portal.keys import format as keyformat
 from portal.models import ApiKeyUsage, Organization
 from portal.plans import PLANS
 from tests import factories
+from tests.servers import gunicorn
 
 pytestmark = pytest.mark.concurrency
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -155,20 +148,9 @@ def test_no_usage_row_lost_with_buffering(committed):
     assert count == calls
 
 
-def _free_port() -> int:
-    for port in range(18150, 18200):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 18150-18199")
-
-
-def _post(port: int, body: bytes) -> int:
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{port}/v1/keys/verify",
+def _post(base: str, body: bytes) -> int:
+    req = urllib.request.Request(  # noqa: S310 - the loopback test server
+        f"{base}/v1/keys/verify",
         data=body,
         headers={"Content-Type": "application/json"},
         method="POST",
@@ -184,42 +166,14 @@ def test_gunicorn_clean_stop_writes_every_buffered_row(committed, tmp_path):
     """A real gunicorn with the shipped settings (2 gevent workers), 16 clients on one organization: rows are
     only flushed at exit here (a one-hour interval), so SIGTERM must still write them all; the workers'
     grouped verifications admit exactly the limit per minute, the same calls the clients saw answered 200."""
-    port = _free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": committed["url"],
-        "SECRET_KEY": "s" * 32,
-        "API_KEY_PEPPER": committed["pepper"],
-        "API_USAGE_FLUSH_INTERVAL": "3600",
-        "PORTAL_ENV": "production",
-        "GUNICORN_BIND": f"127.0.0.1:{port}",
-        "GUNICORN_WORKERS": "2",
-        "GUNICORN_THREADS": "2",
-    }
-    log = (tmp_path / "gunicorn.log").open("wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise AssertionError((tmp_path / "gunicorn.log").read_text()) from None
-                time.sleep(0.1)
-        bodies = [
-            f'{{"key": "{k}", "endpoint": "{committed["tag"]}"}}'.encode()
-            for k in [*committed["keys"], "pk_test_bad"]
-        ]
+    bodies = [
+        f'{{"key": "{k}", "endpoint": "{committed["tag"]}"}}'.encode() for k in [*committed["keys"], "pk_test_bad"]
+    ]
+    with gunicorn(
+        committed["url"], tmp_path, API_KEY_PEPPER=committed["pepper"], API_USAGE_FLUSH_INTERVAL="3600"
+    ) as base:
         with ThreadPoolExecutor(max_workers=16) as pool:
-            statuses = list(pool.map(lambda i: _post(port, bodies[i % 3]), range(240)))
+            statuses = list(pool.map(lambda i: _post(base, bodies[i % 3]), range(240)))
         assert set(statuses) <= {200, 401, 429}
         in_db = db.session.scalar(
             sa.select(sa.func.count())
@@ -227,10 +181,6 @@ def test_gunicorn_clean_stop_writes_every_buffered_row(committed, tmp_path):
             .where(ApiKeyUsage.endpoint == committed["tag"])
         )
         assert in_db == 0  # still buffered in the workers
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(60)
-        log.close()
     db.session.rollback()
     count = db.session.scalar(
         sa.select(sa.func.count()).select_from(ApiKeyUsage).where(ApiKeyUsage.endpoint == committed["tag"])

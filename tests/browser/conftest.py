@@ -1,24 +1,25 @@
-"""Browser tests: real Chromium (Debian's, via Playwright) against a real HTTP server on loopback.
+"""Browser tests: real Chromium (Debian's, via Playwright) against the real server on loopback.
 
-The server runs in a thread on its own freshly migrated database, so the browser sees committed data the way a
-user would; the database is dropped afterwards.
+The server is gunicorn with the shipped settings (gevent workers, production config, CSRF on, argon2id at full
+cost) on its own freshly migrated database, so the browser sees what a user of a deployment would; the
+database is dropped afterwards.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from flask_migrate import upgrade
-from werkzeug.serving import make_server
 
 from portal import create_app
 from portal.extensions import db
 from tests.conftest import drop_database, make_database
+from tests.servers import gunicorn
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -31,20 +32,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def live_server(database_server: str) -> Iterator[str]:
+def live_server(database_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     url = make_database(database_server, "browser")
-    app = create_app({"SQLALCHEMY_DATABASE_URI": url, "WTF_CSRF_ENABLED": True}, env="testing")
+    app = create_app({"SQLALCHEMY_DATABASE_URI": url}, env="testing")
     with app.app_context():
         upgrade()
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+        db.engine.dispose()
+    logs: Path = tmp_path_factory.mktemp("live-server")
     try:
-        yield f"http://127.0.0.1:{server.server_port}"
+        with gunicorn(url, logs, COOKIE_SECURE="false") as base:  # plain http on loopback
+            yield base
     finally:
-        server.shutdown()
-        with app.app_context():
-            db.engine.dispose()
         drop_database(database_server, url)
 
 

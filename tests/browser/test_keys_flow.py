@@ -1,4 +1,4 @@
-"""A new customer's first minutes, in a real browser: sign up, create a key, copy it, revoke it."""
+"""A new customer's first minutes, in a real browser: sign up, create a key, copy it, use it, revoke it."""
 
 from __future__ import annotations
 
@@ -35,11 +35,16 @@ def test_sign_up_create_copy_and_revoke_a_key(page, live_server):
     page.get_by_role("link", name="I have stored it, continue").click()
     assert secret not in page.content()
     assert page.get_by_text(keyformat.hint(secret)).is_visible()
+    verify = f"{live_server}/v1/keys/verify"
+    answer = page.request.post(verify, data={"key": secret, "endpoint": "/browser"})
+    assert answer.status == 200 and answer.json()["valid"] is True  # the same server's API knows it at once
 
     page.on("dialog", lambda dialog: dialog.accept())
     page.get_by_role("button", name="Revoke key").click()
     assert page.get_by_text("is revoked").is_visible()
     assert page.locator(".badge.status-revoked").first.is_visible()
+    answer = page.request.post(verify, data={"key": secret, "endpoint": "/browser"})
+    assert answer.status == 401 and answer.json()["code"] == "revoked"  # and the very next call is refused
 
 
 def test_reloading_the_created_page_never_shows_the_key_again(page, live_server):
