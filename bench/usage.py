@@ -244,6 +244,8 @@ def main() -> int:
         gunicorn = subprocess.Popen(  # noqa: S603
             [
                 str(ROOT / ".venv/bin/gunicorn"),
+                "-c",
+                "gunicorn.conf.py",  # the shipped settings (gevent workers), as a deployment runs
                 "-w",
                 str(args.workers),
                 "-b",
@@ -264,7 +266,7 @@ def main() -> int:
         browser = Browser(port)
         browser.login()
         print(
-            f"gunicorn: {args.workers} sync workers on 127.0.0.1:{port};"
+            f"gunicorn: {args.workers} workers (gunicorn.conf.py settings) on 127.0.0.1:{port};"
             f" {args.requests} sequential requests each"
         )
 
