@@ -16,7 +16,10 @@ worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gevent")
 worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000"))  # per gevent worker
 threads = int(os.environ.get("GUNICORN_THREADS", "8"))  # per gthread worker
 raw_env = ["PORTAL_WEB_WORKER=1"]  # no `flask db` commands (nor Alembic's memory) in web workers
-keepalive = 30
+# Idle keep-alive connections are closed after `keepalive` seconds. It must stay well under graceful_timeout:
+# a stopping gevent worker waits for its connections, idle ones too, and the master kills it at
+# graceful_timeout, before the worker_exit hook could flush the buffered usage rows.
+keepalive = 5
 graceful_timeout = 30
 
 

@@ -2,42 +2,38 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
 from portal.extensions import db
 
-_HIT = sa.text(
+_TAKE = sa.text(
     """
     INSERT INTO rate_limit_tracking (bucket, window_start, organization_id, count)
-    VALUES (:bucket, to_timestamp(floor(extract(epoch FROM now()) / :seconds) * :seconds), :org, 1)
+    VALUES (:bucket, to_timestamp(floor(extract(epoch FROM now()) / :seconds) * :seconds), NULL, 1)
     ON CONFLICT (bucket, window_start) DO UPDATE SET count = rate_limit_tracking.count + 1
-    RETURNING count
+    RETURNING count, window_start
     """
 )
-_COUNT = sa.text(
-    """
-    SELECT count FROM rate_limit_tracking
-    WHERE bucket = :bucket
-      AND window_start = to_timestamp(floor(extract(epoch FROM now()) / :seconds) * :seconds)
-    """
+_GIVE_BACK = sa.text(
+    "UPDATE rate_limit_tracking SET count = count - 1 WHERE bucket = :bucket AND window_start = :window_start"
 )
+def take(bucket: str, window: timedelta) -> tuple[int, datetime]:
+    """Count an attempt before it is made; returns the window's count including it, and the window.
+
+    Counting first (instead of checking, trying, then counting a failure) means concurrent attempts each see
+    a distinct count, so no more than the limit can be in flight at once, however many arrive together.
+    """
+    count, window_start = db.session.execute(
+        _TAKE, {"bucket": bucket, "seconds": int(window.total_seconds())}
+    ).one()
+    return int(count), window_start
 
 
-def hit(bucket: str, window: timedelta, organization_id: uuid.UUID | None = None) -> int:
-    """Count one event in the current window of ``bucket``; returns the window's count including it."""
-    return int(
-        db.session.execute(
-            _HIT, {"bucket": bucket, "seconds": int(window.total_seconds()), "org": organization_id}
-        ).scalar_one()
-    )
-
-
-def current(bucket: str, window: timedelta) -> int:
-    value = db.session.execute(_COUNT, {"bucket": bucket, "seconds": int(window.total_seconds())}).scalar()
-    return int(value or 0)
+def give_back(bucket: str, window_start: datetime) -> None:
+    """Undo :func:`take` for an attempt that turned out not to count (a successful sign-in)."""
+    db.session.execute(_GIVE_BACK, {"bucket": bucket, "window_start": window_start})
 
 
 def prune(older_than: datetime) -> int:

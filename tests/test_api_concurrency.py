@@ -6,6 +6,7 @@ buffered usage writer, as gunicorn workers do, and one test runs a real gunicorn
 
 from __future__ import annotations
 
+import http.client
 import multiprocessing
 import urllib.error
 import urllib.request
@@ -164,8 +165,9 @@ def _post(base: str, body: bytes) -> int:
 
 def test_gunicorn_clean_stop_writes_every_buffered_row(committed, tmp_path):
     """A real gunicorn with the shipped settings (2 gevent workers), 16 clients on one organization: rows are
-    only flushed at exit here (a one-hour interval), so SIGTERM must still write them all; the workers'
-    grouped verifications admit exactly the limit per minute, the same calls the clients saw answered 200."""
+    only flushed at exit here (a one-hour interval), so SIGTERM must still write them all, also with an idle
+    keep-alive client still connected (a gateway's pool); the workers' grouped verifications admit exactly the
+    limit per minute, the same calls the clients saw answered 200."""
     bodies = [
         f'{{"key": "{k}", "endpoint": "{committed["tag"]}"}}'.encode() for k in [*committed["keys"], "pk_test_bad"]
     ]
@@ -174,6 +176,9 @@ def test_gunicorn_clean_stop_writes_every_buffered_row(committed, tmp_path):
     ) as base:
         with ThreadPoolExecutor(max_workers=16) as pool:
             statuses = list(pool.map(lambda i: _post(base, bodies[i % 3]), range(240)))
+        idle = http.client.HTTPConnection(base.removeprefix("http://"), timeout=60)  # kept alive during the stop
+        idle.request("POST", "/v1/keys/verify", bodies[2], {"Content-Type": "application/json"})
+        statuses.append(idle.getresponse().status)
         assert set(statuses) <= {200, 401, 429}
         in_db = db.session.scalar(
             sa.select(sa.func.count())
@@ -185,6 +190,7 @@ def test_gunicorn_clean_stop_writes_every_buffered_row(committed, tmp_path):
     count = db.session.scalar(
         sa.select(sa.func.count()).select_from(ApiKeyUsage).where(ApiKeyUsage.endpoint == committed["tag"])
     )
+    idle.close()
     assert count == len(statuses)
     windows = per_minute(committed["org_id"])
     assert sum(total for _, total in windows) == statuses.count(200) + statuses.count(429) == 160

@@ -62,6 +62,19 @@ def test_login_throttles_repeated_failures_per_account(client, app):
     assert "Too many failed sign-in attempts" in response.get_data(as_text=True)
 
 
+def test_successful_sign_ins_do_not_count_towards_the_throttle(client, app):
+    """Every attempt is counted before the password check (so concurrent guesses cannot all slip through);
+    a successful one gives its count back, so signing in often never locks anyone out."""
+    user = factories.user()
+    limit = app.config["LOGIN_MAX_FAILURES_PER_ACCOUNT"]
+    for _ in range(limit + 2):
+        assert client.post("/login", data={"email": user.email, "password": factories.PASSWORD}).status_code == 302
+        client.post("/logout", data={})
+    for _ in range(limit):
+        assert client.post("/login", data={"email": user.email, "password": "wrong password!"}).status_code == 401
+    assert client.post("/login", data={"email": user.email, "password": factories.PASSWORD}).status_code == 429
+
+
 def test_login_throttles_per_ip_across_accounts(client, app):
     limit = app.config["LOGIN_MAX_FAILURES_PER_IP"]
     for n in range(limit):

@@ -37,7 +37,9 @@ def test_a_waiting_query_lets_other_greenlets_run(database_url):
             gevent.spawn(b)
             for _ in range(1000):  # until b's query is waiting on the lock in PostgreSQL (10 s at most)
                 gevent.sleep(0.01)
-                cur.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+                cur.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 424242 "
+                            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+                            "AND NOT granted")
                 if cur.fetchone()[0]:
                     break
             events.append("a releases")

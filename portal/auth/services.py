@@ -111,20 +111,26 @@ def _throttle_buckets(email: str, ip: str | None) -> list[tuple[str, int]]:
 
 
 def authenticate(email: str, password: str, ip: str | None) -> User:
-    """The user for these credentials, or ``AuthError``. Failures count per account and per address."""
+    """The user for these credentials, or ``AuthError``. Failures count per account and per address.
+
+    Each attempt is counted (and committed) before the password is checked, and given back if it succeeds:
+    with a gevent worker holding hundreds of connections, checking the counters first and counting the
+    failure after the ≈ 100 ms hash would let every attempt that arrived meanwhile through.
+    """
     window = current_app.config["LOGIN_THROTTLE_WINDOW"]
-    buckets = _throttle_buckets(email, ip)
-    if any(ratelimit.current(bucket, window) >= limit for bucket, limit in buckets):
+    taken = [(bucket, limit, *ratelimit.take(bucket, window)) for bucket, limit in _throttle_buckets(email, ip)]
+    db.session.commit()
+    if any(count > limit for _, limit, count, _ in taken):
         raise Throttled("Too many failed sign-in attempts. Wait a few minutes and try again.")
 
     user = find_user_by_email(email)
     if user is None:
         burn_password_check(password)
     if user is None or not verify_password(user.password_hash, password) or not user.is_active:
-        for bucket, _ in buckets:
-            ratelimit.hit(bucket, window)
-        db.session.commit()
-        raise AuthError("Invalid email or password.")
+        raise AuthError("Invalid email or password.")  # the attempt stays counted: a failure
+
+    for bucket, _, _, window_start in taken:
+        ratelimit.give_back(bucket, window_start)
 
     if password_needs_rehash(user.password_hash):
         user.password_hash = hash_password(password)
