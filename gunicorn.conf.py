@@ -29,3 +29,10 @@ def worker_exit(server, worker):  # noqa: ARG001 - gunicorn's hook signature
     close = getattr(getattr(app, "extensions", {}).get("portal.verifier"), "close", None)
     if close is not None:
         close()
+
+
+def on_starting(server):
+    """Refuse --preload with gevent: the app would be built before gevent patches the process, so psycopg2
+    and the usage writer would block each worker's event loop instead of yielding."""
+    if server.cfg.preload_app and server.cfg.worker_class_str == "gevent":
+        raise RuntimeError("--preload is not supported with gevent workers (see gunicorn.conf.py)")

@@ -22,7 +22,10 @@ class Config:
     SECRET_KEY: str | None = None
     API_KEY_PEPPER: str | None = None
     DATABASE_URL: str | None = None
-    SQLALCHEMY_ENGINE_OPTIONS: dict[str, Any] = {"pool_pre_ping": True}
+    # Per worker process. A gevent worker can have hundreds of page requests in flight, and a request beyond
+    # the pool waits (cooperatively) for a connection: 10 + 20 overflow per worker, plus the verification and
+    # usage-writer connections, keeps two workers at about 64 connections, under PostgreSQL's default 100.
+    SQLALCHEMY_ENGINE_OPTIONS: dict[str, Any] = {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20}
 
     SESSION_COOKIE_NAME = "procode_session"
     SESSION_COOKIE_HTTPONLY = True

@@ -6,11 +6,14 @@ does; patching the test process itself would change every other test.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import textwrap
 from typing import Any
 
 from portal.api.backend import libpq_dsn
-from tests.scripts import run_python
+from tests.scripts import ROOT, run_python
 
 
 def run_patched(script: str) -> dict[str, Any]:
@@ -91,3 +94,51 @@ def test_password_hashing_yields_to_other_greenlets(database_url):
         """.replace("DSN", repr(database_url))
     )
     assert result == {"seen_running": True, "ok": True, "wrong": False, "argon2id": True}
+
+
+def test_a_killed_waiter_does_not_stall_the_next_verifications():
+    """A greenlet killed while it waits in the queue (first in line to lead the next group) leaves it: the
+    calls queued behind it and every later call are still answered, instead of waiting for a dead leader."""
+    result = run_patched(
+        """
+        import json, gevent
+        from gevent.event import Event
+        from portal.api.backend import DirectBackend
+
+        backend = DirectBackend("postgresql://unused")
+        release, groups = Event(), []
+
+        def verify_many(hashes):  # stands in for the database: the first group waits until released
+            groups.append(len(hashes))
+            if len(groups) == 1:
+                release.wait()
+            return [None] * len(hashes)
+
+        backend.verify_many = verify_many
+        leader = gevent.spawn(backend.verify, b"a")
+        gevent.sleep(0)
+        doomed, behind = gevent.spawn(backend.verify, b"b"), gevent.spawn(backend.verify, b"c")
+        gevent.sleep(0)  # both queue behind the leader's group; the doomed call is next in line to lead
+        doomed.kill()
+        release.set()
+        behind.join(timeout=5)
+        later = gevent.spawn(backend.verify, b"d")
+        later.join(timeout=5)
+        print(json.dumps({"behind": behind.successful(), "later": later.successful(), "groups": groups}))
+        """
+    )
+    assert result == {"behind": True, "later": True, "groups": [1, 1, 1]}
+
+
+def test_gunicorn_refuses_preload_with_gevent(database_url):
+    """With --preload the app would be built before gevent patches the process (blocking queries)."""
+    out = subprocess.run(  # noqa: S603 - our own server, run with this interpreter
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--preload", "-b", "127.0.0.1:0", "wsgi:app"],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": database_url, "SECRET_KEY": "s" * 32, "API_KEY_PEPPER": "p" * 32},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode != 0
+    assert "--preload is not supported with gevent workers" in out.stdout + out.stderr

@@ -178,12 +178,30 @@ class DirectBackend:
             self._queue.append(call)
             lead, self._leading = not self._leading, True
         if not lead:
-            call.event.wait()  # set when the call is answered, or when it is to lead the next group
+            try:
+                call.event.wait()  # set when the call is answered, or when it is to lead the next group
+            except BaseException:  # the waiting greenlet was killed or timed out
+                self._abandon(call)
+                raise
         if not call.done:
             self._lead()
         if call.error is not None:
             raise call.error
         return call.row
+
+    def _abandon(self, call: _Call) -> None:
+        """An interrupted waiting call leaves the queue, passing the lead on if it had just been handed to it:
+        otherwise no one would lead again and every later call of the process would wait forever."""
+        with self._queue_lock:
+            if call not in self._queue:
+                return  # already in the group being run: its leader answers it, and nobody waits on it
+            handed_the_lead = self._queue[0] is call and call.event.is_set()
+            self._queue.remove(call)
+            if handed_the_lead:
+                if self._queue:
+                    self._queue[0].event.set()
+                else:
+                    self._leading = False
 
     def _lead(self) -> None:
         """Run the queued calls (this thread's one among them) as one group, then pass the lead on."""
