@@ -190,6 +190,14 @@ def checks(url: str) -> dict[str, Any]:
         counter_mismatch = cur.fetchone()[0]
         cur.execute("SELECT outcome, count(*) FROM api_key_usage GROUP BY 1")
         outcomes = dict(cur.fetchall())
+        # The tables every verification churns, which the usage writer folds and vacuums (portal/api/recorder.py).
+        cur.execute(
+            "SELECT relname, pg_total_relation_size(oid) FROM pg_class WHERE relname = ANY(%s) ORDER BY 1",
+            (list(sql.HOT_TABLES),),
+        )
+        hot_tables = cur.fetchall()
+        cur.execute("SHOW autovacuum")
+        autovacuum = cur.fetchone()[0]
     conn.close()
     return {
         "rows": rows,
@@ -198,6 +206,8 @@ def checks(url: str) -> dict[str, Any]:
         "busiest_window": busiest,
         "counter_mismatch": counter_mismatch,
         "outcomes": outcomes,
+        "hot_tables": hot_tables,
+        "autovacuum": autovacuum,
     }
 
 
@@ -307,6 +317,8 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> None:
         f"{'EQUAL' if exact == r['exact'] else 'MISMATCH'}"
     )
     print(f"  outcomes: {c['outcomes']}")
+    sizes = ", ".join(f"{name} {size / 1024:.0f} kB" for name, size in c["hot_tables"])
+    print(f"  churned tables after the run: {sizes} (autovacuum {c['autovacuum']})")
     print(
         f"  limiter: {c['windows']} organization-minutes checked, {c['violations']} with admitted != "
         f"min(limit, calls); {c['counter_mismatch']} counters disagree with usage rows; "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import multiprocessing
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from portal.api import sql
 from portal.api.backend import DirectBackend, libpq_dsn
 from portal.api.recorder import BufferedRecorder
 from portal.api.services import Verifier
@@ -287,3 +289,59 @@ def test_finished_api_windows_are_pruned_on_the_fly(committed):
         sa.text("DELETE FROM rate_limit_tracking WHERE bucket = :b"), {"b": f"login:{committed['tag']}"}
     )
     db.session.commit()
+
+
+def _rollup_state(org_id: uuid.UUID) -> tuple[int, int]:
+    """(pending sums, calls folded into the hourly rollup) for the organization, in a fresh snapshot."""
+    db.session.commit()
+    pending = db.session.scalar(
+        sa.text("SELECT count(*) FROM usage_rollup_pending WHERE organization_id = :org"), {"org": org_id}
+    )
+    folded = db.session.scalar(
+        sa.text("SELECT coalesce(sum(calls), 0) FROM usage_org_hourly WHERE organization_id = :org"),
+        {"org": org_id},
+    )
+    return int(pending or 0), int(folded or 0)
+
+
+def _vacuums() -> int:
+    """Manual (not autovacuum) VACUUMs of the tables the usage writer keeps small, so far."""
+    db.session.commit()  # statistics are read once per transaction
+    return int(
+        db.session.scalar(
+            sa.text("SELECT sum(vacuum_count) FROM pg_stat_user_tables WHERE relname = ANY(:tables)"),
+            {"tables": list(sql.HOT_TABLES)},
+        )
+        or 0
+    )
+
+
+def test_maintain_folds_the_pending_sums(committed):
+    dsn = libpq_dsn(committed["url"])
+    verifier = Verifier(DirectBackend(dsn), BufferedRecorder(dsn, interval=3600), committed["pepper"])
+    for _ in range(3):
+        assert verifier.verify(committed["keys"][0], committed["tag"]).outcome == "ok"
+    recorder = verifier.recorder
+    assert isinstance(recorder, BufferedRecorder)
+    recorder.flush()
+    pending, folded = _rollup_state(committed["org_id"])
+    assert pending + folded >= 1  # the trigger queued the sums (or, 1 time in 100, folded them itself)
+    recorder.maintain()
+    assert _rollup_state(committed["org_id"]) == (0, 3)
+    verifier.close()
+
+
+def test_usage_writer_folds_and_vacuums_on_its_own(committed):
+    """Between flushes the writer folds and vacuums, so the churned tables stay small without autovacuum."""
+    vacuums = _vacuums()
+    dsn = libpq_dsn(committed["url"])
+    recorder = BufferedRecorder(dsn, interval=0.02, maintain_every=0.1)
+    verifier = Verifier(DirectBackend(dsn), recorder, committed["pepper"])
+    for _ in range(5):
+        verifier.verify(committed["keys"][1], committed["tag"])
+    deadline = time.monotonic() + 20
+    while (_rollup_state(committed["org_id"]) != (0, 5) or _vacuums() <= vacuums) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    verifier.close()
+    assert _rollup_state(committed["org_id"]) == (0, 5)
+    assert _vacuums() > vacuums
