@@ -149,10 +149,6 @@ PRUNE_API_WINDOWS_SQL = (
     f"AND window_start < statement_timestamp() - interval '{2 * WINDOW_SECONDS} seconds'"
 )
 
-# The writer's housekeeping (portal/api/recorder.py). Folding takes the trigger's advisory lock without waiting
-# (migration 0003's FOLD_LOCK): when a page or another worker is folding, this worker leaves it to them.
-FOLD_LOCK = 7_201_004
-FOLD_IF_FREE_SQL = f"SELECT CASE WHEN pg_try_advisory_xact_lock({FOLD_LOCK}) THEN usage_rollup_fold() END"
 # The tables every verification churns: pending sums are appended and deleted (one row per key per flush), and
 # finished limiter windows are deleted. Vacuumed here as well as by autovacuum, which may be off or a minute
 # behind: unvacuumed, the pending table grows without bound and every fold scans all of it.
