@@ -16,8 +16,22 @@ from portal.extensions import db
 T = TypeVar("T")
 
 
+# libpq settings every connection of the app gets unless the URL sets them: give up connecting after 5 s,
+# notice a silently vanished server within about a minute when idle (keepalives), and drop a connection whose
+# sent data stays unacknowledged for 15 s (a black-holed server mid-query; a slow query sends nothing, so it
+# is not affected). libpq's defaults wait for as long as TCP does: minutes, with the request still held.
+CONNECTION_DEFAULTS = {
+    "connect_timeout": "5",
+    "keepalives_idle": "30",
+    "keepalives_interval": "10",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "15000",
+}
+
+
 def normalize_url(url: str) -> str:
-    """Pin bare ``postgres://`` / ``postgresql://`` URLs to psycopg2 (SQLAlchemy 2.1 defaults to psycopg 3)."""
+    """Pin bare ``postgres://`` / ``postgresql://`` URLs to psycopg2 (SQLAlchemy 2.1 defaults to psycopg 3) and
+    add :data:`CONNECTION_DEFAULTS` that the URL does not set itself."""
     if url.startswith("postgres://"):
         url = "postgresql://" + url[len("postgres://") :]
     parsed = make_url(url)
@@ -25,7 +39,8 @@ def normalize_url(url: str) -> str:
         parsed = parsed.set(drivername="postgresql+psycopg2")
     if not parsed.drivername.startswith("postgresql"):
         raise ValueError(f"only PostgreSQL is supported, got {parsed.drivername!r}")
-    return parsed.render_as_string(hide_password=False)
+    missing = {name: value for name, value in CONNECTION_DEFAULTS.items() if name not in parsed.query}
+    return parsed.update_query_dict(missing).render_as_string(hide_password=False)
 
 
 def redacted(url: str | URL) -> str:

@@ -26,6 +26,21 @@ def active() -> bool:
     return monkey is not None and bool(monkey.is_module_patched("socket"))
 
 
+def _connect_timeout(conn: Any) -> float | None:
+    """The connection's ``connect_timeout`` while it is still being set up, else None (queries wait freely).
+
+    libpq enforces ``connect_timeout`` only in its blocking connect; on a cooperative connection the caller
+    has to, or a database host that accepts TCP but never answers (a hung server, a black-holing firewall)
+    would hold the connecting greenlet, and every verification queued behind it, until TCP gave up.
+    """
+    from psycopg2 import extensions
+
+    if conn.status in (extensions.STATUS_READY, extensions.STATUS_BEGIN, extensions.STATUS_PREPARED):
+        return None
+    seconds = int(conn.get_dsn_parameters().get("connect_timeout") or 0)
+    return float(max(seconds, 2)) if seconds > 0 else None  # libpq's own floor is 2 s
+
+
 def _wait_for_socket(conn: Any) -> None:
     """psycopg2's wait callback: drive the asynchronous query, yielding to gevent while the socket is busy."""
     import gevent.socket
@@ -35,12 +50,16 @@ def _wait_for_socket(conn: Any) -> None:
         state = conn.poll()
         if state == extensions.POLL_OK:
             return
-        if state == extensions.POLL_READ:
-            gevent.socket.wait_read(conn.fileno())
-        elif state == extensions.POLL_WRITE:
-            gevent.socket.wait_write(conn.fileno())
-        else:
-            raise OperationalError(f"unexpected poll state from psycopg2: {state!r}")
+        timeout = _connect_timeout(conn)
+        try:
+            if state == extensions.POLL_READ:
+                gevent.socket.wait_read(conn.fileno(), timeout=timeout)
+            elif state == extensions.POLL_WRITE:
+                gevent.socket.wait_write(conn.fileno(), timeout=timeout)
+            else:
+                raise OperationalError(f"unexpected poll state from psycopg2: {state!r}")
+        except TimeoutError:
+            raise OperationalError(f"timeout expired: no answer from the database within {timeout:.0f} s") from None
 
 
 def init_psycopg2() -> bool:

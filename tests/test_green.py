@@ -142,3 +142,54 @@ def test_gunicorn_refuses_preload_with_gevent(database_url):
     )
     assert out.returncode != 0
     assert "--preload is not supported with gevent workers" in out.stdout + out.stderr
+
+
+def test_a_silent_database_fails_the_connection_after_connect_timeout(database_url):
+    """A host that accepts TCP but never answers (a hung server) must not hold a cooperative connection for
+    as long as TCP waits: it fails after ``connect_timeout``, the loop keeps running meanwhile, and the
+    verification answers 503; a slow query on a connection already made is not cut short."""
+    result = run_patched(
+        """
+        import json, socket, time, gevent, psycopg2
+        import sqlalchemy as sa
+        from portal import create_app
+        from portal.api.backend import DatabaseUnavailable, DirectBackend, libpq_dsn
+
+        app = create_app({"SQLALCHEMY_DATABASE_URI": DSN}, env="testing")
+        silent = socket.socket()
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel completes the handshake; nobody ever reads or writes
+        url = "postgresql://nobody@127.0.0.1:%d/none?connect_timeout=2" % silent.getsockname()[1]
+        ticks = []
+        ticker = gevent.spawn(lambda: [ticks.append(gevent.sleep(0.1)) for _ in range(1000)])
+        started = time.monotonic()
+        try:
+            psycopg2.connect(libpq_dsn(url))
+            error = None
+        except psycopg2.OperationalError as exc:
+            error = str(exc)
+        connect_s = time.monotonic() - started
+        backend = DirectBackend(libpq_dsn(url))
+        started = time.monotonic()
+        try:
+            backend.verify(b"x" * 32)
+            verify = "answered"
+        except DatabaseUnavailable:
+            verify = "unavailable"
+        verify_s = time.monotonic() - started
+        quick = sa.make_url(DSN).update_query_dict({"connect_timeout": "2"})
+        conn = psycopg2.connect(libpq_dsn(quick.render_as_string(hide_password=False)))
+        cur = conn.cursor()
+        cur.execute("SELECT pg_sleep(3), 'slept'")
+        slow = cur.fetchone()[1]
+        ticker.kill()
+        print(json.dumps({"error": error, "connect_s": connect_s, "ticks": len(ticks), "verify": verify,
+                          "verify_s": verify_s, "slow": slow}))
+        """.replace("DSN", repr(database_url))
+    )
+    assert result["error"] and "timeout expired" in result["error"]
+    assert 1.5 < result["connect_s"] < 10
+    assert result["ticks"] >= 10  # the event loop ran while the connection waited
+    assert result["verify"] == "unavailable"
+    assert result["verify_s"] < 20  # two attempts, each cut off at the timeout
+    assert result["slow"] == "slept"
