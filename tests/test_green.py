@@ -10,9 +10,10 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from typing import Any
 
-from portal.api.backend import libpq_dsn
+from portal.api.backend import DirectBackend, _Call, libpq_dsn
 from tests.scripts import ROOT, run_python
 
 
@@ -128,6 +129,25 @@ def test_a_killed_waiter_does_not_stall_the_next_verifications():
         """
     )
     assert result == {"behind": True, "later": True, "groups": [1, 1, 1]}
+
+
+def test_a_waiter_killed_just_after_being_handed_the_lead_passes_it_on():
+    """The lead was handed to a queued call (its event set) and its greenlet dies before it runs (a timeout
+    firing in the same loop turn): it must pass the lead on, or every later call of the worker would wait.
+    The moment cannot be staged through gevent's scheduler reliably, so the queue is set up as it is then."""
+    backend = DirectBackend("postgresql://unused")
+    backend.verify_many = lambda hashes: [None] * len(hashes)  # type: ignore[method-assign]
+    doomed, behind = _Call(b"b"), _Call(b"c")
+    backend._queue, backend._leading = [doomed, behind], True
+    doomed.event.set()  # handed the lead by the group that just finished
+    backend._abandon(doomed)
+    assert backend._queue == [behind] and behind.event.is_set() and backend._leading
+    backend._abandon(behind)  # the next one dies the same way: nobody is left to lead
+    assert backend._queue == [] and not backend._leading
+    later = threading.Thread(target=backend.verify, args=(b"d",), daemon=True)
+    later.start()
+    later.join(timeout=5)
+    assert not later.is_alive()  # it led its own group instead of waiting for a dead leader
 
 
 def test_gunicorn_refuses_preload_with_gevent(database_url):
