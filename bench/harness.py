@@ -233,11 +233,14 @@ def with_cpu(run: Callable[[], dict[str, Any]], url: str, server: Gunicorn | Non
     """Run ``run()`` (a wrk call) and add the app's and PostgreSQL's CPU microseconds per answered call."""
     workers = server.worker_pids() if server else []
     pg = backend_pids(url)
-    app0, pg0 = cpu_seconds(workers), cpu_seconds(pg)
+    each0, pg0 = [cpu_seconds([pid]) for pid in workers], cpu_seconds(pg)
     result: dict[str, Any] = run()
     calls = max(1, result["requests"])
-    result["app_us"] = (cpu_seconds(workers) - app0) * 1e6 / calls
+    each = [cpu_seconds([pid]) - before for pid, before in zip(workers, each0, strict=True)]
+    result["app_us"] = sum(each) * 1e6 / calls
     result["pg_us"] = (cpu_seconds(pg) - pg0) * 1e6 / calls
+    # How the work fell on the workers: a keep-alive connection stays with the worker that accepted it.
+    result["worker_share"] = [round(100 * e / sum(each)) for e in each] if sum(each) > 0 else []
     return result
 
 

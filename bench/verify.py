@@ -241,14 +241,14 @@ def measure(args: argparse.Namespace, url: str, workdir: Path, keys: list[str]) 
     out["warmup"] = wrk(port_p, all_keys, "/bench/warmup", 3, conns)
     out["full"] = full = with_cpu(lambda: wrk(port_p, all_keys, "/bench/full", secs, conns), url, portal)
     out["rss"] = portal.worker_rss_mb()
-    out["half"] = half_load(port_p, all_keys, full["rate"] / 2, secs)
+    out["half"] = with_cpu(lambda: half_load(port_p, all_keys, full["rate"] / 2, secs), url, portal)
     out["big"] = wrk(port_p, big_keys, "/bench/big", secs, conns)
     out["exact"] = exact_calls(port_p, keys, 4000)
     portal.stop()
 
     log("(b) paced at the portal's half-load rate: what this machine's scheduling costs any route")
     const = Gunicorn("bench.constant_app:app", url, port_b, *server)
-    out["b_half"] = half_load(port_b, all_keys, out["half"]["rate"], secs)
+    out["b_half"] = with_cpu(lambda: half_load(port_b, all_keys, out["half"]["rate"], secs), url, const)
     const.stop()
 
     log("portal with the WSGI fast path off (every verification through Flask's full request cycle)")
@@ -303,6 +303,13 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> None:
         + (f" (gthread {r['b_gthread']['app_us']:.0f} us)" if "b_gthread" in r else "")
         + f"; portal {full['app_us']:.0f} + {full['pg_us']:.0f} us; "
         f"fast path off {r['flask']['app_us']:.0f} + {r['flask']['pg_us']:.0f} us"
+    )
+    half, b_half = r["half"], r["b_half"]
+    print(
+        f"  at half load: CPU per call constant app {b_half['app_us']:.0f} us, portal {half['app_us']:.0f} + "
+        f"{half['pg_us']:.0f} us (fewer calls per wake-up than at full load); worker CPU split "
+        f"{'/'.join(f'{p}%' for p in full['worker_share'])} at full load, "
+        f"{'/'.join(f'{p}%' for p in half['worker_share'])} at half"
     )
     print(f"  worker RSS after full load: {', '.join(f'{m:.0f}' for m in r['rss'])} MB")
     for label in ("warmup", "full", "half", "big", "flask"):
