@@ -158,15 +158,22 @@ def wrk(
     return data
 
 
-def half_load(port: int, keys: Path, target: float, seconds: int) -> dict[str, Any]:
+def half_load(
+    port: int,
+    keys: Path,
+    target: float,
+    seconds: int,
+    measure: Callable[[Callable[[], dict[str, Any]]], dict[str, Any]] = lambda run: run(),
+) -> dict[str, Any]:
     """wrk paced to ``target`` calls/s: each connection waits between calls (wrk's delay, whole ms),
-    calibrated once so that wait + latency gives the target rate."""
+    calibrated once so that wait + latency gives the target rate. ``measure`` wraps the measured run only
+    (not the calibration), e.g. to count its CPU."""
     conns = 16
     delay = max(1, round(conns * 1000 / target))
     probe = wrk(port, keys, "/bench/probe", 3, conns, delay_ms=delay)
     latency_ms = conns * 1000 / probe["rate"] - delay  # what each call adds to the wait
     delay = max(1, round(conns * 1000 / target - latency_ms))
-    return wrk(port, keys, "/bench/half", seconds, conns, delay_ms=delay)
+    return measure(lambda: wrk(port, keys, "/bench/half", seconds, conns, delay_ms=delay))
 
 
 def exact_calls(port: int, keys: list[str], calls: int) -> int:

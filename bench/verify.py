@@ -190,7 +190,7 @@ def checks(url: str) -> dict[str, Any]:
         counter_mismatch = cur.fetchone()[0]
         cur.execute("SELECT outcome, count(*) FROM api_key_usage GROUP BY 1")
         outcomes = dict(cur.fetchall())
-        # The tables every verification churns, which the usage writer folds and vacuums (portal/api/recorder.py).
+        # The tables every verification churns, which the usage writer vacuums (portal/api/recorder.py).
         cur.execute(
             "SELECT relname, pg_total_relation_size(oid) FROM pg_class WHERE relname = ANY(%s) ORDER BY 1",
             (list(sql.HOT_TABLES),),
@@ -241,14 +241,14 @@ def measure(args: argparse.Namespace, url: str, workdir: Path, keys: list[str]) 
     out["warmup"] = wrk(port_p, all_keys, "/bench/warmup", 3, conns)
     out["full"] = full = with_cpu(lambda: wrk(port_p, all_keys, "/bench/full", secs, conns), url, portal)
     out["rss"] = portal.worker_rss_mb()
-    out["half"] = with_cpu(lambda: half_load(port_p, all_keys, full["rate"] / 2, secs), url, portal)
+    out["half"] = half_load(port_p, all_keys, full["rate"] / 2, secs, lambda run: with_cpu(run, url, portal))
     out["big"] = wrk(port_p, big_keys, "/bench/big", secs, conns)
     out["exact"] = exact_calls(port_p, keys, 4000)
     portal.stop()
 
     log("(b) paced at the portal's half-load rate: what this machine's scheduling costs any route")
     const = Gunicorn("bench.constant_app:app", url, port_b, *server)
-    out["b_half"] = with_cpu(lambda: half_load(port_b, all_keys, out["half"]["rate"], secs), url, const)
+    out["b_half"] = half_load(port_b, all_keys, out["half"]["rate"], secs, lambda run: with_cpu(run, url, const))
     const.stop()
 
     log("portal with the WSGI fast path off (every verification through Flask's full request cycle)")

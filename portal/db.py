@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 import warnings
 from pathlib import Path
@@ -39,8 +40,18 @@ def normalize_url(url: str) -> str:
         parsed = parsed.set(drivername="postgresql+psycopg2")
     if not parsed.drivername.startswith("postgresql"):
         raise ValueError(f"only PostgreSQL is supported, got {parsed.drivername!r}")
-    missing = {name: value for name, value in CONNECTION_DEFAULTS.items() if name not in parsed.query}
-    return parsed.update_query_dict(missing).render_as_string(hide_password=False)
+    return parsed.update_query_dict(_missing_defaults(parsed)).render_as_string(hide_password=False)
+
+
+def _missing_defaults(url: URL) -> dict[str, str]:
+    """The defaults neither the URL nor libpq's own configuration sets: a URL parameter would override
+    ``PGCONNECT_TIMEOUT`` and a service file (``service=``, ``PGSERVICE``), so those are left to speak."""
+    if "service" in url.query or os.environ.get("PGSERVICE"):
+        return {}
+    missing = {name: value for name, value in CONNECTION_DEFAULTS.items() if name not in url.query}
+    if os.environ.get("PGCONNECT_TIMEOUT"):
+        missing.pop("connect_timeout", None)
+    return missing
 
 
 def redacted(url: str | URL) -> str:

@@ -13,8 +13,10 @@ Outside gevent (tests, ``flask run``, gthread workers) nothing here changes anyt
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -26,19 +28,25 @@ def active() -> bool:
     return monkey is not None and bool(monkey.is_module_patched("socket"))
 
 
-def _connect_timeout(conn: Any) -> float | None:
-    """The connection's ``connect_timeout`` while it is still being set up, else None (queries wait freely).
+def _connect_deadline(conn: Any) -> float | None:
+    """When the connection being set up must be given up (``connect_timeout``), else None (queries wait freely).
 
     libpq enforces ``connect_timeout`` only in its blocking connect; on a cooperative connection the caller
     has to, or a database host that accepts TCP but never answers (a hung server, a black-holing firewall)
-    would hold the connecting greenlet, and every verification queued behind it, until TCP gave up.
+    would hold the connecting greenlet, and every verification queued behind it, until TCP gave up. The
+    deadline covers the whole handshake, as libpq's does, not each wait of it. (A URL listing several hosts
+    gives up at the first that times out, where blocking libpq would try the next.)
     """
-    from psycopg2 import extensions
+    from psycopg2 import OperationalError, extensions
 
     if conn.status in (extensions.STATUS_READY, extensions.STATUS_BEGIN, extensions.STATUS_PREPARED):
         return None
-    seconds = int(conn.get_dsn_parameters().get("connect_timeout") or 0)
-    return float(max(seconds, 2)) if seconds > 0 else None  # libpq's own floor is 2 s
+    raw = conn.get_dsn_parameters().get("connect_timeout") or "0"
+    try:
+        seconds = int(raw)
+    except ValueError:  # what blocking libpq says of it
+        raise OperationalError(f'invalid integer value "{raw}" for connection option "connect_timeout"') from None
+    return time.monotonic() + max(seconds, 2) if seconds > 0 else None  # libpq's own floor is 2 s
 
 
 def _wait_for_socket(conn: Any) -> None:
@@ -46,11 +54,12 @@ def _wait_for_socket(conn: Any) -> None:
     import gevent.socket
     from psycopg2 import OperationalError, extensions
 
+    deadline = _connect_deadline(conn)
     while True:
         state = conn.poll()
         if state == extensions.POLL_OK:
             return
-        timeout = _connect_timeout(conn)
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
             if state == extensions.POLL_READ:
                 gevent.socket.wait_read(conn.fileno(), timeout=timeout)
@@ -59,7 +68,26 @@ def _wait_for_socket(conn: Any) -> None:
             else:
                 raise OperationalError(f"unexpected poll state from psycopg2: {state!r}")
         except TimeoutError:
-            raise OperationalError(f"timeout expired: no answer from the database within {timeout:.0f} s") from None
+            if deadline is None or time.monotonic() < deadline:
+                raise  # not this wait's own timeout: a caller's deadline, say
+            raise OperationalError("timeout expired: the database did not answer in time while connecting") from None
+
+
+class DeadlineExceeded(TimeoutError):
+    """A block run under :func:`deadline` took too long."""
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Under gevent, raise :class:`DeadlineExceeded` in the block once it has run ``seconds``, interrupting the
+    socket wait it is in (a query to a server that stopped answering); elsewhere, nothing."""
+    if not active():
+        yield
+        return
+    import gevent
+
+    with gevent.Timeout(seconds, DeadlineExceeded):
+        yield
 
 
 def init_psycopg2() -> bool:

@@ -315,3 +315,39 @@ def test_usage_writer_vacuums_the_churned_tables_on_its_own(committed):
         time.sleep(0.1)
     verifier.close()
     assert _vacuums() >= vacuums + 2 * len(sql.HOT_TABLES)  # twice each, so it is periodic
+
+
+def test_a_failed_prune_does_not_stall_the_flushes(committed, monkeypatch):
+    """A prune that fails (here: a broken statement) must not leave the writer's connection in an aborted
+    transaction, which would make every later flush fail until the next error closed it."""
+    from datetime import UTC, datetime
+
+    recorder = BufferedRecorder(libpq_dsn(committed["url"]), interval=3600)
+    monkeypatch.setattr(sql, "PRUNE_API_WINDOWS_SQL", "DELETE FROM no_such_table")
+    with pytest.raises(Exception, match="no_such_table"):
+        recorder.maintain(prune=True)
+    recorder.add((None, None, datetime.now(UTC), committed["tag"], 401, 1.0, "malformed"))
+    assert recorder.flush() == 1
+    assert recorder.maintain() in (True, False)  # vacuuming works again on the fresh connection
+    recorder.close()
+
+
+def test_a_role_that_cannot_vacuum_turns_the_vacuum_off_quietly(committed, caplog):
+    """VACUUM by a role that does not own the tables only warns; the writer notices once and stops trying."""
+    url = sa.make_url(committed["url"])
+    role = f"portal_writer_{uuid.uuid4().hex[:8]}"
+    db.session.execute(sa.text(f'CREATE ROLE "{role}" LOGIN'))
+    db.session.commit()
+    try:
+        recorder = BufferedRecorder(libpq_dsn(url.set(username=role, password=None).render_as_string(False)))
+        with caplog.at_level("WARNING", logger="portal.api.usage"):
+            assert recorder.maintain() is False
+            assert recorder.maintain() is False
+        recorder.close()
+        assert [r.getMessage() for r in caplog.records].count(
+            f"usage writer: not the owner of {sql.HOT_TABLES}, leaving them to autovacuum"
+        ) == 1
+    finally:
+        db.session.rollback()
+        db.session.execute(sa.text(f'DROP ROLE IF EXISTS "{role}"'))
+        db.session.commit()

@@ -189,6 +189,7 @@ def test_a_silent_database_fails_the_connection_after_connect_timeout(database_u
         except psycopg2.OperationalError as exc:
             error = str(exc)
         connect_s = time.monotonic() - started
+        ticks_while_connecting = len(ticks)
         backend = DirectBackend(libpq_dsn(url))
         started = time.monotonic()
         try:
@@ -203,13 +204,69 @@ def test_a_silent_database_fails_the_connection_after_connect_timeout(database_u
         cur.execute("SELECT pg_sleep(3), 'slept'")
         slow = cur.fetchone()[1]
         ticker.kill()
-        print(json.dumps({"error": error, "connect_s": connect_s, "ticks": len(ticks), "verify": verify,
+        print(json.dumps({"error": error, "connect_s": connect_s, "ticks": ticks_while_connecting, "verify": verify,
                           "verify_s": verify_s, "slow": slow}))
         """.replace("DSN", repr(database_url))
     )
-    assert result["error"] and "timeout expired" in result["error"]
+    assert result["error"] and "timeout expired" in result["error"], result
     assert 1.5 < result["connect_s"] < 10
     assert result["ticks"] >= 10  # the event loop ran while the connection waited
     assert result["verify"] == "unavailable"
     assert result["verify_s"] < 20  # two attempts, each cut off at the timeout
     assert result["slow"] == "slept"
+
+
+def test_a_database_that_stops_answering_mid_connection_answers_503(database_url):
+    """The connection is open and the server's host still acknowledges TCP, but nothing comes back (a hung
+    server): the verification gives up after its timeout with 503, instead of holding the worker forever,
+    and a fresh connection is tried once the server answers again."""
+    result = run_patched(
+        """
+        import json, socket, time, gevent, psycopg2
+        from gevent.server import StreamServer
+        from portal import create_app
+        from portal.api.backend import DatabaseUnavailable, DirectBackend
+
+        app = create_app({"SQLALCHEMY_DATABASE_URI": DSN}, env="testing")
+        probe = psycopg2.connect(DSN_LIBPQ)
+        info = probe.info
+        upstream = (socket.AF_UNIX, f"{info.host}/.s.PGSQL.{info.port}") if info.host.startswith("/") else (
+            socket.AF_INET, (info.host, info.port))
+        frozen = []
+
+        def pipe(src, dst):
+            while True:
+                data = src.recv(65536)
+                while frozen:  # hold what arrived, answer nothing
+                    gevent.sleep(0.05)
+                if not data:
+                    break
+                dst.sendall(data)
+
+        def handle(client, _addr):
+            server = socket.socket(upstream[0])
+            server.connect(upstream[1])
+            gevent.joinall([gevent.spawn(pipe, client, server), gevent.spawn(pipe, server, client)])
+
+        proxy = StreamServer(("127.0.0.1", 0), handle)
+        proxy.start()
+        dsn = (f"host=127.0.0.1 port={proxy.server_port} dbname={info.dbname} user={info.user} "
+               f"connect_timeout=2" + (f" password={info.password}" if info.password else ""))
+        backend = DirectBackend(dsn, timeout=1.0)
+        first = backend.verify(b"x" * 32)  # no such key: None, through the proxy
+        frozen.append(True)
+        started = time.monotonic()
+        try:
+            backend.verify(b"y" * 32)
+            hung = "answered"
+        except DatabaseUnavailable:
+            hung = "unavailable"
+        hung_s = time.monotonic() - started
+        frozen.clear()
+        again = backend.verify(b"z" * 32)
+        print(json.dumps({"first": first, "hung": hung, "hung_s": hung_s, "again": again}))
+        """.replace("DSN_LIBPQ", repr(libpq_dsn(database_url))).replace("DSN", repr(database_url))
+    )
+    assert result["first"] is None and result["again"] is None
+    assert result["hung"] == "unavailable"
+    assert 1.5 < result["hung_s"] < 6  # the 1 s timeout (+ 1 s client deadline), not TCP's minutes

@@ -100,6 +100,21 @@ def test_database_urls_get_timeouts_unless_they_set_their_own():
     assert query["sslmode"] == "require"
     assert query["tcp_user_timeout"] == "15000"
     assert query["keepalives_idle"] == "30"
+    socket_url = make_url(normalize_url("postgresql://u@/d?host=/var/run/postgresql"))
+    assert socket_url.query["host"] == "/var/run/postgresql" and socket_url.query["connect_timeout"] == "5"
+
+
+def test_libpq_configuration_is_not_overridden_by_the_defaults(monkeypatch):
+    from sqlalchemy.engine import make_url
+
+    from portal.db import normalize_url
+
+    monkeypatch.setenv("PGCONNECT_TIMEOUT", "30")
+    assert "connect_timeout" not in make_url(normalize_url("postgresql://u@h/d")).query
+    assert "connect_timeout" not in make_url(normalize_url("postgresql://u@/d?service=portal")).query
+    monkeypatch.delenv("PGCONNECT_TIMEOUT")
+    monkeypatch.setenv("PGSERVICE", "portal")
+    assert "tcp_user_timeout" not in make_url(normalize_url("postgresql://u@h/d")).query
 
 
 def test_non_postgresql_urls_are_refused():

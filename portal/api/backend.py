@@ -19,8 +19,9 @@ from typing import Any, Protocol
 
 import psycopg2
 import sqlalchemy as sa
-from psycopg2.errors import InvalidSqlStatementName
+from psycopg2.errors import InvalidSqlStatementName, QueryCanceled
 
+from portal import green
 from portal.api import sql
 from portal.extensions import db
 
@@ -138,9 +139,10 @@ class DirectBackend:
     full load, no better at half load).
     """
 
-    def __init__(self, dsn: str, *, max_group: int = 64) -> None:
+    def __init__(self, dsn: str, *, max_group: int = 64, timeout: float = 5.0) -> None:
         self.dsn = dsn
         self.max_group = max_group
+        self.timeout = timeout  # seconds a verification statement may take before the call answers 503
         self.groups = 0  # statements run for more than one call (observability and tests)
         self.grouped_calls = 0
         self._cur: Any = None  # the leader's prepared cursor, opened on first use in this process
@@ -161,6 +163,8 @@ class DirectBackend:
             # look cheaper than the generic one, so it never switches): planning cost more than running them.
             # The generic plans use the same indexes (key hash, organization, counter row).
             cur.execute("SET plan_cache_mode = force_generic_plan")
+            # A statement stuck on a lock or an overloaded server gives up (503) instead of holding the queue.
+            cur.execute(f"SET statement_timeout = {int(self.timeout * 1000)}")
             cur.execute(sql.PREPARE_SQL)
             cur.execute(sql.PREPARE_GROUP_SQL)
             self._cur, self._pid = cur, os.getpid()
@@ -228,15 +232,23 @@ class DirectBackend:
         """Verify the calls for ``key_hashes`` (by the leader): one statement, one round trip."""
         for attempt in (1, 2):
             try:
-                cur = self._cursor()
-                if len(key_hashes) == 1:
-                    cur.execute(sql.EXECUTE_SQL, (key_hashes[0],))
-                    return [cur.fetchone()]
-                cur.execute(sql.EXECUTE_GROUP_SQL, (list(key_hashes),))
-                found: dict[int, Row] = {row[0]: row[1:] for row in cur.fetchall()}
+                # Under gevent the whole round trip has a deadline too: a server that stopped answering on an
+                # open connection (its host still acknowledging TCP) would otherwise be waited on forever,
+                # and every call of the worker with it. Not retried: the next call tries a fresh connection.
+                with green.deadline(self.timeout + 1):
+                    cur = self._cursor()
+                    if len(key_hashes) == 1:
+                        cur.execute(sql.EXECUTE_SQL, (key_hashes[0],))
+                        return [cur.fetchone()]
+                    cur.execute(sql.EXECUTE_GROUP_SQL, (list(key_hashes),))
+                    found: dict[int, Row] = {row[0]: row[1:] for row in cur.fetchall()}
                 self.groups += 1
                 self.grouped_calls += len(key_hashes)
                 return [found.get(ord_) for ord_ in range(1, len(key_hashes) + 1)]
+            except (green.DeadlineExceeded, QueryCanceled):
+                self._drop()
+                log.warning("verification failed: no answer from the database within %.0f s", self.timeout)
+                raise DatabaseUnavailable("the database did not answer in time") from None
             except (psycopg2.OperationalError, psycopg2.InterfaceError, InvalidSqlStatementName) as exc:
                 # A dropped connection (or one reset by a pooler, which loses the prepared statement) is
                 # retried once on a fresh one. Had the server committed just before the connection dropped,

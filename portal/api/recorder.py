@@ -32,6 +32,8 @@ from portal.extensions import db
 log = logging.getLogger("portal.api.usage")
 MAINTAIN_EVERY = 5.0  # seconds between vacuums of the churned tables, per worker
 PRUNE_EVERY = 60.0  # seconds between deletions of finished limiter windows, per worker
+# VACUUM's warning when the role may not vacuum a table (PostgreSQL 15; 16 and later say "permission denied").
+_NOT_OWNER, _DENIED = "only table or database owner can vacuum", "permission denied to vacuum"
 
 
 class UsageRecorder(Protocol):
@@ -76,6 +78,7 @@ class BufferedRecorder:
         self.dsn = dsn
         self.interval = interval
         self.maintain_every = maintain_every
+        self._vacuum = True  # turned off if this role cannot vacuum the churned tables
         self.batch = batch
         self.close_timeout = close_timeout
         self.written = 0
@@ -124,9 +127,9 @@ class BufferedRecorder:
                 now = time.monotonic()
                 if now >= next_maintain:
                     prune = now >= next_prune
-                    next_maintain = now + self.maintain_every
                     next_prune = now + PRUNE_EVERY if prune else next_prune
                     self.maintain(prune=prune)
+                    next_maintain = time.monotonic() + self.maintain_every  # a slow vacuum is not rerun at once
             except Exception:  # noqa: BLE001 - the writer must survive anything; rows stay buffered
                 log.exception("usage writer failed; %d rows kept for the next attempt", self.pending())
                 time.sleep(min(1.0, self.interval * 5))
@@ -151,25 +154,33 @@ class BufferedRecorder:
             except BaseException:
                 with self._lock:
                     self._rows[:0] = rows
-                if self._conn is not None:
-                    with contextlib.suppress(psycopg2.Error):
-                        self._conn.close()
-                    self._conn = None
+                self._reset_connection()
                 raise
             self.written += len(rows)
             return len(rows)
+
+    def _reset_connection(self) -> None:
+        """Close the writer's connection after a failure; the next flush or maintenance opens a fresh one."""
+        if self._conn is not None:
+            with contextlib.suppress(psycopg2.Error):
+                self._conn.close()
+            self._conn = None
 
     def prune(self) -> int:
         """Delete the API limiter's finished windows: the table stays small without a cron job."""
         with self._flush_lock:
             conn = self._connection()
-            with conn.cursor() as cur:
-                cur.execute(sql.PRUNE_API_WINDOWS_SQL)
-                deleted = int(cur.rowcount)
-            conn.commit()
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(sql.PRUNE_API_WINDOWS_SQL)
+                    deleted = int(cur.rowcount)
+                conn.commit()
+            except BaseException:
+                self._reset_connection()  # never leave the flushes an aborted transaction
+                raise
             return deleted
 
-    def maintain(self, *, prune: bool = False) -> None:
+    def maintain(self, *, prune: bool = False) -> bool:
         """Vacuum the tables verification churns (after pruning finished limiter windows, if ``prune``).
 
         Each flush appends one pending rollup sum per key to ``usage_rollup_pending`` and a fold deletes them
@@ -177,17 +188,40 @@ class BufferedRecorder:
         that space. It does not fold: a fold costs about what the number of keys it touches does (150 ms for
         10,000 keys, whether they had 10,000 calls or 40,000), so folding four times as often measured 15 µs of
         PostgreSQL CPU per call against 4; the trigger's own occasional fold is the cheaper schedule.
+
+        The vacuum never truncates the tables' files (``TRUNCATE false``): truncating needs an exclusive lock,
+        which would stop the verifications' counter updates, and waits up to 5 s for it (measured with another
+        session reading the table), holding up the flushes meanwhile. Only one worker vacuums at a time (an
+        advisory lock; the others skip their turn), and a role that does not own the tables, which VACUUM
+        skips with only a warning, turns it off for good with one log line. Returns whether it vacuumed.
         """
         if prune:
             self.prune()
+        if not self._vacuum:
+            return False
         with self._flush_lock:
             conn = self._connection()
-            conn.autocommit = True  # VACUUM cannot run inside a transaction
             try:
+                conn.autocommit = True  # VACUUM cannot run inside a transaction
                 with conn.cursor() as cur:
-                    cur.execute(sql.VACUUM_HOT_TABLES_SQL)
+                    cur.execute(sql.TRY_VACUUM_LOCK_SQL)
+                    if not cur.fetchone()[0]:
+                        return False
+                    try:
+                        del conn.notices[:]
+                        cur.execute(sql.VACUUM_HOT_TABLES_SQL)
+                    finally:
+                        cur.execute(sql.VACUUM_UNLOCK_SQL)
+                if any(_NOT_OWNER in notice or _DENIED in notice for notice in conn.notices):
+                    self._vacuum = False
+                    log.warning("usage writer: not the owner of %s, leaving them to autovacuum", sql.HOT_TABLES)
+                    return False
+                return True
+            except BaseException:
+                self._reset_connection()
+                raise
             finally:
-                if not conn.closed:  # a dropped connection is replaced by the next flush
+                if self._conn is not None and not conn.closed:
                     conn.autocommit = False
 
     def _write(self, rows: Sequence[Row]) -> None:

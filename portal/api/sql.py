@@ -153,4 +153,7 @@ PRUNE_API_WINDOWS_SQL = (
 # finished limiter windows are deleted. Vacuumed here as well as by autovacuum, which may be off or a minute
 # behind: unvacuumed, the pending table grows without bound and every fold scans all of it.
 HOT_TABLES = ("usage_rollup_pending", "rate_limit_tracking")
-VACUUM_HOT_TABLES_SQL = f"VACUUM (SKIP_LOCKED) {', '.join(HOT_TABLES)}"
+VACUUM_HOT_TABLES_SQL = f"VACUUM (SKIP_LOCKED, TRUNCATE false) {', '.join(HOT_TABLES)}"
+VACUUM_LOCK = 7_201_005  # advisory lock id: one worker's usage writer vacuums at a time
+TRY_VACUUM_LOCK_SQL = f"SELECT pg_try_advisory_lock({VACUUM_LOCK})"
+VACUUM_UNLOCK_SQL = f"SELECT pg_advisory_unlock({VACUUM_LOCK})"
