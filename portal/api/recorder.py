@@ -128,8 +128,10 @@ class BufferedRecorder:
                 if now >= next_maintain:
                     prune = now >= next_prune
                     next_prune = now + PRUNE_EVERY if prune else next_prune
-                    self.maintain(prune=prune)
-                    next_maintain = time.monotonic() + self.maintain_every  # a slow vacuum is not rerun at once
+                    try:
+                        self.maintain(prune=prune)
+                    finally:  # counted from the end: a slow or failing vacuum is not rerun at once
+                        next_maintain = time.monotonic() + self.maintain_every
             except Exception:  # noqa: BLE001 - the writer must survive anything; rows stay buffered
                 log.exception("usage writer failed; %d rows kept for the next attempt", self.pending())
                 time.sleep(min(1.0, self.interval * 5))
