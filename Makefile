@@ -38,8 +38,12 @@ chromium:
 test: install chromium
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+LINT_PATHS := portal tests bench migrations docs wsgi.py gunicorn.conf.py
+
+## make lint: ruff (rules and formatting) and mypy, as CI and the pre-commit hook run them
 lint: install
-	$(BIN)/ruff check portal tests bench
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy
 
 ## make bench-verify: the key-verification benchmark (fresh database, gunicorn, wrk, pgbench); ~4 minutes.

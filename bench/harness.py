@@ -44,9 +44,7 @@ def server_url() -> tuple[str, Any]:
 def with_db(url: str, name: str) -> str:
     import sqlalchemy as sa
 
-    return (
-        sa.make_url(url).set(database=name).set(drivername="postgresql").render_as_string(hide_password=False)
-    )
+    return sa.make_url(url).set(database=name).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def admin(url: str, statement: str) -> None:
@@ -125,9 +123,7 @@ class Gunicorn:
         self.log_file.close()
 
 
-def wrk(
-    port: int, keys: Path, endpoint: str, seconds: int, connections: int, delay_ms: int = 0
-) -> dict[str, Any]:
+def wrk(port: int, keys: Path, endpoint: str, seconds: int, connections: int, delay_ms: int = 0) -> dict[str, Any]:
     env = {**os.environ, "BENCH_KEYS": str(keys), "BENCH_ENDPOINT": endpoint, "BENCH_DELAY_MS": str(delay_ms)}
     out = subprocess.run(
         [
@@ -149,9 +145,7 @@ def wrk(
         text=True,
         check=True,
     ).stdout
-    data = json.loads(
-        next(line for line in out.splitlines() if line.startswith("BENCH_JSON"))[len("BENCH_JSON") :]
-    )
+    data = json.loads(next(line for line in out.splitlines() if line.startswith("BENCH_JSON"))[len("BENCH_JSON") :])
     data["rate"] = data["requests"] / (data["duration_us"] / 1e6)
     data["p50_ms"], data["p99_ms"] = data["p50_us"] / 1000, data["p99_us"] / 1000
     data["connections"] = connections

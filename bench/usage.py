@@ -80,9 +80,7 @@ class Browser:
     def __init__(self, port: int) -> None:
         self.port, self.cookies = port, {}
 
-    def request(
-        self, method: str, path: str, body: dict[str, str] | None = None
-    ) -> tuple[int, bytes, float]:
+    def request(self, method: str, path: str, body: dict[str, str] | None = None) -> tuple[int, bytes, float]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
         headers = {"Cookie": "; ".join(f"{k}={v}" for k, v in self.cookies.items())}
         data = None
@@ -140,9 +138,7 @@ def timed_raw(url: str, statements: list[str], params: dict[str, Any], repeats: 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=10_000_000)
     parser.add_argument("--keys", type=int, default=1_000)
     parser.add_argument("--days", type=float, default=30)
@@ -152,9 +148,7 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards (prints its URL)")
     args = parser.parse_args()
 
-    admin = normalize_url(
-        os.environ.get("BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    )
+    admin = normalize_url(os.environ.get("BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
     name = f"procode_bench_usage_{secrets.token_hex(3)}"
     ensure_database(admin, name)
     url = sa.make_url(admin).set(database=name).render_as_string(hide_password=False)
@@ -223,15 +217,11 @@ def main() -> int:
             rows = dict(
                 db.session.execute(
                     sa.text(
-                        "SELECT relname, reltuples::bigint FROM pg_class"
-                        " WHERE relname LIKE 'usage_%' AND relkind = 'r'"
+                        "SELECT relname, reltuples::bigint FROM pg_class WHERE relname LIKE 'usage_%' AND relkind = 'r'"
                     )
                 ).all()
             )
-            print(
-                "sizes: "
-                + ", ".join(f"{k} {v} ({rows.get(k, args.events):,} rows)" for k, v in sizes.items())
-            )
+            print("sizes: " + ", ".join(f"{k} {v} ({rows.get(k, args.events):,} rows)" for k, v in sizes.items()))
 
         [port] = free_ports(1, range(18200, 18300))
         env = {
@@ -336,11 +326,7 @@ def main() -> int:
         dashboards = [(page, raw_ms) for label, page, raw_ms in results if label.startswith("dashboard")]
         dashboard_p95 = max(pct(page, 0.95) for page, _ in dashboards)  # the worst dashboard case
         ratio = min(statistics.median(raw_ms) / statistics.median(page) for page, raw_ms in dashboards)
-        ok = (
-            dashboard_p95 <= TARGET_P95_MS
-            and ratio >= TARGET_RATIO
-            and raw_total == rollup_total == args.events
-        )
+        ok = dashboard_p95 <= TARGET_P95_MS and ratio >= TARGET_RATIO and raw_total == rollup_total == args.events
         ok = ok and not mismatches
         print(
             f"targets: dashboard p95 {dashboard_p95:.1f} ms (<= {TARGET_P95_MS:.0f}),"

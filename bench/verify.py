@@ -80,9 +80,7 @@ def seed(url: str, workdir: Path) -> dict[str, Any]:
             for n in range(KEYS_PER_ORG):
                 key = keyformat.generate("live")
                 keys.append(key)
-                rows.append(
-                    (org_id, f"key {n}", "live", keyformat.hint(key), keyformat.key_hash(key, PEPPER))
-                )
+                rows.append((org_id, f"key {n}", "live", keyformat.hint(key), keyformat.key_hash(key, PEPPER)))
         psycopg2.extras.execute_values(
             cur,
             "INSERT INTO api_keys (organization_id, name, environment, hint, key_hash) VALUES %s",
@@ -341,16 +339,28 @@ def targets(r: dict[str, Any]) -> list[tuple[str, bool, str]]:
         for label in ("full", "half", "big", "flask")
     )
     return [
-        ("throughput >= 0.4 of (a) pgbench", full["rate"] / r["a_all"]["rate"] >= 0.4,
-         f"{full['rate'] / r['a_all']['rate']:.2f}"),
-        ("throughput >= 0.5 of (b) constant app", full["rate"] / r["b"]["rate"] >= 0.5,
-         f"{full['rate'] / r['b']['rate']:.2f}"),
+        (
+            "throughput >= 0.4 of (a) pgbench",
+            full["rate"] / r["a_all"]["rate"] >= 0.4,
+            f"{full['rate'] / r['a_all']['rate']:.2f}",
+        ),
+        (
+            "throughput >= 0.5 of (b) constant app",
+            full["rate"] / r["b"]["rate"] >= 0.5,
+            f"{full['rate'] / r['b']['rate']:.2f}",
+        ),
         ("p99 <= 10 ms at half load", r["half"]["p99_ms"] <= 10.0, f"{r['half']['p99_ms']:.1f} ms"),
         ("worker RSS <= 80 MB", max(r["rss"]) <= 80, f"{max(r['rss']):.0f} MB"),
-        ("big customer >= 0.8 of spread-out", r["big"]["rate"] / full["rate"] >= 0.8,
-         f"{r['big']['rate'] / full['rate']:.2f}"),
-        ("usage rows == answered calls", rows.get("/bench/exact", 0) == r["exact"] and in_flight_ok,
-         f"{rows.get('/bench/exact', 0)} / {r['exact']}"),
+        (
+            "big customer >= 0.8 of spread-out",
+            r["big"]["rate"] / full["rate"] >= 0.8,
+            f"{r['big']['rate'] / full['rate']:.2f}",
+        ),
+        (
+            "usage rows == answered calls",
+            rows.get("/bench/exact", 0) == r["exact"] and in_flight_ok,
+            f"{rows.get('/bench/exact', 0)} / {r['exact']}",
+        ),
         ("limiter exact in every organization-minute", c["violations"] == 0, f"{c['violations']} violations"),
     ]
 

@@ -14,8 +14,14 @@ from playwright.sync_api import sync_playwright
 
 BASE = sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:5000"
 OUT = Path(__file__).parent
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def sign_in(page, email: str, password: str) -> None:
@@ -42,8 +48,11 @@ def main() -> None:
         page.screenshot(path=OUT / "03-key-created.png", mask=[page.locator(".secret-value")])
         page.get_by_role("link", name="I have stored it, continue").click()
         page.screenshot(path=OUT / "04-key-detail.png", full_page=True)
-        for path, name in (("/orgs/default/members", "05-members"), ("/orgs/default/audit", "06-audit"),
-                           ("/docs/api", "07-api-docs")):
+        for path, name in (
+            ("/orgs/default/members", "05-members"),
+            ("/orgs/default/audit", "06-audit"),
+            ("/docs/api", "07-api-docs"),
+        ):
             page.goto(BASE + path)
             page.screenshot(path=OUT / f"{name}.png", full_page=True)
         page.goto(f"{BASE}/orgs/default/keys/")

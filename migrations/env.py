@@ -16,8 +16,12 @@ target_metadata = db.metadata
 
 
 def run_migrations_offline() -> None:
-    context.configure(url=db.engine.url.render_as_string(hide_password=False), target_metadata=target_metadata,
-                      literal_binds=True, compare_server_default=True)
+    context.configure(
+        url=db.engine.url.render_as_string(hide_password=False),
+        target_metadata=target_metadata,
+        literal_binds=True,
+        compare_server_default=True,
+    )
     with context.begin_transaction():
         context.run_migrations()
 

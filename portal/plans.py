@@ -19,10 +19,15 @@ PLANS: dict[str, Plan] = {
     p.name: p
     for p in (
         Plan("free", "Free", requests_per_minute=60, monthly_quota=10_000, max_keys=5, price_label="$0"),
-        Plan("pro", "Pro", requests_per_minute=1_000, monthly_quota=1_000_000, max_keys=50,
-             price_label="$49 / month"),
-        Plan("enterprise", "Enterprise", requests_per_minute=20_000, monthly_quota=100_000_000,
-             max_keys=1_000, price_label="Contact sales"),
+        Plan("pro", "Pro", requests_per_minute=1_000, monthly_quota=1_000_000, max_keys=50, price_label="$49 / month"),
+        Plan(
+            "enterprise",
+            "Enterprise",
+            requests_per_minute=20_000,
+            monthly_quota=100_000_000,
+            max_keys=1_000,
+            price_label="Contact sales",
+        ),
     )
 }
 PLAN_NAMES: tuple[str, ...] = tuple(PLANS)

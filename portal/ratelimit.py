@@ -19,15 +19,15 @@ _TAKE = sa.text(
 _GIVE_BACK = sa.text(
     "UPDATE rate_limit_tracking SET count = count - 1 WHERE bucket = :bucket AND window_start = :window_start"
 )
+
+
 def take(bucket: str, window: timedelta) -> tuple[int, datetime]:
     """Count an attempt before it is made; returns the window's count including it, and the window.
 
     Counting first (instead of checking, trying, then counting a failure) means concurrent attempts each see
     a distinct count, so no more than the limit can be in flight at once, however many arrive together.
     """
-    count, window_start = db.session.execute(
-        _TAKE, {"bucket": bucket, "seconds": int(window.total_seconds())}
-    ).one()
+    count, window_start = db.session.execute(_TAKE, {"bucket": bucket, "seconds": int(window.total_seconds())}).one()
     return int(count), window_start
 
 
@@ -38,7 +38,5 @@ def give_back(bucket: str, window_start: datetime) -> None:
 
 def prune(older_than: datetime) -> int:
     """Delete windows that started before ``older_than``; returns how many rows went."""
-    result = db.session.execute(
-        sa.text("DELETE FROM rate_limit_tracking WHERE window_start < :t"), {"t": older_than}
-    )
+    result = db.session.execute(sa.text("DELETE FROM rate_limit_tracking WHERE window_start < :t"), {"t": older_than})
     return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -16,8 +16,7 @@ _seq = itertools.count(1)
 
 def user(email: str | None = None, name: str | None = None, *, is_staff: bool = False) -> User:
     n = next(_seq)
-    u = auth_services.create_user(email or f"user{n}@example.com", name or f"User {n}", PASSWORD,
-                                  is_staff=is_staff)
+    u = auth_services.create_user(email or f"user{n}@example.com", name or f"User {n}", PASSWORD, is_staff=is_staff)
     db.session.commit()
     return u
 
@@ -37,6 +36,12 @@ def member(organization: Organization, role: str = "developer", u: User | None =
     return u
 
 
-def api_key(organization: Organization, actor: User | None = None, *, environment: str = "test",
-            name: str = "Test key", **kwargs: Any) -> key_services.IssuedKey:
+def api_key(
+    organization: Organization,
+    actor: User | None = None,
+    *,
+    environment: str = "test",
+    name: str = "Test key",
+    **kwargs: Any,
+) -> key_services.IssuedKey:
     return key_services.create_key(organization, name=name, environment=environment, actor=actor, **kwargs)

@@ -144,9 +144,7 @@ def test_no_usage_row_lost_with_buffering(committed):
         list(pool.map(one, range(calls)))
     verifier.close()
     count = db.session.scalar(
-        sa.select(sa.func.count())
-        .select_from(ApiKeyUsage)
-        .where(ApiKeyUsage.endpoint.in_([committed["tag"], odd]))
+        sa.select(sa.func.count()).select_from(ApiKeyUsage).where(ApiKeyUsage.endpoint.in_([committed["tag"], odd]))
     )
     assert count == calls
 
@@ -183,9 +181,7 @@ def test_gunicorn_clean_stop_writes_every_buffered_row(committed, tmp_path):
         statuses.append(idle.getresponse().status)
         assert set(statuses) <= {200, 401, 429}
         in_db = db.session.scalar(
-            sa.select(sa.func.count())
-            .select_from(ApiKeyUsage)
-            .where(ApiKeyUsage.endpoint == committed["tag"])
+            sa.select(sa.func.count()).select_from(ApiKeyUsage).where(ApiKeyUsage.endpoint == committed["tag"])
         )
         assert in_db == 0  # still buffered in the workers
     db.session.rollback()
@@ -285,9 +281,7 @@ def test_finished_api_windows_are_pruned_on_the_fly(committed):
         )
     )
     assert buckets == {f"login:{committed['tag']}"}
-    db.session.execute(
-        sa.text("DELETE FROM rate_limit_tracking WHERE bucket = :b"), {"b": f"login:{committed['tag']}"}
-    )
+    db.session.execute(sa.text("DELETE FROM rate_limit_tracking WHERE bucket = :b"), {"b": f"login:{committed['tag']}"})
     db.session.commit()
 
 

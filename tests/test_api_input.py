@@ -113,8 +113,6 @@ def test_chunked_body_is_read_and_bounded(client):
 
 
 def test_content_length_that_is_not_a_number(client):
-    response = client.post(
-        URL, data=b"{}", content_type="application/json", headers={"Content-Length": "abc"}
-    )
+    response = client.post(URL, data=b"{}", content_type="application/json", headers={"Content-Length": "abc"})
     assert response.status_code == 400
     assert usage_count() == 0

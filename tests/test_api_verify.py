@@ -196,10 +196,7 @@ def test_invalid_keys_do_not_spend_the_limit(client, org, owner, api_key):
     for _ in range(3):
         verify(client, api_key.plaintext)
     fresh = factories.api_key(org, owner, name="Fresh")
-    assert (
-        verify(client, fresh.plaintext).get_json()["ratelimit"]["remaining"]
-        == PLANS["free"].requests_per_minute - 1
-    )
+    assert verify(client, fresh.plaintext).get_json()["ratelimit"]["remaining"] == PLANS["free"].requests_per_minute - 1
 
 
 def test_last_used_at_is_set_then_not_rewritten_within_a_minute(client, api_key):
@@ -240,9 +237,7 @@ def test_answer_ids_are_strings(client, api_key):
     uuid.UUID(body["organization"]["id"])
 
 
-@pytest.mark.parametrize(
-    "endpoint", ["/it's 100% ünïcødé; DROP TABLE x; --", "\\N", "/a\\tb\\\\c\\n", "\\."]
-)
+@pytest.mark.parametrize("endpoint", ["/it's 100% ünïcødé; DROP TABLE x; --", "\\N", "/a\\tb\\\\c\\n", "\\."])
 def test_endpoint_text_is_stored_verbatim(client, api_key, endpoint):
     assert verify(client, api_key.plaintext, endpoint=endpoint).status_code == 200
     assert usage_rows()[0].endpoint == endpoint

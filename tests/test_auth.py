@@ -8,8 +8,10 @@ from tests import factories
 
 
 def test_signup_creates_user_personal_org_and_signs_in(client):
-    response = client.post("/signup", data={"display_name": "Ada Lovelace", "email": "Ada@Example.com",
-                                            "password": "a long enough password"})
+    response = client.post(
+        "/signup",
+        data={"display_name": "Ada Lovelace", "email": "Ada@Example.com", "password": "a long enough password"},
+    )
     assert response.status_code == 302
     user = db.session.scalar(sa.select(User).where(User.email == "ada@example.com"))
     assert user is not None
@@ -36,8 +38,9 @@ def test_signup_rejects_bad_input_without_writing(client):
 
 def test_signup_with_taken_email_case_insensitive(client):
     factories.user("taken@example.com")
-    response = client.post("/signup", data={"display_name": "X", "email": "TAKEN@example.com",
-                                            "password": "a long enough password"})
+    response = client.post(
+        "/signup", data={"display_name": "X", "email": "TAKEN@example.com", "password": "a long enough password"}
+    )
     assert response.status_code == 422
     assert "already exists" in response.get_data(as_text=True)
 
@@ -94,8 +97,9 @@ def test_login_logout_and_logout_needs_post(client, auth, org, owner):
 
 
 def test_login_redirect_ignores_offsite_next(client, owner):
-    response = client.post("/login?next=https://evil.example/", data={"email": owner.email,
-                                                                      "password": factories.PASSWORD})
+    response = client.post(
+        "/login?next=https://evil.example/", data={"email": owner.email, "password": factories.PASSWORD}
+    )
     assert response.headers["Location"] == "/"
 
 
@@ -103,9 +107,14 @@ def test_password_change_signs_out_other_sessions(app, auth, client, owner):
     other = app.test_client()
     other.post("/login", data={"email": owner.email, "password": factories.PASSWORD})
     auth.login(owner)
-    response = client.post("/account/password", data={"current_password": factories.PASSWORD,
-                                                       "new_password": "a brand new password",
-                                                       "confirm": "a brand new password"})
+    response = client.post(
+        "/account/password",
+        data={
+            "current_password": factories.PASSWORD,
+            "new_password": "a brand new password",
+            "confirm": "a brand new password",
+        },
+    )
     assert response.status_code == 302
     assert client.get("/").status_code == 302  # still signed in here: home redirects to the org
     assert "/login" not in client.get("/").headers["Location"]
@@ -115,9 +124,14 @@ def test_password_change_signs_out_other_sessions(app, auth, client, owner):
 
 def test_password_change_rejects_wrong_current_password(auth, client, owner):
     auth.login(owner)
-    response = client.post("/account/password", data={"current_password": "not my password",
-                                                       "new_password": "a brand new password",
-                                                       "confirm": "a brand new password"})
+    response = client.post(
+        "/account/password",
+        data={
+            "current_password": "not my password",
+            "new_password": "a brand new password",
+            "confirm": "a brand new password",
+        },
+    )
     assert response.status_code == 422
     assert "not your current password" in response.get_data(as_text=True)
 

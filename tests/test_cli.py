@@ -36,14 +36,14 @@ def test_seed_is_idempotent(cli):
     assert _keys(org.id) == 1
     orgs = db.session.scalar(sa.select(sa.func.count()).select_from(Organization).filter_by(slug="default"))
     assert orgs == 1
-    users = db.session.scalar(sa.select(sa.func.count()).select_from(User)
-                              .where(User.email.in_(["demo@procode.dev", "support@procode.dev"])))
+    users = db.session.scalar(
+        sa.select(sa.func.count()).select_from(User).where(User.email.in_(["demo@procode.dev", "support@procode.dev"]))
+    )
     assert users == 2
 
 
 def test_users_create(cli):
-    result = cli("users", "create", "Ops@Example.com", "--name", "Ops", "--staff",
-                 "--password", "a long password")
+    result = cli("users", "create", "Ops@Example.com", "--name", "Ops", "--staff", "--password", "a long password")
     assert result.exit_code == 0, result.output
     user = db.session.scalar(sa.select(User).filter_by(email="ops@example.com"))
     assert user.is_staff and user.display_name == "Ops" and user.password_hash.startswith("$argon2id$")

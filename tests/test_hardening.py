@@ -10,8 +10,7 @@ from tests import factories
 
 
 def test_backslash_next_is_not_followed(client, owner):
-    response = client.post("/login?next=/%5Cevil.example", data={"email": owner.email,
-                                                                  "password": factories.PASSWORD})
+    response = client.post("/login?next=/%5Cevil.example", data={"email": owner.email, "password": factories.PASSWORD})
     assert response.headers["Location"] == "/"
 
 
@@ -36,14 +35,23 @@ def test_absurd_page_numbers_are_clamped(client, auth, org, owner):
 def test_wrong_passwords_from_one_address_do_not_lock_out_the_owner_elsewhere(app, owner):
     attacker = app.test_client()
     for _ in range(app.config["LOGIN_MAX_FAILURES_PER_ACCOUNT"] + 1):
-        attacker.post("/login", data={"email": owner.email, "password": "wrong password!"},
-                      environ_base={"REMOTE_ADDR": "203.0.113.9"})
-    blocked = attacker.post("/login", data={"email": owner.email, "password": factories.PASSWORD},
-                            environ_base={"REMOTE_ADDR": "203.0.113.9"})
+        attacker.post(
+            "/login",
+            data={"email": owner.email, "password": "wrong password!"},
+            environ_base={"REMOTE_ADDR": "203.0.113.9"},
+        )
+    blocked = attacker.post(
+        "/login",
+        data={"email": owner.email, "password": factories.PASSWORD},
+        environ_base={"REMOTE_ADDR": "203.0.113.9"},
+    )
     assert blocked.status_code == 429
     owner_client = app.test_client()
-    response = owner_client.post("/login", data={"email": owner.email, "password": factories.PASSWORD},
-                                 environ_base={"REMOTE_ADDR": "198.51.100.7"})
+    response = owner_client.post(
+        "/login",
+        data={"email": owner.email, "password": factories.PASSWORD},
+        environ_base={"REMOTE_ADDR": "198.51.100.7"},
+    )
     assert response.status_code == 302
 
 

@@ -141,8 +141,12 @@ def test_unknown_expired_revoked_tokens_write_nothing(client, auth, org, owner):
     auth.logout()
     user = factories.user()
     auth.login(user)
-    cases = ((expired_path, 410, "expired"), (revoked_path, 410, "revoked"),
-             ("/invite/" + "x" * 43, 404, "not valid"), ("/invite/short", 404, "not valid"))
+    cases = (
+        (expired_path, 410, "expired"),
+        (revoked_path, 410, "revoked"),
+        ("/invite/" + "x" * 43, 404, "not valid"),
+        ("/invite/short", 404, "not valid"),
+    )
     for path, status, text in cases:
         page = client.get(path)
         assert page.status_code == status and text in page.get_data(as_text=True)
@@ -161,8 +165,10 @@ def test_already_a_member_gets_a_clear_message(client, auth, org, owner, member)
     assert "already a member" in page.get_data(as_text=True)
     response = client.post(path)
     assert response.status_code == 409 and "already a member" in response.get_data(as_text=True)
-    assert db.session.scalar(
-        sa.select(Membership.role).filter_by(organization_id=org.id, user_id=member.id)) == "developer"
+    assert (
+        db.session.scalar(sa.select(Membership.role).filter_by(organization_id=org.id, user_id=member.id))
+        == "developer"
+    )
     assert _count(Invitation, accepted_at=None) == 1
 
 
@@ -208,8 +214,9 @@ def shared_link(app):
     owner = factories.member(org, "owner")
     first, second = factories.user(), factories.user()
     owner_membership = db.session.scalar(sa.select(Membership).filter_by(user_id=owner.id))
-    issued = services.create_invitation(org, role="developer", email=None, ttl=timedelta(days=1), actor=owner,
-                                        actor_membership=owner_membership)
+    issued = services.create_invitation(
+        org, role="developer", email=None, ttl=timedelta(days=1), actor=owner, actor_membership=owner_membership
+    )
     ids = (org.id, first.id, second.id)
     token, owner_id = issued.token, owner.id
     db.session.remove()

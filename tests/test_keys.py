@@ -178,13 +178,14 @@ def test_list_is_paginated(client, auth, app, owner):
 def test_key_body_carries_at_least_160_bits():
     import math
 
-    body = keyformat.generate("test")[len("pk_test_"):-keyformat.CHECKSUM_LENGTH]
+    body = keyformat.generate("test")[len("pk_test_") : -keyformat.CHECKSUM_LENGTH]
     assert len(body) == keyformat.BODY_LENGTH and set(body) <= set(keyformat.ALPHABET)
     assert len(body) * math.log2(len(keyformat.ALPHABET)) >= 160
 
 
-@pytest.mark.parametrize(("grace", "length"), [("1h", timedelta(hours=1)), ("24h", timedelta(hours=24)),
-                                               ("7d", timedelta(days=7))])
+@pytest.mark.parametrize(
+    ("grace", "length"), [("1h", timedelta(hours=1)), ("24h", timedelta(hours=24)), ("7d", timedelta(days=7))]
+)
 def test_every_roll_grace_option_keeps_the_old_key_that_long(client, auth, org, member, grace, length):
     issued = factories.api_key(org, member)
     auth.login(member)

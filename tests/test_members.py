@@ -103,8 +103,7 @@ def test_only_an_owner_grants_or_touches_owner(client, auth, org, owner, member)
     assert response.status_code == 403
     assert "Only an owner" in response.get_data(as_text=True)
     owner_row = _membership(org, owner)
-    assert client.post(f"/orgs/{org.slug}/members/{owner_row.id}/role",
-                       data={"role": "viewer"}).status_code == 403
+    assert client.post(f"/orgs/{org.slug}/members/{owner_row.id}/role", data={"role": "viewer"}).status_code == 403
     assert client.post(f"/orgs/{org.slug}/members/{owner_row.id}/remove").status_code == 403
     assert _membership(org, member).role == "developer" and _membership(org, owner).role == "owner"
     # The members page offers the admin no controls on the owner's row.
@@ -137,8 +136,7 @@ def test_foreign_and_malformed_membership_ids_are_404(client, auth, org, owner):
     foreign = _membership(other, stranger)
     auth.login(owner)
     for membership_id in (foreign.id, "not-a-uuid"):
-        assert client.post(f"/orgs/{org.slug}/members/{membership_id}/role",
-                           data={"role": "viewer"}).status_code == 404
+        assert client.post(f"/orgs/{org.slug}/members/{membership_id}/role", data={"role": "viewer"}).status_code == 404
         assert client.post(f"/orgs/{org.slug}/members/{membership_id}/remove").status_code == 404
     assert _membership(other, stranger).role == "developer"
 
@@ -158,8 +156,9 @@ def test_members_page_requires_sign_in(client, org):
 
 def test_member_forms_need_the_csrf_token(csrf_app, org, owner, member):
     client = csrf_app.test_client()
-    client.post("/login", data={"email": owner.email, "password": factories.PASSWORD,
-                                "csrf_token": _csrf(client.get("/login"))})
+    client.post(
+        "/login", data={"email": owner.email, "password": factories.PASSWORD, "csrf_token": _csrf(client.get("/login"))}
+    )
     page = client.get(f"/orgs/{org.slug}/members")
     assert page.status_code == 200
     target = _membership(org, member)
@@ -199,10 +198,8 @@ def test_two_owners_demoting_each_other_at_once_leave_one_owner(app, two_owners)
         with app.app_context():
             org = db.session.get(Organization, org_id)
             actor = db.session.get(User, actor_id)
-            mine = db.session.scalar(
-                sa.select(Membership).filter_by(organization_id=org_id, user_id=actor_id))
-            theirs = db.session.scalar(
-                sa.select(Membership).filter_by(organization_id=org_id, user_id=target_id))
+            mine = db.session.scalar(sa.select(Membership).filter_by(organization_id=org_id, user_id=actor_id))
+            theirs = db.session.scalar(sa.select(Membership).filter_by(organization_id=org_id, user_id=target_id))
             barrier.wait()
             try:
                 services.change_role(org, theirs, "admin", actor=actor, actor_membership=mine)
@@ -219,6 +216,7 @@ def test_two_owners_demoting_each_other_at_once_leave_one_owner(app, two_owners)
     for t in threads:
         t.join()
     assert sorted(outcomes) == ["changed", "refused"]
-    owners = db.session.scalar(sa.select(sa.func.count()).select_from(Membership)
-                               .filter_by(organization_id=org_id, role="owner"))
+    owners = db.session.scalar(
+        sa.select(sa.func.count()).select_from(Membership).filter_by(organization_id=org_id, role="owner")
+    )
     assert owners == 1

@@ -16,9 +16,11 @@ def test_upgrade_downgrade_upgrade_and_no_drift(database_server, capsys):
             downgrade(revision="base")
             engine = sa.create_engine(url)
             with engine.connect() as conn:
-                tables = conn.scalars(sa.text(
-                    "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
-                )).all()
+                tables = conn.scalars(
+                    sa.text(
+                        "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
+                    )
+                ).all()
             engine.dispose()
             assert tables == []
             upgrade()

@@ -18,8 +18,9 @@ ROLE_MATRIX = [
 
 
 @pytest.mark.parametrize(("role", "read", "test_key", "live_key", "members", "settings"), ROLE_MATRIX)
-def test_roles_are_enforced_on_every_kind_of_route(client, auth, org, role, read, test_key, live_key, members,
-                                                   settings):
+def test_roles_are_enforced_on_every_kind_of_route(
+    client, auth, org, role, read, test_key, live_key, members, settings
+):
     if role != "owner":
         factories.member(org, "owner")
     user = factories.member(org, role)
@@ -35,7 +36,8 @@ def test_roles_are_enforced_on_every_kind_of_route(client, auth, org, role, read
     assert client.post(f"{base}/invitations", data={"role": "viewer"}).status_code == members
     assert client.get(f"{base}/settings").status_code == settings
     assert client.post(f"{base}/settings", data={"name": "Renamed"}).status_code == (
-        302 if settings == 200 else settings)
+        302 if settings == 200 else settings
+    )
 
 
 def test_any_signed_in_user_creates_another_org_and_owns_it(client, auth, org, member):

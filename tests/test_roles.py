@@ -66,8 +66,14 @@ def test_viewer_key_page_has_no_manage_forms(client, auth, org, owner, member):
     assert response.status_code == 200
     page = response.get_data(as_text=True)
     assert "Sandbox" in page
-    for text in ("Revoke key", "Roll key", f"/keys/{key.id}/revoke", f"/keys/{key.id}/roll",
-                 f"/keys/{key.id}/rename", f"/keys/{key.id}/expiry"):
+    for text in (
+        "Revoke key",
+        "Roll key",
+        f"/keys/{key.id}/revoke",
+        f"/keys/{key.id}/roll",
+        f"/keys/{key.id}/rename",
+        f"/keys/{key.id}/expiry",
+    ):
         assert text not in page
 
 

@@ -48,8 +48,10 @@ def test_unknown_role_is_refused(org):
 
 
 def test_unknown_environment_is_refused(org):
-    sql = ("INSERT INTO api_keys (organization_id, name, environment, hint, key_hash) "
-           "VALUES (:org_id, 'Raw', :environment, 'pk_test_…abcd', :key_hash)")
+    sql = (
+        "INSERT INTO api_keys (organization_id, name, environment, hint, key_hash) "
+        "VALUES (:org_id, 'Raw', :environment, 'pk_test_…abcd', :key_hash)"
+    )
     _insert(sql, org_id=org.id, environment="live", key_hash=_digest())
     _refused(sql, org_id=org.id, environment="prod", key_hash=_digest())
 
@@ -62,15 +64,16 @@ def test_unknown_usage_outcome_is_refused(org):
 
 def test_duplicate_key_hash_is_refused(org, owner):
     existing = factories.api_key(org, owner).api_key
-    sql = ("INSERT INTO api_keys (organization_id, name, environment, hint, key_hash) "
-           "VALUES (:org_id, 'Copy', 'test', 'pk_test_…abcd', :key_hash)")
+    sql = (
+        "INSERT INTO api_keys (organization_id, name, environment, hint, key_hash) "
+        "VALUES (:org_id, 'Copy', 'test', 'pk_test_…abcd', :key_hash)"
+    )
     _refused(sql, org_id=org.id, key_hash=existing.key_hash)
     _insert(sql, org_id=org.id, key_hash=_digest())
 
 
 def test_email_is_unique_ignoring_case():
-    sql = ("INSERT INTO users (email, display_name, password_hash, session_token) "
-           "VALUES (:email, 'Raw', 'x', :token)")
+    sql = "INSERT INTO users (email, display_name, password_hash, session_token) VALUES (:email, 'Raw', 'x', :token)"
     _insert(sql, email="a@x.com", token=secrets.token_hex(16))
     _refused(sql, email="A@x.com", token=secrets.token_hex(16))
     _insert(sql, email="b@x.com", token=secrets.token_hex(16))

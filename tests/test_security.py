@@ -13,8 +13,9 @@ def test_csrf_token_is_required_for_state_changes(csrf_app, owner):
     assert "The form expired" in response.get_data(as_text=True)
     page = client.get("/login").get_data(as_text=True)
     token = page.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
-    response = client.post("/login", data={"email": owner.email, "password": "correct horse battery",
-                                           "csrf_token": token})
+    response = client.post(
+        "/login", data={"email": owner.email, "password": "correct horse battery", "csrf_token": token}
+    )
     assert response.status_code == 302
 
 

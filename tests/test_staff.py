@@ -77,18 +77,17 @@ def test_org_detail_shows_plan_members_counts_events_and_never_a_secret(staff_cl
     response = staff_client.get(f"/staff/orgs/{org.slug}")
     assert response.status_code == 200
     body = response.get_data(as_text=True)
-    for text in (org.name, "Free", "60 requests / minute", owner.email, member.email, "developer",
-                 "Key created"):
+    for text in (org.name, "Free", "60 requests / minute", owner.email, member.email, "developer", "Key created"):
         assert text in body
     counts = body.split("<tbody>", 1)[1].split("</tbody>", 1)[0]
     # test: active 1 (the rolled-in key), expiring 1, expired 1, revoked 1; live: active 1
-    assert "<th scope=\"row\">test</th><td>1</td><td>1</td><td>1</td><td>1</td><td>4</td>" in counts
-    assert "<th scope=\"row\">live</th><td>1</td><td>0</td><td>0</td><td>0</td><td>1</td>" in counts
+    assert '<th scope="row">test</th><td>1</td><td>1</td><td>1</td><td>1</td><td>4</td>' in counts
+    assert '<th scope="row">live</th><td>1</td><td>0</td><td>0</td><td>0</td><td>1</td>' in counts
     for issued in [live, *test_keys]:
         row = issued.api_key
         assert row.key_hash.hex() not in body
         assert issued.plaintext not in body
-        assert issued.plaintext[len("pk_test_"):-4] not in body  # not even the secret part without the hint
+        assert issued.plaintext[len("pk_test_") : -4] not in body  # not even the secret part without the hint
 
 
 def test_unknown_org_is_404_for_staff(staff_client):
@@ -98,12 +97,17 @@ def test_unknown_org_is_404_for_staff(staff_client):
 
 
 def test_plan_change_needs_a_reason_and_valid_plan(staff_client, org, owner):
-    for data in ({"plan": "pro", "reason": ""}, {"plan": "platinum", "reason": "because"},
-                 {"plan": "free", "reason": "already there"}, {"plan": "pro", "reason": "x" * 501}):
+    for data in (
+        {"plan": "pro", "reason": ""},
+        {"plan": "platinum", "reason": "because"},
+        {"plan": "free", "reason": "already there"},
+        {"plan": "pro", "reason": "x" * 501},
+    ):
         response = staff_client.post(f"/staff/orgs/{org.slug}/plan", data=data)
         assert response.status_code == 422
     assert "already on the Free plan" in staff_client.post(
-        f"/staff/orgs/{org.slug}/plan", data={"plan": "free", "reason": "noop"}).get_data(as_text=True)
+        f"/staff/orgs/{org.slug}/plan", data={"plan": "free", "reason": "noop"}
+    ).get_data(as_text=True)
     assert db.session.get(Organization, org.id).plan == "free"
     assert db.session.scalar(sa.select(AuditEvent).filter_by(action="plan.changed")) is None
 

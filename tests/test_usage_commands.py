@@ -70,9 +70,7 @@ def test_unknown_org_and_bad_age_are_reported(app):
 
 def test_prune_and_rebuild_commands(app, org):
     runner = app.test_cli_runner()
-    runner.invoke(
-        args=["usage", "simulate", "--org", org.slug, "--events", "3000", "--days", "10", "--no-vacuum"]
-    )
+    runner.invoke(args=["usage", "simulate", "--org", org.slug, "--events", "3000", "--days", "10", "--no-vacuum"])
     result = runner.invoke(args=["usage", "prune", "--older-than", "5d"])
     assert result.exit_code == 0 and "Deleted" in result.output
     kept = count("SELECT count(*) FROM api_key_usage WHERE organization_id = :o", o=org.id)

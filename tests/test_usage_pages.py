@@ -61,9 +61,7 @@ def test_dashboard_shows_totals_chart_data_and_tables(client, auth, org, owner, 
 def test_csv_is_exactly_the_table_on_the_page(client, auth, org, owner, busy_key, table):
     auth.login(owner)
     query = "range=custom&start=2026-11-01&end=2030-01-01&bucket=day&tz=Europe/Berlin"
-    page_rows = html_tables(client.get(f"/orgs/{org.slug}/usage?{query}").get_data(as_text=True))[
-        f"table-{table}"
-    ]
+    page_rows = html_tables(client.get(f"/orgs/{org.slug}/usage?{query}").get_data(as_text=True))[f"table-{table}"]
     response = client.get(f"/orgs/{org.slug}/usage.csv?{query}&table={table}")
     assert response.status_code == 200 and response.mimetype == "text/csv"
     assert csv_rows(response.data) == [numbers(row) if i else row for i, row in enumerate(page_rows)]
@@ -85,9 +83,7 @@ def test_bad_range_bucket_and_zone_show_a_message_not_an_error(client, auth, org
     assert response.status_code == 200
     assert "Unknown range" in html and "Unknown bucket" in html and "Unknown time zone" in html
     response = client.get(f"/orgs/{org.slug}/usage?range=custom&start=2026-11-20&end=2026-11-02")
-    assert response.status_code == 200 and "end date is before the start date" in response.get_data(
-        as_text=True
-    )
+    assert response.status_code == 200 and "end date is before the start date" in response.get_data(as_text=True)
     assert client.get(f"/orgs/{org.slug}/usage.csv?table=secrets").status_code == 404
 
 
@@ -156,11 +152,13 @@ def test_staff_see_any_organization_read_only(client, auth, org, owner, member, 
 )
 def test_day_buckets_split_at_local_midnight(client, auth, org, owner, tz, expected):
     key = factories.api_key(org, owner).api_key
-    record([
-        event(key, datetime(2026, 11, 20, 22, 59, 59, 999999, tzinfo=UTC)),
-        event(key, datetime(2026, 11, 20, 23, 0, tzinfo=UTC)),
-        event(key, datetime(2026, 11, 21, 0, 0, tzinfo=UTC)),
-    ])
+    record(
+        [
+            event(key, datetime(2026, 11, 20, 22, 59, 59, 999999, tzinfo=UTC)),
+            event(key, datetime(2026, 11, 20, 23, 0, tzinfo=UTC)),
+            event(key, datetime(2026, 11, 21, 0, 0, tzinfo=UTC)),
+        ]
+    )
     auth.login(owner)
     query = f"range=custom&start=2026-11-20&end=2026-11-21&bucket=day&tz={tz}"
     for url in (f"/orgs/{org.slug}/usage?{query}", f"/orgs/{org.slug}/keys/{key.id}/usage?{query}"):
@@ -182,8 +180,11 @@ def test_day_buckets_split_at_local_midnight(client, auth, org, owner, tz, expec
 )
 def test_odd_queries_never_break_the_pages(client, auth, org, owner, busy_key, query):
     auth.login(owner)
-    for url in (f"/orgs/{org.slug}/usage?{query}", f"/orgs/{org.slug}/keys/{busy_key.id}/usage?{query}",
-                f"/orgs/{org.slug}/usage.csv?{query}"):
+    for url in (
+        f"/orgs/{org.slug}/usage?{query}",
+        f"/orgs/{org.slug}/keys/{busy_key.id}/usage?{query}",
+        f"/orgs/{org.slug}/usage.csv?{query}",
+    ):
         assert client.get(url).status_code == 200, url
     # NUL cannot reach PostgreSQL at all: every page refuses it up front with a 400.
     assert client.get(f"/orgs/{org.slug}/usage?range=%00").status_code == 400

@@ -45,9 +45,7 @@ def test_every_outcome_and_environment_is_counted_like_the_raw_events(org, keys)
     assert (by_env["test"].calls, by_env["test"].ok, by_env["test"].rate_limited) == (2, 1, 1)
     assert (by_env["live"].calls, by_env["live"].revoked, by_env["live"].expired) == (3, 1, 1)
     assert (by_env["none"].calls, by_env["none"].unknown) == (1, 1)  # no key, but the org is known
-    endpoints = {
-        r.endpoint: r.calls for r in rollup("usage_endpoint_hourly", "organization_id = :o", o=org.id)
-    }
+    endpoints = {r.endpoint: r.calls for r in rollup("usage_endpoint_hourly", "organization_id = :o", o=org.id)}
     assert endpoints == {"/v1/translate": 4, "/v1/embed": 1, "": 1}
 
 
@@ -78,9 +76,7 @@ def test_hour_and_day_edges(org, keys):
 def test_a_late_arrival_lands_in_its_old_bucket(org, keys):
     key = keys[0]
     record([event(key, T0)])
-    record(
-        [event(key, T0 - timedelta(days=12, minutes=30), "rate_limited")]
-    )  # arrives late, with its old time
+    record([event(key, T0 - timedelta(days=12, minutes=30), "rate_limited")])  # arrives late, with its old time
 
     old = rollup("usage_key_daily", "key_id = :k AND day = :d", k=key.id, d=date(2026, 11, 8))
     assert [(r.calls, r.rate_limited) for r in old] == [(1, 1)]
@@ -110,9 +106,7 @@ def test_prune_deletes_old_raw_events_but_keeps_their_rollups(org, keys):
     maintenance.fold()
 
     raw = db.session.scalar(sa.text("SELECT count(*) FROM api_key_usage WHERE key_id = :k"), {"k": key.id})
-    kept = db.session.scalar(
-        sa.text("SELECT sum(calls) FROM usage_key_daily WHERE key_id = :k"), {"k": key.id}
-    )
+    kept = db.session.scalar(sa.text("SELECT sum(calls) FROM usage_key_daily WHERE key_id = :k"), {"k": key.id})
     assert (raw, kept) == (1, 2)
 
 
@@ -137,9 +131,7 @@ def committed_org(app) -> Iterator[tuple[uuid.UUID, list[uuid.UUID]]]:
         conn.execute(sa.text("DELETE FROM api_key_usage WHERE organization_id = :o"), {"o": org_id})
         conn.execute(sa.text("DELETE FROM usage_rollup_pending WHERE organization_id = :o"), {"o": org_id})
         conn.execute(sa.text("DELETE FROM audit_events WHERE organization_id = :o"), {"o": org_id})
-        conn.execute(
-            sa.text("DELETE FROM organizations WHERE id = :o"), {"o": org_id}
-        )  # cascades to rollups
+        conn.execute(sa.text("DELETE FROM organizations WHERE id = :o"), {"o": org_id})  # cascades to rollups
         conn.execute(sa.text("DELETE FROM users WHERE id = :u"), {"u": user_id})
 
 
@@ -214,10 +206,7 @@ def test_top_keys_mix_daily_and_hourly_rollups_without_losing_the_edges(org, key
         r.end - timedelta(microseconds=1),
         r.end,
     ]
-    record(
-        [event(test_key, at) for at in moments]
-        + [event(live_key, at, "rate_limited") for at in moments[1:3]]
-    )
+    record([event(test_key, at) for at in moments] + [event(live_key, at, "rate_limited") for at in moments[1:3]])
     maintenance.fold()
 
     ranked = {row.id: (row.calls, row.rate_limited) for row in services.top_keys(org.id, r)}
@@ -238,7 +227,7 @@ def test_top_keys_shortcut_is_exact(monkeypatch, shape):
     keys = [factories.api_key(org, owner, name=f"k{i}").api_key for i in range(9)]
     events = []
     for i, key in enumerate(keys):
-        inside = {"skewed": 2 ** i, "flat": 5 + i % 2, "busy_outside_the_range": 3 + i}[shape]
+        inside = {"skewed": 2**i, "flat": 5 + i % 2, "busy_outside_the_range": 3 + i}[shape]
         events += [event(key, r.start + timedelta(minutes=7 * n)) for n in range(inside)]
         if shape == "busy_outside_the_range" and i < 4:  # same UTC day, but before the range starts
             events += [event(key, r.start - timedelta(minutes=1 + n)) for n in range(40)]
@@ -247,8 +236,9 @@ def test_top_keys_shortcut_is_exact(monkeypatch, shape):
 
     expected = db.session.execute(
         sa.text(
-        "SELECT key_id, count(*) FROM api_key_usage WHERE organization_id = :o AND occurred_at >= :s"
-        " AND occurred_at < :e GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 3"),
+            "SELECT key_id, count(*) FROM api_key_usage WHERE organization_id = :o AND occurred_at >= :s"
+            " AND occurred_at < :e GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 3"
+        ),
         {"o": org.id, "s": r.start, "e": r.end},
     )
     ranked = services.top_keys(org.id, r, limit=3)

@@ -33,14 +33,10 @@ def answer_verify(read: Callable[[], RawRequest], verifier: Verifier) -> Answer:
     except BadRequest as exc:
         return error_answer(400, exc.code, exc.message)
     except RequestEntityTooLarge:
-        return error_answer(
-            400, "body_too_large", f"The request body must be at most {MAX_BODY_BYTES} bytes."
-        )
+        return error_answer(400, "body_too_large", f"The request body must be at most {MAX_BODY_BYTES} bytes.")
     try:
         result = verifier.verify(payload.key, payload.endpoint, started)
     except DatabaseUnavailable:
-        return error_answer(
-            503, "unavailable", "Key verification is unavailable; retry shortly.", {"Retry-After": "1"}
-        )
+        return error_answer(503, "unavailable", "Key verification is unavailable; retry shortly.", {"Retry-After": "1"})
     headers = [("Content-Type", JSON), ("Cache-Control", "no-store"), *result.headers().items()]
     return result.status_code, headers, json.dumps(result.as_json(), separators=(",", ":")).encode()

@@ -35,13 +35,9 @@ def check_request_key() -> services.Verification | Any:
     try:
         result = services.verify(token, endpoint, started)
     except DatabaseUnavailable:
-        return json_error(
-            503, "unavailable", "Key verification is unavailable; retry shortly.", {"Retry-After": "1"}
-        )
+        return json_error(503, "unavailable", "Key verification is unavailable; retry shortly.", {"Retry-After": "1"})
     if not result.valid:
-        return json_error(
-            result.status_code, result.outcome, services.MESSAGES[result.outcome], result.headers()
-        )
+        return json_error(result.status_code, result.outcome, services.MESSAGES[result.outcome], result.headers())
     return result
 
 

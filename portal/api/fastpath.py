@@ -47,11 +47,7 @@ class VerifyFastPath:
         self.needs_app_context = isinstance(verifier.backend, SessionBackend)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if (
-            not self.enabled
-            or environ.get("PATH_INFO") != self.path
-            or environ.get("REQUEST_METHOD") != "POST"
-        ):
+        if not self.enabled or environ.get("PATH_INFO") != self.path or environ.get("REQUEST_METHOD") != "POST":
             return self.wsgi_app(environ, start_response)
         try:
             if self.needs_app_context:

@@ -137,9 +137,7 @@ def openapi_document() -> dict[str, Any]:
         "components": {
             "schemas": _schemas(),
             "headers": _headers(),
-            "securitySchemes": {
-                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "pk_{test|live}_…"}
-            },
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "pk_{test|live}_…"}},
         },
         "paths": {
             "/keys/verify": {
@@ -158,9 +156,7 @@ def openapi_document() -> dict[str, Any]:
                         "content": {"application/json": {"schema": _ref("VerifyRequest")}},
                     },
                     "responses": {
-                        "200": _json(
-                            _ref("Valid"), "The key is valid and the call was admitted.", RATE_HEADERS
-                        ),
+                        "200": _json(_ref("Valid"), "The key is valid and the call was admitted.", RATE_HEADERS),
                         "400": bad_request,
                         "401": _json(
                             _ref("Invalid"),
@@ -183,9 +179,7 @@ def openapi_document() -> dict[str, Any]:
                     "summary": "Try a key: a route protected by `@require_api_key`",
                     "security": [{"bearer": []}],
                     "responses": {
-                        "200": _json(
-                            {"type": "object"}, "Who the key belongs to, and its rate limit.", RATE_HEADERS
-                        ),
+                        "200": _json({"type": "object"}, "Who the key belongs to, and its rate limit.", RATE_HEADERS),
                         "400": bad_request,
                         "401": _json(_ref("Error"), "Missing, malformed, unknown, revoked or expired key."),
                         "429": _json(_ref("Error"), "Rate limited.", (*RATE_HEADERS, "Retry-After")),

@@ -15,9 +15,7 @@ WINDOW_SECONDS = 60
 STATEMENT_NAME = "portal_verify_v1"
 BUCKET_PREFIX = "org:"
 WINDOW = f"interval '{WINDOW_SECONDS} seconds'"
-WINDOW_START = (
-    f"to_timestamp(floor(extract(epoch FROM statement_timestamp()) / {WINDOW_SECONDS}) * {WINDOW_SECONDS})"
-)
+WINDOW_START = f"to_timestamp(floor(extract(epoch FROM statement_timestamp()) / {WINDOW_SECONDS}) * {WINDOW_SECONDS})"
 
 
 def _limit_case() -> str:
@@ -139,8 +137,7 @@ INSERT_USAGE = (
 )
 TOUCH_KEYS_PREFIX = "UPDATE api_keys k SET last_used_at = v.t FROM (VALUES "
 TOUCH_KEYS_SUFFIX = (
-    ") AS v(id, t) WHERE k.id = v.id "
-    "AND (k.last_used_at IS NULL OR k.last_used_at < v.t - interval '1 minute')"
+    ") AS v(id, t) WHERE k.id = v.id AND (k.last_used_at IS NULL OR k.last_used_at < v.t - interval '1 minute')"
 )
 
 # Windows of the API limiter end a minute after they start; keep one spare window for clock skew.

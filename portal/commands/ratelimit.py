@@ -15,8 +15,14 @@ def ratelimit_group() -> None:
 
 
 @ratelimit_group.command("prune")
-@click.option("--older-than", "minutes", type=click.IntRange(min=1), default=60, show_default=True,
-              help="Delete windows that started more than this many minutes ago.")
+@click.option(
+    "--older-than",
+    "minutes",
+    type=click.IntRange(min=1),
+    default=60,
+    show_default=True,
+    help="Delete windows that started more than this many minutes ago.",
+)
 def prune(minutes: int) -> None:
     """Delete finished windows. The API's own one-minute windows are also pruned on the fly by each worker."""
     longest: timedelta = current_app.config["LOGIN_THROTTLE_WINDOW"]

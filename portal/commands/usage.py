@@ -46,8 +46,7 @@ def simulate(slug: str, events: int, days: float, key_count: int, chunk: int, va
     org = _org(slug)
     started = time.perf_counter()
     with click.progressbar(length=events, label=f"Simulating {events:,} calls", show_pos=True) as bar:
-        sim.simulate(org, events, days, key_count=key_count, chunk=chunk, progress=bar.update,
-                     vacuum_pending=vacuum)
+        sim.simulate(org, events, days, key_count=key_count, chunk=chunk, progress=bar.update, vacuum_pending=vacuum)
     if vacuum:
         click.echo("VACUUM ANALYZE …")
         sim.vacuum_analyze()
@@ -98,6 +97,4 @@ def rebuild(slug: str | None, since: datetime | None) -> None:
     """Recompute rollups from raw events (after a restore or a manual fix); writers wait meanwhile."""
     org_id = _org(slug).id if slug else None
     start = maintenance.rebuild_rollups(org_id, since.replace(tzinfo=UTC) if since else None)
-    click.echo(
-        "No raw events to rebuild from." if start is None else f"Rollups rebuilt from {start:%Y-%m-%d}."
-    )
+    click.echo("No raw events to rebuild from." if start is None else f"Rollups rebuilt from {start:%Y-%m-%d}.")

@@ -52,7 +52,7 @@ def parse(candidate: object) -> ParsedKey | None:
     match = KEY_PATTERN.match(candidate)
     if match is None:
         return None
-    if not hmac.compare_digest(checksum(candidate[: -CHECKSUM_LENGTH]), match.group(3)):
+    if not hmac.compare_digest(checksum(candidate[:-CHECKSUM_LENGTH]), match.group(3)):
         return None
     return ParsedKey(environment=match.group(1), key=candidate)
 

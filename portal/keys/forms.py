@@ -22,16 +22,20 @@ def end_of_day(day: date | None) -> datetime | None:
 
 
 class CreateKeyForm(FlaskForm):
-    name = StringField("Name", validators=NAME_RULES, filters=[strip_filter],
-                       description="What uses this key, e.g. “billing worker”.")
+    name = StringField(
+        "Name", validators=NAME_RULES, filters=[strip_filter], description="What uses this key, e.g. “billing worker”."
+    )
     environment = RadioField(
         "Environment",
         choices=choices([("test", "Test (pk_test_…)"), ("live", "Live (pk_live_…)")]),
         default="test",
         validators=[DataRequired()],
     )
-    expires_on = DateField("Expires on (optional)", validators=[Optional(), future_date],
-                           description="The key stops working at the end of this day, UTC.")
+    expires_on = DateField(
+        "Expires on (optional)",
+        validators=[Optional(), future_date],
+        description="The key stops working at the end of this day, UTC.",
+    )
     request_token = HiddenField()
 
 
@@ -40,16 +44,15 @@ class RenameKeyForm(FlaskForm):
 
 
 class ExpiryForm(FlaskForm):
-    expires_on = DateField("Expires on", validators=[Optional(), future_date],
-                           description="Leave empty for a key that does not expire.")
+    expires_on = DateField(
+        "Expires on", validators=[Optional(), future_date], description="Leave empty for a key that does not expire."
+    )
 
 
 class RollKeyForm(FlaskForm):
     grace = SelectField(
         "Keep the old key working for",
-        choices=choices(
-            [("now", "No time: stop it now"), ("1h", "1 hour"), ("24h", "24 hours"), ("7d", "7 days")]
-        ),
+        choices=choices([("now", "No time: stop it now"), ("1h", "1 hour"), ("24h", "24 hours"), ("7d", "7 days")]),
         default="24h",
     )
 

@@ -26,10 +26,15 @@ def _require_env_permission(environment: str) -> None:
 
 def _show_secret(issued: services.IssuedKey, headline: str) -> Any:
     """The one page that ever shows a key; it is never cached and never re-shown."""
-    response = make_response(render_template(
-        "keys/created.html", api_key=issued.api_key, plaintext=issued.plaintext, headline=headline,
-        api_base=current_app.config["PUBLIC_API_BASE"],
-    ))
+    response = make_response(
+        render_template(
+            "keys/created.html",
+            api_key=issued.api_key,
+            plaintext=issued.plaintext,
+            headline=headline,
+            api_base=current_app.config["PUBLIC_API_BASE"],
+        )
+    )
     response.headers["Cache-Control"] = "no-store"
     return response
 
@@ -42,8 +47,14 @@ def index(slug: str) -> Any:
     per_page = current_app.config["KEYS_PER_PAGE"]
     keys, total = services.list_keys(g.org, page=page, per_page=per_page, environment=environment)
     return render_template(
-        "keys/index.html", keys=keys, total=total, page=page, per_page=per_page, environment=environment,
-        now=services.now(), usable=services.usable_key_count(g.org.id),
+        "keys/index.html",
+        keys=keys,
+        total=total,
+        page=page,
+        per_page=per_page,
+        environment=environment,
+        now=services.now(),
+        usable=services.usable_key_count(g.org.id),
     )
 
 
@@ -60,8 +71,12 @@ def create(slug: str) -> Any:
         _require_env_permission(form.environment.data)
         try:
             issued = services.create_key(
-                g.org, name=form.name.data, environment=form.environment.data, actor=current_user,
-                expires_at=end_of_day(form.expires_on.data), request_token=token,
+                g.org,
+                name=form.name.data,
+                environment=form.environment.data,
+                actor=current_user,
+                expires_at=end_of_day(form.expires_on.data),
+                request_token=token,
             )
         except services.AlreadyCreated as exc:
             flash(str(exc), "warning")
@@ -163,5 +178,10 @@ def _render_detail(api_key: ApiKey, failed: Any = None) -> str:
     if failed is not None:
         slot = {RenameKeyForm: "rename_form", ExpiryForm: "expiry_form", RollKeyForm: "roll_form"}[type(failed)]
         forms[slot] = failed
-    return render_template("keys/detail.html", api_key=api_key, now=services.now(),
-                           may_manage=can(_env_permission(api_key.environment)), **forms)
+    return render_template(
+        "keys/detail.html",
+        api_key=api_key,
+        now=services.now(),
+        may_manage=can(_env_permission(api_key.environment)),
+        **forms,
+    )

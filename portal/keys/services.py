@@ -75,8 +75,14 @@ def usable_key_count(organization_id: uuid.UUID) -> int:
     return int(db.session.scalar(query) or 0)
 
 
-def _issue(org: Organization, name: str, environment: str, actor: User | None,
-           expires_at: datetime | None, metadata: dict[str, object] | None) -> IssuedKey:
+def _issue(
+    org: Organization,
+    name: str,
+    environment: str,
+    actor: User | None,
+    expires_at: datetime | None,
+    metadata: dict[str, object] | None,
+) -> IssuedKey:
     plaintext = keyformat.generate(environment)
     api_key = ApiKey(
         organization_id=org.id,
@@ -119,8 +125,13 @@ def create_key(
     metadata: dict[str, object] | None = {"request_token": request_token} if request_token else None
     issued = _issue(org, name, environment, actor, expires_at, metadata)
     audit.record(
-        "key.created", organization_id=org.id, actor=actor, actor_label=actor_label, target_type="api_key",
-        target_id=issued.api_key.id, details={"name": name, "environment": environment, "hint": issued.api_key.hint},
+        "key.created",
+        organization_id=org.id,
+        actor=actor,
+        actor_label=actor_label,
+        target_type="api_key",
+        target_id=issued.api_key.id,
+        details={"name": name, "environment": environment, "hint": issued.api_key.hint},
     )
     db.session.commit()
     return issued
@@ -132,8 +143,9 @@ def find_by_request_token(org: Organization, request_token: str) -> ApiKey | Non
     )
 
 
-def list_keys(org: Organization, *, page: int = 1, per_page: int = 20,
-              environment: str | None = None) -> tuple[list[ApiKey], int]:
+def list_keys(
+    org: Organization, *, page: int = 1, per_page: int = 20, environment: str | None = None
+) -> tuple[list[ApiKey], int]:
     query = org_scoped(ApiKey, org.id)
     if environment in keyformat.PREFIXES:
         query = query.where(ApiKey.environment == environment)
@@ -149,8 +161,14 @@ def list_keys(org: Organization, *, page: int = 1, per_page: int = 20,
 def rename_key(org: Organization, api_key: ApiKey, name: str, actor: User | None) -> None:
     old = api_key.name
     api_key.name = name
-    audit.record("key.renamed", organization_id=org.id, actor=actor, target_type="api_key", target_id=api_key.id,
-                 details={"from": old, "to": name, "hint": api_key.hint})
+    audit.record(
+        "key.renamed",
+        organization_id=org.id,
+        actor=actor,
+        target_type="api_key",
+        target_id=api_key.id,
+        details={"from": old, "to": name, "hint": api_key.hint},
+    )
     db.session.commit()
 
 
@@ -160,9 +178,14 @@ def set_expiry(org: Organization, api_key: ApiKey, expires_at: datetime | None, 
     if expires_at is not None and expires_at <= now():
         raise KeyActionError("The expiry date must be in the future.")
     api_key.expires_at = expires_at
-    audit.record("key.expiry_changed", organization_id=org.id, actor=actor, target_type="api_key",
-                 target_id=api_key.id,
-                 details={"expires_at": expires_at.isoformat() if expires_at else None, "hint": api_key.hint})
+    audit.record(
+        "key.expiry_changed",
+        organization_id=org.id,
+        actor=actor,
+        target_type="api_key",
+        target_id=api_key.id,
+        details={"expires_at": expires_at.isoformat() if expires_at else None, "hint": api_key.hint},
+    )
     db.session.commit()
 
 
@@ -172,8 +195,15 @@ def revoke_key(org: Organization, api_key: ApiKey, actor: User | None, actor_lab
         raise KeyActionError("This key is already revoked.")
     api_key.revoked_at = now()
     api_key.revoked_by_id = actor.id if actor else None
-    audit.record("key.revoked", organization_id=org.id, actor=actor, actor_label=actor_label,
-                 target_type="api_key", target_id=api_key.id, details={"name": api_key.name, "hint": api_key.hint})
+    audit.record(
+        "key.revoked",
+        organization_id=org.id,
+        actor=actor,
+        actor_label=actor_label,
+        target_type="api_key",
+        target_id=api_key.id,
+        details={"name": api_key.name, "hint": api_key.hint},
+    )
     db.session.commit()
 
 
@@ -185,13 +215,23 @@ def roll_key(org: Organization, api_key: ApiKey, grace: timedelta, actor: User |
     if api_key.status_at(moment) != "active":
         db.session.rollback()
         raise KeyActionError("Only an active key can be rolled.")
-    issued = _issue(org, api_key.name, api_key.environment, actor, api_key.expires_at,
-                    {"rolled_from": str(api_key.id)})
+    issued = _issue(org, api_key.name, api_key.environment, actor, api_key.expires_at, {"rolled_from": str(api_key.id)})
     api_key.replaced_by_id = issued.api_key.id
     api_key.revoked_at = moment + grace
     api_key.revoked_by_id = actor.id if actor else None
-    audit.record("key.rolled", organization_id=org.id, actor=actor, target_type="api_key", target_id=api_key.id,
-                 details={"name": api_key.name, "old_hint": api_key.hint, "new_hint": issued.api_key.hint,
-                          "new_key_id": str(issued.api_key.id), "old_key_stops_at": api_key.revoked_at.isoformat()})
+    audit.record(
+        "key.rolled",
+        organization_id=org.id,
+        actor=actor,
+        target_type="api_key",
+        target_id=api_key.id,
+        details={
+            "name": api_key.name,
+            "old_hint": api_key.hint,
+            "new_hint": issued.api_key.hint,
+            "new_key_id": str(issued.api_key.id),
+            "old_key_stops_at": api_key.revoked_at.isoformat(),
+        },
+    )
     db.session.commit()
     return issued

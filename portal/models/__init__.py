@@ -15,7 +15,21 @@ from portal.models.usage import OUTCOMES, ApiKeyUsage, RateLimitTracking
 from portal.models.user import User
 
 __all__ = [
-    "ENVIRONMENTS", "OUTCOMES", "ROLES", "ApiKey", "ApiKeyUsage", "AuditEvent", "Invitation", "Membership",
-    "Organization", "RateLimitTracking", "UsageEndpointHourly", "UsageKeyDaily", "UsageKeyEndpointDaily",
-    "UsageKeyHourly", "UsageOrgHourly", "UsageRollupPending", "User",
+    "ENVIRONMENTS",
+    "OUTCOMES",
+    "ROLES",
+    "ApiKey",
+    "ApiKeyUsage",
+    "AuditEvent",
+    "Invitation",
+    "Membership",
+    "Organization",
+    "RateLimitTracking",
+    "UsageEndpointHourly",
+    "UsageKeyDaily",
+    "UsageKeyEndpointDaily",
+    "UsageKeyHourly",
+    "UsageOrgHourly",
+    "UsageRollupPending",
+    "User",
 ]

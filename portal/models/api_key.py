@@ -48,9 +48,7 @@ class ApiKey(Model):
     replaced_by_id: Mapped[uuid.UUID | None] = mapped_column(
         UUID(as_uuid=True), sa.ForeignKey("api_keys.id", ondelete="SET NULL")
     )
-    metadata_: Mapped[dict[str, Any]] = mapped_column(
-        "metadata", JSONB, server_default=sa.text("'{}'::jsonb")
-    )
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, server_default=sa.text("'{}'::jsonb"))
 
     organization: Mapped[Organization] = relationship()
     created_by: Mapped[User | None] = relationship(foreign_keys=[created_by_id])

@@ -35,4 +35,3 @@ class AuditEvent(Model):
     created_at: Mapped[created_at]
 
     actor: Mapped[User | None] = relationship()
-

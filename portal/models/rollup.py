@@ -39,9 +39,7 @@ def _org_fk() -> Mapped[uuid.UUID]:
 
 
 def _key_fk(primary_key: bool = True) -> Mapped[uuid.UUID]:
-    return mapped_column(
-        UUID(as_uuid=True), sa.ForeignKey("api_keys.id", ondelete="CASCADE"), primary_key=primary_key
-    )
+    return mapped_column(UUID(as_uuid=True), sa.ForeignKey("api_keys.id", ondelete="CASCADE"), primary_key=primary_key)
 
 
 def _count() -> Mapped[int]:

@@ -28,9 +28,19 @@ ACTION_LABELS: dict[str, str] = {
 }
 
 DETAIL_LABELS: dict[str, str] = {
-    "from": "From", "to": "To", "reason": "Reason", "role": "Role", "email": "Email", "name": "Name",
-    "hint": "Key", "environment": "Environment", "expires_at": "Expires", "old_hint": "Old key",
-    "new_hint": "New key", "old_key_stops_at": "Old key stops", "invitation_id": "Invitation",
+    "from": "From",
+    "to": "To",
+    "reason": "Reason",
+    "role": "Role",
+    "email": "Email",
+    "name": "Name",
+    "hint": "Key",
+    "environment": "Environment",
+    "expires_at": "Expires",
+    "old_hint": "Old key",
+    "new_hint": "New key",
+    "old_key_stops_at": "Old key stops",
+    "invitation_id": "Invitation",
     "new_key_id": "New key id",
 }
 # Shown in the target column rather than repeated among the details.

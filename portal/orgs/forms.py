@@ -23,8 +23,9 @@ def role_choices(grantable: tuple[str, ...] = ROLES) -> list[SelectChoice]:
 
 
 class OrgNameForm(FlaskForm):
-    name = StringField("Organization name", validators=[DataRequired(), Length(max=100), no_control_chars],
-                       filters=[strip_filter])
+    name = StringField(
+        "Organization name", validators=[DataRequired(), Length(max=100), no_control_chars], filters=[strip_filter]
+    )
 
 
 class RoleForm(FlaskForm):
@@ -32,8 +33,9 @@ class RoleForm(FlaskForm):
 
 
 class InviteForm(FlaskForm):
-    role = SelectField("Role", choices=choices([(r, ROLE_LABELS[r]) for r in ROLES]), default="developer",
-                       validators=[DataRequired()])
+    role = SelectField(
+        "Role", choices=choices([(r, ROLE_LABELS[r]) for r in ROLES]), default="developer", validators=[DataRequired()]
+    )
     email = EmailField(
         "Email (optional)",
         validators=[Optional(), Length(max=254), Email(check_deliverability=False)],

@@ -15,8 +15,10 @@ ASK_AGAIN = "Ask the person who invited you for a new link."
 STATE_MESSAGES = {
     services.InviteState.EXPIRED: ("This invitation has expired", ASK_AGAIN),
     services.InviteState.REVOKED: ("This invitation was revoked", ASK_AGAIN),
-    services.InviteState.ACCEPTED: ("This invitation was already used",
-                                    "Each link works once. Ask for a new one if you still need to join."),
+    services.InviteState.ACCEPTED: (
+        "This invitation was already used",
+        "Each link works once. Ask for a new one if you still need to join.",
+    ),
 }
 
 
@@ -38,11 +40,16 @@ def _lookup(token: str) -> tuple[Invitation | None, bool]:
 
 def _page(invitation: Invitation, token: str, status: int = 200, error: str | None = None) -> Any:
     blocker = services.invitation_blocker(invitation, current_user) if current_user.is_authenticated else None
-    membership = (services.membership_of(invitation.organization_id, current_user)
-                  if current_user.is_authenticated else None)
+    membership = (
+        services.membership_of(invitation.organization_id, current_user) if current_user.is_authenticated else None
+    )
     return render_template(
-        "orgs/invite.html", invitation=invitation, token=token, blocker=error or blocker,
-        membership=membership, form=ConfirmForm(formdata=None),
+        "orgs/invite.html",
+        invitation=invitation,
+        token=token,
+        blocker=error or blocker,
+        membership=membership,
+        form=ConfirmForm(formdata=None),
         next_path=url_for("orgs.invitation", token=token),
     ), status
 

@@ -42,10 +42,14 @@ def _render(status: int = 200, *, error: str | None = None, invite_form: InviteF
                 form.role.choices = grantable
                 role_forms[m.id] = form
     return render_template(
-        "orgs/members.html", members=members, role_forms=role_forms, error=error,
+        "orgs/members.html",
+        members=members,
+        role_forms=role_forms,
+        error=error,
         invite_form=_invite_form(invite_form) if can("members.manage") else None,
         invitations=services.pending_invitations(g.org) if can("members.manage") else [],
-        confirm_form=ConfirmForm(formdata=None), ttl_days=current_app.config["INVITATION_TTL"].days,
+        confirm_form=ConfirmForm(formdata=None),
+        ttl_days=current_app.config["INVITATION_TTL"].days,
     ), status
 
 
@@ -100,8 +104,12 @@ def create_invitation(slug: str) -> Any:
         return _render(422, invite_form=form)
     try:
         issued = services.create_invitation(
-            g.org, role=form.role.data, email=form.email.data, ttl=current_app.config["INVITATION_TTL"],
-            actor=current_user, actor_membership=g.membership,
+            g.org,
+            role=form.role.data,
+            email=form.email.data,
+            ttl=current_app.config["INVITATION_TTL"],
+            actor=current_user,
+            actor_membership=g.membership,
         )
     except services.OrgActionError as exc:
         return _render(exc.status, error=str(exc), invite_form=form)

@@ -43,15 +43,22 @@ class NotAllowed(OrgActionError):
     status = 403
 
 
-def change_plan(org: Organization, plan: str, *, reason: str, actor: User | None,
-                actor_label: str | None = None) -> None:
+def change_plan(
+    org: Organization, plan: str, *, reason: str, actor: User | None, actor_label: str | None = None
+) -> None:
     if plan not in PLANS:
         raise OrgActionError(f"Unknown plan {plan!r}.")
     old = org.plan
     org.plan = plan
-    audit.record("plan.changed", organization_id=org.id, actor=actor, actor_label=actor_label,
-                 target_type="organization", target_id=org.id,
-                 details={"from": old, "to": plan, "reason": reason.strip()})
+    audit.record(
+        "plan.changed",
+        organization_id=org.id,
+        actor=actor,
+        actor_label=actor_label,
+        target_type="organization",
+        target_id=org.id,
+        details={"from": old, "to": plan, "reason": reason.strip()},
+    )
     db.session.commit()
 
 
@@ -67,8 +74,14 @@ def rename_org(org: Organization, name: str, actor: User) -> None:
     if name == old:
         return
     org.name = name
-    audit.record("org.renamed", organization_id=org.id, actor=actor, target_type="organization",
-                 target_id=org.id, details={"from": old, "to": name})
+    audit.record(
+        "org.renamed",
+        organization_id=org.id,
+        actor=actor,
+        target_type="organization",
+        target_id=org.id,
+        details={"from": old, "to": name},
+    )
     db.session.commit()
 
 
@@ -78,12 +91,14 @@ def rename_org(org: Organization, name: str, actor: User) -> None:
 def list_members(org: Organization) -> list[Membership]:
     """Members with their accounts, owners first, then by name."""
     rank = sa.case({role: i for i, role in enumerate(ROLES)}, value=Membership.role)
-    return list(db.session.scalars(
-        org_scoped(Membership, org.id)
-        .join(Membership.user)
-        .options(joinedload(Membership.user))
-        .order_by(rank, sa.func.lower(User.display_name), User.email)
-    ))
+    return list(
+        db.session.scalars(
+            org_scoped(Membership, org.id)
+            .join(Membership.user)
+            .options(joinedload(Membership.user))
+            .order_by(rank, sa.func.lower(User.display_name), User.email)
+        )
+    )
 
 
 @contextmanager
@@ -107,8 +122,11 @@ def _membership_change(org: Organization, actor_membership: Membership, target: 
 
 
 def _owner_count(org: Organization) -> int:
-    query = sa.select(sa.func.count()).select_from(Membership).where(
-        Membership.organization_id == org.id, Membership.role == "owner")
+    query = (
+        sa.select(sa.func.count())
+        .select_from(Membership)
+        .where(Membership.organization_id == org.id, Membership.role == "owner")
+    )
     return int(db.session.scalar(query) or 0)
 
 
@@ -132,16 +150,23 @@ def _revoke_invitations_from(org: Organization, target: Membership, actor: User)
     ).all()
     for invitation in pending:
         invitation.revoked_at = now()
-        audit.record("invitation.revoked", organization_id=org.id, actor=actor, target_type="invitation",
-                     target_id=invitation.id, details={"role": invitation.role, "reason": "inviter lost access"})
+        audit.record(
+            "invitation.revoked",
+            organization_id=org.id,
+            actor=actor,
+            target_type="invitation",
+            target_id=invitation.id,
+            details={"role": invitation.role, "reason": "inviter lost access"},
+        )
 
 
 def _member_details(target: Membership) -> dict[str, str]:
     return {"email": target.user.email, "name": target.user.display_name}
 
 
-def change_role(org: Organization, target: Membership, new_role: str, *, actor: User,
-                actor_membership: Membership) -> None:
+def change_role(
+    org: Organization, target: Membership, new_role: str, *, actor: User, actor_membership: Membership
+) -> None:
     """Give ``target`` another role, within the guard rails: owners stay, admins do not touch owners."""
     if new_role not in ROLES:
         raise OrgActionError(f"Unknown role {new_role!r}.")
@@ -156,20 +181,31 @@ def change_role(org: Organization, target: Membership, new_role: str, *, actor: 
         target.role = new_role
         if not role_allows(new_role, "members.manage"):
             _revoke_invitations_from(org, target, actor)
-        audit.record("member.role_changed", organization_id=org.id, actor=actor, target_type="membership",
-                     target_id=target.id, details={**_member_details(target), "from": old, "to": new_role})
+        audit.record(
+            "member.role_changed",
+            organization_id=org.id,
+            actor=actor,
+            target_type="membership",
+            target_id=target.id,
+            details={**_member_details(target), "from": old, "to": new_role},
+        )
         db.session.commit()
 
 
-def remove_member(org: Organization, target: Membership, *, actor: User,
-                  actor_membership: Membership) -> None:
+def remove_member(org: Organization, target: Membership, *, actor: User, actor_membership: Membership) -> None:
     """Take ``target`` out of the organization; the last owner cannot be removed."""
     with _membership_change(org, actor_membership, target):
         _check_may_manage(actor_membership, target)
         if target.role == "owner" and _owner_count(org) <= 1:
             raise OrgActionError("The last owner cannot be removed. Make someone else an owner first.")
-        audit.record("member.removed", organization_id=org.id, actor=actor, target_type="membership",
-                     target_id=target.id, details={**_member_details(target), "role": target.role})
+        audit.record(
+            "member.removed",
+            organization_id=org.id,
+            actor=actor,
+            target_type="membership",
+            target_id=target.id,
+            details={**_member_details(target), "role": target.role},
+        )
         _revoke_invitations_from(org, target, actor)
         db.session.delete(target)
         db.session.commit()
@@ -208,8 +244,9 @@ def invite_state(invitation: Invitation, moment: datetime | None = None) -> Invi
     return InviteState.PENDING
 
 
-def create_invitation(org: Organization, *, role: str, email: str | None, ttl: timedelta, actor: User,
-                      actor_membership: Membership) -> IssuedInvitation:
+def create_invitation(
+    org: Organization, *, role: str, email: str | None, ttl: timedelta, actor: User, actor_membership: Membership
+) -> IssuedInvitation:
     """An invite link for ``role``; only the token's SHA-256 is stored, so the link cannot be shown again."""
     if role not in ROLES:
         raise OrgActionError(f"Unknown role {role!r}.")
@@ -218,28 +255,39 @@ def create_invitation(org: Organization, *, role: str, email: str | None, ttl: t
     if role == "owner" and actor_membership.role != "owner":
         raise NotAllowed("Only an owner can invite another owner.")
     token = new_token()
-    invitation = Invitation(organization_id=org.id, role=role, email=email.strip().lower() if email else None,
-                            token_hash=token_digest(token), created_by_id=actor.id, expires_at=now() + ttl)
+    invitation = Invitation(
+        organization_id=org.id,
+        role=role,
+        email=email.strip().lower() if email else None,
+        token_hash=token_digest(token),
+        created_by_id=actor.id,
+        expires_at=now() + ttl,
+    )
     db.session.add(invitation)
     db.session.flush()
-    audit.record("member.invited", organization_id=org.id, actor=actor, target_type="invitation",
-                 target_id=invitation.id, details={"role": role, "email": invitation.email,
-                                                   "expires_at": invitation.expires_at.isoformat()})
+    audit.record(
+        "member.invited",
+        organization_id=org.id,
+        actor=actor,
+        target_type="invitation",
+        target_id=invitation.id,
+        details={"role": role, "email": invitation.email, "expires_at": invitation.expires_at.isoformat()},
+    )
     db.session.commit()
     return IssuedInvitation(invitation, token)
 
 
 def pending_invitations(org: Organization) -> list[Invitation]:
-    return list(db.session.scalars(
-        org_scoped(Invitation, org.id)
-        .where(Invitation.accepted_at.is_(None), Invitation.revoked_at.is_(None),
-               Invitation.expires_at > now())
-        .order_by(Invitation.created_at.desc())
-    ))
+    return list(
+        db.session.scalars(
+            org_scoped(Invitation, org.id)
+            .where(Invitation.accepted_at.is_(None), Invitation.revoked_at.is_(None), Invitation.expires_at > now())
+            .order_by(Invitation.created_at.desc())
+        )
+    )
 
 
-def revoke_invitation(org: Organization, invitation: Invitation, *, actor: User,
-                      actor_membership: Membership) -> None:
+def revoke_invitation(org: Organization, invitation: Invitation, *, actor: User, actor_membership: Membership) -> None:
     if not role_allows(actor_membership.role, "members.manage"):
         raise NotAllowed(f"Your role ({actor_membership.role}) cannot manage invitations.")
     if invitation.role == "owner" and actor_membership.role != "owner":
@@ -247,8 +295,14 @@ def revoke_invitation(org: Organization, invitation: Invitation, *, actor: User,
     if invite_state(invitation) is not InviteState.PENDING:
         raise OrgActionError("This invitation is no longer pending.")
     invitation.revoked_at = now()
-    audit.record("invitation.revoked", organization_id=org.id, actor=actor, target_type="invitation",
-                 target_id=invitation.id, details={"role": invitation.role, "email": invitation.email})
+    audit.record(
+        "invitation.revoked",
+        organization_id=org.id,
+        actor=actor,
+        target_type="invitation",
+        target_id=invitation.id,
+        details={"role": invitation.role, "email": invitation.email},
+    )
     db.session.commit()
 
 
@@ -263,7 +317,8 @@ def find_invitation(token: str, *, for_update: bool = False) -> Invitation | Non
 
 def membership_of(org_id: object, user: User) -> Membership | None:
     return db.session.scalar(
-        sa.select(Membership).where(Membership.organization_id == org_id, Membership.user_id == user.id))
+        sa.select(Membership).where(Membership.organization_id == org_id, Membership.user_id == user.id)
+    )
 
 
 def invitation_blocker(invitation: Invitation, user: User) -> str | None:
@@ -294,10 +349,19 @@ def accept_invitation(token: str, user: User) -> Membership:
     except IntegrityError:  # joined through another invitation at the same moment
         db.session.rollback()
         raise OrgActionError(f"You are already a member of {invitation.organization.name}.") from None
-    audit.record("member.joined", organization_id=invitation.organization_id, actor=user,
-                 target_type="membership", target_id=membership.id,
-                 details={"email": user.email, "name": user.display_name, "role": invitation.role,
-                          "invitation_id": str(invitation.id)})
+    audit.record(
+        "member.joined",
+        organization_id=invitation.organization_id,
+        actor=user,
+        target_type="membership",
+        target_id=membership.id,
+        details={
+            "email": user.email,
+            "name": user.display_name,
+            "role": invitation.role,
+            "invitation_id": str(invitation.id),
+        },
+    )
     db.session.commit()
     return membership
 
@@ -319,7 +383,6 @@ def audit_events(org: Organization, *, page: int = 1, per_page: int = 50) -> Pag
     query = org_scoped(AuditEvent, org.id)
     total = int(db.session.scalar(sa.select(sa.func.count()).select_from(query.subquery())) or 0)
     rows = db.session.scalars(
-        query.order_by(AuditEvent.created_at.desc(), AuditEvent.id)
-        .limit(per_page).offset((page - 1) * per_page)
+        query.order_by(AuditEvent.created_at.desc(), AuditEvent.id).limit(per_page).offset((page - 1) * per_page)
     )
     return Page(list(rows), total, page, per_page)  # type: ignore[arg-type]  # org_scoped's Select typing

@@ -9,4 +9,5 @@ def hide_from_non_staff() -> None:
     if request.path.startswith("/staff") and not (current_user.is_authenticated and current_user.is_staff):
         abort(404)
 
+
 from portal.staff import routes  # noqa: E402,F401

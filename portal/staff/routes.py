@@ -41,10 +41,16 @@ def _detail(org: Organization, form: PlanChangeForm | None = None, status: int =
     if form is None:
         form = PlanChangeForm(formdata=None, data={"plan": org.plan})
     return render_template(
-        "staff/org_detail.html", org=org, plan=org.plan_info, form=form,
-        members=org_services.list_members(org), counts=services.key_counts(org),
-        environments=ENVIRONMENTS, statuses=services.KEY_STATUSES,
-        events=org_services.audit_events(org, per_page=RECENT_EVENTS).items, usage_url=_usage_url(org),
+        "staff/org_detail.html",
+        org=org,
+        plan=org.plan_info,
+        form=form,
+        members=org_services.list_members(org),
+        counts=services.key_counts(org),
+        environments=ENVIRONMENTS,
+        statuses=services.KEY_STATUSES,
+        events=org_services.audit_events(org, per_page=RECENT_EVENTS).items,
+        usage_url=_usage_url(org),
     ), status
 
 
@@ -62,8 +68,9 @@ def change_plan(slug: str) -> Any:
         if form.plan.data == org.plan:
             form.plan.errors.append(f"{org.name} is already on the {org.plan_info.label} plan.")
         else:
-            org_services.change_plan(org, form.plan.data, reason=form.reason.data, actor=current_user,
-                                     actor_label=org_services.SUPPORT_LABEL)
+            org_services.change_plan(
+                org, form.plan.data, reason=form.reason.data, actor=current_user, actor_label=org_services.SUPPORT_LABEL
+            )
             flash(f"{org.name} is now on the {org.plan_info.label} plan.", "success")
             return redirect(url_for("staff.org_detail", slug=org.slug))
     return _detail(org, form, 422)

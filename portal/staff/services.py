@@ -71,28 +71,48 @@ def search_orgs(query: str | None, *, page: int = 1, per_page: int = 25) -> Sear
     """Organizations whose name or slug, or one of whose members' email, contains ``query`` (any case)."""
     moment = datetime.now(UTC)
     page = max(page, 1)
-    members = (sa.select(sa.func.count()).select_from(Membership)
-               .where(Membership.organization_id == Organization.id).scalar_subquery())
-    keys = (sa.select(sa.func.count()).select_from(ApiKey)
-            .where(ApiKey.organization_id == Organization.id).scalar_subquery())
-    active = (sa.select(sa.func.count()).select_from(ApiKey)
-              .where(ApiKey.organization_id == Organization.id, key_status(moment) == "active")
-              .scalar_subquery())
+    members = (
+        sa.select(sa.func.count())
+        .select_from(Membership)
+        .where(Membership.organization_id == Organization.id)
+        .scalar_subquery()
+    )
+    keys = (
+        sa.select(sa.func.count())
+        .select_from(ApiKey)
+        .where(ApiKey.organization_id == Organization.id)
+        .scalar_subquery()
+    )
+    active = (
+        sa.select(sa.func.count())
+        .select_from(ApiKey)
+        .where(ApiKey.organization_id == Organization.id, key_status(moment) == "active")
+        .scalar_subquery()
+    )
     select = sa.select(Organization, members, keys, active)
     text = (query or "").strip()[:MAX_QUERY_LENGTH]
     if text:
         pattern = _like_pattern(text)
-        member_email = (sa.select(Membership.id).join(User, User.id == Membership.user_id)
-                        .where(Membership.organization_id == Organization.id,
-                               User.email.ilike(pattern, escape="\\")))
-        select = select.where(sa.or_(Organization.name.ilike(pattern, escape="\\"),
-                                     Organization.slug.ilike(pattern, escape="\\"),
-                                     member_email.exists()))
-    total = int(db.session.scalar(
-        sa.select(sa.func.count()).select_from(select.with_only_columns(Organization.id).subquery())) or 0)
+        member_email = (
+            sa.select(Membership.id)
+            .join(User, User.id == Membership.user_id)
+            .where(Membership.organization_id == Organization.id, User.email.ilike(pattern, escape="\\"))
+        )
+        select = select.where(
+            sa.or_(
+                Organization.name.ilike(pattern, escape="\\"),
+                Organization.slug.ilike(pattern, escape="\\"),
+                member_email.exists(),
+            )
+        )
+    total = int(
+        db.session.scalar(sa.select(sa.func.count()).select_from(select.with_only_columns(Organization.id).subquery()))
+        or 0
+    )
     rows = db.session.execute(
         select.order_by(sa.func.lower(Organization.name), Organization.slug)
-        .limit(per_page).offset((page - 1) * per_page)
+        .limit(per_page)
+        .offset((page - 1) * per_page)
     )
     return SearchResult([OrgRow(org, m, k, a) for org, m, k, a in rows], total, page, per_page)
 
@@ -104,11 +124,12 @@ def find_org(slug: str) -> Organization | None:
 def key_counts(org: Organization) -> KeyCounts:
     """Counts grouped in SQL by environment and status; hashes and hints never leave the database."""
     status = key_status(datetime.now(UTC)).label("status")
-    query = (org_scoped(ApiKey, org.id)
-             .with_only_columns(ApiKey.environment, status, sa.func.count())
-             .group_by(ApiKey.environment, status))
+    query = (
+        org_scoped(ApiKey, org.id)
+        .with_only_columns(ApiKey.environment, status, sa.func.count())
+        .group_by(ApiKey.environment, status)
+    )
     counts = KeyCounts()
     for environment, st, n in db.session.execute(query):
         counts.cells[(environment, st)] = int(n)
     return counts
-

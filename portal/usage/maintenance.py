@@ -104,9 +104,7 @@ def prune_rollups(older_than: timedelta, now: datetime | None = None) -> int:
     return deleted
 
 
-def rebuild_rollups(
-    organization_id: uuid.UUID | None = None, since: datetime | None = None
-) -> datetime | None:
+def rebuild_rollups(organization_id: uuid.UUID | None = None, since: datetime | None = None) -> datetime | None:
     """Recompute rollups from ``since`` (a UTC midnight; by default the first whole day of raw events still
     kept, since older rollups outlive their pruned raw rows).
 
@@ -118,8 +116,7 @@ def rebuild_rollups(
     if since is None:
         oldest = db.session.scalar(
             sa.text(
-                "SELECT min(occurred_at) FROM api_key_usage"
-                " WHERE CAST(:org AS uuid) IS NULL OR organization_id = :org"
+                "SELECT min(occurred_at) FROM api_key_usage WHERE CAST(:org AS uuid) IS NULL OR organization_id = :org"
             ),
             {"org": organization_id},
         )
@@ -149,21 +146,16 @@ def rebuild_rollups(
 # latency sums are floats whose last digits depend on the order of addition.
 _CHECKS = {
     "usage_org_hourly": (
-        "organization_id, bucket, environment, calls, ok, malformed, unknown, revoked, expired,"
-        " rate_limited",
+        "organization_id, bucket, environment, calls, ok, malformed, unknown, revoked, expired, rate_limited",
         "SELECT organization_id, hour, environment, {counts} FROM src GROUP BY 1, 2, 3",
     ),
     "usage_key_hourly": (
-        "key_id, bucket, organization_id, environment, calls, ok, malformed, unknown, revoked,"
-        " expired, rate_limited",
-        "SELECT key_id, hour, key_org, environment, {counts} FROM src WHERE key_org IS NOT NULL"
-        " GROUP BY 1, 2, 3, 4",
+        "key_id, bucket, organization_id, environment, calls, ok, malformed, unknown, revoked, expired, rate_limited",
+        "SELECT key_id, hour, key_org, environment, {counts} FROM src WHERE key_org IS NOT NULL GROUP BY 1, 2, 3, 4",
     ),
     "usage_key_daily": (
-        "key_id, day, organization_id, environment, calls, ok, malformed, unknown, revoked,"
-        " expired, rate_limited",
-        "SELECT key_id, day, key_org, environment, {counts} FROM src WHERE key_org IS NOT NULL"
-        " GROUP BY 1, 2, 3, 4",
+        "key_id, day, organization_id, environment, calls, ok, malformed, unknown, revoked, expired, rate_limited",
+        "SELECT key_id, day, key_org, environment, {counts} FROM src WHERE key_org IS NOT NULL GROUP BY 1, 2, 3, 4",
     ),
     "usage_endpoint_hourly": (
         "organization_id, bucket, endpoint, calls, errors",
@@ -197,9 +189,7 @@ def rollup_mismatches(organization_id: uuid.UUID, since: datetime | None = None)
             " SELECT (SELECT count(*) FROM (SELECT * FROM raw EXCEPT ALL SELECT * FROM rolled) a)"
             " + (SELECT count(*) FROM (SELECT * FROM rolled EXCEPT ALL SELECT * FROM raw) b)"
         )
-        differing = db.session.scalar(
-            sa.text(sql), {"org": organization_id, "since": since, "cutoff": cutoff}
-        )
+        differing = db.session.scalar(sa.text(sql), {"org": organization_id, "since": since, "cutoff": cutoff})
         if differing:
             found[table] = int(differing)
     return found

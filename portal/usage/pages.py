@@ -85,9 +85,7 @@ def key_page(org: Organization, api_key: ApiKey) -> UsagePage:
     last = services.last_call_at(api_key.id)
     if api_key.last_used_at and (last is None or api_key.last_used_at > last):
         last = api_key.last_used_at
-    return UsagePage(
-        r, services.summary(series), services.chart_data(series, r), tables, {"last_call": last}
-    )
+    return UsagePage(r, services.summary(series), services.chart_data(series, r), tables, {"last_call": last})
 
 
 def csv_response(table: Table, filename: str) -> Any:
@@ -96,9 +94,7 @@ def csv_response(table: Table, filename: str) -> Any:
     writer = csv.writer(out)
     writer.writerow(table.columns)
     for row in table.rows:
-        writer.writerow(
-            [f"'{v}" if isinstance(v, str) and v[:1] in ("=", "+", "-", "@") else v for v in row]
-        )
+        writer.writerow([f"'{v}" if isinstance(v, str) and v[:1] in ("=", "+", "-", "@") else v for v in row])
     response = current_app.response_class(out.getvalue(), mimetype="text/csv")
     safe = re.sub(r"[^A-Za-z0-9._-]+", "-", filename)
     response.headers["Content-Disposition"] = f'attachment; filename="{safe}"'

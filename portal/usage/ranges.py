@@ -117,9 +117,7 @@ def _parse_date(value: str | None) -> date | None:
         return None
 
 
-def parse_range(
-    args: Mapping[str, str], *, tz_cookie: str | None, now: datetime, max_days: int
-) -> UsageRange:
+def parse_range(args: Mapping[str, str], *, tz_cookie: str | None, now: datetime, max_days: int) -> UsageRange:
     """Resolve ``range``, ``bucket``, ``tz``, ``start``, ``end`` from the query string (and the tz cookie)."""
     messages: list[str] = []
     tz_arg = args.get("tz")
@@ -140,9 +138,7 @@ def parse_range(
         first, last = _parse_date(custom_start), _parse_date(custom_end)
         today = now.astimezone(tz).date()
         if first is None or last is None:
-            messages.append(
-                "A custom range needs a start and an end date (YYYY-MM-DD); showing the last 7 days."
-            )
+            messages.append("A custom range needs a start and an end date (YYYY-MM-DD); showing the last 7 days.")
             key = DEFAULT_RANGE
         elif last < first:
             messages.append("The end date is before the start date; showing the last 7 days.")
@@ -153,15 +149,14 @@ def parse_range(
         else:
             last, oldest = min(last, today), today - timedelta(days=max_days - 1)
             if last < oldest:
-                messages.append(f"Usage is kept for {max_days} days, nothing before {oldest.isoformat()};"
-                                " showing the last 7 days.")
+                messages.append(
+                    f"Usage is kept for {max_days} days, nothing before {oldest.isoformat()}; showing the last 7 days."
+                )
                 key = DEFAULT_RANGE
             else:
                 if first < oldest:
                     first = oldest
-                    messages.append(
-                        f"Usage is kept for {max_days} days; the range now starts on {first.isoformat()}."
-                    )
+                    messages.append(f"Usage is kept for {max_days} days; the range now starts on {first.isoformat()}.")
                 start = local_midnight(first, tz)
                 end = min(local_midnight(last + timedelta(days=1), tz), end)
 

@@ -32,9 +32,7 @@ def _table_or_404(page: pages.UsagePage) -> Table:
     return table
 
 
-def _render(
-    template: str, page: pages.UsagePage, csv_endpoint: str, csv_args: dict[str, Any], **context: Any
-) -> Any:
+def _render(template: str, page: pages.UsagePage, csv_endpoint: str, csv_args: dict[str, Any], **context: Any) -> Any:
     args = pages.query_args(page.r)
     response = make_response(
         render_template(
@@ -60,9 +58,7 @@ def _member_key_link(slug: str) -> Any:
 @org_view()
 def dashboard(slug: str) -> Any:
     page = pages.org_page(g.org, _member_key_link(slug))
-    return _render(
-        "usage/dashboard.html", page, "usage.dashboard_csv", {"slug": slug}, org=g.org, staff_view=False
-    )
+    return _render("usage/dashboard.html", page, "usage.dashboard_csv", {"slug": slug}, org=g.org, staff_view=False)
 
 
 @bp.get("/orgs/<slug>/usage.csv")
@@ -120,9 +116,7 @@ def _staff_org(org_id: str) -> Organization:
 def staff_org(org_id: str) -> Any:
     org = _staff_org(org_id)
     page = pages.org_page(org, lambda _key_id: None)
-    return _render(
-        "usage/dashboard.html", page, "usage.staff_org_csv", {"org_id": org.id}, org=org, staff_view=True
-    )
+    return _render("usage/dashboard.html", page, "usage.staff_org_csv", {"org_id": org.id}, org=org, staff_view=True)
 
 
 @bp.get("/staff/orgs/<org_id>/usage.csv")

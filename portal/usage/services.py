@@ -131,9 +131,7 @@ def series_table(series: Series, r: UsageRange) -> Table:
 def chart_data(series: Series, r: UsageRange) -> dict[str, Any]:
     """What static/js/usage-charts.js draws: the same numbers as the table."""
     labels = [r.bucket_label(s) for s in series.starts]
-    outcome = [
-        {"label": c[1], "color": c[3], "data": [int(b[c[0]]) for b in series.counts]} for c in CATEGORIES
-    ]
+    outcome = [{"label": c[1], "color": c[3], "data": [int(b[c[0]]) for b in series.counts]} for c in CATEGORIES]
     env = [
         {"label": e[1], "color": e[2], "data": [int(b[f"env_{e[0]}"]) for b in series.counts]}
         for e in series.env_columns()
@@ -236,9 +234,7 @@ class Quota:
         return "since the organization was created"
 
 
-def month_quota(
-    organization_id: uuid.UUID, plan: Plan, now: datetime, created_at: datetime | None = None
-) -> Quota:
+def month_quota(organization_id: uuid.UUID, plan: Plan, now: datetime, created_at: datetime | None = None) -> Quota:
     """This UTC month's OK calls against the plan, and when the quota runs out at the recent pace.
 
     The pace is the OK calls of the last 7 days over 7 days, or, for an organization younger than that, over
@@ -277,9 +273,7 @@ def has_any_usage(organization_id: uuid.UUID) -> bool:
     )
 
 
-def recent_calls(
-    organization_id: uuid.UUID, key_id: uuid.UUID, page: int, per_page: int
-) -> tuple[list[Any], bool]:
+def recent_calls(organization_id: uuid.UUID, key_id: uuid.UUID, page: int, per_page: int) -> tuple[list[Any], bool]:
     """One page of a key's newest raw events (index on key_id, occurred_at), and whether there are older."""
     rows = list(
         db.session.execute(

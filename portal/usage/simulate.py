@@ -60,10 +60,7 @@ def ensure_keys(org: Organization, count: int) -> list[uuid.UUID]:
     """At least ``count`` keys in ``org``: existing ones first, then simulated ones (secrets discarded)."""
     ids = list(
         db.session.scalars(
-            sa.select(ApiKey.id)
-            .where(ApiKey.organization_id == org.id)
-            .order_by(ApiKey.created_at)
-            .limit(count)
+            sa.select(ApiKey.id).where(ApiKey.organization_id == org.id).order_by(ApiKey.created_at).limit(count)
         )
     )
     secret = pepper()
@@ -150,5 +147,13 @@ def vacuum(*tables: str) -> None:
 
 def vacuum_analyze() -> None:
     """Fresh statistics and visibility maps after a bulk load, so rollup indexes serve index-only scans."""
-    vacuum("usage_rollup_pending", "usage_org_hourly", "usage_key_hourly", "usage_key_daily",
-           "usage_endpoint_hourly", "usage_key_endpoint_daily", "api_key_usage", "api_keys")
+    vacuum(
+        "usage_rollup_pending",
+        "usage_org_hourly",
+        "usage_key_hourly",
+        "usage_key_daily",
+        "usage_endpoint_hourly",
+        "usage_key_endpoint_daily",
+        "api_key_usage",
+        "api_keys",
+    )

@@ -54,8 +54,7 @@ WHERE key_id = ANY(CAST(:ids AS uuid[]))
 GROUP BY key_id
 """)
 _NAMES = sa.text(
-    "SELECT id, name, hint, environment FROM api_keys"
-    " WHERE organization_id = :org AND id = ANY(CAST(:ids AS uuid[]))"
+    "SELECT id, name, hint, environment FROM api_keys WHERE organization_id = :org AND id = ANY(CAST(:ids AS uuid[]))"
 )
 
 
@@ -126,13 +125,10 @@ def top_keys(organization_id: uuid.UUID, r: UsageRange, limit: int = 10) -> list
     if len(daily) > CANDIDATES and not (len(exact) == limit and exact[-1][1] > ceiling):
         return list(db.session.execute(_ALL_KEYS, params))
     names = {
-        row.id: row
-        for row in db.session.execute(_NAMES, {"org": organization_id, "ids": [str(e[0]) for e in exact]})
+        row.id: row for row in db.session.execute(_NAMES, {"org": organization_id, "ids": [str(e[0]) for e in exact]})
     }
     return [
-        TopKey(
-            key_id, names[key_id].name, names[key_id].hint, names[key_id].environment, calls, ok, limited
-        )
+        TopKey(key_id, names[key_id].name, names[key_id].hint, names[key_id].environment, calls, ok, limited)
         for key_id, calls, ok, limited in exact
         if key_id in names
     ]
