@@ -60,9 +60,7 @@ class Config:
     USAGE_ROLLUP_RETENTION_DAYS = 400
     USAGE_RECENT_PER_PAGE = 50
 
-    # Key verification: "direct" = one autocommit connection per process and buffered usage rows (see
-    # portal/api/backend.py); "session" = through db.session, usage written at once (tests).
-    API_VERIFY_BACKEND = "direct"
+    # Key verification (portal/verification/): how often each process's usage writer flushes.
     API_USAGE_FLUSH_INTERVAL = 0.2  # seconds; a killed worker loses at most this much of its usage rows
     API_VERIFY_FAST_PATH = True  # answer POST /v1/keys/verify at the WSGI layer (portal/api/fastpath.py)
     # `flask db …` (Flask-Migrate, Alembic). gunicorn.conf.py turns it off in web workers, which never
@@ -127,7 +125,6 @@ class TestConfig(Config):
     ARGON2_TIME_COST = 1
     ARGON2_MEMORY_COST = 1024
     ARGON2_PARALLELISM = 1
-    API_VERIFY_BACKEND = "session"
 
     @classmethod
     def from_env(cls) -> dict[str, Any]:

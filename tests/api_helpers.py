@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import sqlalchemy as sa
 
 from portal.extensions import db
 from portal.models import ApiKeyUsage
+from portal.verification import sql
 
 
 def verify(client: Any, key: object, **extra: Any) -> Any:
@@ -40,3 +42,10 @@ def exhaust(organization_id: Any, limit: int) -> None:
         {"org": organization_id, "limit": limit},
     )
     db.session.commit()
+
+
+def away_from_a_window_boundary(margin: float = 5.0) -> None:
+    """Wait out the end of the current rate-limit window when it is near, so the next calls share one window."""
+    into = time.time() % sql.WINDOW_SECONDS
+    if into > sql.WINDOW_SECONDS - margin:
+        time.sleep(sql.WINDOW_SECONDS - into + 0.05)

@@ -22,9 +22,11 @@ from flask.testing import FlaskClient
 from flask_migrate import upgrade
 
 from portal import create_app
+from portal.api import install_verifier
 from portal.db import embedded_server_url, ensure_database, normalize_url
 from portal.extensions import db
 from tests import factories
+from tests.verification_doubles import transaction_verifier
 
 
 def _server_admin_url() -> tuple[str, Any]:
@@ -99,7 +101,11 @@ class IsolatedClient(FlaskClient):
 
 @pytest.fixture(autouse=True)
 def _transaction(request: pytest.FixtureRequest, app: Flask) -> Iterator[None]:
-    """Run the test inside a transaction that is rolled back, whatever the views commit."""
+    """Run the test inside a transaction that is rolled back, whatever the views commit.
+
+    The app's verification engine runs on that transaction too (:mod:`tests.verification_doubles`); tests
+    marked ``concurrency`` use committed data and the production engine as it is.
+    """
     with app.app_context():
         if request.node.get_closest_marker("concurrency"):
             yield
@@ -108,9 +114,11 @@ def _transaction(request: pytest.FixtureRequest, app: Flask) -> Iterator[None]:
         outer = connection.begin()
         db.session.remove()
         db.session.configure(bind=connection, join_transaction_mode="create_savepoint")
+        production = install_verifier(app, transaction_verifier(connection, app.config["API_KEY_PEPPER"]))
         try:
             yield
         finally:
+            install_verifier(app, production)
             db.session.remove()
             db.session.configure(bind=None, join_transaction_mode="conditional_savepoint")
             outer.rollback()

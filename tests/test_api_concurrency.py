@@ -19,14 +19,15 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from portal.api import sql
-from portal.api.backend import DirectBackend, libpq_dsn
-from portal.api.recorder import BufferedRecorder
-from portal.api.services import Verifier
+from portal.api import install_verifier
 from portal.extensions import db
 from portal.keys import format as keyformat
 from portal.models import ApiKeyUsage, Organization
 from portal.plans import PLANS
+from portal.verification import sql
+from portal.verification.backend import DirectBackend, libpq_dsn
+from portal.verification.usage_writer import BufferedRecorder
+from portal.verification.verifier import Verifier
 from tests import factories
 from tests.servers import gunicorn
 
@@ -250,13 +251,11 @@ def test_verification_survives_a_dropped_connection(committed):
 
 def test_database_down_is_503_and_not_metered(app, committed):
     verifier = make_verifier("postgresql://nobody@127.0.0.1:1/none", committed["pepper"])
-    fast_path = app.extensions["portal.verify_fast_path"]
-    original = fast_path.verifier, fast_path.needs_app_context
-    fast_path.verifier, fast_path.needs_app_context = verifier, False
+    original = install_verifier(app, verifier)
     try:
         response = app.test_client().post("/v1/keys/verify", json={"key": committed["keys"][0]})
     finally:
-        fast_path.verifier, fast_path.needs_app_context = original
+        install_verifier(app, original)
     assert response.status_code == 503
     assert response.get_json()["error"]["code"] == "unavailable"
     assert response.headers["Retry-After"] == "1"
@@ -334,7 +333,7 @@ def test_a_role_that_cannot_vacuum_turns_the_vacuum_off_quietly(committed, caplo
     db.session.commit()
     try:
         recorder = BufferedRecorder(libpq_dsn(url.set(username=role, password=None).render_as_string(False)))
-        with caplog.at_level("WARNING", logger="portal.api.usage"):
+        with caplog.at_level("WARNING", logger="portal.verification.usage"):
             assert recorder.maintain() is False
             assert recorder.maintain() is False
         recorder.close()

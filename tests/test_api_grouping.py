@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from portal.api.backend import DirectBackend, libpq_dsn
-from portal.api.recorder import BufferedRecorder
-from portal.api.services import Verifier
 from portal.extensions import db
 from portal.keys import format as keyformat
 from portal.models import ApiKey, ApiKeyUsage, Organization
 from portal.plans import PLANS
+from portal.verification.backend import DirectBackend, libpq_dsn
+from portal.verification.usage_writer import BufferedRecorder
+from portal.verification.verifier import Verifier
 from tests import factories
 
 pytestmark = pytest.mark.concurrency

@@ -52,3 +52,11 @@ def test_real_answers_match_their_documented_schemas(client, document, org, api_
     _check(document, client.post("/v1/keys/verify", data="not json", content_type="application/json"))  # 400
     exhaust(org.id, PLANS[org.plan].requests_per_minute)
     _check(document, verify(client, api_key.plaintext))  # 429
+
+
+def test_every_outcome_has_a_status_and_a_message_and_is_documented(client):
+    from portal.verification.outcomes import MESSAGES, OUTCOMES, STATUS_BY_OUTCOME
+
+    assert set(STATUS_BY_OUTCOME) == set(MESSAGES) == set(OUTCOMES)
+    documented = client.get("/v1/openapi.json").get_json()["components"]["schemas"]["Invalid"]["properties"]["code"]
+    assert set(documented["enum"]) == set(OUTCOMES) - {"ok"}

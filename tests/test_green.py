@@ -13,7 +13,7 @@ import textwrap
 import threading
 from typing import Any
 
-from portal.api.backend import DirectBackend, _Call, libpq_dsn
+from portal.verification.backend import DirectBackend, _Call, libpq_dsn
 from tests.scripts import ROOT, run_python
 
 
@@ -104,7 +104,7 @@ def test_a_killed_waiter_does_not_stall_the_next_verifications():
         """
         import json, gevent
         from gevent.event import Event
-        from portal.api.backend import DirectBackend
+        from portal.verification.backend import DirectBackend
 
         backend = DirectBackend("postgresql://unused")
         release, groups = Event(), []
@@ -173,7 +173,8 @@ def test_a_silent_database_fails_the_connection_after_connect_timeout(database_u
         import json, socket, time, gevent, psycopg2
         import sqlalchemy as sa
         from portal import create_app
-        from portal.api.backend import DatabaseUnavailable, DirectBackend, libpq_dsn
+        from portal.verification.backend import DirectBackend, libpq_dsn
+        from portal.verification.outcomes import DatabaseUnavailable
 
         app = create_app({"SQLALCHEMY_DATABASE_URI": DSN}, env="testing")
         silent = socket.socket()
@@ -225,7 +226,8 @@ def test_a_database_that_stops_answering_mid_connection_answers_503(database_url
         import json, socket, time, gevent, psycopg2
         from gevent.server import StreamServer
         from portal import create_app
-        from portal.api.backend import DatabaseUnavailable, DirectBackend
+        from portal.verification.backend import DirectBackend
+        from portal.verification.outcomes import DatabaseUnavailable
 
         app = create_app({"SQLALCHEMY_DATABASE_URI": DSN}, env="testing")
         probe = psycopg2.connect(DSN_LIBPQ)

@@ -11,9 +11,9 @@ from collections.abc import Callable
 
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from portal.api.backend import DatabaseUnavailable
 from portal.api.inputs import MAX_BODY_BYTES, BadRequest, RawRequest, parse_verify_request
-from portal.api.services import Verifier
+from portal.verification.outcomes import DatabaseUnavailable
+from portal.verification.verifier import Verifier
 
 JSON = "application/json"
 Answer = tuple[int, list[tuple[str, str]], bytes]

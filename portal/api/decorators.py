@@ -9,15 +9,15 @@ from typing import Any, TypeVar, cast
 
 from flask import after_this_request, g, request
 
-from portal.api import services
-from portal.api.backend import DatabaseUnavailable
+from portal.api import get_verifier
 from portal.api.inputs import BadRequest, bearer_token
 from portal.errors import json_error
+from portal.verification.outcomes import DatabaseUnavailable, Verification
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def check_request_key() -> services.Verification | Any:
+def check_request_key() -> Verification | Any:
     """Verify the request's bearer key; the verification when it passes, else the error response to send."""
     started = time.perf_counter()
     try:
@@ -33,11 +33,11 @@ def check_request_key() -> services.Verification | Any:
         )
     endpoint = request.url_rule.rule[:200] if request.url_rule is not None else None
     try:
-        result = services.verify(token, endpoint, started)
+        result = get_verifier().verify(token, endpoint, started)
     except DatabaseUnavailable:
         return json_error(503, "unavailable", "Key verification is unavailable; retry shortly.", {"Retry-After": "1"})
     if not result.valid:
-        return json_error(result.status_code, result.outcome, services.MESSAGES[result.outcome], result.headers())
+        return json_error(result.status_code, result.outcome, result.message, result.headers())
     return result
 
 
@@ -51,7 +51,7 @@ def require_api_key(view: F) -> F:
     @functools.wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         outcome = check_request_key()
-        if not isinstance(outcome, services.Verification):
+        if not isinstance(outcome, Verification):
             return outcome
         g.api_key = outcome
         headers = outcome.headers()

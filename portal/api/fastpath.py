@@ -19,10 +19,9 @@ from typing import Any
 
 from flask import Flask
 
+from portal.api import get_verifier
 from portal.api.answer import answer_verify, error_answer
-from portal.api.backend import SessionBackend
 from portal.api.inputs import read_environ
-from portal.api.services import Verifier
 
 log = logging.getLogger("portal.api")
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -37,24 +36,17 @@ SECURITY_HEADERS = (
 
 
 class VerifyFastPath:
-    def __init__(self, app: Flask, verifier: Verifier, path: str = "/v1/keys/verify") -> None:
+    def __init__(self, app: Flask, path: str = "/v1/keys/verify") -> None:
         self.app = app
         self.wsgi_app: WSGIApp = app.wsgi_app
-        self.verifier = verifier
         self.path = path
         self.enabled = True
-        # The session backend (tests) runs on db.session, which lives in an app context.
-        self.needs_app_context = isinstance(verifier.backend, SessionBackend)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if not self.enabled or environ.get("PATH_INFO") != self.path or environ.get("REQUEST_METHOD") != "POST":
             return self.wsgi_app(environ, start_response)
         try:
-            if self.needs_app_context:
-                with self.app.app_context():
-                    status, headers, body = answer_verify(lambda: read_environ(environ), self.verifier)
-            else:
-                status, headers, body = answer_verify(lambda: read_environ(environ), self.verifier)
+            status, headers, body = answer_verify(lambda: read_environ(environ), get_verifier(self.app))
         except Exception:
             log.exception("verification failed")
             status, headers, body = error_answer(500, "internal_error", "Something went wrong on our side.")

@@ -8,6 +8,7 @@ from flask import current_app
 
 from portal.api.inputs import MAX_BODY_BYTES, MAX_ENDPOINT_CHARS, MAX_KEY_CHARS
 from portal.plans import PLANS
+from portal.verification.outcomes import OUTCOMES
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -82,7 +83,7 @@ def _schemas() -> dict[str, Any]:
                 "valid": {"const": False},
                 "code": {
                     "type": "string",
-                    "enum": ["malformed", "unknown", "revoked", "expired", "rate_limited"],
+                    "enum": [outcome for outcome in OUTCOMES if outcome != "ok"],
                 },
                 "message": {"type": "string"},
                 "ratelimit": _ref("RateLimit"),

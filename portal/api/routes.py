@@ -1,4 +1,4 @@
-"""Thin ``/v1`` views over :mod:`portal.api.services`."""
+"""Thin ``/v1`` views over :mod:`portal.verification`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Response, g, jsonify, request
 
-from portal.api import bp, services
+from portal.api import bp, get_verifier
 from portal.api.answer import answer_verify
 from portal.api.decorators import require_api_key
 from portal.api.inputs import read_request
@@ -16,7 +16,7 @@ from portal.api.openapi import openapi_document
 @bp.post("/keys/verify")
 def verify() -> Any:
     """Verify a key (see :func:`portal.api.answer.answer_verify`); normally answered by the WSGI fast path."""
-    status, headers, body = answer_verify(lambda: read_request(request), services.get_verifier())
+    status, headers, body = answer_verify(lambda: read_request(request), get_verifier())
     return Response(body, status, headers)
 
 

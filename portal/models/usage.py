@@ -11,8 +11,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from portal.extensions import Model
 from portal.models._types import Timestamp, check_in
-
-OUTCOMES: tuple[str, ...] = ("ok", "malformed", "unknown", "revoked", "expired", "rate_limited")
+from portal.verification.outcomes import OUTCOMES
 
 
 class ApiKeyUsage(Model):

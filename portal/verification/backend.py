@@ -1,11 +1,8 @@
-"""Where the verification statement runs: a per-process autocommit connection, or the request's session.
+"""Where the verification statement runs: one autocommit connection per worker process, calls grouped.
 
-``direct`` (production): each worker process keeps one psycopg2 connection in autocommit mode, with the
-statements prepared once, so a verification is exactly one round trip (no BEGIN/COMMIT, no pool pre-ping). It
-runs with ``synchronous_commit = off``: the limiter's row lock is released as soon as the commit is in the WAL
-buffer instead of after the disk flush, which is what lets one organization's counter row take thousands of
-updates a second. ``session`` (tests): the statement runs on the Flask-SQLAlchemy session's connection, so it
-joins the test's rolled-back transaction.
+Each process keeps one psycopg2 connection in autocommit mode with the statements prepared once, so a
+verification is one round trip (no BEGIN/COMMIT, no pool pre-ping), with ``synchronous_commit = off`` so the
+limiter's row lock is released at the WAL buffer rather than the disk flush. docs/performance.md has the numbers.
 """
 
 from __future__ import annotations
@@ -22,16 +19,12 @@ import sqlalchemy as sa
 from psycopg2.errors import InvalidSqlStatementName, QueryCanceled
 
 from portal import green
-from portal.api import sql
-from portal.extensions import db
+from portal.verification import sql
+from portal.verification.outcomes import DatabaseUnavailable
 
-log = logging.getLogger("portal.api")
+log = logging.getLogger("portal.verification")
 
 Row = tuple[Any, ...]
-
-
-class DatabaseUnavailable(Exception):
-    """The verification could not reach PostgreSQL; answered 503, never recorded as a verification."""
 
 
 class Backend(Protocol):
@@ -43,73 +36,6 @@ class Backend(Protocol):
 def libpq_dsn(sqlalchemy_url: str) -> str:
     """The app's SQLAlchemy URL as a libpq connection URI."""
     return sa.make_url(sqlalchemy_url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-_UUID_CHARS = frozenset("0123456789abcdef-")
-
-
-def _checked_uuid(value: str) -> str:
-    """A uuid from our own statement's ``::text``; still checked, as it is pasted into SQL."""
-    if len(value) != 36 or not _UUID_CHARS.issuperset(value):
-        raise ValueError(f"not a uuid: {value!r}")
-    return value
-
-
-def _uuid(value: str | None) -> str:
-    return "NULL" if value is None else f"'{_checked_uuid(value)}'::uuid"
-
-
-def _element(value: str | None) -> str:
-    """One element of a PostgreSQL array literal: quoted, with ``\\`` and ``"`` escaped; ``NULL`` for None."""
-    if value is None:
-        return "NULL"
-    if "\x00" in value:
-        raise ValueError("NUL in a usage row")
-    if "\\" in value or '"' in value:
-        value = value.replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{value}"'
-
-
-def _uuid_element(value: str | None) -> str:
-    return "NULL" if value is None else _checked_uuid(value)
-
-
-def usage_arrays(rows: Sequence[Row]) -> tuple[str, ...]:
-    """The rows as one array literal per column, the parameters of :data:`portal.api.sql.INSERT_USAGE`.
-
-    One statement with seven text parameters, whatever the batch size: PostgreSQL parses each array once
-    instead of a statement with thousands of literals, and rendering costs the writer about what a ``COPY``
-    line does. ``COPY`` itself is not an option: psycopg2 refuses it on the cooperative (gevent) connections
-    the workers use.
-    """
-    key_ids, org_ids, ats, endpoints, statuses, latencies, outcomes = zip(*rows, strict=True)
-    return (
-        "{" + ",".join(map(_uuid_element, key_ids)) + "}",
-        "{" + ",".join(map(_uuid_element, org_ids)) + "}",
-        "{" + ",".join(f'"{at.isoformat()}"' for at in ats) + "}",
-        "{" + ",".join(map(_element, endpoints)) + "}",
-        "{" + ",".join(str(int(status)) for status in statuses) + "}",
-        "{" + ",".join("NULL" if ms is None else repr(float(ms)) for ms in latencies) + "}",
-        "{" + ",".join(map(_element, outcomes)) + "}",
-    )
-
-
-def write_usage_rows(cursor: Any, rows: Sequence[Row]) -> None:
-    """The usage rows in one ``INSERT`` (statement-level triggers run once per batch), then ``last_used_at``
-    of their keys (once a minute at most)."""
-    if not rows:
-        return
-    latest: dict[str, Any] = {}
-    for row in rows:
-        key_id, occurred_at = row[0], row[2]
-        if key_id is not None and (key_id not in latest or occurred_at > latest[key_id]):
-            latest[key_id] = occurred_at
-    cursor.execute(sql.INSERT_USAGE, usage_arrays(rows))
-    if latest:
-        touches = ",".join(
-            f"({_uuid(key_id)},'{at.isoformat()}'::timestamptz)" for key_id, at in sorted(latest.items())
-        )
-        cursor.execute(sql.TOUCH_KEYS_PREFIX + touches + sql.TOUCH_KEYS_SUFFIX)
 
 
 class _Call:
@@ -126,17 +52,14 @@ class _Call:
 
 
 class DirectBackend:
-    """One autocommit connection per process with the verification prepared; reconnects after a failure.
+    """One autocommit connection per process with the statements prepared; reconnects after a failure.
 
-    Concurrent verifications of one process are grouped: the first call to arrive (a thread under gthread, a
-    greenlet under gevent) becomes the leader and runs the statement for every call queued at that moment
-    (itself included), in ONE grouped statement (:func:`portal.api.sql.verify_group_statement`), while the
-    calls arriving meanwhile queue; when it is done it hands the queue to the first of them, the next leader.
-    A lone call runs at once, alone, with the single-call statement: no added latency. Grouping saves
-    PostgreSQL a statement, a commit and a counter update per call (≈ 100 µs of backend CPU for one call
-    against ≈ 30 µs per call in groups of 8), and the worker a round trip. There is one leader at a time, so
-    one connection serves the whole process (a second leader with its own connection was measured: slower at
-    full load, no better at half load).
+    Concurrent calls of one process are grouped: the first to arrive (a thread under gthread, a greenlet under
+    gevent) leads and runs ONE grouped statement (:func:`portal.verification.sql.verify_group_statement`) for
+    every call queued at that moment, while later calls queue; when done it hands the queue to the first of
+    them, the next leader. A lone call runs at once with the single-call statement, so grouping adds no
+    latency; under load it saves PostgreSQL a statement, a commit and a counter update per call. One leader at
+    a time means one connection per process (docs/performance.md, "Grouped verification").
     """
 
     def __init__(self, dsn: str, *, max_group: int = 64, timeout: float = 5.0) -> None:
@@ -144,7 +67,6 @@ class DirectBackend:
         self.max_group = max_group
         self.timeout = timeout  # seconds a verification statement may take before the call answers 503
         self.groups = 0  # statements run for more than one call (observability and tests)
-        self.grouped_calls = 0
         self._cur: Any = None  # the leader's prepared cursor, opened on first use in this process
         self._pid = 0
         self._queue_lock = threading.Lock()
@@ -154,7 +76,7 @@ class DirectBackend:
     def _cursor(self) -> Any:
         cur = self._cur
         if cur is None or cur.closed or self._pid != os.getpid():
-            conn = psycopg2.connect(self.dsn, application_name="procode-verify")
+            conn = self.connect()
             conn.autocommit = True
             cur = conn.cursor()
             cur.execute("SET TimeZone = 'UTC'")
@@ -169,6 +91,10 @@ class DirectBackend:
             cur.execute(sql.PREPARE_GROUP_SQL)
             self._cur, self._pid = cur, os.getpid()
         return cur
+
+    def connect(self) -> Any:
+        """A new psycopg2 connection for this process's statements."""
+        return psycopg2.connect(self.dsn, application_name="procode-verify")
 
     def _drop(self) -> None:
         cur, self._cur = self._cur, None
@@ -243,7 +169,6 @@ class DirectBackend:
                     cur.execute(sql.EXECUTE_GROUP_SQL, (list(key_hashes),))
                     found: dict[int, Row] = {row[0]: row[1:] for row in cur.fetchall()}
                 self.groups += 1
-                self.grouped_calls += len(key_hashes)
                 return [found.get(ord_) for ord_ in range(1, len(key_hashes) + 1)]
             except (green.DeadlineExceeded, QueryCanceled):
                 self._drop()
@@ -262,25 +187,3 @@ class DirectBackend:
 
     def close(self) -> None:
         self._drop()
-
-
-class SessionBackend:
-    """Runs on ``db.session``'s connection and commits, so tests see the effect inside their transaction."""
-
-    def verify(self, key_hash: bytes) -> Row | None:
-        connection = db.session.connection()
-        info = connection.connection.info
-        cur = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
-            if not info.get(sql.STATEMENT_NAME):
-                cur.execute(sql.PREPARE_SQL)
-                info[sql.STATEMENT_NAME] = True
-            cur.execute(sql.EXECUTE_SQL, (key_hash,))
-            row = cur.fetchone()
-        finally:
-            cur.close()
-        db.session.commit()
-        return row  # type: ignore[no-any-return]
-
-    def close(self) -> None:
-        return None

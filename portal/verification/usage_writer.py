@@ -1,16 +1,11 @@
 """Usage rows: one per answered verification, written in batches off the request path.
 
 Each worker process buffers rows in memory and a writer thread flushes them every ``interval`` seconds (or
-sooner when ``batch`` rows are waiting) as one INSERT (a column array each) on its own connection, with
-``synchronous_commit`` on, so a flushed row is on disk. ``close()`` stops the thread and flushes what is left;
-it runs when a gunicorn worker exits (``worker_exit`` hook) and at interpreter exit, so a clean stop loses
-nothing. A worker killed with SIGKILL loses the rows still in its buffer: at most ``interval`` seconds of its
-answered calls (more only while the database refuses the flush; the rows are kept and retried meanwhile).
-
-The writer also keeps the tables that verification churns small (:meth:`BufferedRecorder.maintain`): every
-few seconds it vacuums them, and once a minute it deletes finished limiter windows first. Without the vacuum,
-on a server with autovacuum off, the benchmark's load grew the pending rollup sums' table to 70 MB in ten
-minutes, and every fold (which scans it) slowed with it; autovacuum, where it is on, visits once a minute.
+sooner when ``batch`` rows wait) as one INSERT of column arrays on its own connection, with
+``synchronous_commit`` on, so a flushed row is on disk. ``close()`` stops the thread and flushes the rest; it
+runs when a gunicorn worker exits and at interpreter exit, so a clean stop loses nothing. A worker killed with
+SIGKILL loses at most ``interval`` seconds of its answered calls (rows the database refuses are kept and
+retried). The writer also vacuums the tables verification churns (docs/performance.md, "Churned tables").
 """
 
 from __future__ import annotations
@@ -25,15 +20,81 @@ from typing import Any, Protocol
 
 import psycopg2
 
-from portal.api import sql
-from portal.api.backend import Row, write_usage_rows
-from portal.extensions import db
+from portal.verification import sql
+from portal.verification.backend import Row
 
-log = logging.getLogger("portal.api.usage")
+log = logging.getLogger("portal.verification.usage")
 MAINTAIN_EVERY = 5.0  # seconds between vacuums of the churned tables, per worker
 PRUNE_EVERY = 60.0  # seconds between deletions of finished limiter windows, per worker
 # VACUUM's warning when the role may not vacuum a table (PostgreSQL 15; 16 and later say "permission denied").
 _NOT_OWNER, _DENIED = "only table or database owner can vacuum", "permission denied to vacuum"
+
+
+_UUID_CHARS = frozenset("0123456789abcdef-")
+
+
+def _checked_uuid(value: str) -> str:
+    """A uuid from our own statement's ``::text``; still checked, as it is pasted into SQL."""
+    if len(value) != 36 or not _UUID_CHARS.issuperset(value):
+        raise ValueError(f"not a uuid: {value!r}")
+    return value
+
+
+def _uuid(value: str | None) -> str:
+    return "NULL" if value is None else f"'{_checked_uuid(value)}'::uuid"
+
+
+def _element(value: str | None) -> str:
+    """One element of a PostgreSQL array literal: quoted, with ``\\`` and ``"`` escaped; ``NULL`` for None."""
+    if value is None:
+        return "NULL"
+    if "\x00" in value:
+        raise ValueError("NUL in a usage row")
+    if "\\" in value or '"' in value:
+        value = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{value}"'
+
+
+def _uuid_element(value: str | None) -> str:
+    return "NULL" if value is None else _checked_uuid(value)
+
+
+def usage_arrays(rows: Sequence[Row]) -> tuple[str, ...]:
+    """The rows as one array literal per column, the parameters of :data:`portal.verification.sql.INSERT_USAGE`.
+
+    One statement with seven text parameters, whatever the batch size: PostgreSQL parses each array once
+    instead of a statement with thousands of literals, and rendering costs the writer about what a ``COPY``
+    line does. ``COPY`` itself is not an option: psycopg2 refuses it on the cooperative (gevent) connections
+    the workers use.
+    """
+    key_ids, org_ids, ats, endpoints, statuses, latencies, outcomes = zip(*rows, strict=True)
+    return (
+        "{" + ",".join(map(_uuid_element, key_ids)) + "}",
+        "{" + ",".join(map(_uuid_element, org_ids)) + "}",
+        "{" + ",".join(f'"{at.isoformat()}"' for at in ats) + "}",
+        "{" + ",".join(map(_element, endpoints)) + "}",
+        "{" + ",".join(str(int(status)) for status in statuses) + "}",
+        "{" + ",".join("NULL" if ms is None else repr(float(ms)) for ms in latencies) + "}",
+        "{" + ",".join(map(_element, outcomes)) + "}",
+    )
+
+
+def write_usage_rows(cursor: Any, rows: Sequence[Row]) -> None:
+    """The usage rows in one ``INSERT`` (statement-level triggers run once per batch), then ``last_used_at``
+    of their keys (once a minute at most)."""
+    if not rows:
+        return
+    latest: dict[str, Any] = {}
+    for row in rows:
+        key_id, occurred_at = row[0], row[2]
+        if key_id is not None and (key_id not in latest or occurred_at > latest[key_id]):
+            latest[key_id] = occurred_at
+    cursor.execute(sql.INSERT_USAGE, usage_arrays(rows))
+    if latest:
+        touches = ",".join(
+            f"({_uuid(key_id)},'{at.isoformat()}'::timestamptz)" for key_id, at in sorted(latest.items())
+        )
+        cursor.execute(sql.TOUCH_KEYS_PREFIX + touches + sql.TOUCH_KEYS_SUFFIX)
 
 
 class UsageRecorder(Protocol):
@@ -42,25 +103,6 @@ class UsageRecorder(Protocol):
     def flush(self) -> int: ...
 
     def close(self) -> None: ...
-
-
-class ImmediateRecorder:
-    """Writes each row at once through ``db.session`` (tests: the row lands in the test's transaction)."""
-
-    def add(self, row: Row) -> None:
-        connection = db.session.connection()
-        cur = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
-            write_usage_rows(cur, [row])
-        finally:
-            cur.close()
-        db.session.commit()
-
-    def flush(self) -> int:
-        return 0
-
-    def close(self) -> None:
-        return None
 
 
 class BufferedRecorder:
@@ -138,11 +180,15 @@ class BufferedRecorder:
 
     def _connection(self) -> Any:
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg2.connect(self.dsn, application_name="procode-usage-writer")
+            self._conn = self.connect()
             with self._conn.cursor() as cur:
                 cur.execute("SET TimeZone = 'UTC'; SET standard_conforming_strings = on")
             self._conn.commit()
         return self._conn
+
+    def connect(self) -> Any:
+        """A new psycopg2 connection for the writer."""
+        return psycopg2.connect(self.dsn, application_name="procode-usage-writer")
 
     def flush(self) -> int:
         """Write every buffered row (put back in front on failure); returns how many were written."""
@@ -185,17 +231,11 @@ class BufferedRecorder:
     def maintain(self, *, prune: bool = False) -> bool:
         """Vacuum the tables verification churns (after pruning finished limiter windows, if ``prune``).
 
-        Each flush appends one pending rollup sum per key to ``usage_rollup_pending`` and a fold deletes them
-        all, so the table turns over about one row per call: a vacuum every few seconds lets PostgreSQL reuse
-        that space. It does not fold: a fold costs about what the number of keys it touches does (150 ms for
-        10,000 keys, whether they had 10,000 calls or 40,000), so folding four times as often measured 15 µs of
-        PostgreSQL CPU per call against 4; the trigger's own occasional fold is the cheaper schedule.
-
-        The vacuum never truncates the tables' files (``TRUNCATE false``): truncating needs an exclusive lock,
-        which would stop the verifications' counter updates, and waits up to 5 s for it (measured with another
-        session reading the table), holding up the flushes meanwhile. Only one worker vacuums at a time (an
-        advisory lock; the others skip their turn), and a role that does not own the tables, which VACUUM
-        skips with only a warning, turns it off for good with one log line. Returns whether it vacuumed.
+        Each flush appends pending rollup sums that a fold later deletes, so ``usage_rollup_pending`` turns
+        over about one row per call; a vacuum every few seconds lets PostgreSQL reuse that space even where
+        autovacuum is off or behind. It never truncates (that needs an exclusive lock the verifications would
+        queue behind), only one worker vacuums at a time (advisory lock), and a role that does not own the
+        tables turns it off with one log line. Returns whether it vacuumed.
         """
         if prune:
             self.prune()

@@ -1,0 +1,72 @@
+"""Verify an API key: the one function behind ``POST /v1/keys/verify`` and ``@require_api_key``.
+
+A malformed key is answered from its format alone (no database); any other key costs one prepared statement
+(lookup, status, rate-limit upsert) and one buffered usage row. Every answered verification, valid or not,
+becomes exactly one ``api_key_usage`` row; requests that are not verifications (bad input) never do.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+from portal.keys import format as keyformat
+from portal.timeutil import utcnow
+from portal.verification.backend import Backend, DirectBackend, libpq_dsn
+from portal.verification.outcomes import RateLimit, Verification
+from portal.verification.usage_writer import BufferedRecorder, UsageRecorder
+
+
+class Verifier:
+    """A process's verification engine: where the statement runs and where usage rows go."""
+
+    def __init__(self, backend: Backend, recorder: UsageRecorder, pepper: str) -> None:
+        self.backend = backend
+        self.recorder = recorder
+        self.pepper = pepper
+
+    def verify(self, candidate: object, endpoint: str | None, started: float | None = None) -> Verification:
+        """Check ``candidate`` and record the answer; ``started`` (``perf_counter``) times the latency.
+
+        Raises :class:`~portal.verification.outcomes.DatabaseUnavailable` (nothing recorded) when PostgreSQL
+        cannot answer in time.
+        """
+        started = time.perf_counter() if started is None else started
+        parsed = keyformat.parse(candidate)
+        if parsed is None:
+            result, at = Verification("malformed"), utcnow()
+        else:
+            row = self.backend.verify(keyformat.key_hash(parsed.key, self.pepper))
+            result, at = _from_row(row) if row is not None else (Verification("unknown"), utcnow())
+        latency_ms = round((time.perf_counter() - started) * 1000.0, 3)
+        self.recorder.add(
+            (
+                result.key_id,
+                result.organization_id,
+                at,
+                endpoint,
+                result.status_code,
+                latency_ms,
+                result.outcome,
+            )
+        )
+        return result
+
+    def close(self) -> None:
+        """Flush buffered usage and close connections: called when a worker stops."""
+        self.recorder.close()
+        self.backend.close()
+
+
+def _from_row(row: tuple[Any, ...]) -> tuple[Verification, Any]:
+    key_id, org_id, slug, plan, environment, status, limit, used, reset_in, at = row
+    outcome = "rate_limited" if status == "ok" and used > limit else status
+    ratelimit = RateLimit(limit=limit, remaining=max(0, limit - used), reset=max(1, math.ceil(reset_in)))
+    return Verification(outcome, key_id, org_id, slug, plan, environment, ratelimit), at
+
+
+def build_verifier(database_url: str, pepper: str, *, flush_interval: float = 0.2, timeout: float = 5.0) -> Verifier:
+    """The production engine: one autocommit connection per process and a buffered usage writer."""
+    dsn = libpq_dsn(database_url)
+    return Verifier(DirectBackend(dsn, timeout=timeout), BufferedRecorder(dsn, interval=flush_interval), pepper)
