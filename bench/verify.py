@@ -43,9 +43,11 @@ from bench.harness import (  # noqa: E402
     with_db,
     wrk,
 )
-from portal.api import sql  # noqa: E402
 from portal.keys import format as keyformat  # noqa: E402
 from portal.plans import PLANS  # noqa: E402
+
+# isort: split
+from portal.verification import sql  # noqa: E402
 
 PEPPER = "bench-pepper-" + secrets.token_hex(8)
 ORGS, KEYS_PER_ORG = 1000, 10
