@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 5000
+SERVE_PORT ?= 8000
 export FLASK_APP := wsgi
 
 .PHONY: install chromium dev serve seed test test-fast lint db-upgrade db-stop bench-verify bench-usage clean
@@ -17,9 +18,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 ## make dev: database (embedded unless DATABASE_URL is set), migrations, demo data, then serve on :5000
-dev: install
-	PORTAL_ENV=development $(BIN)/flask db upgrade
-	PORTAL_ENV=development $(BIN)/flask seed
+dev: seed
 	@echo ""
 	@echo "  ProCode Portal: http://$(HOST):$(PORT)/  (sign in with the demo login printed above)"
 	@echo ""
@@ -27,6 +26,15 @@ dev: install
 
 db-upgrade: install
 	PORTAL_ENV=development $(BIN)/flask db upgrade
+
+## make seed: the demo organization, logins and test key in the development database (idempotent)
+seed: db-upgrade
+	PORTAL_ENV=development $(BIN)/flask seed
+
+## make serve: the development database served by gunicorn with the shipped gunicorn.conf.py (gevent workers),
+## as a deployment serves it, on http://$(HOST):$(SERVE_PORT)
+serve: db-upgrade
+	PORTAL_ENV=development GUNICORN_BIND=$(HOST):$(SERVE_PORT) $(BIN)/gunicorn --config gunicorn.conf.py wsgi:app
 
 ## Debian's Chromium for the browser tests (installed when missing and we are root; else they are skipped)
 chromium:
@@ -38,6 +46,10 @@ chromium:
 test: install chromium
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+## make test-fast: the suite without the browser tests, stopping at the first failure
+test-fast: install
+	$(BIN)/pytest -x -m "not browser" $(PYTEST_ARGS)
+
 LINT_PATHS := portal tests bench migrations docs wsgi.py gunicorn.conf.py
 
 ## make lint: ruff (rules and formatting) and mypy, as CI and the pre-commit hook run them
@@ -46,8 +58,11 @@ lint: install
 	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy
 
-## make bench-verify: the key-verification benchmark (fresh database, gunicorn, wrk, pgbench); ~4 minutes.
-## Not part of `make test`. BENCH_ARGS="--seconds 10 --workers 4 --threads 4" to tune.
+## Benchmarks (docs/performance.md): each creates a throw-away database on BENCH_DATABASE_URL's server
+## (default postgresql://postgres@127.0.0.1:5432/postgres). Not part of `make test`.
+
+## make bench-verify: the key-verification benchmark (gunicorn, wrk, pgbench); ~4 minutes.
+## BENCH_ARGS="--seconds 10 --workers 2 --connections 32" to tune.
 bench-verify: install
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	command -v pgbench >/dev/null || (apt-get update -qq && apt-get install -y -qq postgresql-client)
@@ -60,6 +75,7 @@ db-stop: install
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
 
-## make bench-usage: 10M usage events on a fresh database, dashboard and key page vs raw GROUP BY (see README)
+## make bench-usage: 10M usage events, dashboard and key page against a raw GROUP BY.
+## BENCH_ARGS="--events 1000000 --requests 30" for a quicker run.
 bench-usage: install
 	$(BIN)/python bench/usage.py $(BENCH_ARGS)

@@ -21,15 +21,24 @@ import psycopg2
 
 ROOT = Path(__file__).resolve().parent.parent
 PORTS = range(18100, 18200)
+# The PostgreSQL server both benchmarks create their throw-away database on (a superuser URL).
+SERVER_URL_VARIABLE = "BENCH_DATABASE_URL"
+DEFAULT_SERVER_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+def bench_server_url() -> str:
+    """``BENCH_DATABASE_URL``, else the PostgreSQL at 127.0.0.1:5432."""
+    return os.environ.get(SERVER_URL_VARIABLE) or DEFAULT_SERVER_URL
+
+
 def server_url() -> tuple[str, Any]:
-    """A superuser URL on the local PostgreSQL, or an embedded server in a temporary directory."""
-    url = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    """A superuser URL on the benchmark server (:func:`bench_server_url`), or an embedded server in a
+    temporary directory when none answers."""
+    url = bench_server_url()
     try:
         psycopg2.connect(url, connect_timeout=3).close()
         return url, None

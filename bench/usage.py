@@ -1,6 +1,6 @@
 """Usage pages at scale: 10M events over 1,000 keys and 30 days, dashboard and key page vs a raw GROUP BY.
 
-    make bench-usage                      # PostgreSQL at 127.0.0.1:5432 (BENCH_ADMIN_URL), a fresh database
+    make bench-usage                      # PostgreSQL at 127.0.0.1:5432 (BENCH_DATABASE_URL), a fresh database
     .venv/bin/python bench/usage.py --events 1000000 --requests 30   # a quicker run
 
 Steps: create a fresh database and migrate it; one enterprise organization with an owner; ``simulate``
@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,13 +33,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import sqlalchemy as sa  # noqa: E402
+from flask import Flask  # noqa: E402
 
-from bench.harness import free_ports  # noqa: E402
+from bench.harness import bench_server_url, free_ports  # noqa: E402
 from portal import create_app  # noqa: E402
 from portal.db import ensure_database, normalize_url  # noqa: E402
 from portal.extensions import db  # noqa: E402
 
 EMAIL, PASSWORD = "bench@procode.dev", "bench-password-123"
+BENCH_SECRET, BENCH_PEPPER = "bench-only-secret", "bench-only-pepper"
 TARGET_P95_MS, TARGET_RATIO = 50.0, 20.0
 
 RAW_DASHBOARD = [
@@ -78,7 +81,8 @@ class Browser:
     """Just enough of a browser: cookies and the sign-in form's CSRF token, over plain http.client."""
 
     def __init__(self, port: int) -> None:
-        self.port, self.cookies = port, {}
+        self.port = port
+        self.cookies: dict[str, str] = {}
 
     def request(self, method: str, path: str, body: dict[str, str] | None = None) -> tuple[int, bytes, float]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
@@ -137,7 +141,7 @@ def timed_raw(url: str, statements: list[str], params: dict[str, Any], repeats: 
     return samples
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=10_000_000)
     parser.add_argument("--keys", type=int, default=1_000)
@@ -146,205 +150,266 @@ def main() -> int:
     parser.add_argument("--raw-repeats", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards (prints its URL)")
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    admin = normalize_url(os.environ.get("BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
+
+def create_database(admin: str) -> tuple[str, str]:
+    """A fresh database on the benchmark server: its name and URL."""
     name = f"procode_bench_usage_{secrets.token_hex(3)}"
     ensure_database(admin, name)
     url = sa.make_url(admin).set(database=name).render_as_string(hide_password=False)
     print(f"database: {sa.make_url(url).render_as_string(hide_password=True)}")
+    return name, url
+
+
+def drop_database(admin: str, name: str) -> None:
+    engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    engine.dispose()
+
+
+def build_app(url: str) -> Flask:
+    return create_app(
+        {"SQLALCHEMY_DATABASE_URI": url, "SECRET_KEY": BENCH_SECRET, "API_KEY_PEPPER": BENCH_PEPPER},
+        env="production",
+    )
+
+
+def load_events(args: argparse.Namespace) -> uuid.UUID:
+    """Migrate, create the owner and the organization, simulate the events; returns the organization's id."""
+    from flask_migrate import upgrade
+
+    from portal.auth import services as auth
+    from portal.usage import simulate as sim
+
+    upgrade()
+    owner = auth.create_user(EMAIL, "Bench Owner", PASSWORD)
+    org = auth.create_organization("Bench Corp", owner, plan="enterprise", slug="bench")
+    db.session.commit()
+    org_id = org.id
+    started = time.perf_counter()
+    done = [0]
+
+    def progress(n: int) -> None:
+        done[0] += n
+        if done[0] % 1_000_000 < n or done[0] == args.events:
+            print(
+                f"  simulated {done[0]:>11,} events  {time.perf_counter() - started:6.1f} s",
+                flush=True,
+            )
+
+    sim.simulate(org, args.events, args.days, key_count=args.keys, progress=progress)
+    load_s = time.perf_counter() - started
+    started = time.perf_counter()
+    sim.vacuum_analyze()
+    vacuum_s = time.perf_counter() - started
+    print(
+        f"load: {args.events:,} events over {args.keys:,} keys and {args.days:g} days"
+        f" in {load_s:.1f} s "
+        f"({args.events / load_s:,.0f}/s), VACUUM ANALYZE {vacuum_s:.1f} s"
+    )
+    return org_id
+
+
+def busiest_key(org_id: uuid.UUID) -> Any:
+    """The key with the most calls: the key page the benchmark times."""
+    return db.session.scalar(
+        sa.text(
+            "SELECT key_id FROM usage_key_daily WHERE organization_id = :o GROUP BY 1 ORDER BY sum(calls) DESC LIMIT 1"
+        ),
+        {"o": org_id},
+    )
+
+
+def print_table_sizes(events: int) -> None:
+    sizes: dict[str, str] = dict(
+        db.session.execute(
+            sa.text(
+                "SELECT relname, pg_size_pretty(pg_total_relation_size(oid)) FROM pg_class"
+                " WHERE relname IN"
+                " ('api_key_usage', 'usage_org_hourly', 'usage_key_hourly', 'usage_key_daily',"
+                " 'usage_endpoint_hourly', 'usage_key_endpoint_daily')"
+            )
+        ).all()
+    )
+    rows: dict[str, int] = dict(
+        db.session.execute(
+            sa.text("SELECT relname, reltuples::bigint FROM pg_class WHERE relname LIKE 'usage_%' AND relkind = 'r'")
+        ).all()
+    )
+    print("sizes: " + ", ".join(f"{k} {v} ({rows.get(k, events):,} rows)" for k, v in sizes.items()))
+
+
+def start_gunicorn(url: str, workers: int) -> tuple[subprocess.Popen[bytes], int]:
+    """gunicorn with the shipped gunicorn.conf.py on a free loopback port in 18200-18299, once it accepts."""
+    [port] = free_ports(1, range(18200, 18300))
+    env = {
+        **os.environ,
+        "PORTAL_ENV": "production",
+        "DATABASE_URL": url,
+        "SECRET_KEY": BENCH_SECRET,
+        "API_KEY_PEPPER": BENCH_PEPPER,
+    }
+    gunicorn = subprocess.Popen(  # noqa: S603
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            "gunicorn.conf.py",  # the shipped settings (gevent workers), as a deployment runs
+            "-w",
+            str(workers),
+            "-b",
+            f"127.0.0.1:{port}",
+            "--log-level",
+            "warning",
+            "wsgi:app",
+        ],
+        cwd=ROOT,
+        env=env,
+    )
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    return gunicorn, port
+
+
+def stop_gunicorn(gunicorn: subprocess.Popen[bytes]) -> None:
+    gunicorn.send_signal(signal.SIGTERM)
+    gunicorn.wait(timeout=30)
+
+
+Case = tuple[str, str, list[str], dict[str, Any]]
+
+
+def page_cases(org_id: uuid.UUID, top_key: Any) -> list[Case]:
+    """Each timed page: its label, its path, and the raw statements that compute the same numbers."""
+    now = datetime.now(UTC)
+    end = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    month = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    return [
+        (
+            "dashboard, 30 days by day",
+            "/orgs/bench/usage?range=30d&bucket=day",
+            RAW_DASHBOARD,
+            {
+                "org": org_id,
+                "start": end - timedelta(days=30),
+                "end": end,
+                "month": month,
+                "week": now - timedelta(days=7),
+            },
+        ),
+        (
+            "dashboard, 7 days by hour",
+            "/orgs/bench/usage?range=7d&bucket=hour",
+            RAW_DASHBOARD,
+            {
+                "org": org_id,
+                "start": end - timedelta(days=7),
+                "end": end,
+                "month": month,
+                "week": now - timedelta(days=7),
+            },
+        ),
+        (
+            "key page, 30 days by day",
+            f"/orgs/bench/keys/{top_key}/usage?range=30d&bucket=day",
+            RAW_KEY,
+            {"key": top_key, "start": end - timedelta(days=30), "end": end},
+        ),
+    ]
+
+
+Result = tuple[str, list[float], list[float]]
+
+
+def time_cases(browser: Browser, url: str, cases: list[Case], args: argparse.Namespace) -> list[Result]:
+    """Each page as the client sees it, then its raw GROUP BY; prints one line per case."""
+    results = []
+    for label, path, raw, params in cases:
+        page = timed_pages(browser, path, args.requests)
+        raw_ms = timed_raw(url, raw, params, args.raw_repeats)
+        results.append((label, page, raw_ms))
+        speedup = statistics.median(raw_ms) / statistics.median(page)
+        print(
+            f"{label:28} app p50 {pct(page, 0.5):7.1f} ms  p95 {pct(page, 0.95):7.1f} ms"
+            f"  |  raw GROUP BY p50 {pct(raw_ms, 0.5):8.1f} ms  p95 {pct(raw_ms, 0.95):8.1f} ms"
+            f"  |  {speedup:6.1f}x faster",
+            flush=True,
+        )
+    return results
+
+
+def check_totals(org_id: uuid.UUID) -> tuple[int, int, Any]:
+    """Raw events against rollup calls, and every rollup row against the raw aggregation (printed)."""
+    from portal.usage import maintenance
+
+    raw_total = db.session.scalar(
+        sa.text("SELECT count(*) FROM api_key_usage WHERE organization_id = :o"), {"o": org_id}
+    )
+    rollup_total = db.session.scalar(
+        sa.text("SELECT sum(calls) FROM usage_org_hourly WHERE organization_id = :o"), {"o": org_id}
+    )
+    started = time.perf_counter()
+    mismatches = maintenance.rollup_mismatches(org_id)
+    check_s = time.perf_counter() - started
+    print(
+        f"totals: raw {raw_total:,} events, rollups {rollup_total:,} calls; every rollup row equals"
+        f" the raw aggregation: {mismatches or 'yes'} (checked in {check_s:.0f} s)"
+    )
+    return raw_total, rollup_total, mismatches
+
+
+def verdict(results: list[Result], raw_total: int, rollup_total: int, mismatches: Any, events: int) -> bool:
+    """Whether the targets hold (printed): the worst dashboard's p95, its speed-up, equal totals."""
+    dashboards = [(page, raw_ms) for label, page, raw_ms in results if label.startswith("dashboard")]
+    dashboard_p95 = max(pct(page, 0.95) for page, _ in dashboards)  # the worst dashboard case
+    ratio = min(statistics.median(raw_ms) / statistics.median(page) for page, raw_ms in dashboards)
+    ok = dashboard_p95 <= TARGET_P95_MS and ratio >= TARGET_RATIO and raw_total == rollup_total == events
+    ok = ok and not mismatches
+    print(
+        f"targets: dashboard p95 {dashboard_p95:.1f} ms (<= {TARGET_P95_MS:.0f}),"
+        f" {ratio:.0f}x faster than raw"
+        f" (>= {TARGET_RATIO:.0f}x), totals equal -> {'PASS' if ok else 'FAIL'}"
+    )
+    return ok
+
+
+def main() -> int:
+    args = parse_args()
+    admin = normalize_url(bench_server_url())
+    name, url = create_database(admin)
     gunicorn = None
     try:
-        app = create_app(
-            {
-                "SQLALCHEMY_DATABASE_URI": url,
-                "SECRET_KEY": "bench-only-secret",
-                "API_KEY_PEPPER": "bench-only-pepper",
-            },
-            env="production",
-        )
+        app = build_app(url)
         with app.app_context():
-            from flask_migrate import upgrade
+            org_id = load_events(args)
+            top_key = busiest_key(org_id)
+            print_table_sizes(args.events)
 
-            from portal.auth import services as auth
-            from portal.usage import maintenance
-            from portal.usage import simulate as sim
-
-            upgrade()
-            owner = auth.create_user(EMAIL, "Bench Owner", PASSWORD)
-            org = auth.create_organization("Bench Corp", owner, plan="enterprise", slug="bench")
-            db.session.commit()
-            org_id = org.id
-            started = time.perf_counter()
-            done = [0]
-
-            def progress(n: int) -> None:
-                done[0] += n
-                if done[0] % 1_000_000 < n or done[0] == args.events:
-                    print(
-                        f"  simulated {done[0]:>11,} events  {time.perf_counter() - started:6.1f} s",
-                        flush=True,
-                    )
-
-            sim.simulate(org, args.events, args.days, key_count=args.keys, progress=progress)
-            load_s = time.perf_counter() - started
-            started = time.perf_counter()
-            sim.vacuum_analyze()
-            vacuum_s = time.perf_counter() - started
-            print(
-                f"load: {args.events:,} events over {args.keys:,} keys and {args.days:g} days"
-                f" in {load_s:.1f} s "
-                f"({args.events / load_s:,.0f}/s), VACUUM ANALYZE {vacuum_s:.1f} s"
-            )
-            top_key = db.session.scalar(
-                sa.text(
-                    "SELECT key_id FROM usage_key_daily WHERE organization_id = :o"
-                    " GROUP BY 1 ORDER BY sum(calls) DESC"
-                    " LIMIT 1"
-                ),
-                {"o": org_id},
-            )
-            sizes = dict(
-                db.session.execute(
-                    sa.text(
-                        "SELECT relname, pg_size_pretty(pg_total_relation_size(oid)) FROM pg_class"
-                        " WHERE relname IN"
-                        " ('api_key_usage', 'usage_org_hourly', 'usage_key_hourly', 'usage_key_daily',"
-                        " 'usage_endpoint_hourly', 'usage_key_endpoint_daily')"
-                    )
-                ).all()
-            )
-            rows = dict(
-                db.session.execute(
-                    sa.text(
-                        "SELECT relname, reltuples::bigint FROM pg_class WHERE relname LIKE 'usage_%' AND relkind = 'r'"
-                    )
-                ).all()
-            )
-            print("sizes: " + ", ".join(f"{k} {v} ({rows.get(k, args.events):,} rows)" for k, v in sizes.items()))
-
-        [port] = free_ports(1, range(18200, 18300))
-        env = {
-            **os.environ,
-            "PORTAL_ENV": "production",
-            "DATABASE_URL": url,
-            "SECRET_KEY": "bench-only-secret",
-            "API_KEY_PEPPER": "bench-only-pepper",
-        }
-        gunicorn = subprocess.Popen(  # noqa: S603
-            [
-                str(ROOT / ".venv/bin/gunicorn"),
-                "-c",
-                "gunicorn.conf.py",  # the shipped settings (gevent workers), as a deployment runs
-                "-w",
-                str(args.workers),
-                "-b",
-                f"127.0.0.1:{port}",
-                "--log-level",
-                "warning",
-                "wsgi:app",
-            ],
-            cwd=ROOT,
-            env=env,
-        )
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
+        gunicorn, port = start_gunicorn(url, args.workers)
         browser = Browser(port)
         browser.login()
         print(
             f"gunicorn: {args.workers} workers (gunicorn.conf.py settings) on 127.0.0.1:{port};"
             f" {args.requests} sequential requests each"
         )
-
-        now = datetime.now(UTC)
-        end = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
-        month = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-        cases = [
-            (
-                "dashboard, 30 days by day",
-                "/orgs/bench/usage?range=30d&bucket=day",
-                RAW_DASHBOARD,
-                {
-                    "org": org_id,
-                    "start": end - timedelta(days=30),
-                    "end": end,
-                    "month": month,
-                    "week": now - timedelta(days=7),
-                },
-            ),
-            (
-                "dashboard, 7 days by hour",
-                "/orgs/bench/usage?range=7d&bucket=hour",
-                RAW_DASHBOARD,
-                {
-                    "org": org_id,
-                    "start": end - timedelta(days=7),
-                    "end": end,
-                    "month": month,
-                    "week": now - timedelta(days=7),
-                },
-            ),
-            (
-                "key page, 30 days by day",
-                f"/orgs/bench/keys/{top_key}/usage?range=30d&bucket=day",
-                RAW_KEY,
-                {"key": top_key, "start": end - timedelta(days=30), "end": end},
-            ),
-        ]
-        results = []
-        for label, path, raw, params in cases:
-            page = timed_pages(browser, path, args.requests)
-            raw_ms = timed_raw(url, raw, params, args.raw_repeats)
-            results.append((label, page, raw_ms))
-            speedup = statistics.median(raw_ms) / statistics.median(page)
-            print(
-                f"{label:28} app p50 {pct(page, 0.5):7.1f} ms  p95 {pct(page, 0.95):7.1f} ms"
-                f"  |  raw GROUP BY p50 {pct(raw_ms, 0.5):8.1f} ms  p95 {pct(raw_ms, 0.95):8.1f} ms"
-                f"  |  {speedup:6.1f}x faster",
-                flush=True,
-            )
-
+        results = time_cases(browser, url, page_cases(org_id, top_key), args)
         with app.app_context():
-            raw_total = db.session.scalar(
-                sa.text("SELECT count(*) FROM api_key_usage WHERE organization_id = :o"), {"o": org_id}
-            )
-            rollup_total = db.session.scalar(
-                sa.text("SELECT sum(calls) FROM usage_org_hourly WHERE organization_id = :o"), {"o": org_id}
-            )
-            started = time.perf_counter()
-            mismatches = maintenance.rollup_mismatches(org_id)
-            check_s = time.perf_counter() - started
-        print(
-            f"totals: raw {raw_total:,} events, rollups {rollup_total:,} calls; every rollup row equals"
-            f" the raw aggregation: {mismatches or 'yes'} (checked in {check_s:.0f} s)"
-        )
-
-        dashboards = [(page, raw_ms) for label, page, raw_ms in results if label.startswith("dashboard")]
-        dashboard_p95 = max(pct(page, 0.95) for page, _ in dashboards)  # the worst dashboard case
-        ratio = min(statistics.median(raw_ms) / statistics.median(page) for page, raw_ms in dashboards)
-        ok = dashboard_p95 <= TARGET_P95_MS and ratio >= TARGET_RATIO and raw_total == rollup_total == args.events
-        ok = ok and not mismatches
-        print(
-            f"targets: dashboard p95 {dashboard_p95:.1f} ms (<= {TARGET_P95_MS:.0f}),"
-            f" {ratio:.0f}x faster than raw"
-            f" (>= {TARGET_RATIO:.0f}x), totals equal -> {'PASS' if ok else 'FAIL'}"
-        )
-        return 0 if ok else 1
+            raw_total, rollup_total, mismatches = check_totals(org_id)
+        return 0 if verdict(results, raw_total, rollup_total, mismatches, args.events) else 1
     finally:
         if gunicorn is not None:
-            gunicorn.send_signal(signal.SIGTERM)
-            gunicorn.wait(timeout=30)
+            stop_gunicorn(gunicorn)
         if args.keep:
             print(f"kept: {url}")
         else:
-            engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
-            with engine.connect() as conn:
-                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            engine.dispose()
+            drop_database(admin, name)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,9 @@ from portal.keys import format as keyformat  # noqa: E402
 from portal.plans import PLANS  # noqa: E402
 from portal.verification import sql  # noqa: E402
 
+# isort: split
+from portal.verification import sql  # noqa: E402
+
 PEPPER = "bench-pepper-" + secrets.token_hex(8)
 ORGS, KEYS_PER_ORG = 1000, 10
 
@@ -116,7 +119,7 @@ def pgbench(url: str, workdir: Path, *, big: bool, sync_commit: bool, seconds: i
         "INSERT INTO api_key_usage (key_id, organization_id, occurred_at, endpoint, status_code, latency_ms, "
         "outcome) VALUES (NULL, NULL, now(), '/bench/pgbench', 200, 0.1, 'ok');\nEND;\n"
     )
-    # The session settings of the portal's verification connection (portal/api/backend.py).
+    # The session settings of the portal's verification connection (portal/verification/backend.py).
     options = f"-c synchronous_commit={'on' if sync_commit else 'off'} -c plan_cache_mode=force_generic_plan"
     env = {**os.environ, "PGOPTIONS": options}
     out = subprocess.run(
@@ -146,8 +149,7 @@ def pgbench(url: str, workdir: Path, *, big: bool, sync_commit: bool, seconds: i
     )
     if out.returncode != 0:
         raise SystemExit(f"pgbench failed:\n{out.stdout}\n{out.stderr}")
-    out = out.stdout
-    tps = float(next(line.split("=")[1].split()[0] for line in out.splitlines() if line.startswith("tps")))
+    tps = float(next(line.split("=")[1].split()[0] for line in out.stdout.splitlines() if line.startswith("tps")))
     latencies = []
     for log_file in workdir.glob("pgb.*"):
         latencies += [int(line.split()[2]) for line in log_file.read_text().splitlines()]
@@ -188,7 +190,7 @@ def checks(url: str) -> dict[str, Any]:
         counter_mismatch = cur.fetchone()[0]
         cur.execute("SELECT outcome, count(*) FROM api_key_usage GROUP BY 1")
         outcomes = dict(cur.fetchall())
-        # The tables every verification churns, which the usage writer vacuums (portal/api/recorder.py).
+        # The tables every verification churns, which the usage writer vacuums (portal/verification/usage_writer.py).
         cur.execute(
             "SELECT relname, pg_total_relation_size(oid) FROM pg_class WHERE relname = ANY(%s) ORDER BY 1",
             (list(sql.HOT_TABLES),),
@@ -270,7 +272,6 @@ def settings(args: argparse.Namespace) -> str:
 
 def report(args: argparse.Namespace, r: dict[str, Any]) -> None:
     full, a_all, b = r["full"], r["a_all"], r["b"]
-    rows, c = r["checks"]["rows"], r["checks"]
     print()
     print(
         f"ProCode verification benchmark: {os.cpu_count()} CPUs, "
@@ -310,6 +311,12 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> None:
         f"{'/'.join(f'{p}%' for p in half['worker_share'])} at half"
     )
     print(f"  worker RSS after full load: {', '.join(f'{m:.0f}' for m in r['rss'])} MB")
+    report_checks(r)
+
+
+def report_checks(r: dict[str, Any]) -> None:
+    """Usage rows against answered calls, the churned tables, and the limiter's exactness."""
+    rows, c = r["checks"]["rows"], r["checks"]
     for label in ("warmup", "full", "half", "big", "flask"):
         run, written = r[label], rows.get(f"/bench/{label}", 0)
         print(
@@ -332,7 +339,7 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> None:
 
 
 def targets(r: dict[str, Any]) -> list[tuple[str, bool, str]]:
-    """The issue's targets, each with whether this run met it."""
+    """The benchmark's targets (docs/performance.md), each with whether this run met it."""
     full, c, rows = r["full"], r["checks"], r["checks"]["rows"]
     in_flight_ok = all(
         0 <= rows.get(f"/bench/{label}", 0) - r[label]["requests"] <= r[label]["connections"]

@@ -14,6 +14,9 @@ api_key_usage itself stays a plain table: on PostgreSQL 15 a partitioned table c
 and single-column primary key the model declares, and a BRIN index on occurred_at keeps the retention delete
 cheap at tens of millions of rows.
 
+Numbering: no revision 0002 was ever committed (this one follows 0001 directly, see down_revision); revision
+numbers need not be contiguous, and the next migration is 0004.
+
 Revision ID: 0003
 Revises: 0001
 Create Date: 2026-11-24 08:07:26.007620
