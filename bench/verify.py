@@ -47,9 +47,6 @@ from portal.keys import format as keyformat  # noqa: E402
 from portal.plans import PLANS  # noqa: E402
 from portal.verification import sql  # noqa: E402
 
-# isort: split
-from portal.verification import sql  # noqa: E402
-
 PEPPER = "bench-pepper-" + secrets.token_hex(8)
 ORGS, KEYS_PER_ORG = 1000, 10
 
