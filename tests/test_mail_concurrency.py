@@ -99,3 +99,21 @@ def test_a_rolled_back_enqueue_does_not_wake_the_sender(app: Any) -> None:
         assert woken == []
     finally:
         del app.extensions[EXTENSION]
+
+
+def test_the_sender_thread_starts_at_a_process_first_request(database_url: str) -> None:
+    from portal import create_app
+
+    web = create_app(
+        {"SQLALCHEMY_DATABASE_URI": database_url, "MAIL_SENDER_THREAD": True, "MAIL_CONSOLE": True}, env="testing"
+    )
+    sender = web.extensions[EXTENSION]
+    assert sender._thread is None  # nothing at import or app creation
+    try:
+        assert web.test_client().get("/login").status_code == 200
+        assert sender._thread is not None and sender._thread.is_alive()
+    finally:
+        sender.stop()
+        with web.app_context():
+            db.engine.dispose()
+    assert not sender._thread.is_alive()

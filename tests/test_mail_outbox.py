@@ -196,9 +196,17 @@ def test_mail_url_forms_and_redaction():
     s = mail.SmtpSettings.from_url("smtp://localhost")
     assert (s.port, s.username, s.password) == (25, None, None)
     assert mail.smtp.redact_url("smtp://u:hunter2@h:587?starttls=1") == "smtp://u:***@h:587?starttls=1"
-    with pytest.raises(mail.smtp.ConfigError) as exc:
-        mail.SmtpSettings.from_url("http://u:hunter2@h")
-    assert "hunter2" not in str(exc.value) and "***" in str(exc.value)
+    for bad in ("http://u:hunter2@h", "smtp://u:hunter2@h?timeout=soon", "smtps://u:hunter2@h?starttls=1"):
+        with pytest.raises(mail.smtp.ConfigError) as exc:
+            mail.SmtpSettings.from_url(bad)
+        assert "hunter2" not in str(exc.value) and "***" in str(exc.value)
+
+
+def test_an_address_that_would_break_the_headers_is_refused_at_once():
+    for bad in ("", "no-at-sign", "a@example.com\r\nBcc: victim@example.com"):
+        with pytest.raises(ValueError, match="not a mail address"):
+            mail.enqueue(bad, "test_message")
+    assert _outbox() == []
 
 
 def test_no_mail_url_keeps_mail_pending(app):

@@ -35,6 +35,8 @@ def enqueue(to: str, template: str, **context: Any) -> OutboxMail:
     The text template sets the subject with ``{% set subject = "…" %}``. Templates get ``base_url`` and
     ``external_url(endpoint, **values)`` for absolute links. Nothing is committed here.
     """
+    if not to or any(c in to for c in "\r\n\x00") or "@" not in to:
+        raise ValueError(f"not a mail address: {to!r}")
     subject, text, html = render(template, **context)
     mail = OutboxMail(to_address=to, subject=subject, body_text=text, body_html=html, template=template)
     db.session.add(mail)

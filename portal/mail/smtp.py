@@ -60,6 +60,10 @@ class SmtpSettings:
         if not parts.hostname:
             raise ConfigError(f"MAIL_URL has no host ({shown})")
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        try:
+            timeout = float(query.get("timeout", timeout))
+        except ValueError:
+            raise ConfigError(f"MAIL_URL has an invalid timeout ({shown})") from None
         implicit = parts.scheme == "smtps"
         starttls = query.get("starttls", "").lower() in _TRUE
         if implicit and starttls:
@@ -71,7 +75,7 @@ class SmtpSettings:
             password=unquote(parts.password) if parts.password is not None else None,
             implicit_tls=implicit,
             starttls=starttls,
-            timeout=float(query.get("timeout", timeout)),
+            timeout=timeout,
         )
 
     def redact(self, text: str) -> str:
