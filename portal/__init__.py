@@ -32,6 +32,7 @@ def create_app(config: dict[str, Any] | None = None, env: str | None = None) -> 
     configure_database(app)
     register_staff_guard(app)
     register_extensions(app)
+    register_mail(app)
     register_blueprints(app)
     register_error_handlers(app)
     register_request_hooks(app)
@@ -76,6 +77,12 @@ def register_extensions(app: Flask) -> None:
     from portal.auth.services import load_user
 
     login_manager.user_loader(load_user)
+
+
+def register_mail(app: Flask) -> None:
+    from portal import mail
+
+    mail.init_app(app)
 
 
 def register_blueprints(app: Flask) -> None:

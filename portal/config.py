@@ -2,6 +2,14 @@
 
 Secrets have no fallback outside development and tests: a production process without ``SECRET_KEY`` and
 ``API_KEY_PEPPER`` refuses to start rather than run with a guessable value.
+
+Mail (portal/mail/): ``MAIL_URL`` says how to reach the SMTP server (``smtp://user:pass@host:587?starttls=1``,
+``smtps://user:pass@host:465``, ``smtp://host:25``) and ``MAIL_FROM`` who the mail is from (required with
+``MAIL_URL``). Without ``MAIL_URL`` a production process starts, logs one warning, and keeps every mail pending
+in the outbox until it is set; development prints each mail to the terminal instead (``MAIL_CONSOLE``).
+``PUBLIC_BASE_URL`` is the portal's address as users reach it, for the absolute links in mail. It has no
+production default (a guessed host would send users elsewhere), but a process starts without it: only
+rendering a mail then fails, with an error naming the setting, so the change that would send it rolls back.
 """
 
 from __future__ import annotations
@@ -55,6 +63,18 @@ class Config:
     AUDIT_PER_PAGE = 50
     STAFF_PER_PAGE = 25
     PUBLIC_API_BASE = "http://127.0.0.1:5000"
+    PUBLIC_BASE_URL: str | None = None  # links in mail; see the module docstring
+
+    # Transactional mail: an outbox table, delivered by a sender thread per web process (portal/mail/).
+    MAIL_URL: str | None = None
+    MAIL_FROM: str | None = None
+    MAIL_CONSOLE = False  # with no MAIL_URL: print each mail and mark it sent (development) or keep it pending
+    MAIL_SENDER_THREAD = True  # web processes deliver mail in a background thread; else `flask mail send-pending`
+    MAIL_POLL_INTERVAL = 5.0  # seconds between the sender thread's passes (a commit that enqueued mail wakes it)
+    MAIL_MAX_ATTEMPTS = 10  # then the mail is marked failed and shown to staff at /staff/mail
+    MAIL_RETRY_BASE = 30.0  # seconds before the first retry, doubling after each failure …
+    MAIL_RETRY_CAP = 3600.0  # … up to this
+    MAIL_SMTP_TIMEOUT = 20.0  # seconds per SMTP operation
     # Usage: raw events are pruned after this many days (flask usage prune), rollups kept far longer.
     USAGE_RAW_RETENTION_DAYS = 90
     USAGE_ROLLUP_RETENTION_DAYS = 400
@@ -71,9 +91,19 @@ class Config:
     def from_env(cls) -> dict[str, Any]:
         """Read the settings this class leaves to the environment."""
         values: dict[str, Any] = {}
-        for name in ("SECRET_KEY", "API_KEY_PEPPER", "DATABASE_URL", "PUBLIC_API_BASE"):
+        for name in (
+            "SECRET_KEY",
+            "API_KEY_PEPPER",
+            "DATABASE_URL",
+            "PUBLIC_API_BASE",
+            "PUBLIC_BASE_URL",
+            "MAIL_URL",
+            "MAIL_FROM",
+        ):
             if os.environ.get(name):
                 values[name] = os.environ[name]
+        if os.environ.get("MAIL_SENDER_THREAD"):
+            values["MAIL_SENDER_THREAD"] = os.environ["MAIL_SENDER_THREAD"] not in ("0", "false", "no")
         if os.environ.get("COOKIE_SECURE", "").lower() in ("0", "false", "no"):
             # Only for a plain-http deployment on a trusted network (e.g. docker compose on localhost).
             values["SESSION_COOKIE_SECURE"] = values["REMEMBER_COOKIE_SECURE"] = False
@@ -93,6 +123,8 @@ class Config:
                 f"{' and '.join(missing)} must be set in the environment for production "
                 "(see .env.example); refusing to start with a guessable secret."
             )
+        if config.get("MAIL_URL") and not config.get("MAIL_FROM"):
+            raise ConfigError("MAIL_FROM must be set with MAIL_URL (e.g. 'ProCode <no-reply@example.com>').")
 
 
 class DevConfig(Config):
@@ -101,6 +133,9 @@ class DevConfig(Config):
     ENV_NAME = "development"
     SESSION_COOKIE_SECURE = False
     REMEMBER_COOKIE_SECURE = False
+    PUBLIC_BASE_URL = "http://127.0.0.1:5000"
+    MAIL_FROM = "ProCode Portal <no-reply@procode.dev>"
+    MAIL_CONSOLE = True
 
     @classmethod
     def from_env(cls) -> dict[str, Any]:
@@ -125,6 +160,9 @@ class TestConfig(Config):
     ARGON2_TIME_COST = 1
     ARGON2_MEMORY_COST = 1024
     ARGON2_PARALLELISM = 1
+    PUBLIC_BASE_URL = "http://127.0.0.1:5000"
+    MAIL_FROM = "ProCode Portal <no-reply@procode.dev>"
+    MAIL_SENDER_THREAD = False  # tests call portal.mail.send_due() themselves
 
     @classmethod
     def from_env(cls) -> dict[str, Any]:

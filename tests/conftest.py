@@ -185,3 +185,11 @@ def api_key(org: Any, owner: Any) -> Any:
 @pytest.fixture
 def new_id() -> uuid.UUID:
     return uuid.uuid4()
+
+
+@pytest.fixture
+def mail_server(app: Flask) -> Iterator[Any]:
+    """A real SMTP server on loopback (aiosmtpd); the app's MAIL_URL points at it for this test."""
+    from tests.mailserver import MailServer, running
+
+    yield from running(app, MailServer())

@@ -2,6 +2,7 @@
 
 from portal.models.api_key import ENVIRONMENTS, ApiKey
 from portal.models.audit import AuditEvent
+from portal.models.mail import OutboxMail
 from portal.models.organization import ROLES, Invitation, Membership, Organization
 from portal.models.rollup import (
     UsageEndpointHourly,
@@ -24,6 +25,7 @@ __all__ = [
     "Invitation",
     "Membership",
     "Organization",
+    "OutboxMail",
     "RateLimitTracking",
     "UsageEndpointHourly",
     "UsageKeyDaily",

@@ -10,4 +10,4 @@ def hide_from_non_staff() -> None:
         abort(404)
 
 
-from portal.staff import routes  # noqa: E402,F401
+from portal.staff import mail, routes  # noqa: E402,F401
