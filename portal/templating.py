@@ -9,7 +9,8 @@ from flask import Flask, current_app, g, session
 from flask_login import current_user
 
 from portal.models import Membership
-from portal.orgs.context import can, memberships_of, role_allows
+from portal.orgs.context import can, memberships_of
+from portal.roles import may_touch_role, role_allows
 
 
 def format_dt(value: datetime | None, fmt: str = "%Y-%m-%d %H:%M UTC") -> str:
@@ -20,6 +21,7 @@ def register(app: Flask) -> None:
     app.jinja_env.filters["dt"] = format_dt
     app.jinja_env.globals["can"] = can
     app.jinja_env.globals["nav_allows"] = nav_allows
+    app.jinja_env.globals["may_touch_role"] = may_touch_role
     app.jinja_env.globals["has_endpoint"] = lambda name: name in current_app.view_functions
 
     @app.context_processor

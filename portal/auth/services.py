@@ -16,6 +16,7 @@ from portal import audit, ratelimit
 from portal.extensions import db
 from portal.models import Membership, Organization, User
 from portal.models.user import new_session_token
+from portal.roles import OWNER
 from portal.security import burn_password_check, hash_password, password_needs_rehash, verify_password
 
 
@@ -85,7 +86,7 @@ def create_organization(name: str, owner: User, *, plan: str = "free", slug: str
     org = Organization(name=name.strip(), slug=slug or unique_slug(name), plan=plan)
     db.session.add(org)
     db.session.flush()
-    db.session.add(Membership(user_id=owner.id, organization_id=org.id, role="owner"))
+    db.session.add(Membership(user_id=owner.id, organization_id=org.id, role=OWNER))
     audit.record("org.created", organization_id=org.id, actor=owner, target_type="organization", target_id=org.id)
     return org
 

@@ -13,14 +13,11 @@ from portal.keys import bp, services
 from portal.keys.forms import ConfirmForm, CreateKeyForm, ExpiryForm, RenameKeyForm, RollKeyForm, end_of_day
 from portal.models import ApiKey
 from portal.orgs.context import can, org_view
-
-
-def _env_permission(environment: str) -> str:
-    return "keys.manage_live" if environment == "live" else "keys.manage_test"
+from portal.roles import key_permission
 
 
 def _require_env_permission(environment: str) -> None:
-    if not can(_env_permission(environment)):
+    if not can(key_permission(environment)):
         abort(403, f"Your role ({g.membership.role}) cannot manage {environment} keys.")
 
 
@@ -182,6 +179,6 @@ def _render_detail(api_key: ApiKey, failed: Any = None) -> str:
         "keys/detail.html",
         api_key=api_key,
         now=services.now(),
-        may_manage=can(_env_permission(api_key.environment)),
+        may_manage=can(key_permission(api_key.environment)),
         **forms,
     )

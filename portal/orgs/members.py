@@ -10,19 +10,19 @@ from flask_login import current_user
 from portal.db import get_org_scoped_or_404
 from portal.forms import choices
 from portal.keys.forms import ConfirmForm
-from portal.models import ROLES, Invitation, Membership
+from portal.models import Invitation, Membership
 from portal.orgs import bp, services
 from portal.orgs.context import can, org_view
 from portal.orgs.forms import ROLE_LABELS, InviteForm, RoleForm, role_choices
+from portal.roles import grantable_roles, may_change_member
 
 
 def _grantable() -> tuple[str, ...]:
-    """Roles the signed-in member may hand out: owners any, admins all but owner."""
-    return ROLES if g.membership.role == "owner" else tuple(r for r in ROLES if r != "owner")
+    return grantable_roles(g.membership.role)
 
 
 def _may_change(target: Membership) -> bool:
-    return can("members.manage") and (target.role != "owner" or g.membership.role == "owner")
+    return may_change_member(g.membership.role, target.role)
 
 
 def _invite_form(form: InviteForm | None = None) -> InviteForm:

@@ -20,9 +20,9 @@ from portal import audit
 from portal.auth.services import create_organization
 from portal.db import org_scoped
 from portal.extensions import db
-from portal.models import ROLES, AuditEvent, Invitation, Membership, Organization, User
-from portal.orgs.context import role_allows
+from portal.models import AuditEvent, Invitation, Membership, Organization, User
 from portal.plans import PLANS
+from portal.roles import OWNER, ROLES, is_last_owner, may_touch_role, role_allows
 from portal.security import new_token, token_digest
 from portal.timeutil import utcnow
 
@@ -125,7 +125,7 @@ def _owner_count(org: Organization) -> int:
     query = (
         sa.select(sa.func.count())
         .select_from(Membership)
-        .where(Membership.organization_id == org.id, Membership.role == "owner")
+        .where(Membership.organization_id == org.id, Membership.role == OWNER)
     )
     return int(db.session.scalar(query) or 0)
 
@@ -134,8 +134,8 @@ def _check_may_manage(actor_membership: Membership, target: Membership, new_role
     leaving = new_role is None and actor_membership.id == target.id
     if not leaving and not role_allows(actor_membership.role, "members.manage"):
         raise NotAllowed(f"Your role ({actor_membership.role}) cannot manage members.")
-    touches_owner = target.role == "owner" or new_role == "owner"
-    if touches_owner and actor_membership.role != "owner":
+    roles_touched = (target.role, new_role or target.role)
+    if not all(may_touch_role(actor_membership.role, role) for role in roles_touched):
         raise NotAllowed("Only an owner can grant, change or remove the owner role.")
 
 
@@ -175,7 +175,7 @@ def change_role(
         if new_role == target.role:
             db.session.commit()  # nothing to change; release the lock
             return
-        if target.role == "owner" and _owner_count(org) <= 1:
+        if is_last_owner(target.role, _owner_count(org)):
             raise OrgActionError("The last owner cannot be demoted. Make someone else an owner first.")
         old = target.role
         target.role = new_role
@@ -196,7 +196,7 @@ def remove_member(org: Organization, target: Membership, *, actor: User, actor_m
     """Take ``target`` out of the organization; the last owner cannot be removed."""
     with _membership_change(org, actor_membership, target):
         _check_may_manage(actor_membership, target)
-        if target.role == "owner" and _owner_count(org) <= 1:
+        if is_last_owner(target.role, _owner_count(org)):
             raise OrgActionError("The last owner cannot be removed. Make someone else an owner first.")
         audit.record(
             "member.removed",
@@ -252,7 +252,7 @@ def create_invitation(
         raise OrgActionError(f"Unknown role {role!r}.")
     if not role_allows(actor_membership.role, "members.manage"):
         raise NotAllowed(f"Your role ({actor_membership.role}) cannot invite members.")
-    if role == "owner" and actor_membership.role != "owner":
+    if not may_touch_role(actor_membership.role, role):
         raise NotAllowed("Only an owner can invite another owner.")
     token = new_token()
     invitation = Invitation(
@@ -290,7 +290,7 @@ def pending_invitations(org: Organization) -> list[Invitation]:
 def revoke_invitation(org: Organization, invitation: Invitation, *, actor: User, actor_membership: Membership) -> None:
     if not role_allows(actor_membership.role, "members.manage"):
         raise NotAllowed(f"Your role ({actor_membership.role}) cannot manage invitations.")
-    if invitation.role == "owner" and actor_membership.role != "owner":
+    if not may_touch_role(actor_membership.role, invitation.role):
         raise NotAllowed("Only an owner can revoke an invitation for an owner.")
     if invite_state(invitation) is not InviteState.PENDING:
         raise OrgActionError("This invitation is no longer pending.")
