@@ -7,6 +7,7 @@ from portal.auth import services as auth
 from portal.extensions import db
 from portal.keys import services as keys
 from portal.models import ApiKey, Membership, Organization
+from portal.orgs.services import create_organization
 from portal.roles import OWNER
 
 DEMO_OWNER = ("demo@procode.dev", "Demo Owner", "demo-password")
@@ -21,7 +22,7 @@ def seed() -> None:
     staff.is_staff = True
     org = db.session.scalar(sa.select(Organization).where(Organization.slug == "default"))
     if org is None:
-        org = auth.create_organization("Default Organization", owner, slug="default")
+        org = create_organization("Default Organization", owner, slug="default")
     elif db.session.scalar(sa.select(Membership).filter_by(user_id=owner.id, organization_id=org.id)) is None:
         db.session.add(Membership(user_id=owner.id, organization_id=org.id, role=OWNER))
     db.session.commit()

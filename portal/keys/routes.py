@@ -6,9 +6,8 @@ from typing import Any
 from flask import abort, current_app, flash, g, make_response, redirect, render_template, request, url_for
 from flask_login import current_user
 
-from portal.db import get_org_scoped_or_404
 from portal.forms import choices
-from portal.http import page_arg, render_form_page
+from portal.http import get_org_scoped_or_404, page_arg, render_form_page
 from portal.keys import bp, services
 from portal.keys.forms import ConfirmForm, CreateKeyForm, ExpiryForm, RenameKeyForm, RollKeyForm, end_of_day
 from portal.models import ApiKey
@@ -74,6 +73,7 @@ def create(slug: str) -> Any:
                 actor=current_user,
                 expires_at=end_of_day(form.expires_on.data),
                 request_token=token,
+                ip=request.remote_addr,
             )
         except services.AlreadyCreated as exc:
             flash(str(exc), "warning")
@@ -107,7 +107,7 @@ def rename(slug: str, key_id: str) -> Any:
     api_key = _managed_key(key_id)
     form = RenameKeyForm()
     if form.validate_on_submit():
-        services.rename_key(g.org, api_key, form.name.data, current_user)
+        services.rename_key(g.org, api_key, form.name.data, current_user, ip=request.remote_addr)
         flash("Key renamed.", "success")
         return _back(api_key)
     return _invalid(api_key, form)
@@ -120,7 +120,7 @@ def expiry(slug: str, key_id: str) -> Any:
     form = ExpiryForm()
     if form.validate_on_submit():
         try:
-            services.set_expiry(g.org, api_key, end_of_day(form.expires_on.data), current_user)
+            services.set_expiry(g.org, api_key, end_of_day(form.expires_on.data), current_user, ip=request.remote_addr)
         except services.KeyActionError as exc:
             form.form_errors.append(str(exc))
         else:
@@ -136,7 +136,7 @@ def revoke(slug: str, key_id: str) -> Any:
     form = ConfirmForm()
     if form.validate_on_submit():
         try:
-            services.revoke_key(g.org, api_key, current_user)
+            services.revoke_key(g.org, api_key, current_user, ip=request.remote_addr)
         except services.KeyActionError as exc:
             flash(str(exc), "error")
         else:
@@ -151,7 +151,8 @@ def roll(slug: str, key_id: str) -> Any:
     form = RollKeyForm()
     if form.validate_on_submit():
         try:
-            issued = services.roll_key(g.org, api_key, services.ROLL_GRACE_PERIODS[form.grace.data], current_user)
+            grace = services.ROLL_GRACE_PERIODS[form.grace.data]
+            issued = services.roll_key(g.org, api_key, grace, current_user, ip=request.remote_addr)
         except services.KeyActionError as exc:
             flash(str(exc), "error")
             return _back(api_key)

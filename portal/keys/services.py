@@ -108,6 +108,7 @@ def create_key(
     expires_at: datetime | None = None,
     request_token: str | None = None,
     actor_label: str | None = None,
+    ip: str | None = None,
 ) -> IssuedKey:
     """Make a key. ``request_token`` makes a resubmitted form find its first key instead of a second."""
     if environment not in keyformat.PREFIXES:
@@ -132,6 +133,7 @@ def create_key(
         target_type="api_key",
         target_id=issued.api_key.id,
         details={"name": name, "environment": environment, "hint": issued.api_key.hint},
+        ip=ip,
     )
     db.session.commit()
     return issued
@@ -158,7 +160,7 @@ def list_keys(
     return list(rows), total
 
 
-def rename_key(org: Organization, api_key: ApiKey, name: str, actor: User | None) -> None:
+def rename_key(org: Organization, api_key: ApiKey, name: str, actor: User | None, *, ip: str | None = None) -> None:
     old = api_key.name
     api_key.name = name
     audit.record(
@@ -168,11 +170,14 @@ def rename_key(org: Organization, api_key: ApiKey, name: str, actor: User | None
         target_type="api_key",
         target_id=api_key.id,
         details={"from": old, "to": name, "hint": api_key.hint},
+        ip=ip,
     )
     db.session.commit()
 
 
-def set_expiry(org: Organization, api_key: ApiKey, expires_at: datetime | None, actor: User | None) -> None:
+def set_expiry(
+    org: Organization, api_key: ApiKey, expires_at: datetime | None, actor: User | None, *, ip: str | None = None
+) -> None:
     if api_key.revoked_at is not None:
         raise KeyActionError("A revoked key cannot be changed.")
     if expires_at is not None and expires_at <= now():
@@ -185,11 +190,14 @@ def set_expiry(org: Organization, api_key: ApiKey, expires_at: datetime | None, 
         target_type="api_key",
         target_id=api_key.id,
         details={"expires_at": expires_at.isoformat() if expires_at else None, "hint": api_key.hint},
+        ip=ip,
     )
     db.session.commit()
 
 
-def revoke_key(org: Organization, api_key: ApiKey, actor: User | None, actor_label: str | None = None) -> None:
+def revoke_key(
+    org: Organization, api_key: ApiKey, actor: User | None, actor_label: str | None = None, *, ip: str | None = None
+) -> None:
     """Revoke now; the very next verification of this key fails."""
     if api_key.revoked_at is not None and api_key.revoked_at <= now():
         raise KeyActionError("This key is already revoked.")
@@ -203,11 +211,14 @@ def revoke_key(org: Organization, api_key: ApiKey, actor: User | None, actor_lab
         target_type="api_key",
         target_id=api_key.id,
         details={"name": api_key.name, "hint": api_key.hint},
+        ip=ip,
     )
     db.session.commit()
 
 
-def roll_key(org: Organization, api_key: ApiKey, grace: timedelta, actor: User | None) -> IssuedKey:
+def roll_key(
+    org: Organization, api_key: ApiKey, grace: timedelta, actor: User | None, *, ip: str | None = None
+) -> IssuedKey:
     """A new key with the same name; the old one keeps working for ``grace``, then stops."""
     lock_organization(org)
     db.session.refresh(api_key)  # another roll or revoke may have committed while we waited for the lock
@@ -232,6 +243,7 @@ def roll_key(org: Organization, api_key: ApiKey, grace: timedelta, actor: User |
             "new_key_id": str(issued.api_key.id),
             "old_key_stops_at": api_key.revoked_at.isoformat(),
         },
+        ip=ip,
     )
     db.session.commit()
     return issued

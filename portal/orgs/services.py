@@ -6,6 +6,9 @@ Shared by the views, the CLI and the staff area, so behaviour never forks.
 from __future__ import annotations
 
 import enum
+import re
+import secrets
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,7 +20,6 @@ from sqlalchemy.orm import joinedload
 from sqlalchemy.orm.exc import ObjectDeletedError
 
 from portal import audit
-from portal.auth.services import create_organization
 from portal.db import org_scoped
 from portal.extensions import db
 from portal.models import AuditEvent, Invitation, Membership, Organization, User
@@ -44,7 +46,13 @@ class NotAllowed(OrgActionError):
 
 
 def change_plan(
-    org: Organization, plan: str, *, reason: str, actor: User | None, actor_label: str | None = None
+    org: Organization,
+    plan: str,
+    *,
+    reason: str,
+    actor: User | None,
+    actor_label: str | None = None,
+    ip: str | None = None,
 ) -> None:
     if plan not in PLANS:
         raise OrgActionError(f"Unknown plan {plan!r}.")
@@ -58,18 +66,47 @@ def change_plan(
         target_type="organization",
         target_id=org.id,
         details={"from": old, "to": plan, "reason": reason.strip()},
+        ip=ip,
     )
     db.session.commit()
 
 
-def create_org(name: str, owner: User) -> Organization:
+def slugify(text: str) -> str:
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")
+    return slug[:40] or "org"
+
+
+def unique_slug(base: str) -> str:
+    slug = slugify(base)
+    candidate = slug
+    while db.session.scalar(sa.select(sa.exists().where(Organization.slug == candidate))):
+        candidate = f"{slug}-{secrets.token_hex(2)}"
+    return candidate
+
+
+def create_organization(
+    name: str, owner: User, *, plan: str = "free", slug: str | None = None, ip: str | None = None
+) -> Organization:
+    """An organization owned by ``owner``, added to the session uncommitted so a sign-up commits both at once."""
+    org = Organization(name=name.strip(), slug=slug or unique_slug(name), plan=plan)
+    db.session.add(org)
+    db.session.flush()
+    db.session.add(Membership(user_id=owner.id, organization_id=org.id, role=OWNER))
+    audit.record(
+        "org.created", organization_id=org.id, actor=owner, target_type="organization", target_id=org.id, ip=ip
+    )
+    return org
+
+
+def create_org(name: str, owner: User, *, ip: str | None = None) -> Organization:
     """Another organization for a signed-in user, who becomes its owner (free plan)."""
-    org = create_organization(name, owner)
+    org = create_organization(name, owner, ip=ip)
     db.session.commit()
     return org
 
 
-def rename_org(org: Organization, name: str, actor: User) -> None:
+def rename_org(org: Organization, name: str, actor: User, *, ip: str | None = None) -> None:
     old = org.name
     if name == old:
         return
@@ -81,6 +118,7 @@ def rename_org(org: Organization, name: str, actor: User) -> None:
         target_type="organization",
         target_id=org.id,
         details={"from": old, "to": name},
+        ip=ip,
     )
     db.session.commit()
 
@@ -139,7 +177,7 @@ def _check_may_manage(actor_membership: Membership, target: Membership, new_role
         raise NotAllowed("Only an owner can grant, change or remove the owner role.")
 
 
-def _revoke_invitations_from(org: Organization, target: Membership, actor: User) -> None:
+def _revoke_invitations_from(org: Organization, target: Membership, actor: User, ip: str | None) -> None:
     """Links a member made stop working when they lose the right to invite, so they cannot rejoin by one."""
     pending = db.session.scalars(
         org_scoped(Invitation, org.id).where(
@@ -157,6 +195,7 @@ def _revoke_invitations_from(org: Organization, target: Membership, actor: User)
             target_type="invitation",
             target_id=invitation.id,
             details={"role": invitation.role, "reason": "inviter lost access"},
+            ip=ip,
         )
 
 
@@ -165,7 +204,13 @@ def _member_details(target: Membership) -> dict[str, str]:
 
 
 def change_role(
-    org: Organization, target: Membership, new_role: str, *, actor: User, actor_membership: Membership
+    org: Organization,
+    target: Membership,
+    new_role: str,
+    *,
+    actor: User,
+    actor_membership: Membership,
+    ip: str | None = None,
 ) -> None:
     """Give ``target`` another role, within the guard rails: owners stay, admins do not touch owners."""
     if new_role not in ROLES:
@@ -180,7 +225,7 @@ def change_role(
         old = target.role
         target.role = new_role
         if not role_allows(new_role, "members.manage"):
-            _revoke_invitations_from(org, target, actor)
+            _revoke_invitations_from(org, target, actor, ip)
         audit.record(
             "member.role_changed",
             organization_id=org.id,
@@ -188,11 +233,14 @@ def change_role(
             target_type="membership",
             target_id=target.id,
             details={**_member_details(target), "from": old, "to": new_role},
+            ip=ip,
         )
         db.session.commit()
 
 
-def remove_member(org: Organization, target: Membership, *, actor: User, actor_membership: Membership) -> None:
+def remove_member(
+    org: Organization, target: Membership, *, actor: User, actor_membership: Membership, ip: str | None = None
+) -> None:
     """Take ``target`` out of the organization; the last owner cannot be removed."""
     with _membership_change(org, actor_membership, target):
         _check_may_manage(actor_membership, target)
@@ -205,8 +253,9 @@ def remove_member(org: Organization, target: Membership, *, actor: User, actor_m
             target_type="membership",
             target_id=target.id,
             details={**_member_details(target), "role": target.role},
+            ip=ip,
         )
-        _revoke_invitations_from(org, target, actor)
+        _revoke_invitations_from(org, target, actor, ip)
         db.session.delete(target)
         db.session.commit()
 
@@ -245,7 +294,14 @@ def invite_state(invitation: Invitation, moment: datetime | None = None) -> Invi
 
 
 def create_invitation(
-    org: Organization, *, role: str, email: str | None, ttl: timedelta, actor: User, actor_membership: Membership
+    org: Organization,
+    *,
+    role: str,
+    email: str | None,
+    ttl: timedelta,
+    actor: User,
+    actor_membership: Membership,
+    ip: str | None = None,
 ) -> IssuedInvitation:
     """An invite link for ``role``; only the token's SHA-256 is stored, so the link cannot be shown again."""
     if role not in ROLES:
@@ -272,6 +328,7 @@ def create_invitation(
         target_type="invitation",
         target_id=invitation.id,
         details={"role": role, "email": invitation.email, "expires_at": invitation.expires_at.isoformat()},
+        ip=ip,
     )
     db.session.commit()
     return IssuedInvitation(invitation, token)
@@ -287,7 +344,9 @@ def pending_invitations(org: Organization) -> list[Invitation]:
     )
 
 
-def revoke_invitation(org: Organization, invitation: Invitation, *, actor: User, actor_membership: Membership) -> None:
+def revoke_invitation(
+    org: Organization, invitation: Invitation, *, actor: User, actor_membership: Membership, ip: str | None = None
+) -> None:
     if not role_allows(actor_membership.role, "members.manage"):
         raise NotAllowed(f"Your role ({actor_membership.role}) cannot manage invitations.")
     if not may_touch_role(actor_membership.role, invitation.role):
@@ -302,6 +361,7 @@ def revoke_invitation(org: Organization, invitation: Invitation, *, actor: User,
         target_type="invitation",
         target_id=invitation.id,
         details={"role": invitation.role, "email": invitation.email},
+        ip=ip,
     )
     db.session.commit()
 
@@ -330,7 +390,7 @@ def invitation_blocker(invitation: Invitation, user: User) -> str | None:
     return None
 
 
-def accept_invitation(token: str, user: User) -> Membership:
+def accept_invitation(token: str, user: User, *, ip: str | None = None) -> Membership:
     """Join the organization: the invitation is locked, checked again, and used up in one transaction."""
     invitation = find_invitation(token, for_update=True)
     if invitation is None or invite_state(invitation) is not InviteState.PENDING:
@@ -361,6 +421,7 @@ def accept_invitation(token: str, user: User) -> Membership:
             "role": invitation.role,
             "invitation_id": str(invitation.id),
         },
+        ip=ip,
     )
     db.session.commit()
     return membership

@@ -69,7 +69,12 @@ def change_plan(slug: str) -> Any:
             form.plan.errors.append(f"{org.name} is already on the {org.plan_info.label} plan.")
         else:
             org_services.change_plan(
-                org, form.plan.data, reason=form.reason.data, actor=current_user, actor_label=org_services.SUPPORT_LABEL
+                org,
+                form.plan.data,
+                reason=form.reason.data,
+                actor=current_user,
+                actor_label=org_services.SUPPORT_LABEL,
+                ip=request.remote_addr,
             )
             flash(f"{org.name} is now on the {org.plan_info.label} plan.", "success")
             return redirect(url_for("staff.org_detail", slug=org.slug))

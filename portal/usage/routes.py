@@ -9,8 +9,8 @@ import sqlalchemy as sa
 from flask import abort, current_app, g, make_response, render_template, request, url_for
 from flask_login import current_user
 
-from portal.db import get_org_scoped_or_404
 from portal.extensions import db
+from portal.http import get_org_scoped_or_404
 from portal.models import ApiKey, Organization
 from portal.orgs.context import org_view
 from portal.usage import bp, pages, services
