@@ -112,6 +112,11 @@ def org_scoped(model: type[T], organization_id: uuid.UUID) -> sa.Select[Any]:
     return sa.select(model).where(model.organization_id == organization_id)  # type: ignore[attr-defined]
 
 
+def count_rows(query: sa.Select[Any]) -> int:
+    """How many rows ``query`` returns, counted in SQL."""
+    return int(db.session.scalar(sa.select(sa.func.count()).select_from(query.subquery())) or 0)
+
+
 def get_org_scoped(model: type[T], organization_id: uuid.UUID, object_id: Any) -> T | None:
     """One org-owned row by id; ``None`` when it is absent, malformed or belongs to another organization."""
     try:

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 from flask import abort, render_template, request
 
 from portal.db import get_org_scoped
+from portal.pagination import clamp_page
 
 T = TypeVar("T")
 
@@ -39,10 +40,6 @@ def safe_next_url(target: str | None) -> str | None:
     return target
 
 
-MAX_PAGE = 100_000
-
-
 def page_arg(name: str = "page") -> int:
-    """A 1-based page number from the query string, clamped so OFFSET stays in range."""
-    page = request.args.get(name, 1, type=int) or 1
-    return min(max(page, 1), MAX_PAGE)
+    """A 1-based page number from the query string; junk reads as page 1."""
+    return clamp_page(request.args.get(name, 1, type=int))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from flask import current_app
@@ -16,6 +15,7 @@ from portal.models import Organization, User
 from portal.models.user import new_session_token
 from portal.orgs.services import create_organization
 from portal.security import burn_password_check, hash_password, password_needs_rehash, verify_password
+from portal.timeutil import utcnow
 
 
 class AuthError(Exception):
@@ -110,7 +110,7 @@ def authenticate(email: str, password: str, ip: str | None) -> User:
 
     if password_needs_rehash(user.password_hash):
         user.password_hash = hash_password(password)
-    user.last_login_at = datetime.now(UTC)
+    user.last_login_at = utcnow()
     db.session.commit()
     return user
 

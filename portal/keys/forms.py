@@ -7,12 +7,13 @@ from wtforms import DateField, HiddenField, RadioField, SelectField, StringField
 from wtforms.validators import DataRequired, Length, Optional, ValidationError
 
 from portal.forms import choices, no_control_chars, strip_filter
+from portal.timeutil import utcnow
 
 NAME_RULES = [DataRequired(), Length(max=100), no_control_chars]
 
 
 def future_date(form: FlaskForm, field: DateField) -> None:
-    if field.data is not None and field.data <= date.today():
+    if field.data is not None and field.data <= utcnow().date():
         raise ValidationError("Pick a date after today.")
 
 

@@ -13,6 +13,7 @@ from portal.keys.forms import ConfirmForm, CreateKeyForm, ExpiryForm, RenameKeyF
 from portal.models import ApiKey
 from portal.orgs.context import can, org_view
 from portal.roles import key_permission
+from portal.timeutil import utcnow
 
 
 def _require_env_permission(environment: str) -> None:
@@ -41,15 +42,12 @@ def index(slug: str) -> Any:
     page = page_arg()
     environment = request.args.get("env")
     per_page = current_app.config["KEYS_PER_PAGE"]
-    keys, total = services.list_keys(g.org, page=page, per_page=per_page, environment=environment)
+    keys = services.list_keys(g.org, page=page, per_page=per_page, environment=environment)
     return render_template(
         "keys/index.html",
         keys=keys,
-        total=total,
-        page=page,
-        per_page=per_page,
         environment=environment,
-        now=services.now(),
+        now=utcnow(),
         usable=services.usable_key_count(g.org.id),
     )
 
@@ -179,7 +177,7 @@ def _render_detail(api_key: ApiKey, failed: Any = None) -> str:
     return render_template(
         "keys/detail.html",
         api_key=api_key,
-        now=services.now(),
+        now=utcnow(),
         may_manage=can(key_permission(api_key.environment)),
         **forms,
     )

@@ -20,9 +20,10 @@ from sqlalchemy.orm import joinedload
 from sqlalchemy.orm.exc import ObjectDeletedError
 
 from portal import audit
-from portal.db import org_scoped
+from portal.db import count_rows, org_scoped
 from portal.extensions import db
 from portal.models import AuditEvent, Invitation, Membership, Organization, User
+from portal.pagination import Page, paginate
 from portal.plans import PLANS
 from portal.roles import OWNER, ROLES, is_last_owner, may_touch_role, role_allows
 from portal.security import new_token, token_digest
@@ -187,7 +188,7 @@ def _revoke_invitations_from(org: Organization, target: Membership, actor: User,
         )
     ).all()
     for invitation in pending:
-        invitation.revoked_at = now()
+        invitation.revoked_at = utcnow()
         audit.record(
             "invitation.revoked",
             organization_id=org.id,
@@ -280,15 +281,12 @@ class IssuedInvitation:
     token: str
 
 
-now = utcnow
-
-
 def invite_state(invitation: Invitation, moment: datetime | None = None) -> InviteState:
     if invitation.accepted_at is not None:
         return InviteState.ACCEPTED
     if invitation.revoked_at is not None:
         return InviteState.REVOKED
-    if invitation.expires_at <= (moment or now()):
+    if invitation.expires_at <= (moment or utcnow()):
         return InviteState.EXPIRED
     return InviteState.PENDING
 
@@ -317,7 +315,7 @@ def create_invitation(
         email=email.strip().lower() if email else None,
         token_hash=token_digest(token),
         created_by_id=actor.id,
-        expires_at=now() + ttl,
+        expires_at=utcnow() + ttl,
     )
     db.session.add(invitation)
     db.session.flush()
@@ -338,7 +336,7 @@ def pending_invitations(org: Organization) -> list[Invitation]:
     return list(
         db.session.scalars(
             org_scoped(Invitation, org.id)
-            .where(Invitation.accepted_at.is_(None), Invitation.revoked_at.is_(None), Invitation.expires_at > now())
+            .where(Invitation.accepted_at.is_(None), Invitation.revoked_at.is_(None), Invitation.expires_at > utcnow())
             .order_by(Invitation.created_at.desc())
         )
     )
@@ -353,7 +351,7 @@ def revoke_invitation(
         raise NotAllowed("Only an owner can revoke an invitation for an owner.")
     if invite_state(invitation) is not InviteState.PENDING:
         raise OrgActionError("This invitation is no longer pending.")
-    invitation.revoked_at = now()
+    invitation.revoked_at = utcnow()
     audit.record(
         "invitation.revoked",
         organization_id=org.id,
@@ -402,7 +400,7 @@ def accept_invitation(token: str, user: User, *, ip: str | None = None) -> Membe
         raise OrgActionError(blocker)
     membership = Membership(user_id=user.id, organization_id=invitation.organization_id, role=invitation.role)
     db.session.add(membership)
-    invitation.accepted_at = now()
+    invitation.accepted_at = utcnow()
     invitation.accepted_by_id = user.id
     try:
         db.session.flush()
@@ -430,20 +428,13 @@ def accept_invitation(token: str, user: User, *, ip: str | None = None) -> Membe
 # Audit trail -----------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Page:
-    items: list[AuditEvent]
-    total: int
-    page: int
-    per_page: int
-
-
-def audit_events(org: Organization, *, page: int = 1, per_page: int = 50) -> Page:
+def audit_events(org: Organization, *, page: int = 1, per_page: int = 50) -> Page[AuditEvent]:
     """The organization's audit events, newest first."""
-    page = max(page, 1)
     query = org_scoped(AuditEvent, org.id)
-    total = int(db.session.scalar(sa.select(sa.func.count()).select_from(query.subquery())) or 0)
-    rows = db.session.scalars(
-        query.order_by(AuditEvent.created_at.desc(), AuditEvent.id).limit(per_page).offset((page - 1) * per_page)
+    ordered = query.order_by(AuditEvent.created_at.desc(), AuditEvent.id)
+    return paginate(
+        lambda limit, offset: db.session.scalars(ordered.limit(limit).offset(offset)).all(),
+        page=page,
+        per_page=per_page,
+        total=count_rows(query),
     )
-    return Page(list(rows), total, page, per_page)  # type: ignore[arg-type]  # org_scoped's Select typing

@@ -7,12 +7,12 @@ import io
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from flask import current_app, request
 
 from portal.models import ApiKey, Organization
+from portal.timeutil import utcnow
 from portal.usage import maintenance, services
 from portal.usage.ranges import UsageRange, parse_range, valid_zone
 from portal.usage.services import Table
@@ -20,15 +20,11 @@ from portal.usage.services import Table
 TZ_COOKIE = "tz"
 
 
-def now() -> datetime:
-    return datetime.now(UTC)
-
-
 def current_range() -> UsageRange:
     return parse_range(
         request.args,
         tz_cookie=request.cookies.get(TZ_COOKIE),
-        now=now(),
+        now=utcnow(),
         max_days=current_app.config["USAGE_ROLLUP_RETENTION_DAYS"],
     )
 
@@ -68,7 +64,7 @@ def org_page(org: Organization, key_link: Callable[[Any], str | None]) -> UsageP
     }
     totals = services.summary(series)
     extra = {
-        "quota": services.month_quota(org.id, org.plan_info, now(), org.created_at),
+        "quota": services.month_quota(org.id, org.plan_info, utcnow(), org.created_at),
         "has_any_usage": totals["calls"] > 0 or services.has_any_usage(org.id),
     }
     return UsagePage(r, totals, services.chart_data(series, r), tables, extra)

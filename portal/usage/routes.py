@@ -10,14 +10,12 @@ from flask import abort, current_app, g, make_response, render_template, request
 from flask_login import current_user
 
 from portal.extensions import db
-from portal.http import get_org_scoped_or_404
+from portal.http import get_org_scoped_or_404, page_arg
 from portal.models import ApiKey, Organization
 from portal.orgs.context import org_view
 from portal.usage import bp, pages, services
 from portal.usage.ranges import COMMON_ZONES, RANGE_LABELS
 from portal.usage.services import Table
-
-MAX_PAGE = 1000
 
 
 @bp.app_template_filter("thousands")
@@ -74,9 +72,8 @@ def dashboard_csv(slug: str) -> Any:
 def key(slug: str, key_id: str) -> Any:
     api_key = get_org_scoped_or_404(ApiKey, g.org.id, key_id)
     page = pages.key_page(g.org, api_key)
-    number = min(max(request.args.get("page", 1, type=int) or 1, 1), MAX_PAGE)
     per_page = current_app.config["USAGE_RECENT_PER_PAGE"]
-    calls, has_older = services.recent_calls(g.org.id, api_key.id, number, per_page)
+    calls = services.recent_calls(g.org.id, api_key.id, page_arg(), per_page)
     return _render(
         "usage/key.html",
         page,
@@ -85,8 +82,6 @@ def key(slug: str, key_id: str) -> Any:
         org=g.org,
         api_key=api_key,
         calls=calls,
-        page_number=number,
-        has_older=has_older and number < MAX_PAGE,
     )
 
 
