@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from flask import Flask, current_app, g, session
+from flask import Flask, g, session
 from flask_login import current_user
 
 from portal.models import Membership
@@ -22,7 +22,6 @@ def register(app: Flask) -> None:
     app.jinja_env.globals["can"] = can
     app.jinja_env.globals["nav_allows"] = nav_allows
     app.jinja_env.globals["may_touch_role"] = may_touch_role
-    app.jinja_env.globals["has_endpoint"] = lambda name: name in current_app.view_functions
 
     @app.context_processor
     def navigation() -> dict[str, Any]:

@@ -6,8 +6,8 @@ import sqlalchemy as sa
 from portal.auth import services as auth
 from portal.extensions import db
 from portal.keys import services as keys
-from portal.models import ApiKey, Membership, Organization
-from portal.orgs.services import create_organization
+from portal.models import ApiKey, Membership
+from portal.orgs.services import create_organization, find_org
 from portal.roles import OWNER
 
 DEMO_OWNER = ("demo@procode.dev", "Demo Owner", "demo-password")
@@ -20,7 +20,7 @@ def seed() -> None:
     owner = auth.find_user_by_email(DEMO_OWNER[0]) or auth.create_user(*DEMO_OWNER)
     staff = auth.find_user_by_email(DEMO_STAFF[0]) or auth.create_user(*DEMO_STAFF, is_staff=True)
     staff.is_staff = True
-    org = db.session.scalar(sa.select(Organization).where(Organization.slug == "default"))
+    org = find_org("default")
     if org is None:
         org = create_organization("Default Organization", owner, slug="default")
     elif db.session.scalar(sa.select(Membership).filter_by(user_id=owner.id, organization_id=org.id)) is None:

@@ -81,7 +81,7 @@ def slugify(text: str) -> str:
 def unique_slug(base: str) -> str:
     slug = slugify(base)
     candidate = slug
-    while db.session.scalar(sa.select(sa.exists().where(Organization.slug == candidate))):
+    while find_org(candidate) is not None:
         candidate = f"{slug}-{secrets.token_hex(2)}"
     return candidate
 
@@ -98,6 +98,11 @@ def create_organization(
         "org.created", organization_id=org.id, actor=owner, target_type="organization", target_id=org.id, ip=ip
     )
     return org
+
+
+def find_org(slug: str) -> Organization | None:
+    """The one lookup of an organization by its slug."""
+    return db.session.scalar(sa.select(Organization).where(Organization.slug == slug))
 
 
 def create_org(name: str, owner: User, *, ip: str | None = None) -> Organization:

@@ -109,10 +109,6 @@ def search_orgs(query: str | None, *, page: int = 1, per_page: int = 25) -> Page
     )
 
 
-def find_org(slug: str) -> Organization | None:
-    return db.session.scalar(sa.select(Organization).where(Organization.slug == slug))
-
-
 def key_counts(org: Organization) -> KeyCounts:
     """Counts grouped in SQL by environment and status; hashes and hints never leave the database."""
     status = key_status(utcnow()).label("status")
