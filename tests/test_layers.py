@@ -38,3 +38,26 @@ def test_audit_records_the_address_it_is_given_outside_any_request(org, owner):
     db.session.flush()
     assert str(event.ip) == "198.51.100.7"
     assert audit.record("org.renamed", organization_id=org.id, actor=None).ip is None
+
+
+def test_json_errors_share_one_body():
+    from portal.errors import error_body
+
+    assert error_body("not_found", "No such key.") == {"error": {"code": "not_found", "message": "No such key."}}
+
+
+def test_request_ids_are_kept_trimmed_or_made_up():
+    from portal.security_headers import MAX_REQUEST_ID_LENGTH, request_id
+
+    assert request_id("abc") == "abc"
+    assert request_id("x" * 500) == "x" * MAX_REQUEST_ID_LENGTH
+    assert len(request_id(None)) == 32 and request_id("") != request_id("")
+
+
+def test_every_answer_carries_the_shared_security_headers(client):
+    from portal.security_headers import SECURITY_HEADERS
+
+    response = client.get("/login", headers={"X-Request-ID": "trace-1"})
+    assert response.headers["X-Request-ID"] == "trace-1"
+    for name, value in SECURITY_HEADERS:
+        assert response.headers[name] == value

@@ -6,10 +6,10 @@ from typing import Any
 from flask import abort, current_app, flash, g, make_response, redirect, render_template, request, url_for
 from flask_login import current_user
 
-from portal.forms import choices
+from portal.forms import ConfirmForm, choices
 from portal.http import get_org_scoped_or_404, page_arg, render_form_page
 from portal.keys import bp, services
-from portal.keys.forms import ConfirmForm, CreateKeyForm, ExpiryForm, RenameKeyForm, RollKeyForm, end_of_day
+from portal.keys.forms import CreateKeyForm, ExpiryForm, RenameKeyForm, RollKeyForm, end_of_day
 from portal.models import ApiKey
 from portal.orgs.context import can, org_view
 from portal.roles import key_permission
@@ -149,7 +149,7 @@ def roll(slug: str, key_id: str) -> Any:
     form = RollKeyForm()
     if form.validate_on_submit():
         try:
-            grace = services.ROLL_GRACE_PERIODS[form.grace.data]
+            _, grace = services.ROLL_GRACE_PERIODS[form.grace.data]
             issued = services.roll_key(g.org, api_key, grace, current_user, ip=request.remote_addr)
         except services.KeyActionError as exc:
             flash(str(exc), "error")

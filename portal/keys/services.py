@@ -17,11 +17,12 @@ from portal.models import ApiKey, Organization, User
 from portal.pagination import Page, paginate
 from portal.timeutil import utcnow
 
-ROLL_GRACE_PERIODS: dict[str, timedelta] = {
-    "now": timedelta(0),
-    "1h": timedelta(hours=1),
-    "24h": timedelta(hours=24),
-    "7d": timedelta(days=7),
+# How long a rolled key keeps working, by the name the roll form sends: (label, period).
+ROLL_GRACE_PERIODS: dict[str, tuple[str, timedelta]] = {
+    "now": ("No time: stop it now", timedelta(0)),
+    "1h": ("1 hour", timedelta(hours=1)),
+    "24h": ("24 hours", timedelta(hours=24)),
+    "7d": ("7 days", timedelta(days=7)),
 }
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from flask import flash, redirect, render_template, request, url_for
 from flask_login import current_user
 
-from portal.keys.forms import ConfirmForm
+from portal.forms import ConfirmForm
 from portal.models import Invitation
 from portal.orgs import bp, services
 

@@ -7,9 +7,8 @@ from typing import Any
 from flask import abort, current_app, flash, g, make_response, redirect, render_template, request, url_for
 from flask_login import current_user
 
-from portal.forms import choices
+from portal.forms import ConfirmForm, choices
 from portal.http import get_org_scoped_or_404
-from portal.keys.forms import ConfirmForm
 from portal.models import Invitation, Membership
 from portal.orgs import bp, services
 from portal.orgs.context import can, org_view
