@@ -181,11 +181,12 @@ def load_events(args: argparse.Namespace) -> uuid.UUID:
     from flask_migrate import upgrade
 
     from portal.auth import services as auth
+    from portal.orgs.services import create_organization
     from portal.usage import simulate as sim
 
     upgrade()
     owner = auth.create_user(EMAIL, "Bench Owner", PASSWORD)
-    org = auth.create_organization("Bench Corp", owner, plan="enterprise", slug="bench")
+    org = create_organization("Bench Corp", owner, plan="enterprise", slug="bench")
     db.session.commit()
     org_id = org.id
     started = time.perf_counter()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-import uuid
 from typing import Any
 
 from flask import Flask, abort, g, request
@@ -13,6 +12,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from portal.config import CONFIGS, Config
 from portal.logs import configure_logging
+from portal.security_headers import CONTENT_SECURITY_POLICY, REQUEST_ID_HEADER, SECURITY_HEADERS, request_id
 
 log = logging.getLogger("portal")
 
@@ -112,7 +112,7 @@ def register_error_handlers(app: Flask) -> None:
 def register_request_hooks(app: Flask) -> None:
     @app.before_request
     def start_request() -> None:
-        g.request_id = request.headers.get("X-Request-ID", "")[:64] or uuid.uuid4().hex
+        g.request_id = request_id(request.headers.get(REQUEST_ID_HEADER))
         g.request_started = time.perf_counter()
         # PostgreSQL text cannot hold NUL; refuse it once here instead of failing in some query later.
         values = [request.path, *(v for vs in request.args.listvalues() for v in vs)]
@@ -123,16 +123,11 @@ def register_request_hooks(app: Flask) -> None:
 
     @app.after_request
     def harden_response(response: Any) -> Any:
-        response.headers.setdefault("X-Request-ID", g.get("request_id", ""))
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("X-Frame-Options", "DENY")
-        response.headers.setdefault("Referrer-Policy", "same-origin")
+        response.headers.setdefault(REQUEST_ID_HEADER, g.get("request_id", ""))
+        for name, value in SECURITY_HEADERS:
+            response.headers.setdefault(name, value)
         if response.mimetype == "text/html":
-            response.headers.setdefault(
-                "Content-Security-Policy",
-                "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-                "object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'",
-            )
+            response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
         if not app.debug and response.mimetype == "text/html":
             response.headers.setdefault("Cache-Control", "no-store")
         return response

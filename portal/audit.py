@@ -1,11 +1,9 @@
-"""Writing audit events: one call for the web, the CLI and the staff area."""
+"""Writing audit events: one call for the web, the CLI and the staff area, with no request behind it."""
 
 from __future__ import annotations
 
 import uuid
 from typing import Any
-
-from flask import has_request_context, request
 
 from portal.extensions import db
 from portal.models import AuditEvent, User
@@ -20,8 +18,12 @@ def record(
     target_id: Any = None,
     details: dict[str, Any] | None = None,
     actor_label: str | None = None,
+    ip: str | None = None,
 ) -> AuditEvent:
-    """Add an audit event to the current transaction, so it commits (or not) with the change it describes."""
+    """Add an audit event to the current transaction, so it commits (or not) with the change it describes.
+
+    ``ip`` is the client address the caller read from its request; the CLI has none.
+    """
     label = actor_label or (f"{actor.display_name} <{actor.email}>" if actor else "system")
     event = AuditEvent(
         organization_id=organization_id,
@@ -31,7 +33,7 @@ def record(
         target_type=target_type,
         target_id=str(target_id) if target_id is not None else None,
         details=details or {},
-        ip=request.remote_addr if has_request_context() else None,
+        ip=ip,
     )
     db.session.add(event)
     return event

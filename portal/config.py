@@ -26,7 +26,6 @@ class ConfigError(RuntimeError):
 class Config:
     """Settings shared by every environment; values come from the environment."""
 
-    ENV_NAME = "production"
     SECRET_KEY: str | None = None
     API_KEY_PEPPER: str | None = None
     DATABASE_URL: str | None = None
@@ -130,7 +129,6 @@ class Config:
 class DevConfig(Config):
     """Local development: reads .env, allows http cookies, fixed throwaway secrets."""
 
-    ENV_NAME = "development"
     SESSION_COOKIE_SECURE = False
     REMEMBER_COOKIE_SECURE = False
     PUBLIC_BASE_URL = "http://127.0.0.1:5000"
@@ -152,7 +150,6 @@ class DevConfig(Config):
 class TestConfig(Config):
     """Tests: cheap password hashing, CSRF off except where a test turns it on."""
 
-    ENV_NAME = "testing"
     TESTING = True
     WTF_CSRF_ENABLED = False
     SESSION_COOKIE_SECURE = False

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import sqlalchemy as sa
-from flask import abort
 from sqlalchemy.engine import URL, make_url
 
 from portal.extensions import db
@@ -113,16 +112,19 @@ def org_scoped(model: type[T], organization_id: uuid.UUID) -> sa.Select[Any]:
     return sa.select(model).where(model.organization_id == organization_id)  # type: ignore[attr-defined]
 
 
-def get_org_scoped_or_404(model: type[T], organization_id: uuid.UUID, object_id: Any) -> T:
-    """One org-owned row by id, or 404 when it is absent, malformed or belongs to another organization."""
+def count_rows(query: sa.Select[Any]) -> int:
+    """How many rows ``query`` returns, counted in SQL."""
+    return int(db.session.scalar(sa.select(sa.func.count()).select_from(query.subquery())) or 0)
+
+
+def get_org_scoped(model: type[T], organization_id: uuid.UUID, object_id: Any) -> T | None:
+    """One org-owned row by id; ``None`` when it is absent, malformed or belongs to another organization."""
     try:
         key = object_id if isinstance(object_id, uuid.UUID) else uuid.UUID(str(object_id))
     except ValueError:
-        abort(404)
+        return None
     row = db.session.scalar(org_scoped(model, organization_id).where(model.id == key))  # type: ignore[attr-defined]
-    if row is None:
-        abort(404)
-    return cast(T, row)
+    return cast(T | None, row)
 
 
 def stop_embedded_server(data_dir: Path) -> bool:

@@ -16,8 +16,13 @@ def wants_json() -> bool:
     return request.path.startswith("/v1/") or request.accept_mimetypes.best == "application/json"
 
 
+def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
+    """``{"error": {"code", "message"}}``: the body of every JSON error, from the app and from /v1."""
+    return {"error": {"code": code, "message": message}}
+
+
 def json_error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Any:
-    response = jsonify(error={"code": code, "message": message})
+    response = jsonify(error_body(code, message))
     response.status_code = status
     for name, value in (headers or {}).items():
         response.headers[name] = value

@@ -1,7 +1,8 @@
-"""Validators shared by several features' forms."""
+"""Forms and validators shared by several features."""
 
 from __future__ import annotations
 
+from flask_wtf import FlaskForm
 from wtforms import Field, Form
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import ValidationError
@@ -19,3 +20,7 @@ def strip_filter(value: object) -> object:
 def choices(pairs: list[tuple[str, str]] | tuple[tuple[str, str], ...]) -> list[SelectChoice]:
     """WTForms choices from ``(value, label)`` pairs."""
     return [SelectChoice(value, label) for value, label in pairs]
+
+
+class ConfirmForm(FlaskForm):
+    """An empty form: a POST with a CSRF token, for buttons like revoke, remove or accept."""

@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Any
+import uuid
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from flask import render_template, request
+from flask import abort, render_template, request
+
+from portal.db import get_org_scoped
+from portal.pagination import clamp_page
+
+T = TypeVar("T")
 
 
 def render_form_page(template: str, status_on_error: int = 422, **context: Any) -> tuple[str, int]:
     """Render a page with a form; a POST that reached here failed validation, so answer 422."""
     status = status_on_error if request.method == "POST" else 200
     return render_template(template, **context), status
+
+
+def get_org_scoped_or_404(model: type[T], organization_id: uuid.UUID, object_id: Any) -> T:
+    """One org-owned row by id, or 404, so another organization's rows look absent rather than forbidden."""
+    row = get_org_scoped(model, organization_id, object_id)
+    if row is None:
+        abort(404)
+    return row
 
 
 def safe_next_url(target: str | None) -> str | None:
@@ -26,10 +40,6 @@ def safe_next_url(target: str | None) -> str | None:
     return target
 
 
-MAX_PAGE = 100_000
-
-
 def page_arg(name: str = "page") -> int:
-    """A 1-based page number from the query string, clamped so OFFSET stays in range."""
-    page = request.args.get(name, 1, type=int) or 1
-    return min(max(page, 1), MAX_PAGE)
+    """A 1-based page number from the query string; junk reads as page 1."""
+    return clamp_page(request.args.get(name, 1, type=int))

@@ -31,7 +31,3 @@ PLANS: dict[str, Plan] = {
     )
 }
 PLAN_NAMES: tuple[str, ...] = tuple(PLANS)
-
-
-def get_plan(name: str) -> Plan:
-    return PLANS[name]

@@ -5,11 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from flask import Flask, current_app, g, session
+from flask import Flask, g, session
 from flask_login import current_user
 
 from portal.models import Membership
-from portal.orgs.context import can, memberships_of, role_allows
+from portal.orgs.context import can, memberships_of
+from portal.roles import may_touch_role, role_allows
 
 
 def format_dt(value: datetime | None, fmt: str = "%Y-%m-%d %H:%M UTC") -> str:
@@ -20,7 +21,7 @@ def register(app: Flask) -> None:
     app.jinja_env.filters["dt"] = format_dt
     app.jinja_env.globals["can"] = can
     app.jinja_env.globals["nav_allows"] = nav_allows
-    app.jinja_env.globals["has_endpoint"] = lambda name: name in current_app.view_functions
+    app.jinja_env.globals["may_touch_role"] = may_touch_role
 
     @app.context_processor
     def navigation() -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The one clock the services read, always timezone-aware UTC."""
+"""The one clock every part of the portal reads, always timezone-aware UTC."""
 
 from __future__ import annotations
 

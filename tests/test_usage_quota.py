@@ -22,7 +22,7 @@ def key(org, owner):
 
 @pytest.fixture
 def fixed_now(monkeypatch):
-    monkeypatch.setattr(pages, "now", lambda: NOW)
+    monkeypatch.setattr(pages, "utcnow", lambda: NOW)
     return NOW
 
 

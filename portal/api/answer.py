@@ -12,6 +12,7 @@ from collections.abc import Callable
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from portal.api.inputs import MAX_BODY_BYTES, BadRequest, RawRequest, parse_verify_request
+from portal.errors import error_body
 from portal.verification.outcomes import DatabaseUnavailable
 from portal.verification.verifier import Verifier
 
@@ -21,7 +22,7 @@ Answer = tuple[int, list[tuple[str, str]], bytes]
 
 def error_answer(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Answer:
     """``{"error": {"code", "message"}}`` with ``status``: the shape of every /v1 error."""
-    body = json.dumps({"error": {"code": code, "message": message}}, separators=(",", ":")).encode()
+    body = json.dumps(error_body(code, message), separators=(",", ":")).encode()
     return status, [("Content-Type", JSON), ("Cache-Control", "no-store"), *(headers or {}).items()], body
 
 

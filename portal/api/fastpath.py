@@ -12,7 +12,6 @@ the same security headers the app's ``after_request`` hook adds; every other req
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Any
@@ -22,17 +21,12 @@ from flask import Flask
 from portal.api import get_verifier
 from portal.api.answer import answer_verify, error_answer
 from portal.api.inputs import read_environ
+from portal.security_headers import REQUEST_ID_HEADER, SECURITY_HEADERS, request_id
 
 log = logging.getLogger("portal.api")
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 STATUS_LINES = {code: f"{code} {HTTPStatus(code).phrase}" for code in (200, 400, 401, 429, 500, 503)}
-# The headers portal/__init__.py's harden_response sets on every non-HTML answer.
-SECURITY_HEADERS = (
-    ("X-Content-Type-Options", "nosniff"),
-    ("X-Frame-Options", "DENY"),
-    ("Referrer-Policy", "same-origin"),
-)
 
 
 class VerifyFastPath:
@@ -50,7 +44,7 @@ class VerifyFastPath:
         except Exception:
             log.exception("verification failed")
             status, headers, body = error_answer(500, "internal_error", "Something went wrong on our side.")
-        request_id = environ.get("HTTP_X_REQUEST_ID", "")[:64] or uuid.uuid4().hex
-        headers += [("Content-Length", str(len(body))), ("X-Request-ID", request_id), *SECURITY_HEADERS]
+        rid = request_id(environ.get("HTTP_X_REQUEST_ID"))
+        headers += [("Content-Length", str(len(body))), (REQUEST_ID_HEADER, rid), *SECURITY_HEADERS]
         start_response(STATUS_LINES.get(status) or f"{status} {HTTPStatus(status).phrase}", headers)
         return [body]

@@ -44,7 +44,9 @@ def signup() -> Any:
     form = SignupForm()
     if form.validate_on_submit():
         try:
-            user, org = services.sign_up(form.email.data, form.display_name.data, form.password.data)
+            user, org = services.sign_up(
+                form.email.data, form.display_name.data, form.password.data, ip=request.remote_addr
+            )
         except services.EmailTaken:
             form.email.errors.append("An account with this email already exists. Sign in instead.")
         else:
@@ -72,7 +74,9 @@ def logout() -> Any:
 def change_password() -> Any:
     form = PasswordChangeForm()
     if form.validate_on_submit():
-        if services.change_password(current_user, form.current_password.data, form.new_password.data):
+        if services.change_password(
+            current_user, form.current_password.data, form.new_password.data, ip=request.remote_addr
+        ):
             login_user(current_user._get_current_object())  # re-issue the session with the new session token
             flash("Password changed. Other sessions were signed out.", "success")
             return redirect(url_for("orgs.home"))

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import re
 import secrets
-import unicodedata
-from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from flask import current_app
@@ -14,9 +11,11 @@ from sqlalchemy.exc import IntegrityError
 
 from portal import audit, ratelimit
 from portal.extensions import db
-from portal.models import Membership, Organization, User
+from portal.models import Organization, User
 from portal.models.user import new_session_token
+from portal.orgs.services import create_organization
 from portal.security import burn_password_check, hash_password, password_needs_rehash, verify_password
+from portal.timeutil import utcnow
 
 
 class AuthError(Exception):
@@ -50,20 +49,6 @@ def load_user(login_id: str) -> User | None:
     return user
 
 
-def slugify(text: str) -> str:
-    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
-    slug = re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")
-    return slug[:40] or "org"
-
-
-def unique_slug(base: str) -> str:
-    slug = slugify(base)
-    candidate = slug
-    while db.session.scalar(sa.select(sa.exists().where(Organization.slug == candidate))):
-        candidate = f"{slug}-{secrets.token_hex(2)}"
-    return candidate
-
-
 def create_user(email: str, display_name: str, password: str, *, is_staff: bool = False) -> User:
     if find_user_by_email(email) is not None:
         raise EmailTaken(email)
@@ -81,19 +66,10 @@ def create_user(email: str, display_name: str, password: str, *, is_staff: bool 
     return user
 
 
-def create_organization(name: str, owner: User, *, plan: str = "free", slug: str | None = None) -> Organization:
-    org = Organization(name=name.strip(), slug=slug or unique_slug(name), plan=plan)
-    db.session.add(org)
-    db.session.flush()
-    db.session.add(Membership(user_id=owner.id, organization_id=org.id, role="owner"))
-    audit.record("org.created", organization_id=org.id, actor=owner, target_type="organization", target_id=org.id)
-    return org
-
-
-def sign_up(email: str, display_name: str, password: str) -> tuple[User, Organization]:
+def sign_up(email: str, display_name: str, password: str, *, ip: str | None = None) -> tuple[User, Organization]:
     """A new account with a personal organization on the free plan, owned by its creator."""
     user = create_user(email, display_name, password)
-    org = create_organization(f"{user.display_name}'s organization", user)
+    org = create_organization(f"{user.display_name}'s organization", user, ip=ip)
     db.session.commit()
     return user, org
 
@@ -134,16 +110,18 @@ def authenticate(email: str, password: str, ip: str | None) -> User:
 
     if password_needs_rehash(user.password_hash):
         user.password_hash = hash_password(password)
-    user.last_login_at = datetime.now(UTC)
+    user.last_login_at = utcnow()
     db.session.commit()
     return user
 
 
-def change_password(user: User, current_password: str, new_password: str) -> bool:
+def change_password(user: User, current_password: str, new_password: str, *, ip: str | None = None) -> bool:
     if not verify_password(user.password_hash, current_password):
         return False
     user.password_hash = hash_password(new_password)
     user.session_token = new_session_token()
-    audit.record("user.password_changed", organization_id=None, actor=user, target_type="user", target_id=user.id)
+    audit.record(
+        "user.password_changed", organization_id=None, actor=user, target_type="user", target_id=user.id, ip=ip
+    )
     db.session.commit()
     return True

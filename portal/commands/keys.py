@@ -3,11 +3,11 @@ from __future__ import annotations
 import uuid
 
 import click
-import sqlalchemy as sa
 
+from portal.commands import org_or_fail
 from portal.extensions import db
 from portal.keys import services
-from portal.models import ApiKey, Organization
+from portal.models import ApiKey
 
 
 @click.group("keys")
@@ -21,9 +21,7 @@ def keys() -> None:
 @click.option("--name", required=True)
 def create(slug: str, environment: str, name: str) -> None:
     """Create a key and print it (only the key, on stdout, once)."""
-    org = db.session.scalar(sa.select(Organization).where(Organization.slug == slug))
-    if org is None:
-        raise click.ClickException(f"no organization with slug {slug!r}")
+    org = org_or_fail(slug)
     try:
         issued = services.create_key(org, name=name, environment=environment, actor=None, actor_label="CLI")
     except services.KeyActionError as exc:

@@ -1,10 +1,8 @@
 from __future__ import annotations
 
 import click
-import sqlalchemy as sa
 
-from portal.extensions import db
-from portal.models import Organization
+from portal.commands import org_or_fail
 from portal.orgs import services
 from portal.plans import PLAN_NAMES
 
@@ -20,8 +18,6 @@ def orgs() -> None:
 @click.option("--reason", default="changed from the command line", show_default=True)
 def set_plan(slug: str, plan: str, reason: str) -> None:
     """Move an organization to another plan (audited)."""
-    org = db.session.scalar(sa.select(Organization).where(Organization.slug == slug))
-    if org is None:
-        raise click.ClickException(f"no organization with slug {slug!r}")
+    org = org_or_fail(slug)
     services.change_plan(org, plan, reason=reason, actor=None, actor_label="CLI")
     click.echo(f"{slug} is now on the {plan} plan")

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import click
 from flask import current_app
 
 from portal import ratelimit
 from portal.extensions import db
+from portal.timeutil import utcnow
 
 
 @click.group("ratelimit")
@@ -28,6 +29,6 @@ def prune(minutes: int) -> None:
     longest: timedelta = current_app.config["LOGIN_THROTTLE_WINDOW"]
     if timedelta(minutes=minutes) < longest:
         raise click.ClickException(f"--older-than must be at least {longest} (the sign-in throttle's window)")
-    deleted = ratelimit.prune(datetime.now(UTC) - timedelta(minutes=minutes))
+    deleted = ratelimit.prune(utcnow() - timedelta(minutes=minutes))
     db.session.commit()
     click.echo(f"deleted {deleted} rate-limit windows older than {minutes} minutes")

@@ -6,7 +6,9 @@ import sqlalchemy as sa
 from portal.auth import services as auth
 from portal.extensions import db
 from portal.keys import services as keys
-from portal.models import ApiKey, Membership, Organization
+from portal.models import ApiKey, Membership
+from portal.orgs.services import create_organization, find_org
+from portal.roles import OWNER
 
 DEMO_OWNER = ("demo@procode.dev", "Demo Owner", "demo-password")
 DEMO_STAFF = ("support@procode.dev", "ProCode Support", "support-password")
@@ -18,11 +20,11 @@ def seed() -> None:
     owner = auth.find_user_by_email(DEMO_OWNER[0]) or auth.create_user(*DEMO_OWNER)
     staff = auth.find_user_by_email(DEMO_STAFF[0]) or auth.create_user(*DEMO_STAFF, is_staff=True)
     staff.is_staff = True
-    org = db.session.scalar(sa.select(Organization).where(Organization.slug == "default"))
+    org = find_org("default")
     if org is None:
-        org = auth.create_organization("Default Organization", owner, slug="default")
+        org = create_organization("Default Organization", owner, slug="default")
     elif db.session.scalar(sa.select(Membership).filter_by(user_id=owner.id, organization_id=org.id)) is None:
-        db.session.add(Membership(user_id=owner.id, organization_id=org.id, role="owner"))
+        db.session.add(Membership(user_id=owner.id, organization_id=org.id, role=OWNER))
     db.session.commit()
 
     has_key = db.session.scalar(sa.select(sa.exists().where(ApiKey.organization_id == org.id)))

@@ -6,20 +6,11 @@ import time
 from datetime import UTC, datetime
 
 import click
-import sqlalchemy as sa
 from flask import current_app
 
-from portal.extensions import db
-from portal.models import Organization
+from portal.commands import org_or_fail
 from portal.usage import maintenance
 from portal.usage import simulate as sim
-
-
-def _org(slug: str) -> Organization:
-    org = db.session.scalar(sa.select(Organization).where(Organization.slug == slug))
-    if org is None:
-        raise click.ClickException(f"no organization with slug {slug!r}")
-    return org
 
 
 @click.group("usage")
@@ -43,7 +34,7 @@ def usage() -> None:
 @click.option("--vacuum/--no-vacuum", default=True, show_default=True, help="VACUUM ANALYZE afterwards.")
 def simulate(slug: str, events: int, days: float, key_count: int, chunk: int, vacuum: bool) -> None:
     """Generate realistic traffic in bulk (through the same insert trigger that keeps the rollups)."""
-    org = _org(slug)
+    org = org_or_fail(slug)
     started = time.perf_counter()
     with click.progressbar(length=events, label=f"Simulating {events:,} calls", show_pos=True) as bar:
         sim.simulate(org, events, days, key_count=key_count, chunk=chunk, progress=bar.update, vacuum_pending=vacuum)
@@ -95,6 +86,6 @@ def fold_pending() -> None:
 )
 def rebuild(slug: str | None, since: datetime | None) -> None:
     """Recompute rollups from raw events (after a restore or a manual fix); writers wait meanwhile."""
-    org_id = _org(slug).id if slug else None
+    org_id = org_or_fail(slug).id if slug else None
     start = maintenance.rebuild_rollups(org_id, since.replace(tzinfo=UTC) if since else None)
     click.echo("No raw events to rebuild from." if start is None else f"Rollups rebuilt from {start:%Y-%m-%d}.")

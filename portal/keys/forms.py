@@ -7,12 +7,14 @@ from wtforms import DateField, HiddenField, RadioField, SelectField, StringField
 from wtforms.validators import DataRequired, Length, Optional, ValidationError
 
 from portal.forms import choices, no_control_chars, strip_filter
+from portal.keys.services import ROLL_GRACE_PERIODS
+from portal.timeutil import utcnow
 
 NAME_RULES = [DataRequired(), Length(max=100), no_control_chars]
 
 
 def future_date(form: FlaskForm, field: DateField) -> None:
-    if field.data is not None and field.data <= date.today():
+    if field.data is not None and field.data <= utcnow().date():
         raise ValidationError("Pick a date after today.")
 
 
@@ -52,10 +54,6 @@ class ExpiryForm(FlaskForm):
 class RollKeyForm(FlaskForm):
     grace = SelectField(
         "Keep the old key working for",
-        choices=choices([("now", "No time: stop it now"), ("1h", "1 hour"), ("24h", "24 hours"), ("7d", "7 days")]),
+        choices=choices([(name, label) for name, (label, _) in ROLL_GRACE_PERIODS.items()]),
         default="24h",
     )
-
-
-class ConfirmForm(FlaskForm):
-    """An empty form: a POST with a CSRF token, for buttons like revoke."""

@@ -6,21 +6,18 @@ from typing import Any
 from flask import abort, current_app, flash, g, make_response, redirect, render_template, request, url_for
 from flask_login import current_user
 
-from portal.db import get_org_scoped_or_404
-from portal.forms import choices
-from portal.http import page_arg, render_form_page
+from portal.forms import ConfirmForm, choices
+from portal.http import get_org_scoped_or_404, page_arg, render_form_page
 from portal.keys import bp, services
-from portal.keys.forms import ConfirmForm, CreateKeyForm, ExpiryForm, RenameKeyForm, RollKeyForm, end_of_day
+from portal.keys.forms import CreateKeyForm, ExpiryForm, RenameKeyForm, RollKeyForm, end_of_day
 from portal.models import ApiKey
 from portal.orgs.context import can, org_view
-
-
-def _env_permission(environment: str) -> str:
-    return "keys.manage_live" if environment == "live" else "keys.manage_test"
+from portal.roles import key_permission
+from portal.timeutil import utcnow
 
 
 def _require_env_permission(environment: str) -> None:
-    if not can(_env_permission(environment)):
+    if not can(key_permission(environment)):
         abort(403, f"Your role ({g.membership.role}) cannot manage {environment} keys.")
 
 
@@ -45,15 +42,12 @@ def index(slug: str) -> Any:
     page = page_arg()
     environment = request.args.get("env")
     per_page = current_app.config["KEYS_PER_PAGE"]
-    keys, total = services.list_keys(g.org, page=page, per_page=per_page, environment=environment)
+    keys = services.list_keys(g.org, page=page, per_page=per_page, environment=environment)
     return render_template(
         "keys/index.html",
         keys=keys,
-        total=total,
-        page=page,
-        per_page=per_page,
         environment=environment,
-        now=services.now(),
+        now=utcnow(),
         usable=services.usable_key_count(g.org.id),
     )
 
@@ -77,6 +71,7 @@ def create(slug: str) -> Any:
                 actor=current_user,
                 expires_at=end_of_day(form.expires_on.data),
                 request_token=token,
+                ip=request.remote_addr,
             )
         except services.AlreadyCreated as exc:
             flash(str(exc), "warning")
@@ -110,7 +105,7 @@ def rename(slug: str, key_id: str) -> Any:
     api_key = _managed_key(key_id)
     form = RenameKeyForm()
     if form.validate_on_submit():
-        services.rename_key(g.org, api_key, form.name.data, current_user)
+        services.rename_key(g.org, api_key, form.name.data, current_user, ip=request.remote_addr)
         flash("Key renamed.", "success")
         return _back(api_key)
     return _invalid(api_key, form)
@@ -123,7 +118,7 @@ def expiry(slug: str, key_id: str) -> Any:
     form = ExpiryForm()
     if form.validate_on_submit():
         try:
-            services.set_expiry(g.org, api_key, end_of_day(form.expires_on.data), current_user)
+            services.set_expiry(g.org, api_key, end_of_day(form.expires_on.data), current_user, ip=request.remote_addr)
         except services.KeyActionError as exc:
             form.form_errors.append(str(exc))
         else:
@@ -139,7 +134,7 @@ def revoke(slug: str, key_id: str) -> Any:
     form = ConfirmForm()
     if form.validate_on_submit():
         try:
-            services.revoke_key(g.org, api_key, current_user)
+            services.revoke_key(g.org, api_key, current_user, ip=request.remote_addr)
         except services.KeyActionError as exc:
             flash(str(exc), "error")
         else:
@@ -154,7 +149,8 @@ def roll(slug: str, key_id: str) -> Any:
     form = RollKeyForm()
     if form.validate_on_submit():
         try:
-            issued = services.roll_key(g.org, api_key, services.ROLL_GRACE_PERIODS[form.grace.data], current_user)
+            _, grace = services.ROLL_GRACE_PERIODS[form.grace.data]
+            issued = services.roll_key(g.org, api_key, grace, current_user, ip=request.remote_addr)
         except services.KeyActionError as exc:
             flash(str(exc), "error")
             return _back(api_key)
@@ -181,7 +177,7 @@ def _render_detail(api_key: ApiKey, failed: Any = None) -> str:
     return render_template(
         "keys/detail.html",
         api_key=api_key,
-        now=services.now(),
-        may_manage=can(_env_permission(api_key.environment)),
+        now=utcnow(),
+        may_manage=can(key_permission(api_key.environment)),
         **forms,
     )

@@ -10,17 +10,19 @@ import sqlalchemy as sa
 from flask import current_app
 
 from portal import audit
-from portal.db import org_scoped
+from portal.db import count_rows, org_scoped
 from portal.extensions import db
 from portal.keys import format as keyformat
 from portal.models import ApiKey, Organization, User
+from portal.pagination import Page, paginate
 from portal.timeutil import utcnow
 
-ROLL_GRACE_PERIODS: dict[str, timedelta] = {
-    "now": timedelta(0),
-    "1h": timedelta(hours=1),
-    "24h": timedelta(hours=24),
-    "7d": timedelta(days=7),
+# How long a rolled key keeps working, by the name the roll form sends: (label, period).
+ROLL_GRACE_PERIODS: dict[str, tuple[str, timedelta]] = {
+    "now": ("No time: stop it now", timedelta(0)),
+    "1h": ("1 hour", timedelta(hours=1)),
+    "24h": ("24 hours", timedelta(hours=24)),
+    "7d": ("7 days", timedelta(days=7)),
 }
 
 
@@ -49,9 +51,6 @@ class IssuedKey:
     plaintext: str
 
 
-now = utcnow
-
-
 def pepper() -> str:
     return str(current_app.config["API_KEY_PEPPER"])
 
@@ -61,7 +60,7 @@ def usable_key_count(organization_id: uuid.UUID) -> int:
 
     Rolling is always allowed (replacing a leaked key must never be blocked), but the old key counts until its
     grace period ends."""
-    moment = now()
+    moment = utcnow()
     query = (
         sa.select(sa.func.count())
         .select_from(ApiKey)
@@ -108,11 +107,12 @@ def create_key(
     expires_at: datetime | None = None,
     request_token: str | None = None,
     actor_label: str | None = None,
+    ip: str | None = None,
 ) -> IssuedKey:
     """Make a key. ``request_token`` makes a resubmitted form find its first key instead of a second."""
     if environment not in keyformat.PREFIXES:
         raise KeyActionError(f"Unknown environment {environment!r}.")
-    if expires_at is not None and expires_at <= now():
+    if expires_at is not None and expires_at <= utcnow():
         raise KeyActionError("The expiry date must be in the future.")
     lock_organization(org)
     if request_token and (existing := find_by_request_token(org, request_token)) is not None:
@@ -132,6 +132,7 @@ def create_key(
         target_type="api_key",
         target_id=issued.api_key.id,
         details={"name": name, "environment": environment, "hint": issued.api_key.hint},
+        ip=ip,
     )
     db.session.commit()
     return issued
@@ -143,22 +144,21 @@ def find_by_request_token(org: Organization, request_token: str) -> ApiKey | Non
     )
 
 
-def list_keys(
-    org: Organization, *, page: int = 1, per_page: int = 20, environment: str | None = None
-) -> tuple[list[ApiKey], int]:
+def list_keys(org: Organization, *, page: int = 1, per_page: int = 20, environment: str | None = None) -> Page[ApiKey]:
+    """Usable keys first, newest first."""
     query = org_scoped(ApiKey, org.id)
     if environment in keyformat.PREFIXES:
         query = query.where(ApiKey.environment == environment)
-    total = int(db.session.scalar(sa.select(sa.func.count()).select_from(query.subquery())) or 0)
-    rows = db.session.scalars(
-        query.order_by(ApiKey.revoked_at.is_not(None), ApiKey.created_at.desc(), ApiKey.id)
-        .limit(per_page)
-        .offset((max(page, 1) - 1) * per_page)
+    ordered = query.order_by(ApiKey.revoked_at.is_not(None), ApiKey.created_at.desc(), ApiKey.id)
+    return paginate(
+        lambda limit, offset: db.session.scalars(ordered.limit(limit).offset(offset)).all(),
+        page=page,
+        per_page=per_page,
+        total=count_rows(query),
     )
-    return list(rows), total
 
 
-def rename_key(org: Organization, api_key: ApiKey, name: str, actor: User | None) -> None:
+def rename_key(org: Organization, api_key: ApiKey, name: str, actor: User | None, *, ip: str | None = None) -> None:
     old = api_key.name
     api_key.name = name
     audit.record(
@@ -168,14 +168,17 @@ def rename_key(org: Organization, api_key: ApiKey, name: str, actor: User | None
         target_type="api_key",
         target_id=api_key.id,
         details={"from": old, "to": name, "hint": api_key.hint},
+        ip=ip,
     )
     db.session.commit()
 
 
-def set_expiry(org: Organization, api_key: ApiKey, expires_at: datetime | None, actor: User | None) -> None:
+def set_expiry(
+    org: Organization, api_key: ApiKey, expires_at: datetime | None, actor: User | None, *, ip: str | None = None
+) -> None:
     if api_key.revoked_at is not None:
         raise KeyActionError("A revoked key cannot be changed.")
-    if expires_at is not None and expires_at <= now():
+    if expires_at is not None and expires_at <= utcnow():
         raise KeyActionError("The expiry date must be in the future.")
     api_key.expires_at = expires_at
     audit.record(
@@ -185,15 +188,18 @@ def set_expiry(org: Organization, api_key: ApiKey, expires_at: datetime | None, 
         target_type="api_key",
         target_id=api_key.id,
         details={"expires_at": expires_at.isoformat() if expires_at else None, "hint": api_key.hint},
+        ip=ip,
     )
     db.session.commit()
 
 
-def revoke_key(org: Organization, api_key: ApiKey, actor: User | None, actor_label: str | None = None) -> None:
+def revoke_key(
+    org: Organization, api_key: ApiKey, actor: User | None, actor_label: str | None = None, *, ip: str | None = None
+) -> None:
     """Revoke now; the very next verification of this key fails."""
-    if api_key.revoked_at is not None and api_key.revoked_at <= now():
+    if api_key.revoked_at is not None and api_key.revoked_at <= utcnow():
         raise KeyActionError("This key is already revoked.")
-    api_key.revoked_at = now()
+    api_key.revoked_at = utcnow()
     api_key.revoked_by_id = actor.id if actor else None
     audit.record(
         "key.revoked",
@@ -203,15 +209,18 @@ def revoke_key(org: Organization, api_key: ApiKey, actor: User | None, actor_lab
         target_type="api_key",
         target_id=api_key.id,
         details={"name": api_key.name, "hint": api_key.hint},
+        ip=ip,
     )
     db.session.commit()
 
 
-def roll_key(org: Organization, api_key: ApiKey, grace: timedelta, actor: User | None) -> IssuedKey:
+def roll_key(
+    org: Organization, api_key: ApiKey, grace: timedelta, actor: User | None, *, ip: str | None = None
+) -> IssuedKey:
     """A new key with the same name; the old one keeps working for ``grace``, then stops."""
     lock_organization(org)
     db.session.refresh(api_key)  # another roll or revoke may have committed while we waited for the lock
-    moment = now()
+    moment = utcnow()
     if api_key.status_at(moment) != "active":
         db.session.rollback()
         raise KeyActionError("Only an active key can be rolled.")
@@ -232,6 +241,7 @@ def roll_key(org: Organization, api_key: ApiKey, grace: timedelta, actor: User |
             "new_key_id": str(issued.api_key.id),
             "old_key_stops_at": api_key.revoked_at.isoformat(),
         },
+        ip=ip,
     )
     db.session.commit()
     return issued

@@ -3,7 +3,7 @@
 from portal.models.api_key import ENVIRONMENTS, ApiKey
 from portal.models.audit import AuditEvent
 from portal.models.mail import OutboxMail
-from portal.models.organization import ROLES, Invitation, Membership, Organization
+from portal.models.organization import Invitation, Membership, Organization
 from portal.models.rollup import (
     UsageEndpointHourly,
     UsageKeyDaily,
@@ -18,7 +18,6 @@ from portal.models.user import User
 __all__ = [
     "ENVIRONMENTS",
     "OUTCOMES",
-    "ROLES",
     "ApiKey",
     "ApiKeyUsage",
     "AuditEvent",

@@ -13,11 +13,10 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from portal.extensions import Model
 from portal.models._types import Timestamp, check_in, created_at, uuid_pk
 from portal.plans import PLAN_NAMES, PLANS, Plan
+from portal.roles import ROLES
 
 if TYPE_CHECKING:
     from portal.models.user import User
-
-ROLES: tuple[str, ...] = ("owner", "admin", "developer", "viewer")
 
 
 class Organization(Model):

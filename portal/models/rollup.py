@@ -23,16 +23,6 @@ from portal.models.usage import ApiKeyUsage
 # ``flask usage prune`` deletes raw events oldest first; BRIN stays tiny as rows arrive in time order.
 sa.Index("ix_api_key_usage_occurred_brin", ApiKeyUsage.occurred_at, postgresql_using="brin")
 
-COUNT_COLUMNS: tuple[str, ...] = (
-    "calls",
-    "ok",
-    "malformed",
-    "unknown",
-    "revoked",
-    "expired",
-    "rate_limited",
-)
-
 
 def _org_fk() -> Mapped[uuid.UUID]:
     return mapped_column(UUID(as_uuid=True), sa.ForeignKey("organizations.id", ondelete="CASCADE"))

@@ -12,23 +12,9 @@ from flask_login import current_user, login_required
 
 from portal.extensions import db
 from portal.models import Membership, Organization
+from portal.roles import role_allows
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-ROLE_RANK = {"viewer": 1, "developer": 2, "admin": 3, "owner": 4}
-
-# What each permission needs, in one table the routes and templates both read.
-PERMISSIONS = {
-    "read": "viewer",
-    "keys.manage_test": "developer",
-    "keys.manage_live": "admin",
-    "members.manage": "admin",
-    "org.settings": "owner",
-}
-
-
-def role_allows(role: str, permission: str) -> bool:
-    return ROLE_RANK[role] >= ROLE_RANK[PERMISSIONS[permission]]
 
 
 def can(permission: str) -> bool:

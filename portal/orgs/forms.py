@@ -8,7 +8,7 @@ from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, Email, Length, Optional
 
 from portal.forms import choices, no_control_chars, strip_filter
-from portal.models import ROLES
+from portal.roles import ROLES
 
 ROLE_LABELS: dict[str, str] = {
     "owner": "Owner — everything, including settings",

@@ -7,7 +7,7 @@ from typing import Any
 from flask import flash, redirect, render_template, request, url_for
 from flask_login import current_user
 
-from portal.keys.forms import ConfirmForm
+from portal.forms import ConfirmForm
 from portal.models import Invitation
 from portal.orgs import bp, services
 
@@ -74,7 +74,7 @@ def accept_invitation(token: str) -> Any:
     if not ConfirmForm().validate_on_submit():
         return _page(invitation, token, 400, "The form expired. Try again.")
     try:
-        membership = services.accept_invitation(token, current_user)
+        membership = services.accept_invitation(token, current_user, ip=request.remote_addr)
     except services.OrgActionError as exc:
         invitation, usable = _lookup(token)
         if not usable:

@@ -4,25 +4,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import abort, current_app, flash, g, make_response, redirect, render_template, url_for
+from flask import abort, current_app, flash, g, make_response, redirect, render_template, request, url_for
 from flask_login import current_user
 
-from portal.db import get_org_scoped_or_404
-from portal.forms import choices
-from portal.keys.forms import ConfirmForm
-from portal.models import ROLES, Invitation, Membership
+from portal.forms import ConfirmForm, choices
+from portal.http import get_org_scoped_or_404
+from portal.models import Invitation, Membership
 from portal.orgs import bp, services
 from portal.orgs.context import can, org_view
 from portal.orgs.forms import ROLE_LABELS, InviteForm, RoleForm, role_choices
+from portal.roles import grantable_roles, may_change_member
 
 
 def _grantable() -> tuple[str, ...]:
-    """Roles the signed-in member may hand out: owners any, admins all but owner."""
-    return ROLES if g.membership.role == "owner" else tuple(r for r in ROLES if r != "owner")
+    return grantable_roles(g.membership.role)
 
 
 def _may_change(target: Membership) -> bool:
-    return can("members.manage") and (target.role != "owner" or g.membership.role == "owner")
+    return may_change_member(g.membership.role, target.role)
 
 
 def _invite_form(form: InviteForm | None = None) -> InviteForm:
@@ -68,7 +67,9 @@ def change_role(slug: str, membership_id: str) -> Any:
         return _render(422, error="Pick one of the listed roles.")
     name = target.user.display_name
     try:
-        services.change_role(g.org, target, form.role.data, actor=current_user, actor_membership=g.membership)
+        services.change_role(
+            g.org, target, form.role.data, actor=current_user, actor_membership=g.membership, ip=request.remote_addr
+        )
     except services.OrgActionError as exc:
         return _render(exc.status, error=str(exc))
     flash(f"{name} is now {form.role.data}.", "success")
@@ -86,7 +87,7 @@ def remove_member(slug: str, membership_id: str) -> Any:
         return _render(400, error="The form expired. Try again.")
     name, leaving = target.user.display_name, target.user_id == current_user.id
     try:
-        services.remove_member(g.org, target, actor=current_user, actor_membership=g.membership)
+        services.remove_member(g.org, target, actor=current_user, actor_membership=g.membership, ip=request.remote_addr)
     except services.OrgActionError as exc:
         return _render(exc.status, error=str(exc))
     if leaving:
@@ -110,6 +111,7 @@ def create_invitation(slug: str) -> Any:
             ttl=current_app.config["INVITATION_TTL"],
             actor=current_user,
             actor_membership=g.membership,
+            ip=request.remote_addr,
         )
     except services.OrgActionError as exc:
         return _render(exc.status, error=str(exc), invite_form=form)
@@ -127,7 +129,9 @@ def revoke_invitation(slug: str, invitation_id: str) -> Any:
     if not ConfirmForm().validate_on_submit():
         return _render(400, error="The form expired. Try again.")
     try:
-        services.revoke_invitation(g.org, invitation, actor=current_user, actor_membership=g.membership)
+        services.revoke_invitation(
+            g.org, invitation, actor=current_user, actor_membership=g.membership, ip=request.remote_addr
+        )
     except services.OrgActionError as exc:
         return _render(exc.status, error=str(exc))
     flash("Invitation revoked; its link no longer works.", "success")

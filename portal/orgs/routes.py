@@ -36,7 +36,7 @@ def overview(slug: str) -> Any:
 def create() -> Any:
     form = OrgNameForm()
     if form.validate_on_submit():
-        org = services.create_org(form.name.data, current_user)
+        org = services.create_org(form.name.data, current_user, ip=request.remote_addr)
         flash(f"{org.name} is ready. You are its owner.", "success")
         return redirect(url_for("keys.index", slug=org.slug))
     return render_form_page("orgs/new.html", form=form)
@@ -47,7 +47,7 @@ def create() -> Any:
 def settings(slug: str) -> Any:
     form = OrgNameForm(obj=g.org) if request.method == "GET" else OrgNameForm()
     if form.validate_on_submit():
-        services.rename_org(g.org, form.name.data, current_user)
+        services.rename_org(g.org, form.name.data, current_user, ip=request.remote_addr)
         flash("Organization renamed.", "success")
         return redirect(url_for("orgs.settings", slug=g.org.slug))
     return render_form_page("orgs/settings.html", form=form, plan=g.org.plan_info)

@@ -6,6 +6,9 @@ Shared by the views, the CLI and the staff area, so behaviour never forks.
 from __future__ import annotations
 
 import enum
+import re
+import secrets
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,12 +20,12 @@ from sqlalchemy.orm import joinedload
 from sqlalchemy.orm.exc import ObjectDeletedError
 
 from portal import audit
-from portal.auth.services import create_organization
-from portal.db import org_scoped
+from portal.db import count_rows, org_scoped
 from portal.extensions import db
-from portal.models import ROLES, AuditEvent, Invitation, Membership, Organization, User
-from portal.orgs.context import role_allows
+from portal.models import AuditEvent, Invitation, Membership, Organization, User
+from portal.pagination import Page, paginate
 from portal.plans import PLANS
+from portal.roles import OWNER, ROLES, is_last_owner, may_touch_role, role_allows
 from portal.security import new_token, token_digest
 from portal.timeutil import utcnow
 
@@ -44,7 +47,13 @@ class NotAllowed(OrgActionError):
 
 
 def change_plan(
-    org: Organization, plan: str, *, reason: str, actor: User | None, actor_label: str | None = None
+    org: Organization,
+    plan: str,
+    *,
+    reason: str,
+    actor: User | None,
+    actor_label: str | None = None,
+    ip: str | None = None,
 ) -> None:
     if plan not in PLANS:
         raise OrgActionError(f"Unknown plan {plan!r}.")
@@ -58,18 +67,52 @@ def change_plan(
         target_type="organization",
         target_id=org.id,
         details={"from": old, "to": plan, "reason": reason.strip()},
+        ip=ip,
     )
     db.session.commit()
 
 
-def create_org(name: str, owner: User) -> Organization:
+def slugify(text: str) -> str:
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")
+    return slug[:40] or "org"
+
+
+def unique_slug(base: str) -> str:
+    slug = slugify(base)
+    candidate = slug
+    while find_org(candidate) is not None:
+        candidate = f"{slug}-{secrets.token_hex(2)}"
+    return candidate
+
+
+def create_organization(
+    name: str, owner: User, *, plan: str = "free", slug: str | None = None, ip: str | None = None
+) -> Organization:
+    """An organization owned by ``owner``, added to the session uncommitted so a sign-up commits both at once."""
+    org = Organization(name=name.strip(), slug=slug or unique_slug(name), plan=plan)
+    db.session.add(org)
+    db.session.flush()
+    db.session.add(Membership(user_id=owner.id, organization_id=org.id, role=OWNER))
+    audit.record(
+        "org.created", organization_id=org.id, actor=owner, target_type="organization", target_id=org.id, ip=ip
+    )
+    return org
+
+
+def find_org(slug: str) -> Organization | None:
+    """The one lookup of an organization by its slug."""
+    return db.session.scalar(sa.select(Organization).where(Organization.slug == slug))
+
+
+def create_org(name: str, owner: User, *, ip: str | None = None) -> Organization:
     """Another organization for a signed-in user, who becomes its owner (free plan)."""
-    org = create_organization(name, owner)
+    org = create_organization(name, owner, ip=ip)
     db.session.commit()
     return org
 
 
-def rename_org(org: Organization, name: str, actor: User) -> None:
+def rename_org(org: Organization, name: str, actor: User, *, ip: str | None = None) -> None:
     old = org.name
     if name == old:
         return
@@ -81,6 +124,7 @@ def rename_org(org: Organization, name: str, actor: User) -> None:
         target_type="organization",
         target_id=org.id,
         details={"from": old, "to": name},
+        ip=ip,
     )
     db.session.commit()
 
@@ -125,7 +169,7 @@ def _owner_count(org: Organization) -> int:
     query = (
         sa.select(sa.func.count())
         .select_from(Membership)
-        .where(Membership.organization_id == org.id, Membership.role == "owner")
+        .where(Membership.organization_id == org.id, Membership.role == OWNER)
     )
     return int(db.session.scalar(query) or 0)
 
@@ -134,12 +178,12 @@ def _check_may_manage(actor_membership: Membership, target: Membership, new_role
     leaving = new_role is None and actor_membership.id == target.id
     if not leaving and not role_allows(actor_membership.role, "members.manage"):
         raise NotAllowed(f"Your role ({actor_membership.role}) cannot manage members.")
-    touches_owner = target.role == "owner" or new_role == "owner"
-    if touches_owner and actor_membership.role != "owner":
+    roles_touched = (target.role, new_role or target.role)
+    if not all(may_touch_role(actor_membership.role, role) for role in roles_touched):
         raise NotAllowed("Only an owner can grant, change or remove the owner role.")
 
 
-def _revoke_invitations_from(org: Organization, target: Membership, actor: User) -> None:
+def _revoke_invitations_from(org: Organization, target: Membership, actor: User, ip: str | None) -> None:
     """Links a member made stop working when they lose the right to invite, so they cannot rejoin by one."""
     pending = db.session.scalars(
         org_scoped(Invitation, org.id).where(
@@ -149,7 +193,7 @@ def _revoke_invitations_from(org: Organization, target: Membership, actor: User)
         )
     ).all()
     for invitation in pending:
-        invitation.revoked_at = now()
+        invitation.revoked_at = utcnow()
         audit.record(
             "invitation.revoked",
             organization_id=org.id,
@@ -157,6 +201,7 @@ def _revoke_invitations_from(org: Organization, target: Membership, actor: User)
             target_type="invitation",
             target_id=invitation.id,
             details={"role": invitation.role, "reason": "inviter lost access"},
+            ip=ip,
         )
 
 
@@ -165,7 +210,13 @@ def _member_details(target: Membership) -> dict[str, str]:
 
 
 def change_role(
-    org: Organization, target: Membership, new_role: str, *, actor: User, actor_membership: Membership
+    org: Organization,
+    target: Membership,
+    new_role: str,
+    *,
+    actor: User,
+    actor_membership: Membership,
+    ip: str | None = None,
 ) -> None:
     """Give ``target`` another role, within the guard rails: owners stay, admins do not touch owners."""
     if new_role not in ROLES:
@@ -175,12 +226,12 @@ def change_role(
         if new_role == target.role:
             db.session.commit()  # nothing to change; release the lock
             return
-        if target.role == "owner" and _owner_count(org) <= 1:
+        if is_last_owner(target.role, _owner_count(org)):
             raise OrgActionError("The last owner cannot be demoted. Make someone else an owner first.")
         old = target.role
         target.role = new_role
         if not role_allows(new_role, "members.manage"):
-            _revoke_invitations_from(org, target, actor)
+            _revoke_invitations_from(org, target, actor, ip)
         audit.record(
             "member.role_changed",
             organization_id=org.id,
@@ -188,15 +239,18 @@ def change_role(
             target_type="membership",
             target_id=target.id,
             details={**_member_details(target), "from": old, "to": new_role},
+            ip=ip,
         )
         db.session.commit()
 
 
-def remove_member(org: Organization, target: Membership, *, actor: User, actor_membership: Membership) -> None:
+def remove_member(
+    org: Organization, target: Membership, *, actor: User, actor_membership: Membership, ip: str | None = None
+) -> None:
     """Take ``target`` out of the organization; the last owner cannot be removed."""
     with _membership_change(org, actor_membership, target):
         _check_may_manage(actor_membership, target)
-        if target.role == "owner" and _owner_count(org) <= 1:
+        if is_last_owner(target.role, _owner_count(org)):
             raise OrgActionError("The last owner cannot be removed. Make someone else an owner first.")
         audit.record(
             "member.removed",
@@ -205,8 +259,9 @@ def remove_member(org: Organization, target: Membership, *, actor: User, actor_m
             target_type="membership",
             target_id=target.id,
             details={**_member_details(target), "role": target.role},
+            ip=ip,
         )
-        _revoke_invitations_from(org, target, actor)
+        _revoke_invitations_from(org, target, actor, ip)
         db.session.delete(target)
         db.session.commit()
 
@@ -231,28 +286,32 @@ class IssuedInvitation:
     token: str
 
 
-now = utcnow
-
-
 def invite_state(invitation: Invitation, moment: datetime | None = None) -> InviteState:
     if invitation.accepted_at is not None:
         return InviteState.ACCEPTED
     if invitation.revoked_at is not None:
         return InviteState.REVOKED
-    if invitation.expires_at <= (moment or now()):
+    if invitation.expires_at <= (moment or utcnow()):
         return InviteState.EXPIRED
     return InviteState.PENDING
 
 
 def create_invitation(
-    org: Organization, *, role: str, email: str | None, ttl: timedelta, actor: User, actor_membership: Membership
+    org: Organization,
+    *,
+    role: str,
+    email: str | None,
+    ttl: timedelta,
+    actor: User,
+    actor_membership: Membership,
+    ip: str | None = None,
 ) -> IssuedInvitation:
     """An invite link for ``role``; only the token's SHA-256 is stored, so the link cannot be shown again."""
     if role not in ROLES:
         raise OrgActionError(f"Unknown role {role!r}.")
     if not role_allows(actor_membership.role, "members.manage"):
         raise NotAllowed(f"Your role ({actor_membership.role}) cannot invite members.")
-    if role == "owner" and actor_membership.role != "owner":
+    if not may_touch_role(actor_membership.role, role):
         raise NotAllowed("Only an owner can invite another owner.")
     token = new_token()
     invitation = Invitation(
@@ -261,7 +320,7 @@ def create_invitation(
         email=email.strip().lower() if email else None,
         token_hash=token_digest(token),
         created_by_id=actor.id,
-        expires_at=now() + ttl,
+        expires_at=utcnow() + ttl,
     )
     db.session.add(invitation)
     db.session.flush()
@@ -272,6 +331,7 @@ def create_invitation(
         target_type="invitation",
         target_id=invitation.id,
         details={"role": role, "email": invitation.email, "expires_at": invitation.expires_at.isoformat()},
+        ip=ip,
     )
     db.session.commit()
     return IssuedInvitation(invitation, token)
@@ -281,20 +341,22 @@ def pending_invitations(org: Organization) -> list[Invitation]:
     return list(
         db.session.scalars(
             org_scoped(Invitation, org.id)
-            .where(Invitation.accepted_at.is_(None), Invitation.revoked_at.is_(None), Invitation.expires_at > now())
+            .where(Invitation.accepted_at.is_(None), Invitation.revoked_at.is_(None), Invitation.expires_at > utcnow())
             .order_by(Invitation.created_at.desc())
         )
     )
 
 
-def revoke_invitation(org: Organization, invitation: Invitation, *, actor: User, actor_membership: Membership) -> None:
+def revoke_invitation(
+    org: Organization, invitation: Invitation, *, actor: User, actor_membership: Membership, ip: str | None = None
+) -> None:
     if not role_allows(actor_membership.role, "members.manage"):
         raise NotAllowed(f"Your role ({actor_membership.role}) cannot manage invitations.")
-    if invitation.role == "owner" and actor_membership.role != "owner":
+    if not may_touch_role(actor_membership.role, invitation.role):
         raise NotAllowed("Only an owner can revoke an invitation for an owner.")
     if invite_state(invitation) is not InviteState.PENDING:
         raise OrgActionError("This invitation is no longer pending.")
-    invitation.revoked_at = now()
+    invitation.revoked_at = utcnow()
     audit.record(
         "invitation.revoked",
         organization_id=org.id,
@@ -302,6 +364,7 @@ def revoke_invitation(org: Organization, invitation: Invitation, *, actor: User,
         target_type="invitation",
         target_id=invitation.id,
         details={"role": invitation.role, "email": invitation.email},
+        ip=ip,
     )
     db.session.commit()
 
@@ -330,7 +393,7 @@ def invitation_blocker(invitation: Invitation, user: User) -> str | None:
     return None
 
 
-def accept_invitation(token: str, user: User) -> Membership:
+def accept_invitation(token: str, user: User, *, ip: str | None = None) -> Membership:
     """Join the organization: the invitation is locked, checked again, and used up in one transaction."""
     invitation = find_invitation(token, for_update=True)
     if invitation is None or invite_state(invitation) is not InviteState.PENDING:
@@ -342,7 +405,7 @@ def accept_invitation(token: str, user: User) -> Membership:
         raise OrgActionError(blocker)
     membership = Membership(user_id=user.id, organization_id=invitation.organization_id, role=invitation.role)
     db.session.add(membership)
-    invitation.accepted_at = now()
+    invitation.accepted_at = utcnow()
     invitation.accepted_by_id = user.id
     try:
         db.session.flush()
@@ -361,6 +424,7 @@ def accept_invitation(token: str, user: User) -> Membership:
             "role": invitation.role,
             "invitation_id": str(invitation.id),
         },
+        ip=ip,
     )
     db.session.commit()
     return membership
@@ -369,20 +433,13 @@ def accept_invitation(token: str, user: User) -> Membership:
 # Audit trail -----------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Page:
-    items: list[AuditEvent]
-    total: int
-    page: int
-    per_page: int
-
-
-def audit_events(org: Organization, *, page: int = 1, per_page: int = 50) -> Page:
+def audit_events(org: Organization, *, page: int = 1, per_page: int = 50) -> Page[AuditEvent]:
     """The organization's audit events, newest first."""
-    page = max(page, 1)
     query = org_scoped(AuditEvent, org.id)
-    total = int(db.session.scalar(sa.select(sa.func.count()).select_from(query.subquery())) or 0)
-    rows = db.session.scalars(
-        query.order_by(AuditEvent.created_at.desc(), AuditEvent.id).limit(per_page).offset((page - 1) * per_page)
+    ordered = query.order_by(AuditEvent.created_at.desc(), AuditEvent.id)
+    return paginate(
+        lambda limit, offset: db.session.scalars(ordered.limit(limit).offset(offset)).all(),
+        page=page,
+        per_page=per_page,
+        total=count_rows(query),
     )
-    return Page(list(rows), total, page, per_page)  # type: ignore[arg-type]  # org_scoped's Select typing

@@ -6,7 +6,6 @@ from typing import Any
 
 from flask import abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
-from werkzeug.routing import BuildError
 
 from portal.http import page_arg
 from portal.models import ENVIRONMENTS, Organization
@@ -25,18 +24,6 @@ def index() -> Any:
     return render_template("staff/index.html", query=query, result=result)
 
 
-def _usage_url(org: Organization) -> str | None:
-    """The usage pages for this organization, when that feature is installed."""
-    if "usage.staff_org" not in current_app.view_functions:
-        return None
-    for args in ({"slug": org.slug}, {"org_id": org.id}):
-        try:
-            return url_for("usage.staff_org", **args)
-        except BuildError:
-            continue
-    return None
-
-
 def _detail(org: Organization, form: PlanChangeForm | None = None, status: int = 200) -> Any:
     if form is None:
         form = PlanChangeForm(formdata=None, data={"plan": org.plan})
@@ -50,26 +37,30 @@ def _detail(org: Organization, form: PlanChangeForm | None = None, status: int =
         environments=ENVIRONMENTS,
         statuses=services.KEY_STATUSES,
         events=org_services.audit_events(org, per_page=RECENT_EVENTS).items,
-        usage_url=_usage_url(org),
     ), status
 
 
 @bp.get("/orgs/<slug>")
 def org_detail(slug: str) -> Any:
-    org = services.find_org(slug) or abort(404)
+    org = org_services.find_org(slug) or abort(404)
     return _detail(org)
 
 
 @bp.post("/orgs/<slug>/plan")
 def change_plan(slug: str) -> Any:
-    org = services.find_org(slug) or abort(404)
+    org = org_services.find_org(slug) or abort(404)
     form = PlanChangeForm()
     if form.validate_on_submit():
         if form.plan.data == org.plan:
             form.plan.errors.append(f"{org.name} is already on the {org.plan_info.label} plan.")
         else:
             org_services.change_plan(
-                org, form.plan.data, reason=form.reason.data, actor=current_user, actor_label=org_services.SUPPORT_LABEL
+                org,
+                form.plan.data,
+                reason=form.reason.data,
+                actor=current_user,
+                actor_label=org_services.SUPPORT_LABEL,
+                ip=request.remote_addr,
             )
             flash(f"{org.name} is now on the {org.plan_info.label} plan.", "success")
             return redirect(url_for("staff.org_detail", slug=org.slug))

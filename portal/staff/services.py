@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 import sqlalchemy as sa
 
-from portal.db import org_scoped
+from portal.db import count_rows, org_scoped
 from portal.extensions import db
 from portal.models import ApiKey, Membership, Organization, User
+from portal.pagination import Page, paginate
+from portal.timeutil import utcnow
 
 KEY_STATUSES: tuple[str, ...] = ("active", "expiring", "expired", "revoked")
 MAX_QUERY_LENGTH = 100
@@ -21,14 +23,6 @@ class OrgRow:
     members: int
     keys: int
     active_keys: int
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    rows: list[OrgRow]
-    total: int
-    page: int
-    per_page: int
 
 
 @dataclass
@@ -67,10 +61,9 @@ def key_status(moment: datetime) -> sa.ColumnElement[str]:
     )
 
 
-def search_orgs(query: str | None, *, page: int = 1, per_page: int = 25) -> SearchResult:
+def search_orgs(query: str | None, *, page: int = 1, per_page: int = 25) -> Page[OrgRow]:
     """Organizations whose name or slug, or one of whose members' email, contains ``query`` (any case)."""
-    moment = datetime.now(UTC)
-    page = max(page, 1)
+    moment = utcnow()
     members = (
         sa.select(sa.func.count())
         .select_from(Membership)
@@ -105,25 +98,20 @@ def search_orgs(query: str | None, *, page: int = 1, per_page: int = 25) -> Sear
                 member_email.exists(),
             )
         )
-    total = int(
-        db.session.scalar(sa.select(sa.func.count()).select_from(select.with_only_columns(Organization.id).subquery()))
-        or 0
+    ordered = select.order_by(sa.func.lower(Organization.name), Organization.slug)
+    return paginate(
+        lambda limit, offset: [
+            OrgRow(org, m, k, a) for org, m, k, a in db.session.execute(ordered.limit(limit).offset(offset))
+        ],
+        page=page,
+        per_page=per_page,
+        total=count_rows(select.with_only_columns(Organization.id)),
     )
-    rows = db.session.execute(
-        select.order_by(sa.func.lower(Organization.name), Organization.slug)
-        .limit(per_page)
-        .offset((page - 1) * per_page)
-    )
-    return SearchResult([OrgRow(org, m, k, a) for org, m, k, a in rows], total, page, per_page)
-
-
-def find_org(slug: str) -> Organization | None:
-    return db.session.scalar(sa.select(Organization).where(Organization.slug == slug))
 
 
 def key_counts(org: Organization) -> KeyCounts:
     """Counts grouped in SQL by environment and status; hashes and hints never leave the database."""
-    status = key_status(datetime.now(UTC)).label("status")
+    status = key_status(utcnow()).label("status")
     query = (
         org_scoped(ApiKey, org.id)
         .with_only_columns(ApiKey.environment, status, sa.func.count())

@@ -1,4 +1,4 @@
-"""Usage analytics: the organization dashboard, per-key pages, CSV exports and the staff view."""
+"""Usage analytics: the organization dashboard, per-key pages and CSV exports."""
 
 from flask import Blueprint
 

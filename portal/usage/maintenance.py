@@ -10,8 +10,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from portal.extensions import db
+from portal.timeutil import utcnow
+from portal.verification.outcomes import OUTCOMES
 
-OUTCOMES = ("ok", "malformed", "unknown", "revoked", "expired", "rate_limited")
 _COUNTS = ", ".join(["calls", *OUTCOMES, "latency_ms_sum"])
 _AGGREGATES = ", ".join(
     [
@@ -75,7 +76,7 @@ def _rowcount(statement: sa.TextClause, params: dict[str, Any]) -> int:
 
 def prune_raw(older_than: timedelta, batch: int = 50_000, now: datetime | None = None) -> int:
     """Delete raw events older than the cutoff in batches (short transactions); rollups stay."""
-    cutoff = (now or datetime.now(UTC)) - older_than
+    cutoff = (now or utcnow()) - older_than
     deleted = 0
     while True:
         count = _rowcount(
@@ -92,7 +93,7 @@ def prune_raw(older_than: timedelta, batch: int = 50_000, now: datetime | None =
 
 
 def prune_rollups(older_than: timedelta, now: datetime | None = None) -> int:
-    cutoff = (now or datetime.now(UTC)) - older_than
+    cutoff = (now or utcnow()) - older_than
     deleted = 0
     for table, column in ROLLUP_TABLES.items():
         value = cutoff.date() if column == "day" else cutoff

@@ -7,28 +7,24 @@ import io
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
-from flask import current_app, request
+from flask import abort, current_app, make_response, render_template, request, url_for
 
 from portal.models import ApiKey, Organization
+from portal.timeutil import utcnow
 from portal.usage import maintenance, services
-from portal.usage.ranges import UsageRange, parse_range, valid_zone
+from portal.usage.ranges import COMMON_ZONES, RANGE_LABELS, UsageRange, parse_range, valid_zone
 from portal.usage.services import Table
 
 TZ_COOKIE = "tz"
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 def current_range() -> UsageRange:
     return parse_range(
         request.args,
         tz_cookie=request.cookies.get(TZ_COOKIE),
-        now=now(),
+        now=utcnow(),
         max_days=current_app.config["USAGE_ROLLUP_RETENTION_DAYS"],
     )
 
@@ -68,7 +64,7 @@ def org_page(org: Organization, key_link: Callable[[Any], str | None]) -> UsageP
     }
     totals = services.summary(series)
     extra = {
-        "quota": services.month_quota(org.id, org.plan_info, now(), org.created_at),
+        "quota": services.month_quota(org.id, org.plan_info, utcnow(), org.created_at),
         "has_any_usage": totals["calls"] > 0 or services.has_any_usage(org.id),
     }
     return UsagePage(r, totals, services.chart_data(series, r), tables, extra)
@@ -107,3 +103,30 @@ def query_args(r: UsageRange) -> dict[str, str]:
     if r.key == "custom":
         args |= {"start": r.custom_start, "end": r.custom_end}
     return args
+
+
+def table_or_404(page: UsagePage) -> Table:
+    """The table the ``table`` query parameter names; an unknown name is a 404, as for any missing export."""
+    table = page.tables.get(request.args.get("table", "series"))
+    if table is None:
+        abort(404)
+    return table
+
+
+def render(template: str, page: UsagePage, csv_endpoint: str, csv_args: dict[str, Any], **context: Any) -> Any:
+    """A usage page with its range controls and CSV links, remembering the chosen zone."""
+    args = query_args(page.r)
+    response = make_response(
+        render_template(
+            template,
+            page=page,
+            r=page.r,
+            range_labels=RANGE_LABELS,
+            zones=COMMON_ZONES,
+            args=args,
+            api_base=current_app.config["PUBLIC_API_BASE"],
+            csv_url=lambda table: url_for(csv_endpoint, **{**csv_args, **args, "table": table}),
+            **context,
+        )
+    )
+    return remember_zone(response)

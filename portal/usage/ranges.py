@@ -117,15 +117,66 @@ def _parse_date(value: str | None) -> date | None:
         return None
 
 
-def parse_range(args: Mapping[str, str], *, tz_cookie: str | None, now: datetime, max_days: int) -> UsageRange:
-    """Resolve ``range``, ``bucket``, ``tz``, ``start``, ``end`` from the query string (and the tz cookie)."""
-    messages: list[str] = []
+def _zone(args: Mapping[str, str], tz_cookie: str | None, messages: list[str]) -> ZoneInfo:
+    """The ``tz`` argument, else the remembered cookie, else UTC."""
     tz_arg = args.get("tz")
     tz_name = valid_zone(tz_arg) or valid_zone(tz_cookie) or "UTC"
     if tz_arg and not valid_zone(tz_arg):
         messages.append(f"Unknown time zone “{tz_arg[:64]}”; showing {tz_name}.")
-    tz = ZoneInfo(tz_name)
+    return ZoneInfo(tz_name)
 
+
+def _custom_span(
+    custom_start: str,
+    custom_end: str,
+    *,
+    tz: ZoneInfo,
+    now: datetime,
+    end: datetime,
+    max_days: int,
+    messages: list[str],
+) -> tuple[datetime, datetime] | None:
+    """``[start, end)`` of a custom range of local days, cut to what is kept; ``None`` when it cannot be shown."""
+    first, last = _parse_date(custom_start), _parse_date(custom_end)
+    today = now.astimezone(tz).date()
+    if first is None or last is None:
+        messages.append("A custom range needs a start and an end date (YYYY-MM-DD); showing the last 7 days.")
+        return None
+    if last < first:
+        messages.append("The end date is before the start date; showing the last 7 days.")
+        return None
+    if first > today:
+        messages.append("The start date is in the future; showing the last 7 days.")
+        return None
+    last, oldest = min(last, today), today - timedelta(days=max_days - 1)
+    if last < oldest:
+        messages.append(
+            f"Usage is kept for {max_days} days, nothing before {oldest.isoformat()}; showing the last 7 days."
+        )
+        return None
+    if first < oldest:
+        first = oldest
+        messages.append(f"Usage is kept for {max_days} days; the range now starts on {first.isoformat()}.")
+    return local_midnight(first, tz), min(local_midnight(last + timedelta(days=1), tz), end)
+
+
+def _bucket(requested: str | None, span: timedelta, messages: list[str]) -> str:
+    """Hours for a week or less, days beyond; hourly buckets stop at :data:`MAX_HOURLY_SPAN`."""
+    default = "hour" if span <= PRESETS["7d"] else "day"
+    bucket = requested or default
+    if bucket not in BUCKETS:
+        messages.append(f"Unknown bucket “{bucket[:20]}”; use hour or day.")
+        bucket = default
+    if bucket == "hour" and span > MAX_HOURLY_SPAN:
+        messages.append("Hourly buckets are available for ranges up to 31 days; showing days.")
+        bucket = "day"
+    return bucket
+
+
+def parse_range(args: Mapping[str, str], *, tz_cookie: str | None, now: datetime, max_days: int) -> UsageRange:
+    """Resolve ``range``, ``bucket``, ``tz``, ``start``, ``end`` from the query string (and the tz cookie)."""
+    messages: list[str] = []
+    tz = _zone(args, tz_cookie, messages)
     key = args.get("range") or DEFAULT_RANGE
     if key not in RANGE_LABELS:
         messages.append(f"Unknown range “{key[:20]}”; showing the last 7 days.")
@@ -133,40 +184,13 @@ def parse_range(args: Mapping[str, str], *, tz_cookie: str | None, now: datetime
     end = floor_hour(now) + HOUR
     custom_start, custom_end = args.get("start", ""), args.get("end", "")
     start = end - PRESETS.get(key, PRESETS[DEFAULT_RANGE])
-
     if key == "custom":
-        first, last = _parse_date(custom_start), _parse_date(custom_end)
-        today = now.astimezone(tz).date()
-        if first is None or last is None:
-            messages.append("A custom range needs a start and an end date (YYYY-MM-DD); showing the last 7 days.")
-            key = DEFAULT_RANGE
-        elif last < first:
-            messages.append("The end date is before the start date; showing the last 7 days.")
-            key = DEFAULT_RANGE
-        elif first > today:
-            messages.append("The start date is in the future; showing the last 7 days.")
+        span = _custom_span(custom_start, custom_end, tz=tz, now=now, end=end, max_days=max_days, messages=messages)
+        if span is None:
             key = DEFAULT_RANGE
         else:
-            last, oldest = min(last, today), today - timedelta(days=max_days - 1)
-            if last < oldest:
-                messages.append(
-                    f"Usage is kept for {max_days} days, nothing before {oldest.isoformat()}; showing the last 7 days."
-                )
-                key = DEFAULT_RANGE
-            else:
-                if first < oldest:
-                    first = oldest
-                    messages.append(f"Usage is kept for {max_days} days; the range now starts on {first.isoformat()}.")
-                start = local_midnight(first, tz)
-                end = min(local_midnight(last + timedelta(days=1), tz), end)
-
-    bucket = args.get("bucket") or ("hour" if end - start <= PRESETS["7d"] else "day")
-    if bucket not in BUCKETS:
-        messages.append(f"Unknown bucket “{bucket[:20]}”; use hour or day.")
-        bucket = "hour" if end - start <= PRESETS["7d"] else "day"
-    if bucket == "hour" and end - start > MAX_HOURLY_SPAN:
-        messages.append("Hourly buckets are available for ranges up to 31 days; showing days.")
-        bucket = "day"
+            start, end = span
+    bucket = _bucket(args.get("bucket"), end - start, messages)
     if bucket == "day" and key != "custom":
         start = local_midnight(start.astimezone(tz).date(), tz)
     return UsageRange(key, bucket, tz, start, end, messages, custom_start[:10], custom_end[:10])

@@ -13,6 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from portal.extensions import db
+from portal.pagination import Page, paginate
 from portal.plans import Plan
 from portal.usage import topkeys
 from portal.usage.ranges import UsageRange
@@ -273,19 +274,22 @@ def has_any_usage(organization_id: uuid.UUID) -> bool:
     )
 
 
-def recent_calls(organization_id: uuid.UUID, key_id: uuid.UUID, page: int, per_page: int) -> tuple[list[Any], bool]:
-    """One page of a key's newest raw events (index on key_id, occurred_at), and whether there are older."""
-    rows = list(
-        db.session.execute(
-            sa.text(
-                "SELECT occurred_at, endpoint, status_code, outcome, latency_ms FROM api_key_usage"
-                " WHERE key_id = :key AND organization_id = :org ORDER BY occurred_at DESC, id DESC"
-                " LIMIT :limit OFFSET :offset"
-            ),
-            {"key": key_id, "org": organization_id, "limit": per_page + 1, "offset": (page - 1) * per_page},
-        )
+RECENT_CALLS_SQL = sa.text(
+    "SELECT occurred_at, endpoint, status_code, outcome, latency_ms FROM api_key_usage"
+    " WHERE key_id = :key AND organization_id = :org ORDER BY occurred_at DESC, id DESC"
+    " LIMIT :limit OFFSET :offset"
+)
+
+
+def recent_calls(organization_id: uuid.UUID, key_id: uuid.UUID, page: int, per_page: int) -> Page[Any]:
+    """One page of a key's newest raw events (index on key_id, occurred_at); not counted, as a busy key has
+    millions."""
+    params = {"key": key_id, "org": organization_id}
+    return paginate(
+        lambda limit, offset: db.session.execute(RECENT_CALLS_SQL, {**params, "limit": limit, "offset": offset}).all(),
+        page=page,
+        per_page=per_page,
     )
-    return rows[:per_page], len(rows) > per_page
 
 
 def last_call_at(key_id: uuid.UUID) -> datetime | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
@@ -19,6 +19,7 @@ from portal.extensions import db
 from portal.keys import format as keyformat
 from portal.keys.services import pepper
 from portal.models import ApiKey, Organization
+from portal.timeutil import utcnow
 from portal.usage.maintenance import fold
 
 DAY, WEEK = 86_400, 7 * 86_400
@@ -93,7 +94,7 @@ def simulate(
     vacuum_pending: bool = True,
 ) -> int:
     """Insert ``events`` calls spread over the last ``days`` days for ``org``; one commit per chunk."""
-    now = now or datetime.now(UTC)
+    now = now or utcnow()
     start = now - timedelta(days=days)
     key_ids = [str(k) for k in ensure_keys(org, key_count)]
     step = (now - start).total_seconds() / max(events, 1)
