@@ -59,7 +59,8 @@ class DirectBackend:
     every call queued at that moment, while later calls queue; when done it hands the queue to the first of
     them, the next leader. A lone call runs at once with the single-call statement, so grouping adds no
     latency; under load it saves PostgreSQL a statement, a commit and a counter update per call. One leader at
-    a time means one connection per process (docs/performance.md, "Grouped verification").
+    a time means one connection per process (docs/performance.md, "Concurrent verifications share one
+    grouped statement").
     """
 
     def __init__(self, dsn: str, *, max_group: int = 64, timeout: float = 5.0) -> None:

@@ -5,7 +5,8 @@ sooner when ``batch`` rows wait) as one INSERT of column arrays on its own conne
 ``synchronous_commit`` on, so a flushed row is on disk. ``close()`` stops the thread and flushes the rest; it
 runs when a gunicorn worker exits and at interpreter exit, so a clean stop loses nothing. A worker killed with
 SIGKILL loses at most ``interval`` seconds of its answered calls (rows the database refuses are kept and
-retried). The writer also vacuums the tables verification churns (docs/performance.md, "Churned tables").
+retried). The writer also vacuums the tables verification churns (docs/performance.md, "Vacuum the churned
+tables often; fold rarely").
 """
 
 from __future__ import annotations
