@@ -27,10 +27,10 @@ SAFARI_IPHONE = (
 )
 
 
-def sign_in(app, user, *, remember=False, user_agent=None, ip=None):
+def sign_in(app, user, *, remember=False, user_agent=None, ip=None, password=factories.PASSWORD):
     """A new browser, signed in as ``user``."""
     client = app.test_client()
-    data = {"email": user.email, "password": factories.PASSWORD}
+    data = {"email": user.email, "password": password}
     if remember:
         data["remember"] = "y"
     environ = {"REMOTE_ADDR": ip} if ip else {}
