@@ -337,3 +337,28 @@ def test_the_account_pages_need_sign_in(client):
     for path in ("/account/", "/account/sessions", "/account/security"):
         response = client.get(path)
         assert response.status_code == 302 and "/login" in response.headers["Location"]
+
+
+def test_support_can_sign_an_account_out_everywhere(app, owner):
+    browsers = [sign_in(app, owner), sign_in(app, owner, remember=True)]
+    result = app.test_cli_runner().invoke(args=["users", "sign-out", owner.email.upper()])
+    assert result.exit_code == 0, result.output
+    assert "signed out 2 sessions" in result.output
+    assert not any(signed_in(b) for b in browsers)
+    page = sign_in(app, owner).get("/account/security").get_data(as_text=True)
+    assert "All sessions were signed out" in page
+    missing = app.test_cli_runner().invoke(args=["users", "sign-out", "nobody@example.com"])
+    assert missing.exit_code != 0 and "no account" in missing.output
+
+
+def test_ended_sessions_are_pruned_after_a_while(app, owner):
+    live = sign_in(app, owner, user_agent=FIREFOX_LINUX)
+    sign_in(app, owner, user_agent=CHROME_WINDOWS).post("/logout")
+    sign_in(app, owner, user_agent=SAFARI_IPHONE)
+    move(session_of(owner, CHROME_WINDOWS), revoked_at=timedelta(days=31))
+    move(session_of(owner, SAFARI_IPHONE), last_seen_at=timedelta(days=31))
+    result = app.test_cli_runner().invoke(args=["users", "prune-sessions"])
+    assert result.exit_code == 0 and "deleted 2 ended sessions" in result.output
+    remaining = db.session.scalars(sa.select(UserSession.user_agent).where(UserSession.user_id == owner.id)).all()
+    assert remaining == [FIREFOX_LINUX]
+    assert signed_in(live)

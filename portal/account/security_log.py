@@ -26,6 +26,7 @@ EVENTS: dict[str, str] = {
     "signout": "Signed out",
     "session.revoked": "Signed out a session",
     "sessions.revoked_others": "Signed out all other sessions",
+    "sessions.revoked_all": "All sessions were signed out",
     "password.changed": "Changed password",
     "password.reset": "Reset password",
     "email.changed": "Changed email address",

@@ -148,6 +148,21 @@ def end_all_sessions(user: User, reason: str) -> int:
     return end_other_sessions(user, None, reason)
 
 
+def prune(*, ended_before: timedelta = timedelta(days=30)) -> int:
+    """Delete sessions that ended more than ``ended_before`` ago (no commit); how many.
+
+    Revoked, past their absolute expiry, or unused for that long (longer than any idle timeout). What happened
+    to them stays in the security log.
+    """
+    cutoff = utcnow() - ended_before
+    result: Any = db.session.execute(
+        sa.delete(UserSession).where(
+            sa.or_(UserSession.revoked_at < cutoff, UserSession.expires_at < cutoff, UserSession.last_seen_at < cutoff)
+        )
+    )
+    return int(result.rowcount)
+
+
 @dataclass(frozen=True)
 class SessionView:
     """A session as the account page lists it."""
