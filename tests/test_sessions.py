@@ -362,3 +362,11 @@ def test_ended_sessions_are_pruned_after_a_while(app, owner):
     remaining = db.session.scalars(sa.select(UserSession.user_agent).where(UserSession.user_id == owner.id)).all()
     assert remaining == [FIREFOX_LINUX]
     assert signed_in(live)
+
+
+def test_a_session_opened_after_a_second_factor_says_so(owner):
+    row = sessions.open_session(owner, remember=False, ip="198.51.100.7", user_agent=None, second_factor=True)
+    assert row.second_factor_done_at is not None
+    plain = sessions.open_session(owner, remember=False, ip=None, user_agent=None)
+    assert plain.second_factor_done_at is None
+    assert sessions.load_user(owner.get_id()).current_session.id == plain.id

@@ -40,11 +40,14 @@ def limits(remember: bool) -> tuple[timedelta, timedelta]:
     return cfg["SESSION_IDLE_TIMEOUT"], cfg["SESSION_MAX_AGE"]
 
 
-def open_session(user: User, *, remember: bool, ip: str | None, user_agent: str | None) -> UserSession:
+def open_session(
+    user: User, *, remember: bool, ip: str | None, user_agent: str | None, second_factor: bool = False
+) -> UserSession:
     """Start a session for ``user`` (after the password, and any second factor, are checked) and commit it.
 
     Records ``signin.success`` in the security log, and sets ``user.session_secret`` and
     ``user.current_session`` so that ``login_user(user)`` stores the new session's id in the cookies.
+    ``second_factor=True`` marks the session as completed with a second factor (``second_factor_done_at``).
     """
     secret, now = new_token(), utcnow()
     row = UserSession(
@@ -56,9 +59,12 @@ def open_session(user: User, *, remember: bool, ip: str | None, user_agent: str 
         expires_at=now + limits(remember)[1],
         user_agent=security_log.clip_user_agent(user_agent),
         ip=security_log.clean_ip(ip),
+        second_factor_done_at=now if second_factor else None,
     )
     db.session.add(row)
-    security_log.record(user, "signin.success", ip=ip, user_agent=user_agent, remember=remember)
+    security_log.record(
+        user, "signin.success", ip=ip, user_agent=user_agent, remember=remember, second_factor=second_factor or None
+    )
     db.session.commit()
     user.session_secret, user.current_session = secret, row
     return row
