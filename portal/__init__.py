@@ -74,7 +74,7 @@ def register_extensions(app: Flask) -> None:
     login_manager.login_message_category = "info"
     login_manager.session_protection = "basic"
 
-    from portal.auth.services import load_user
+    from portal.account.sessions import load_user
 
     login_manager.user_loader(load_user)
 
@@ -87,6 +87,7 @@ def register_mail(app: Flask) -> None:
 
 def register_blueprints(app: Flask) -> None:
     from portal import api
+    from portal.account import bp as account_bp
     from portal.auth import bp as auth_bp
     from portal.docs import bp as docs_bp
     from portal.keys import bp as keys_bp
@@ -95,6 +96,7 @@ def register_blueprints(app: Flask) -> None:
     from portal.usage import bp as usage_bp
 
     app.register_blueprint(auth_bp)
+    app.register_blueprint(account_bp, url_prefix="/account")
     app.register_blueprint(orgs_bp)
     app.register_blueprint(keys_bp, url_prefix="/orgs/<slug>/keys")
     app.register_blueprint(staff_bp, url_prefix="/staff")

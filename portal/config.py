@@ -10,6 +10,19 @@ in the outbox until it is set; development prints each mail to the terminal inst
 ``PUBLIC_BASE_URL`` is the portal's address as users reach it, for the absolute links in mail. It has no
 production default (a guessed host would send users elsewhere), but a process starts without it: only
 rendering a mail then fails, with an error naming the setting, so the change that would send it rolls back.
+
+Signed-in sessions (portal/account/sessions.py) are rows on the server; the cookies carry only their secret,
+so sign-out, "sign out other sessions" and a password change end a session everywhere, copied cookies included.
+A session ends when it has been idle for its idle timeout or reaches its absolute age, whichever comes first:
+
+- without "Keep me signed in": ``SESSION_IDLE_TIMEOUT`` (12 hours, a working day with its breaks) and
+  ``SESSION_MAX_AGE`` (7 days, so even a tab in constant use signs in again weekly);
+- with it: ``REMEMBER_IDLE_TIMEOUT`` (14 days, a fortnight away) and ``REMEMBER_MAX_AGE`` (30 days).
+
+The cookies follow the server: the session cookie lives ``PERMANENT_SESSION_LIFETIME`` = the idle timeout after
+the last request, and the remember-me cookie, set once at sign-in, ``REMEMBER_COOKIE_DURATION`` =
+``REMEMBER_MAX_AGE`` (``validate`` refuses a mismatch). The idle and absolute limits are checked on every
+request; ``last_seen_at`` is written at most once a minute.
 """
 
 from __future__ import annotations
@@ -41,8 +54,13 @@ class Config:
     REMEMBER_COOKIE_HTTPONLY = True
     REMEMBER_COOKIE_SAMESITE = "Lax"
     REMEMBER_COOKIE_SECURE = True
-    REMEMBER_COOKIE_DURATION = timedelta(days=14)
-    PERMANENT_SESSION_LIFETIME = timedelta(hours=12)
+    # Session lifetimes: see the module docstring.
+    SESSION_IDLE_TIMEOUT = timedelta(hours=12)
+    SESSION_MAX_AGE = timedelta(days=7)
+    REMEMBER_IDLE_TIMEOUT = timedelta(days=14)
+    REMEMBER_MAX_AGE = timedelta(days=30)
+    REMEMBER_COOKIE_DURATION = REMEMBER_MAX_AGE
+    PERMANENT_SESSION_LIFETIME = SESSION_IDLE_TIMEOUT
     WTF_CSRF_TIME_LIMIT = None  # the token lives as long as the session that holds it
     MAX_CONTENT_LENGTH = 2 * 1024 * 1024
 
@@ -60,6 +78,7 @@ class Config:
     INVITATION_TTL = timedelta(days=7)
     KEYS_PER_PAGE = 20
     AUDIT_PER_PAGE = 50
+    SECURITY_LOG_PER_PAGE = 50
     STAFF_PER_PAGE = 25
     PUBLIC_API_BASE = "http://127.0.0.1:5000"
     PUBLIC_BASE_URL: str | None = None  # links in mail; see the module docstring
@@ -122,6 +141,8 @@ class Config:
                 f"{' and '.join(missing)} must be set in the environment for production "
                 "(see .env.example); refusing to start with a guessable secret."
             )
+        if config.get("REMEMBER_COOKIE_DURATION") != config.get("REMEMBER_MAX_AGE"):
+            raise ConfigError("REMEMBER_COOKIE_DURATION must equal REMEMBER_MAX_AGE (see portal/config.py).")
         if config.get("MAIL_URL") and not config.get("MAIL_FROM"):
             raise ConfigError("MAIL_FROM must be set with MAIL_URL (e.g. 'ProCode <no-reply@example.com>').")
 

@@ -5,16 +5,18 @@ from typing import Any
 from flask import flash, redirect, request, session, url_for
 from flask_login import current_user, login_required, login_user, logout_user
 
+from portal.account import sessions
 from portal.auth import bp, services
 from portal.auth.forms import LoginForm, PasswordChangeForm, SignupForm
 from portal.http import render_form_page, safe_next_url
 
 
 def start_session(user: Any, remember: bool = False) -> None:
-    """A fresh session for each sign-in: nothing (CSRF token, last organization) carries over from before,
-    and the session expires after PERMANENT_SESSION_LIFETIME."""
+    """A fresh session for each sign-in: nothing (CSRF token, last organization) carries over from before.
+    The cookies carry only the secret of a new server-side session (portal.account.sessions)."""
     session.clear()
     session.permanent = True
+    sessions.open_session(user, remember=remember, ip=request.remote_addr, user_agent=request.user_agent.string)
     login_user(user, remember=remember)
 
 
@@ -25,7 +27,9 @@ def login() -> Any:
     form = LoginForm()
     if form.validate_on_submit():
         try:
-            user = services.authenticate(form.email.data, form.password.data, request.remote_addr)
+            user = services.authenticate(
+                form.email.data, form.password.data, request.remote_addr, request.user_agent.string
+            )
         except services.Throttled as exc:
             form.form_errors.append(str(exc))
             return render_form_page("auth/login.html", status_on_error=429, form=form)
@@ -63,8 +67,10 @@ def signup() -> Any:
 @bp.post("/logout")
 @login_required
 def logout() -> Any:
-    logout_user()
+    """End this session on the server, so its cookies (copies included) stop working, and clear them here."""
+    sessions.sign_out(current_user, ip=request.remote_addr, user_agent=request.user_agent.string)
     session.clear()
+    logout_user()  # after clear(): it marks the remember-me cookie for deletion in the session
     flash("You are signed out.", "info")
     return redirect(url_for("auth.login"))
 
@@ -75,9 +81,13 @@ def change_password() -> Any:
     form = PasswordChangeForm()
     if form.validate_on_submit():
         if services.change_password(
-            current_user, form.current_password.data, form.new_password.data, ip=request.remote_addr
+            current_user,
+            form.current_password.data,
+            form.new_password.data,
+            ip=request.remote_addr,
+            user_agent=request.user_agent.string,
+            keep=current_user.current_session,
         ):
-            login_user(current_user._get_current_object())  # re-issue the session with the new session token
             flash("Password changed. Other sessions were signed out.", "success")
             return redirect(url_for("orgs.home"))
         form.current_password.errors.append("That is not your current password.")

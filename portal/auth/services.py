@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import hashlib
-import secrets
 
 import sqlalchemy as sa
 from flask import current_app
 from sqlalchemy.exc import IntegrityError
 
 from portal import audit, ratelimit
+from portal.account import security_log
+from portal.account.sessions import end_other_sessions
 from portal.extensions import db
-from portal.models import Organization, User
-from portal.models.user import new_session_token
+from portal.models import Organization, User, UserSession
 from portal.orgs.services import create_organization
 from portal.security import burn_password_check, hash_password, password_needs_rehash, verify_password
 from portal.timeutil import utcnow
@@ -36,17 +36,6 @@ def normalize_email(email: str) -> str:
 
 def find_user_by_email(email: str) -> User | None:
     return db.session.scalar(sa.select(User).where(sa.func.lower(User.email) == normalize_email(email)))
-
-
-def load_user(login_id: str) -> User | None:
-    """Flask-Login's loader: the id carries the session token, so a password change signs out other sessions."""
-    parsed = User.parse_login_id(login_id)
-    if parsed is None:
-        return None
-    user = db.session.get(User, parsed[0])
-    if user is None or not user.is_active or not secrets.compare_digest(user.session_token, parsed[1]):
-        return None
-    return user
 
 
 def create_user(email: str, display_name: str, password: str, *, is_staff: bool = False) -> User:
@@ -86,8 +75,12 @@ def _throttle_buckets(email: str, ip: str | None) -> list[tuple[str, int]]:
     return buckets
 
 
-def authenticate(email: str, password: str, ip: str | None) -> User:
+def authenticate(email: str, password: str, ip: str | None, user_agent: str | None = None) -> User:
     """The user for these credentials, or ``AuthError``. Failures count per account and per address.
+
+    A failure against an existing account goes to that account's security log, for its owner to see; the
+    answer is the same as for an unknown email. A throttled attempt is not logged (no password was checked,
+    and an attacker could fill the log with them).
 
     Each attempt is counted (and committed) before the password is checked, and given back if it succeeds:
     with a gevent worker holding hundreds of connections, checking the counters first and counting the
@@ -103,6 +96,10 @@ def authenticate(email: str, password: str, ip: str | None) -> User:
     if user is None:
         burn_password_check(password)
     if user is None or not verify_password(user.password_hash, password) or not user.is_active:
+        if user is not None:
+            reason = "wrong password" if user.is_active else "account deactivated"
+            security_log.record(user, "signin.failure", ip=ip, user_agent=user_agent, reason=reason)
+            db.session.commit()
         raise AuthError("Invalid email or password.")  # the attempt stays counted: a failure
 
     for bucket, _, _, window_start in taken:
@@ -115,13 +112,23 @@ def authenticate(email: str, password: str, ip: str | None) -> User:
     return user
 
 
-def change_password(user: User, current_password: str, new_password: str, *, ip: str | None = None) -> bool:
+def change_password(
+    user: User,
+    current_password: str,
+    new_password: str,
+    *,
+    ip: str | None = None,
+    user_agent: str | None = None,
+    keep: UserSession | None = None,
+) -> bool:
+    """Change the password and end every session but ``keep`` (the one the member is using)."""
     if not verify_password(user.password_hash, current_password):
         return False
     user.password_hash = hash_password(new_password)
-    user.session_token = new_session_token()
+    ended = end_other_sessions(user, keep, "password.changed")
     audit.record(
         "user.password_changed", organization_id=None, actor=user, target_type="user", target_id=user.id, ip=ip
     )
+    security_log.record(user, "password.changed", ip=ip, user_agent=user_agent, sessions_ended=ended)
     db.session.commit()
     return True

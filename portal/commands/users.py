@@ -26,3 +26,31 @@ def create(email: str, name: str | None, staff: bool, password: str) -> None:
         raise click.ClickException(f"an account with {email} already exists") from None
     db.session.commit()
     click.echo(f"created {'staff ' if staff else ''}user {user.email} ({user.id})")
+
+
+@users.command("sign-out")
+@click.argument("email")
+def sign_out(email: str) -> None:
+    """End every signed-in session of an account (e.g. a stolen laptop); it is noted in their security log."""
+    from portal.account import security_log, sessions
+
+    user = auth.find_user_by_email(email)
+    if user is None:
+        raise click.ClickException(f"no account with {email}")
+    ended = sessions.end_all_sessions(user, "support")
+    security_log.record(user, "sessions.revoked_all", ip=None, user_agent=None, sessions_ended=ended, by="support")
+    db.session.commit()
+    click.echo(f"signed out {ended} session{'s' if ended != 1 else ''} of {user.email}")
+
+
+@users.command("prune-sessions")
+@click.option("--days", default=30, show_default=True, help="Keep ended sessions this many days.")
+def prune_sessions(days: int) -> None:
+    """Delete sessions that ended more than --days ago (revoked, expired or long unused)."""
+    from datetime import timedelta
+
+    from portal.account import sessions
+
+    deleted = sessions.prune(ended_before=timedelta(days=days))
+    db.session.commit()
+    click.echo(f"deleted {deleted} ended session{'s' if deleted != 1 else ''}")

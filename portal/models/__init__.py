@@ -12,6 +12,7 @@ from portal.models.rollup import (
     UsageOrgHourly,
     UsageRollupPending,
 )
+from portal.models.session import SecurityEvent, UserSession
 from portal.models.usage import OUTCOMES, ApiKeyUsage, RateLimitTracking
 from portal.models.user import User
 
@@ -26,6 +27,7 @@ __all__ = [
     "Organization",
     "OutboxMail",
     "RateLimitTracking",
+    "SecurityEvent",
     "UsageEndpointHourly",
     "UsageKeyDaily",
     "UsageKeyEndpointDaily",
@@ -33,4 +35,5 @@ __all__ = [
     "UsageOrgHourly",
     "UsageRollupPending",
     "User",
+    "UserSession",
 ]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
-import uuid
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -16,10 +14,9 @@ from portal.models._types import Timestamp, created_at, uuid_pk
 
 if TYPE_CHECKING:
     from portal.models.organization import Membership
+    from portal.models.session import UserSession
 
-
-def new_session_token() -> str:
-    return secrets.token_urlsafe(16)
+LOGIN_ID_PREFIX = "s:"
 
 
 class User(UserMixin, Model):
@@ -32,8 +29,6 @@ class User(UserMixin, Model):
     password_hash: Mapped[str] = mapped_column(sa.String(255))
     is_staff: Mapped[bool] = mapped_column(server_default=sa.false())
     is_active: Mapped[bool] = mapped_column(server_default=sa.true())  # type: ignore[assignment]
-    # Rotated on password change so every other signed-in session and remember-me cookie stops working.
-    session_token: Mapped[str] = mapped_column(sa.String(32), default=new_session_token)
     created_at: Mapped[created_at]
     last_login_at: Mapped[datetime | None] = mapped_column(Timestamp)
 
@@ -41,13 +36,18 @@ class User(UserMixin, Model):
         back_populates="user", cascade="all, delete-orphan", passive_deletes=True
     )
 
-    def get_id(self) -> str:
-        return f"{self.id}:{self.session_token}"
+    # Not columns: the signed-in session this request runs under, and its secret while it is being opened.
+    # Set by portal.account.sessions (open_session and the Flask-Login loader), never stored.
+    if TYPE_CHECKING:
+        current_session: UserSession | None
+        session_secret: str | None
+    else:  # plain class attributes, which the declarative mapping leaves alone
+        current_session = None
+        session_secret = None
 
-    @staticmethod
-    def parse_login_id(login_id: str) -> tuple[uuid.UUID, str] | None:
-        user_id, _, token = login_id.partition(":")
-        try:
-            return uuid.UUID(user_id), token
-        except ValueError:
-            return None
+    def get_id(self) -> str:
+        """What Flask-Login keeps in the session cookie and the remember-me cookie: the session's secret, not the
+        user's id, so revoking that one session row ends both cookies (portal.account.sessions)."""
+        if not self.session_secret:
+            raise RuntimeError("open a session with portal.account.sessions.open_session() before login_user()")
+        return LOGIN_ID_PREFIX + self.session_secret
