@@ -10,6 +10,12 @@ in the outbox until it is set; development prints each mail to the terminal inst
 ``PUBLIC_BASE_URL`` is the portal's address as users reach it, for the absolute links in mail. It has no
 production default (a guessed host would send users elsewhere), but a process starts without it: only
 rendering a mail then fails, with an error naming the setting, so the change that would send it rolls back.
+
+Two-factor sign-in (portal/twofactor/): TOTP secrets are encrypted with a key derived from ``SECRET_KEY``, so
+rotating ``SECRET_KEY`` makes enrolled authenticator apps stop working (their owners sign in with a passkey or a
+recovery code and enrol again). Passkeys use ``WEBAUTHN_RP_ID`` (default: the host of ``PUBLIC_BASE_URL``, else
+of the request) and the origin of ``PUBLIC_BASE_URL`` (else of the request). ``STAFF_REQUIRE_TWO_FACTOR``
+(on in production, off in development and tests unless set) keeps staff without two-factor out of /staff.
 """
 
 from __future__ import annotations
@@ -57,6 +63,15 @@ class Config:
     LOGIN_MAX_FAILURES_PER_IP = 20
     LOGIN_THROTTLE_WINDOW = timedelta(minutes=15)
 
+    # Two-factor sign-in: wrong codes allowed per account and window; how long a password-only sign-in waits.
+    TWO_FACTOR_MAX_FAILURES = 5
+    TWO_FACTOR_THROTTLE_WINDOW = timedelta(minutes=5)
+    TWO_FACTOR_PENDING_TTL = timedelta(minutes=5)
+    TWO_FACTOR_ISSUER = "ProCode"  # the account's label in authenticator apps
+    WEBAUTHN_RP_ID: str | None = None
+    WEBAUTHN_RP_NAME = "ProCode Portal"
+    STAFF_REQUIRE_TWO_FACTOR = True
+
     INVITATION_TTL = timedelta(days=7)
     KEYS_PER_PAGE = 20
     AUDIT_PER_PAGE = 50
@@ -98,6 +113,7 @@ class Config:
             "PUBLIC_BASE_URL",
             "MAIL_URL",
             "MAIL_FROM",
+            "WEBAUTHN_RP_ID",
         ):
             if os.environ.get(name):
                 values[name] = os.environ[name]
@@ -110,6 +126,8 @@ class Config:
             values["API_VERIFY_FAST_PATH"] = os.environ["API_VERIFY_FAST_PATH"] not in ("0", "false", "no")
         if os.environ.get("API_USAGE_FLUSH_INTERVAL"):
             values["API_USAGE_FLUSH_INTERVAL"] = float(os.environ["API_USAGE_FLUSH_INTERVAL"])
+        if os.environ.get("STAFF_REQUIRE_TWO_FACTOR"):
+            values["STAFF_REQUIRE_TWO_FACTOR"] = os.environ["STAFF_REQUIRE_TWO_FACTOR"] not in ("0", "false", "no")
         if os.environ.get("PORTAL_WEB_WORKER"):
             values["MIGRATIONS_CLI"] = False
         return values
@@ -134,6 +152,7 @@ class DevConfig(Config):
     PUBLIC_BASE_URL = "http://127.0.0.1:5000"
     MAIL_FROM = "ProCode Portal <no-reply@procode.dev>"
     MAIL_CONSOLE = True
+    STAFF_REQUIRE_TWO_FACTOR = False
 
     @classmethod
     def from_env(cls) -> dict[str, Any]:
@@ -160,6 +179,7 @@ class TestConfig(Config):
     PUBLIC_BASE_URL = "http://127.0.0.1:5000"
     MAIL_FROM = "ProCode Portal <no-reply@procode.dev>"
     MAIL_SENDER_THREAD = False  # tests call portal.mail.send_due() themselves
+    STAFF_REQUIRE_TWO_FACTOR = False  # tests that need it turn it on
 
     @classmethod
     def from_env(cls) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from flask_login import current_user, login_required, login_user, logout_user
 from portal.auth import bp, services
 from portal.auth.forms import LoginForm, PasswordChangeForm, SignupForm
 from portal.http import render_form_page, safe_next_url
+from portal.twofactor import pending as two_factor
 
 
 def start_session(user: Any, remember: bool = False) -> None:
@@ -32,6 +33,8 @@ def login() -> Any:
         except services.AuthError as exc:
             form.form_errors.append(str(exc))
             return render_form_page("auth/login.html", status_on_error=401, form=form)
+        if two_factor.required(user):  # not signed in yet: /login/two-factor asks for the second factor
+            return two_factor.begin(user, remember=form.remember.data, next_url=request.args.get("next"))
         start_session(user, remember=form.remember.data)
         return redirect(safe_next_url(request.args.get("next")) or url_for("orgs.home"))
     return render_form_page("auth/login.html", form=form)

@@ -12,6 +12,7 @@ from portal.models.rollup import (
     UsageOrgHourly,
     UsageRollupPending,
 )
+from portal.models.two_factor import Passkey, RecoveryCode, TotpCredential
 from portal.models.usage import OUTCOMES, ApiKeyUsage, RateLimitTracking
 from portal.models.user import User
 
@@ -25,7 +26,10 @@ __all__ = [
     "Membership",
     "Organization",
     "OutboxMail",
+    "Passkey",
     "RateLimitTracking",
+    "RecoveryCode",
+    "TotpCredential",
     "UsageEndpointHourly",
     "UsageKeyDaily",
     "UsageKeyEndpointDaily",
