@@ -390,3 +390,13 @@ def test_the_totp_secret_is_sealed_with_a_key_from_secret_key(app: Flask):
             sealing.unseal(sealed)
     finally:
         app.config["SECRET_KEY"] = saved
+
+
+def test_keep_me_signed_in_carries_over_the_second_step(client, auth, owner):
+    auth.login(owner)
+    secret, _ = enrol(client)
+    auth.logout()
+    client.post("/login", data={"email": owner.email, "password": factories.PASSWORD, "remember": "y"})
+    assert client.get_cookie("remember_token") is None  # nothing that signs in before the code
+    client.post(CHALLENGE, data={"code": next_step_code(secret)})
+    assert client.get_cookie("remember_token") is not None
