@@ -23,6 +23,11 @@ The cookies follow the server: the session cookie lives ``PERMANENT_SESSION_LIFE
 the last request, and the remember-me cookie, set once at sign-in, ``REMEMBER_COOKIE_DURATION`` =
 ``REMEMBER_MAX_AGE`` (``validate`` refuses a mismatch). The idle and absolute limits are checked on every
 request; ``last_seen_at`` is written at most once a minute.
+Two-factor sign-in (portal/twofactor/): TOTP secrets are encrypted with a key derived from ``SECRET_KEY``, so
+rotating ``SECRET_KEY`` makes enrolled authenticator apps stop working (their owners sign in with a passkey or a
+recovery code and enrol again). Passkeys use ``WEBAUTHN_RP_ID`` (default: the host of ``PUBLIC_BASE_URL``, else
+of the request) and the origin of ``PUBLIC_BASE_URL`` (else of the request). ``STAFF_REQUIRE_TWO_FACTOR``
+(on in production, off in development and tests unless set) keeps staff without two-factor out of /staff.
 """
 
 from __future__ import annotations
@@ -75,6 +80,15 @@ class Config:
     LOGIN_MAX_FAILURES_PER_IP = 20
     LOGIN_THROTTLE_WINDOW = timedelta(minutes=15)
 
+    # Two-factor sign-in: wrong codes allowed per account and window; how long a password-only sign-in waits.
+    TWO_FACTOR_MAX_FAILURES = 5
+    TWO_FACTOR_THROTTLE_WINDOW = timedelta(minutes=5)
+    TWO_FACTOR_PENDING_TTL = timedelta(minutes=5)
+    TWO_FACTOR_ISSUER = "ProCode"  # the account's label in authenticator apps
+    WEBAUTHN_RP_ID: str | None = None
+    WEBAUTHN_RP_NAME = "ProCode Portal"
+    STAFF_REQUIRE_TWO_FACTOR = True
+
     INVITATION_TTL = timedelta(days=7)
     KEYS_PER_PAGE = 20
     AUDIT_PER_PAGE = 50
@@ -117,6 +131,7 @@ class Config:
             "PUBLIC_BASE_URL",
             "MAIL_URL",
             "MAIL_FROM",
+            "WEBAUTHN_RP_ID",
         ):
             if os.environ.get(name):
                 values[name] = os.environ[name]
@@ -129,6 +144,8 @@ class Config:
             values["API_VERIFY_FAST_PATH"] = os.environ["API_VERIFY_FAST_PATH"] not in ("0", "false", "no")
         if os.environ.get("API_USAGE_FLUSH_INTERVAL"):
             values["API_USAGE_FLUSH_INTERVAL"] = float(os.environ["API_USAGE_FLUSH_INTERVAL"])
+        if os.environ.get("STAFF_REQUIRE_TWO_FACTOR"):
+            values["STAFF_REQUIRE_TWO_FACTOR"] = os.environ["STAFF_REQUIRE_TWO_FACTOR"] not in ("0", "false", "no")
         if os.environ.get("PORTAL_WEB_WORKER"):
             values["MIGRATIONS_CLI"] = False
         return values
@@ -155,6 +172,7 @@ class DevConfig(Config):
     PUBLIC_BASE_URL = "http://127.0.0.1:5000"
     MAIL_FROM = "ProCode Portal <no-reply@procode.dev>"
     MAIL_CONSOLE = True
+    STAFF_REQUIRE_TWO_FACTOR = False
 
     @classmethod
     def from_env(cls) -> dict[str, Any]:
@@ -181,6 +199,7 @@ class TestConfig(Config):
     PUBLIC_BASE_URL = "http://127.0.0.1:5000"
     MAIL_FROM = "ProCode Portal <no-reply@procode.dev>"
     MAIL_SENDER_THREAD = False  # tests call portal.mail.send_due() themselves
+    STAFF_REQUIRE_TWO_FACTOR = False  # tests that need it turn it on
 
     @classmethod
     def from_env(cls) -> dict[str, Any]:

@@ -42,6 +42,8 @@ def gunicorn(database_url: str, log_dir: Path, **env: str) -> Iterator[str]:
         "PORTAL_ENV": "production",
         "GUNICORN_BIND": f"127.0.0.1:{port}",
         "GUNICORN_WORKERS": "2",
+        # Passkeys need a host name (not an IP address) as relying party: browsers use http://localhost:<port>.
+        "PUBLIC_BASE_URL": f"http://localhost:{port}",
         **env,
     }
     log_path = log_dir / f"gunicorn-{port}.log"

@@ -35,6 +35,10 @@ EVENTS: dict[str, str] = {
     "twofactor.failure": "Failed two-factor check",
     "recovery_code.used": "Used a recovery code",
     "recovery_codes.regenerated": "Generated new recovery codes",
+    "totp.added": "Added an authenticator app",
+    "totp.removed": "Removed the authenticator app",
+    "passkey.added": "Added a passkey",
+    "passkey.removed": "Removed a passkey",
 }
 
 # Detail keys that could only hold a secret. ``record`` refuses them, so a slip fails in tests, not in the log.

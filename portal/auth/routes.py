@@ -9,14 +9,21 @@ from portal.account import sessions
 from portal.auth import bp, services
 from portal.auth.forms import LoginForm, PasswordChangeForm, SignupForm
 from portal.http import render_form_page, safe_next_url
+from portal.twofactor import pending as two_factor
 
 
-def start_session(user: Any, remember: bool = False) -> None:
+def start_session(user: Any, remember: bool = False, *, second_factor: bool = False) -> None:
     """A fresh session for each sign-in: nothing (CSRF token, last organization) carries over from before.
     The cookies carry only the secret of a new server-side session (portal.account.sessions)."""
     session.clear()
     session.permanent = True
-    sessions.open_session(user, remember=remember, ip=request.remote_addr, user_agent=request.user_agent.string)
+    sessions.open_session(
+        user,
+        remember=remember,
+        ip=request.remote_addr,
+        user_agent=request.user_agent.string,
+        second_factor=second_factor,
+    )
     login_user(user, remember=remember)
 
 
@@ -36,6 +43,8 @@ def login() -> Any:
         except services.AuthError as exc:
             form.form_errors.append(str(exc))
             return render_form_page("auth/login.html", status_on_error=401, form=form)
+        if two_factor.required(user):  # not signed in yet: /login/two-factor asks for the second factor
+            return two_factor.begin(user, remember=form.remember.data, next_url=request.args.get("next"))
         start_session(user, remember=form.remember.data)
         return redirect(safe_next_url(request.args.get("next")) or url_for("orgs.home"))
     return render_form_page("auth/login.html", form=form)

@@ -26,6 +26,11 @@ def create(email: str, name: str | None, staff: bool, password: str) -> None:
         raise click.ClickException(f"an account with {email} already exists") from None
     db.session.commit()
     click.echo(f"created {'staff ' if staff else ''}user {user.email} ({user.id})")
+    if staff:
+        click.echo(
+            "note: in production staff reach /staff only with two-factor authentication on "
+            "(STAFF_REQUIRE_TWO_FACTOR); sign in and turn it on at /account/two-factor"
+        )
 
 
 @users.command("sign-out")

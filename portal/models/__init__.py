@@ -13,6 +13,7 @@ from portal.models.rollup import (
     UsageRollupPending,
 )
 from portal.models.session import SecurityEvent, UserSession
+from portal.models.two_factor import Passkey, RecoveryCode, TotpCredential
 from portal.models.usage import OUTCOMES, ApiKeyUsage, RateLimitTracking
 from portal.models.user import User
 
@@ -26,8 +27,11 @@ __all__ = [
     "Membership",
     "Organization",
     "OutboxMail",
+    "Passkey",
     "RateLimitTracking",
     "SecurityEvent",
+    "RecoveryCode",
+    "TotpCredential",
     "UsageEndpointHourly",
     "UsageKeyDaily",
     "UsageKeyEndpointDaily",

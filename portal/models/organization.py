@@ -27,6 +27,8 @@ class Organization(Model):
     name: Mapped[str] = mapped_column(sa.String(100))
     slug: Mapped[str] = mapped_column(sa.String(60), unique=True)
     plan: Mapped[str] = mapped_column(sa.String(20), server_default="free")
+    # Set by an owner: members without two-factor see only the enrolment page for this organization.
+    require_two_factor: Mapped[bool] = mapped_column(server_default=sa.false())
     created_at: Mapped[created_at]
 
     memberships: Mapped[list[Membership]] = relationship(

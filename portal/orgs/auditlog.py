@@ -25,6 +25,8 @@ ACTION_LABELS: dict[str, str] = {
     "key.revoked": "Key revoked",
     "key.rolled": "Key rolled",
     "user.password_changed": "Password changed",
+    "org.two_factor_required": "Two-factor required for members",
+    "org.two_factor_optional": "Two-factor no longer required",
 }
 
 DETAIL_LABELS: dict[str, str] = {

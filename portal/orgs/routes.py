@@ -11,6 +11,7 @@ from portal.http import page_arg, render_form_page
 from portal.orgs import bp, services
 from portal.orgs.context import memberships_of, org_view
 from portal.orgs.forms import OrgNameForm
+from portal.twofactor.forms import OrgTwoFactorForm
 
 
 @bp.get("/")
@@ -50,7 +51,8 @@ def settings(slug: str) -> Any:
         services.rename_org(g.org, form.name.data, current_user, ip=request.remote_addr)
         flash("Organization renamed.", "success")
         return redirect(url_for("orgs.settings", slug=g.org.slug))
-    return render_form_page("orgs/settings.html", form=form, plan=g.org.plan_info)
+    two_factor_form = OrgTwoFactorForm(formdata=None, require=g.org.require_two_factor)
+    return render_form_page("orgs/settings.html", form=form, plan=g.org.plan_info, two_factor_form=two_factor_form)
 
 
 @bp.get("/orgs/<slug>/audit")

@@ -1,0 +1,38 @@
+"""Encryption for TOTP secrets, which must stay readable to check codes and so cannot be hashed.
+
+Fernet (AES-128-CBC with HMAC-SHA256, from ``cryptography``) under a key derived from ``SECRET_KEY`` with
+HKDF-SHA256 and a purpose label, so the key is used for nothing else. A database dump alone reveals no secret;
+rotating ``SECRET_KEY`` makes the stored secrets unreadable (see portal/config.py).
+"""
+
+from __future__ import annotations
+
+import base64
+
+from cryptography.fernet import Fernet, InvalidToken
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from flask import current_app
+
+_PURPOSE = b"procode-portal totp secret v1"
+
+
+class Unsealable(Exception):
+    """The sealed value was not made with this key, was tampered with, or is older than allowed."""
+
+
+def _fernet() -> Fernet:
+    secret_key = current_app.config["SECRET_KEY"]
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_PURPOSE).derive(str(secret_key).encode())
+    return Fernet(base64.urlsafe_b64encode(key))
+
+
+def seal(value: str) -> bytes:
+    return _fernet().encrypt(value.encode())
+
+
+def unseal(token: bytes, *, max_age_seconds: int | None = None) -> str:
+    try:
+        return _fernet().decrypt(token, ttl=max_age_seconds).decode()
+    except (InvalidToken, ValueError, TypeError):
+        raise Unsealable from None

@@ -1,0 +1,369 @@
+"""Two-factor sign-in: enrolment, checking codes and passkeys, recovery codes, turning it off, requirements.
+
+No Flask request here: views pass the client address and user agent, and the relying party for passkeys.
+An account has two-factor on while it has an authenticator app (TOTP) or at least one passkey.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+from flask import current_app
+
+from portal import audit, mail, ratelimit
+from portal.extensions import db
+from portal.models import Membership, Organization, Passkey, RecoveryCode, TotpCredential, User
+from portal.security import verify_password
+from portal.timeutil import utcnow
+from portal.twofactor import hooks, passkeys, sealing, totp
+from portal.twofactor.passkeys import PasskeyError, RelyingParty
+
+RECOVERY_CODE_COUNT = 10
+# No 0/o, 1/i/l: codes are read off paper. 12 characters of 31 ≈ 59 bits, so a plain SHA-256 is enough.
+RECOVERY_ALPHABET = "23456789abcdefghjkmnpqrstuvwxyz"
+RECOVERY_GROUPS = 3
+
+
+class TwoFactorError(Exception):
+    """A two-factor step that did not succeed; the message is safe to show."""
+
+
+class InvalidCode(TwoFactorError):
+    pass
+
+
+class Throttled(TwoFactorError):
+    pass
+
+
+@dataclass
+class Status:
+    totp: bool
+    passkeys: list[Passkey] = field(default_factory=list)
+    recovery_codes_left: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.totp or bool(self.passkeys)
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who asks, from where: what the security log and the sessions service need to know."""
+
+    user: User
+    ip: str | None = None
+    user_agent: str | None = None
+
+
+def status(user: User) -> Status:
+    return Status(
+        totp=db.session.get(TotpCredential, user.id) is not None,
+        passkeys=passkeys_of(user),
+        recovery_codes_left=int(
+            db.session.scalar(
+                sa.select(sa.func.count())
+                .select_from(RecoveryCode)
+                .where(RecoveryCode.user_id == user.id, RecoveryCode.used_at.is_(None))
+            )
+            or 0
+        ),
+    )
+
+
+def is_enabled(user_id: uuid.UUID) -> bool:
+    has_totp = sa.exists().where(TotpCredential.user_id == user_id)
+    has_passkey = sa.exists().where(Passkey.user_id == user_id)
+    return bool(db.session.scalar(sa.select(sa.or_(has_totp, has_passkey))))
+
+
+def passkeys_of(user: User) -> list[Passkey]:
+    return list(db.session.scalars(sa.select(Passkey).where(Passkey.user_id == user.id).order_by(Passkey.created_at)))
+
+
+# Throttling and checks ---------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _attempt(user: User) -> Iterator[None]:
+    """Count a code attempt before it is checked (committed, so concurrent guesses each count), and give it
+    back when the block succeeds: wrong answers are limited per account, right ones never use up the limit."""
+    cfg = current_app.config
+    bucket = f"2fa:user:{user.id}"
+    count, window_start = ratelimit.take(bucket, cfg["TWO_FACTOR_THROTTLE_WINDOW"])
+    db.session.commit()
+    if count > cfg["TWO_FACTOR_MAX_FAILURES"]:
+        raise Throttled("Too many wrong codes. Wait a few minutes and try again.")
+    yield
+    ratelimit.give_back(bucket, window_start)
+
+
+def _use_totp_code(user: User, code: str) -> bool:
+    """Accept a current code once: the row is locked and its step must be later than the last one used."""
+    credential = db.session.get(TotpCredential, user.id, with_for_update=True, populate_existing=True)
+    if credential is None:
+        return False
+    step = totp.matching_step(sealing.unseal(credential.secret_sealed), code, utcnow())
+    if step is None or (credential.last_used_step is not None and step <= credential.last_used_step):
+        return False
+    credential.last_used_step = step
+    return True
+
+
+def normalize_code(value: str) -> str:
+    return "".join(value.split()).replace("-", "").lower()
+
+
+def _recovery_digest(code: str) -> bytes:
+    return hashlib.sha256(normalize_code(code).encode()).digest()
+
+
+def _use_recovery_code(user: User, code: str) -> bool:
+    row = db.session.scalar(
+        sa.select(RecoveryCode)
+        .where(
+            RecoveryCode.user_id == user.id,
+            RecoveryCode.code_hash == _recovery_digest(code),
+            RecoveryCode.used_at.is_(None),
+        )
+        .with_for_update()
+    )
+    if row is None:
+        return False
+    row.used_at = utcnow()
+    return True
+
+
+def verify_sign_in_code(actor: Actor, code: str) -> str:
+    """Check the second step of a sign-in: a current app code or an unused recovery code. Returns which."""
+    user, value = actor.user, normalize_code(code)
+    with _attempt(user):
+        if totp.is_code_shaped(value):
+            method = "totp" if _use_totp_code(user, value) else None
+            wrong = "That code is not valid. Enter the current code from your app."
+        else:
+            method = "recovery_code" if _use_recovery_code(user, value) else None
+            wrong = "That code is not valid, or it was already used."
+        if method is None:
+            hooks.record_security_event(user, "two_factor.failure", ip=actor.ip, user_agent=actor.user_agent)
+            db.session.commit()
+            raise InvalidCode(wrong)
+    hooks.record_security_event(user, "two_factor.sign_in", ip=actor.ip, user_agent=actor.user_agent, via=method)
+    db.session.commit()
+    return method
+
+
+def confirm_identity(actor: Actor, confirmation: str) -> None:
+    """For changes that weaken the account: the password, or a current app code."""
+    user, value = actor.user, normalize_code(confirmation)
+    with _attempt(user):
+        if totp.is_code_shaped(value):
+            ok = _use_totp_code(user, value)
+        else:
+            ok = verify_password(user.password_hash, confirmation)
+        if not ok:
+            db.session.rollback()
+            raise InvalidCode("That is neither your password nor a current code.")
+
+
+# Recovery codes ------------------------------------------------------------------------------------------------
+
+
+def _new_recovery_code() -> str:
+    raw = "".join(secrets.choice(RECOVERY_ALPHABET) for _ in range(4 * RECOVERY_GROUPS))
+    return "-".join(raw[i : i + 4] for i in range(0, len(raw), 4))
+
+
+def _replace_recovery_codes(user: User) -> list[str]:
+    db.session.execute(sa.delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
+    codes = [_new_recovery_code() for _ in range(RECOVERY_CODE_COUNT)]
+    db.session.add_all(RecoveryCode(user_id=user.id, code_hash=_recovery_digest(code)) for code in codes)
+    return codes
+
+
+def regenerate_recovery_codes(actor: Actor, confirmation: str) -> list[str]:
+    """Ten fresh codes (shown once) replace all the old ones, used or not."""
+    if not is_enabled(actor.user.id):
+        raise TwoFactorError("Turn on two-factor authentication first.")
+    confirm_identity(actor, confirmation)
+    codes = _replace_recovery_codes(actor.user)
+    hooks.record_security_event(
+        actor.user, "two_factor.recovery_codes_regenerated", ip=actor.ip, user_agent=actor.user_agent
+    )
+    db.session.commit()
+    return codes
+
+
+# Turning it on ------------------------------------------------------------------------------------------------
+
+
+def _announce(user: User, template: str, **context: object) -> None:
+    mail.enqueue(user.email, template, user=user, at=utcnow(), **context)
+
+
+def _turned_on(actor: Actor, method: str) -> list[str]:
+    """The account just got its first factor: recovery codes (returned, to show once) and a mail."""
+    codes = _replace_recovery_codes(actor.user)
+    hooks.record_security_event(actor.user, "two_factor.enabled", ip=actor.ip, user_agent=actor.user_agent, via=method)
+    _announce(actor.user, "two_factor_enabled", method=method)
+    return codes
+
+
+def enable_totp(actor: Actor, secret: str, code: str) -> list[str]:
+    """Enrol an authenticator app once it has produced a correct code. Returns new recovery codes when this
+    turns two-factor on (an account that already has passkeys keeps its codes: an empty list)."""
+    user = actor.user
+    with _attempt(user):
+        step = totp.matching_step(secret, normalize_code(code), utcnow())
+        if step is None:
+            raise InvalidCode("That code does not match. Check your phone's clock and enter the current code.")
+    db.session.execute(sa.select(User.id).where(User.id == user.id).with_for_update())  # one enrolment at a time
+    if db.session.get(TotpCredential, user.id) is not None:
+        db.session.rollback()
+        raise TwoFactorError("An authenticator app is already set up.")
+    was_on = is_enabled(user.id)
+    db.session.add(TotpCredential(user_id=user.id, secret_sealed=sealing.seal(secret), last_used_step=step))
+    codes = [] if was_on else _turned_on(actor, "an authenticator app")
+    hooks.record_security_event(user, "totp.added", ip=actor.ip, user_agent=actor.user_agent)
+    db.session.commit()
+    return codes
+
+
+def add_passkey(actor: Actor, name: str, credential_json: str, challenge: bytes, rp: RelyingParty) -> list[str]:
+    """Register a verified passkey. Returns new recovery codes when this turns two-factor on."""
+    user = actor.user
+    new = passkeys.verify_registration(credential_json, challenge, rp)
+    if db.session.scalar(sa.select(Passkey.id).where(Passkey.credential_id == new.credential_id)) is not None:
+        raise PasskeyError("This passkey is already registered.")
+    was_on = is_enabled(user.id)
+    db.session.add(
+        Passkey(
+            user_id=user.id,
+            name=name,
+            credential_id=new.credential_id,
+            public_key=new.public_key,
+            sign_count=new.sign_count,
+            transports=new.transports,
+        )
+    )
+    codes = [] if was_on else _turned_on(actor, "a passkey")
+    hooks.record_security_event(user, "passkey.added", ip=actor.ip, user_agent=actor.user_agent, name=name)
+    db.session.commit()
+    return codes
+
+
+def sign_in_with_passkey(actor: Actor, credential_json: str, challenge: bytes, rp: RelyingParty) -> Passkey:
+    """The second step of a sign-in with one of the account's passkeys; counts as an attempt like a code."""
+    user = actor.user
+    with _attempt(user):
+        credential_id = passkeys.credential_id_of(credential_json)
+        passkey = db.session.scalar(
+            sa.select(Passkey)
+            .where(Passkey.user_id == user.id, Passkey.credential_id == credential_id)
+            .with_for_update()
+        )
+        if passkey is None:
+            raise PasskeyError("That passkey is not registered to this account.")
+        passkey.sign_count = passkeys.verify_assertion(credential_json, challenge, rp, passkey)
+        passkey.last_used_at = utcnow()
+        hooks.record_security_event(
+            user, "two_factor.sign_in", ip=actor.ip, user_agent=actor.user_agent, via="passkey", name=passkey.name
+        )
+    db.session.commit()
+    return passkey
+
+
+# Turning it off -----------------------------------------------------------------------------------------------
+
+
+def _turned_off_if_last(actor: Actor, reason: str) -> bool:
+    """After removing a factor: with none left, two-factor is off. Recovery codes go, other sessions end, and
+    the owner is told by mail. Returns whether that happened."""
+    db.session.flush()
+    if is_enabled(actor.user.id):
+        return False
+    db.session.execute(sa.delete(RecoveryCode).where(RecoveryCode.user_id == actor.user.id))
+    hooks.end_other_sessions(actor.user, reason=reason)
+    hooks.record_security_event(actor.user, "two_factor.disabled", ip=actor.ip, user_agent=actor.user_agent)
+    _announce(actor.user, "two_factor_disabled")
+    return True
+
+
+def disable(actor: Actor, confirmation: str) -> None:
+    """Remove every second factor of the account."""
+    if not is_enabled(actor.user.id):
+        raise TwoFactorError("Two-factor authentication is already off.")
+    confirm_identity(actor, confirmation)
+    db.session.execute(sa.delete(TotpCredential).where(TotpCredential.user_id == actor.user.id))
+    db.session.execute(sa.delete(Passkey).where(Passkey.user_id == actor.user.id))
+    _turned_off_if_last(actor, "two-factor turned off")
+    db.session.commit()
+
+
+def remove_totp(actor: Actor, confirmation: str) -> bool:
+    """Remove the authenticator app; returns whether that turned two-factor off."""
+    if db.session.get(TotpCredential, actor.user.id) is None:
+        raise TwoFactorError("No authenticator app is set up.")
+    confirm_identity(actor, confirmation)
+    db.session.execute(sa.delete(TotpCredential).where(TotpCredential.user_id == actor.user.id))
+    hooks.record_security_event(actor.user, "totp.removed", ip=actor.ip, user_agent=actor.user_agent)
+    off = _turned_off_if_last(actor, "authenticator app removed")
+    db.session.commit()
+    return off
+
+
+def find_passkey(user: User, passkey_id: object) -> Passkey | None:
+    try:
+        key = uuid.UUID(str(passkey_id))
+    except ValueError:
+        return None
+    return db.session.scalar(sa.select(Passkey).where(Passkey.id == key, Passkey.user_id == user.id))
+
+
+def remove_passkey(actor: Actor, passkey: Passkey, confirmation: str) -> bool:
+    """Remove one passkey; returns whether that turned two-factor off (it was the last factor)."""
+    confirm_identity(actor, confirmation)
+    name = passkey.name
+    db.session.execute(sa.delete(Passkey).where(Passkey.id == passkey.id, Passkey.user_id == actor.user.id))
+    hooks.record_security_event(actor.user, "passkey.removed", ip=actor.ip, user_agent=actor.user_agent, name=name)
+    off = _turned_off_if_last(actor, "last passkey removed")
+    db.session.commit()
+    return off
+
+
+# Requirements -------------------------------------------------------------------------------------------------
+
+
+def set_org_requirement(org: Organization, required: bool, actor: User, *, ip: str | None = None) -> bool:
+    """Require two-factor of every member (or stop). The owner who turns it on must have it. Returns whether
+    anything changed."""
+    if required == org.require_two_factor:
+        return False
+    if required and not is_enabled(actor.id):
+        raise TwoFactorError("Turn on two-factor authentication for your own account first.")
+    org.require_two_factor = required
+    audit.record(
+        "org.two_factor_required" if required else "org.two_factor_optional",
+        organization_id=org.id,
+        actor=actor,
+        target_type="organization",
+        target_id=org.id,
+        ip=ip,
+    )
+    db.session.commit()
+    return True
+
+
+def org_requiring_two_factor(slug: str, user_id: uuid.UUID) -> Organization | None:
+    """The organization ``slug`` if ``user_id`` is a member and it requires two-factor, else None."""
+    return db.session.scalar(
+        sa.select(Organization)
+        .join(Membership, Membership.organization_id == Organization.id)
+        .where(Organization.slug == slug, Organization.require_two_factor, Membership.user_id == user_id)
+    )
