@@ -36,10 +36,16 @@ class User(UserMixin, Model):
     session_token: Mapped[str] = mapped_column(sa.String(32), default=new_session_token)
     created_at: Mapped[created_at]
     last_login_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    # Set when the owner of the address followed a link mailed to it; cleared never, replaced on a change.
+    email_verified_at: Mapped[datetime | None] = mapped_column(Timestamp)
 
     memberships: Mapped[list[Membership]] = relationship(
         back_populates="user", cascade="all, delete-orphan", passive_deletes=True
     )
+
+    @property
+    def is_verified(self) -> bool:
+        return self.email_verified_at is not None
 
     def get_id(self) -> str:
         return f"{self.id}:{self.session_token}"

@@ -25,6 +25,8 @@ ACTION_LABELS: dict[str, str] = {
     "key.revoked": "Key revoked",
     "key.rolled": "Key rolled",
     "user.password_changed": "Password changed",
+    "user.password_reset": "Password reset",
+    "user.password_reset_sent": "Password reset link sent",
 }
 
 DETAIL_LABELS: dict[str, str] = {
