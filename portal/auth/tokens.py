@@ -23,13 +23,15 @@ def issue(user: User, purpose: str, ttl: timedelta, *, new_email: str | None = N
     if replace:
         discard(user.id, purpose)
     token = new_token()
+    moment = utcnow()
     db.session.add(
         AccountToken(
             user_id=user.id,
             purpose=purpose,
             token_hash=token_digest(token),
             new_email=new_email,
-            expires_at=utcnow() + ttl,
+            created_at=moment,
+            expires_at=moment + ttl,
         )
     )
     return token
