@@ -8,11 +8,19 @@ import time
 from typing import Any
 
 from flask import Flask, abort, g, request
+from flask_login import current_user
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from portal.config import CONFIGS, Config
 from portal.logs import configure_logging
-from portal.security_headers import CONTENT_SECURITY_POLICY, REQUEST_ID_HEADER, SECURITY_HEADERS, request_id
+from portal.security_headers import (
+    CONTENT_SECURITY_POLICY,
+    NO_STORE_MIMETYPES,
+    REQUEST_ID_HEADER,
+    SECURITY_HEADERS,
+    STRICT_TRANSPORT_SECURITY,
+    request_id,
+)
 
 log = logging.getLogger("portal")
 
@@ -26,7 +34,7 @@ def create_app(config: dict[str, Any] | None = None, env: str | None = None) -> 
     app.config.update(config or {})
     config_class.validate(app.config)
     if os.environ.get("PORTAL_TRUST_PROXY"):
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1)  # type: ignore[method-assign]
+        trust_proxy(app)
 
     configure_logging(app)
     configure_database(app)
@@ -39,6 +47,14 @@ def create_app(config: dict[str, Any] | None = None, env: str | None = None) -> 
     register_template_helpers(app)
     register_commands(app)
     return app
+
+
+def trust_proxy(app: Flask) -> None:
+    """Read the client address and scheme from one reverse proxy's headers; a forwarded address that is not an
+    IP address is ignored (portal/proxy.py), so it never reaches the throttles or the audit trail."""
+    from portal.proxy import ValidForwardedFor
+
+    app.wsgi_app = ValidForwardedFor(ProxyFix(app.wsgi_app, x_for=1, x_proto=1))  # type: ignore[method-assign]
 
 
 def configure_database(app: Flask) -> None:
@@ -132,7 +148,10 @@ def register_request_hooks(app: Flask) -> None:
             response.headers.setdefault(name, value)
         if response.mimetype == "text/html":
             response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
-        if not app.debug and response.mimetype == "text/html":
+        if app.config["SESSION_COOKIE_SECURE"]:
+            response.headers.setdefault("Strict-Transport-Security", STRICT_TRANSPORT_SECURITY)
+        signed_in = request.endpoint != "static" and current_user.is_authenticated
+        if signed_in or (not app.debug and response.mimetype in NO_STORE_MIMETYPES):
             response.headers.setdefault("Cache-Control", "no-store")
         return response
 

@@ -36,6 +36,8 @@ import os
 from datetime import timedelta
 from typing import Any
 
+MIN_SECRET_BYTES = 32
+
 
 class ConfigError(RuntimeError):
     """Raised when the environment cannot produce a safe configuration."""
@@ -43,6 +45,8 @@ class ConfigError(RuntimeError):
 
 class Config:
     """Settings shared by every environment; values come from the environment."""
+
+    ENV_NAME = "production"  # which PORTAL_ENV this class serves: `flask seed` runs only outside production
 
     SECRET_KEY: str | None = None
     API_KEY_PEPPER: str | None = None
@@ -79,6 +83,21 @@ class Config:
     LOGIN_MAX_FAILURES_PER_ACCOUNT_TOTAL = 50  # from all addresses together
     LOGIN_MAX_FAILURES_PER_IP = 20
     LOGIN_THROTTLE_WINDOW = timedelta(minutes=15)
+    # A device that signed in before skips the account-wide bucket (portal/auth/services.py, devices.py).
+    KNOWN_DEVICE_COOKIE = "procode_device"
+    KNOWN_DEVICE_MAX_AGE = timedelta(days=365)
+    SIGNUP_MAX_PER_IP = 5  # sign-ups per client address per SIGNUP_WINDOW
+    SIGNUP_WINDOW = timedelta(hours=1)
+
+    # Links mailed to members (portal/auth/tokens.py): single use, stored as a SHA-256.
+    VERIFY_EMAIL_TTL = timedelta(hours=24)
+    VERIFY_RESEND_MAX = 3  # verification mails a member may ask for per VERIFY_RESEND_WINDOW
+    VERIFY_RESEND_WINDOW = timedelta(hours=1)
+    CHANGE_EMAIL_TTL = timedelta(hours=24)
+    PASSWORD_RESET_TTL = timedelta(hours=1)
+    PASSWORD_RESET_MAX_PER_EMAIL = 5  # reset requests per address per PASSWORD_RESET_WINDOW
+    PASSWORD_RESET_MAX_PER_IP = 20  # reset requests per client address per PASSWORD_RESET_WINDOW
+    PASSWORD_RESET_WINDOW = timedelta(hours=1)
 
     # Two-factor sign-in: wrong codes allowed per account and window; how long a password-only sign-in waits.
     TWO_FACTOR_MAX_FAILURES = 5
@@ -160,12 +179,23 @@ class Config:
             )
         if config.get("REMEMBER_COOKIE_DURATION") != config.get("REMEMBER_MAX_AGE"):
             raise ConfigError("REMEMBER_COOKIE_DURATION must equal REMEMBER_MAX_AGE (see portal/config.py).")
+        if config.get("ENV_NAME", "production") == "production":
+            short = [
+                name for name in ("SECRET_KEY", "API_KEY_PEPPER") if len(str(config[name]).encode()) < MIN_SECRET_BYTES
+            ]
+            if short:
+                raise ConfigError(
+                    f"{' and '.join(short)} must be at least {MIN_SECRET_BYTES} bytes in production "
+                    '(generate one with: python -c "import secrets; print(secrets.token_urlsafe(48))").'
+                )
         if config.get("MAIL_URL") and not config.get("MAIL_FROM"):
             raise ConfigError("MAIL_FROM must be set with MAIL_URL (e.g. 'ProCode <no-reply@example.com>').")
 
 
 class DevConfig(Config):
     """Local development: reads .env, allows http cookies, fixed throwaway secrets."""
+
+    ENV_NAME = "development"
 
     SESSION_COOKIE_SECURE = False
     REMEMBER_COOKIE_SECURE = False
@@ -189,6 +219,8 @@ class DevConfig(Config):
 class TestConfig(Config):
     """Tests: cheap password hashing, CSRF off except where a test turns it on."""
 
+    ENV_NAME = "testing"
+
     TESTING = True
     WTF_CSRF_ENABLED = False
     SESSION_COOKIE_SECURE = False
@@ -205,7 +237,7 @@ class TestConfig(Config):
     def from_env(cls) -> dict[str, Any]:
         values = super().from_env()
         values["SECRET_KEY"] = "test-secret-key"  # noqa: S105 - tests only
-        values["API_KEY_PEPPER"] = "test-key-pepper"
+        values["API_KEY_PEPPER"] = "test-key-pepper-of-at-least-32-bytes"
         return values
 
 

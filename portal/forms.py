@@ -7,10 +7,24 @@ from wtforms import Field, Form
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import ValidationError
 
+from portal import identity
+
 
 def no_control_chars(form: Form, field: Field) -> None:
     if field.data and any(ord(c) < 32 for c in str(field.data)):
         raise ValidationError("Control characters are not allowed.")
+
+
+def identity_text(form: Form, field: Field) -> None:
+    """Names and addresses people rely on: no invisible characters, no look-alike mixed alphabets."""
+    reason = identity.problem(str(field.data)) if field.data else None
+    if reason:
+        raise ValidationError(reason)
+
+
+def email_filter(value: object) -> object:
+    """Addresses compare in one form: NFC, lower case, no surrounding space."""
+    return identity.normalize_email(value) if isinstance(value, str) else value
 
 
 def strip_filter(value: object) -> object:

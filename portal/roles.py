@@ -44,3 +44,8 @@ def may_change_member(actor_role: str, target_role: str) -> bool:
 def is_last_owner(role: str, owner_count: int) -> bool:
     """An organization always keeps one owner, so its last one cannot leave or be demoted."""
     return role == OWNER and owner_count <= 1
+
+
+def needs_verified_email(role: str) -> bool:
+    """Roles that manage members (admin, owner) are only given to accounts whose address is verified."""
+    return role_allows(role, "members.manage")

@@ -26,11 +26,17 @@ def hash_password(password: str) -> str:
     return green.offload(_hasher().hash, password)
 
 
-def verify_password(password_hash: str, password: str) -> bool:
+def _verify(hasher: PasswordHasher, password_hash: str, password: str) -> bool:
+    """Runs in gevent's thread pool: a wrong password must come back as False, not as an exception, which
+    gevent's hub would print with a full traceback for every failed sign-in."""
     try:
-        return green.offload(_hasher().verify, password_hash, password)
+        return hasher.verify(password_hash, password)
     except (VerificationError, InvalidHashError):
         return False
+
+
+def verify_password(password_hash: str, password: str) -> bool:
+    return green.offload(_verify, _hasher(), password_hash, password)
 
 
 def password_needs_rehash(password_hash: str) -> bool:

@@ -9,7 +9,17 @@ SECURITY_HEADERS: tuple[tuple[str, str], ...] = (
     ("X-Content-Type-Options", "nosniff"),
     ("X-Frame-Options", "DENY"),
     ("Referrer-Policy", "same-origin"),
+    # Powerful features the portal never uses, off for every frame; WebAuthn stays allowed for passkeys.
+    (
+        "Permissions-Policy",
+        "camera=(), microphone=(), geolocation=(), payment=(), usb=(), "
+        "publickey-credentials-get=(self), publickey-credentials-create=(self)",
+    ),
 )
+# Sent only when cookies are Secure (the site is served over https): browsers then refuse plain http.
+STRICT_TRANSPORT_SECURITY = "max-age=31536000; includeSubDomains"
+# Answers that must never be kept by a browser or proxy cache: signed-in pages and data exports.
+NO_STORE_MIMETYPES = ("text/html", "text/csv")
 # Only HTML pages run in a browser context that a policy can restrict.
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "

@@ -14,9 +14,12 @@ PASSWORD = "correct horse battery"
 _seq = itertools.count(1)
 
 
-def user(email: str | None = None, name: str | None = None, *, is_staff: bool = False) -> User:
+def user(email: str | None = None, name: str | None = None, *, is_staff: bool = False, verified: bool = True) -> User:
+    """An account; its address counts as verified unless ``verified=False``."""
     n = next(_seq)
-    u = auth_services.create_user(email or f"user{n}@example.com", name or f"User {n}", PASSWORD, is_staff=is_staff)
+    u = auth_services.create_user(
+        email or f"user{n}@example.com", name or f"User {n}", PASSWORD, is_staff=is_staff, verified=verified
+    )
     db.session.commit()
     return u
 

@@ -38,7 +38,7 @@ def gunicorn(database_url: str, log_dir: Path, **env: str) -> Iterator[str]:
         **os.environ,
         "DATABASE_URL": database_url,
         "SECRET_KEY": "s" * 32,
-        "API_KEY_PEPPER": "test-key-pepper",
+        "API_KEY_PEPPER": "test-key-pepper-of-at-least-32-bytes",
         "PORTAL_ENV": "production",
         "GUNICORN_BIND": f"127.0.0.1:{port}",
         "GUNICORN_WORKERS": "2",

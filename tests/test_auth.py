@@ -20,9 +20,13 @@ def test_signup_creates_user_personal_org_and_signs_in(client):
     assert membership.role == "owner"
     org = db.session.get(Organization, membership.organization_id)
     assert org.plan == "free"
-    assert response.headers["Location"].endswith(f"/orgs/{org.slug}/keys/")
-    page = client.get(response.headers["Location"])
-    assert "No keys yet" in page.get_data(as_text=True)
+    assert response.headers["Location"] == "/signup/check-email"
+    check = client.get(response.headers["Location"]).get_data(as_text=True)
+    assert "Check your email" in check and "Continue to ProCode" in check
+    home = client.get("/")  # signed in: the portal leads on to the new organization's keys
+    assert home.headers["Location"].endswith(f"/orgs/{org.slug}/keys/")
+    page = client.get(home.headers["Location"]).get_data(as_text=True)
+    assert "No keys yet" in page and "Verify your address" in page
 
 
 def test_signup_rejects_bad_input_without_writing(client):
@@ -36,13 +40,15 @@ def test_signup_rejects_bad_input_without_writing(client):
     assert db.session.scalar(sa.select(sa.func.count()).select_from(User)) == before
 
 
-def test_signup_with_taken_email_case_insensitive(client):
+def test_signup_with_taken_email_case_insensitive_answers_like_a_new_one(client):
     factories.user("taken@example.com")
+    before = db.session.scalar(sa.select(sa.func.count()).select_from(User))
     response = client.post(
         "/signup", data={"display_name": "X", "email": "TAKEN@example.com", "password": "a long enough password"}
     )
-    assert response.status_code == 422
-    assert "already exists" in response.get_data(as_text=True)
+    assert response.status_code == 302 and response.headers["Location"] == "/signup/check-email"
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(User)) == before
+    assert "/login" in client.get("/").headers["Location"]  # nobody was signed in
 
 
 def test_login_failure_does_not_reveal_whether_email_exists(client):

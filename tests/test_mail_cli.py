@@ -85,8 +85,8 @@ def test_production_needs_mail_from_with_mail_url():
     from portal.config import Config
 
     with pytest.raises(ConfigError, match="MAIL_FROM"):
-        Config.validate({"SECRET_KEY": "s", "API_KEY_PEPPER": "p", "MAIL_URL": "smtp://h"})
-    Config.validate({"SECRET_KEY": "s", "API_KEY_PEPPER": "p"})  # no mail: starts, keeps mail pending
+        Config.validate({"SECRET_KEY": "s" * 32, "API_KEY_PEPPER": "p" * 32, "MAIL_URL": "smtp://h"})
+    Config.validate({"SECRET_KEY": "s" * 32, "API_KEY_PEPPER": "p" * 32})  # no mail: starts, keeps mail pending
 
 
 def test_settings_per_environment():

@@ -30,6 +30,8 @@ EVENTS: dict[str, str] = {
     "password.changed": "Changed password",
     "password.reset": "Reset password",
     "email.changed": "Changed email address",
+    "email.verified": "Verified email address",
+    "password.reset_sent_by_support": "Support sent a password reset link",
     "twofactor.enabled": "Turned on two-factor authentication",
     "twofactor.disabled": "Turned off two-factor authentication",
     "twofactor.failure": "Failed two-factor check",

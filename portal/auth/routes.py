@@ -6,7 +6,7 @@ from flask import flash, redirect, request, session, url_for
 from flask_login import current_user, login_required, login_user, logout_user
 
 from portal.account import sessions
-from portal.auth import bp, services
+from portal.auth import bp, devices, services
 from portal.auth.forms import LoginForm, PasswordChangeForm, SignupForm
 from portal.http import render_form_page, safe_next_url
 from portal.twofactor import pending as two_factor
@@ -35,7 +35,11 @@ def login() -> Any:
     if form.validate_on_submit():
         try:
             user = services.authenticate(
-                form.email.data, form.password.data, request.remote_addr, request.user_agent.string
+                form.email.data,
+                form.password.data,
+                request.remote_addr,
+                user_agent=request.user_agent.string,
+                known_user_ids=devices.known_user_ids(),
             )
         except services.Throttled as exc:
             form.form_errors.append(str(exc))
@@ -46,7 +50,7 @@ def login() -> Any:
         if two_factor.required(user):  # not signed in yet: /login/two-factor asks for the second factor
             return two_factor.begin(user, remember=form.remember.data, next_url=request.args.get("next"))
         start_session(user, remember=form.remember.data)
-        return redirect(safe_next_url(request.args.get("next")) or url_for("orgs.home"))
+        return devices.remember(redirect(safe_next_url(request.args.get("next")) or url_for("orgs.home")), user.id)
     return render_form_page("auth/login.html", form=form)
 
 
@@ -57,19 +61,19 @@ def signup() -> Any:
     form = SignupForm()
     if form.validate_on_submit():
         try:
-            user, org = services.sign_up(
+            result = services.sign_up(
                 form.email.data, form.display_name.data, form.password.data, ip=request.remote_addr
             )
-        except services.EmailTaken:
-            form.email.errors.append("An account with this email already exists. Sign in instead.")
+        except services.WeakPassword as exc:
+            form.password.errors.append(str(exc))
+        except services.SignupThrottled:
+            form.form_errors.append("Too many sign-ups from your network. Try again in an hour.")
+            return render_form_page("auth/signup.html", status_on_error=429, form=form)
         else:
-            start_session(user)
-            next_url = safe_next_url(request.args.get("next"))
-            if next_url:  # e.g. back to the invite link that sent a new visitor here
-                flash(f"Welcome to ProCode! Your account and {org.name} are ready.", "success")
-                return redirect(next_url)
-            flash(f"Welcome to ProCode! {org.name} is ready; create your first test key.", "success")
-            return redirect(url_for("keys.index", slug=org.slug))
+            # The same answer whether or not the address had an account; only a new one is signed in.
+            if result.user is not None:
+                start_session(result.user)
+            return redirect(url_for("auth.check_email", next=safe_next_url(request.args.get("next"))))
     return render_form_page("auth/signup.html", form=form)
 
 
@@ -89,14 +93,22 @@ def logout() -> Any:
 def change_password() -> Any:
     form = PasswordChangeForm()
     if form.validate_on_submit():
-        if services.change_password(
-            current_user,
-            form.current_password.data,
-            form.new_password.data,
-            ip=request.remote_addr,
-            user_agent=request.user_agent.string,
-            keep=current_user.current_session,
-        ):
+        try:
+            changed = services.change_password(
+                current_user,
+                form.current_password.data,
+                form.new_password.data,
+                ip=request.remote_addr,
+                user_agent=request.user_agent.string,
+                keep=current_user.current_session,
+            )
+        except services.WeakPassword as exc:
+            form.new_password.errors.append(str(exc))
+            return render_form_page("auth/password.html", form=form)
+        except services.Throttled as exc:
+            form.form_errors.append(str(exc))
+            return render_form_page("auth/password.html", status_on_error=429, form=form)
+        if changed:
             flash("Password changed. Other sessions were signed out.", "success")
             return redirect(url_for("orgs.home"))
         form.current_password.errors.append("That is not your current password.")

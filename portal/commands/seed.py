@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import click
 import sqlalchemy as sa
+from flask import current_app
 
 from portal.auth import services as auth
 from portal.extensions import db
@@ -16,9 +17,13 @@ DEMO_STAFF = ("support@procode.dev", "ProCode Support", "support-password")
 
 @click.command("seed")
 def seed() -> None:
-    """Load the demo organization, owner, support user and one test key. Safe to run again."""
-    owner = auth.find_user_by_email(DEMO_OWNER[0]) or auth.create_user(*DEMO_OWNER)
-    staff = auth.find_user_by_email(DEMO_STAFF[0]) or auth.create_user(*DEMO_STAFF, is_staff=True)
+    """Load the demo organization, owner, support user and one test key. Safe to run again. Development only."""
+    if current_app.config["ENV_NAME"] not in ("development", "testing"):
+        raise click.ClickException(
+            "flask seed creates accounts with published passwords; it runs only with PORTAL_ENV=development."
+        )
+    owner = auth.find_user_by_email(DEMO_OWNER[0]) or auth.create_user(*DEMO_OWNER, verified=True)
+    staff = auth.find_user_by_email(DEMO_STAFF[0]) or auth.create_user(*DEMO_STAFF, is_staff=True, verified=True)
     staff.is_staff = True
     org = find_org("default")
     if org is None:

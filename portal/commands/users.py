@@ -18,10 +18,13 @@ def users() -> None:
 @click.password_option(help="Password (prompted for when omitted).")
 def create(email: str, name: str | None, staff: bool, password: str) -> None:
     """Create an account."""
-    if len(password) < 10:
-        raise click.BadParameter("use at least 10 characters", param_hint="password")
+    display_name = name or email.split("@")[0]
     try:
-        user = auth.create_user(email, name or email.split("@")[0], password, is_staff=staff)
+        auth.check_password_policy(password, email=email, name=display_name)
+    except auth.WeakPassword as exc:
+        raise click.BadParameter(str(exc), param_hint="password") from None
+    try:
+        user = auth.create_user(email, display_name, password, is_staff=staff)
     except auth.EmailTaken:
         raise click.ClickException(f"an account with {email} already exists") from None
     db.session.commit()

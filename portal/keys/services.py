@@ -26,6 +26,12 @@ ROLL_GRACE_PERIODS: dict[str, tuple[str, timedelta]] = {
 }
 
 
+UNVERIFIED_LIVE = (
+    "Verify your email address before creating live keys: follow the link we mailed you, "
+    "or send a new one from the banner above."
+)
+
+
 class KeyActionError(Exception):
     """A key operation that cannot be done; the message is shown to the user."""
 
@@ -114,6 +120,8 @@ def create_key(
         raise KeyActionError(f"Unknown environment {environment!r}.")
     if expires_at is not None and expires_at <= utcnow():
         raise KeyActionError("The expiry date must be in the future.")
+    if environment == "live" and actor is not None and not actor.is_verified:
+        raise KeyActionError(UNVERIFIED_LIVE)
     lock_organization(org)
     if request_token and (existing := find_by_request_token(org, request_token)) is not None:
         db.session.rollback()

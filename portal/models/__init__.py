@@ -1,5 +1,6 @@
 """Every model, imported here so Alembic's autogenerate sees every table."""
 
+from portal.models.account_token import AccountToken
 from portal.models.api_key import ENVIRONMENTS, ApiKey
 from portal.models.audit import AuditEvent
 from portal.models.mail import OutboxMail
@@ -20,6 +21,7 @@ from portal.models.user import User
 __all__ = [
     "ENVIRONMENTS",
     "OUTCOMES",
+    "AccountToken",
     "ApiKey",
     "ApiKeyUsage",
     "AuditEvent",

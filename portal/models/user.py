@@ -31,6 +31,8 @@ class User(UserMixin, Model):
     is_active: Mapped[bool] = mapped_column(server_default=sa.true())  # type: ignore[assignment]
     created_at: Mapped[created_at]
     last_login_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    # Set when the owner of the address followed a link mailed to it; cleared never, replaced on a change.
+    email_verified_at: Mapped[datetime | None] = mapped_column(Timestamp)
 
     memberships: Mapped[list[Membership]] = relationship(
         back_populates="user", cascade="all, delete-orphan", passive_deletes=True
@@ -44,6 +46,10 @@ class User(UserMixin, Model):
     else:  # plain class attributes, which the declarative mapping leaves alone
         current_session = None
         session_secret = None
+
+    @property
+    def is_verified(self) -> bool:
+        return self.email_verified_at is not None
 
     def get_id(self) -> str:
         """What Flask-Login keeps in the session cookie and the remember-me cookie: the session's secret, not the

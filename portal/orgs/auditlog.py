@@ -27,6 +27,8 @@ ACTION_LABELS: dict[str, str] = {
     "user.password_changed": "Password changed",
     "org.two_factor_required": "Two-factor required for members",
     "org.two_factor_optional": "Two-factor no longer required",
+    "user.password_reset": "Password reset",
+    "user.password_reset_sent": "Password reset link sent",
 }
 
 DETAIL_LABELS: dict[str, str] = {

@@ -7,7 +7,7 @@ from wtforms import EmailField, SelectField, StringField
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, Email, Length, Optional
 
-from portal.forms import choices, no_control_chars, strip_filter
+from portal.forms import choices, email_filter, identity_text, no_control_chars, strip_filter
 from portal.roles import ROLES
 
 ROLE_LABELS: dict[str, str] = {
@@ -24,7 +24,9 @@ def role_choices(grantable: tuple[str, ...] = ROLES) -> list[SelectChoice]:
 
 class OrgNameForm(FlaskForm):
     name = StringField(
-        "Organization name", validators=[DataRequired(), Length(max=100), no_control_chars], filters=[strip_filter]
+        "Organization name",
+        validators=[DataRequired(), Length(max=100), no_control_chars, identity_text],
+        filters=[strip_filter],
     )
 
 
@@ -38,7 +40,7 @@ class InviteForm(FlaskForm):
     )
     email = EmailField(
         "Email (optional)",
-        validators=[Optional(), Length(max=254), Email(check_deliverability=False)],
-        filters=[strip_filter],
-        description="If set, only the account with this email can use the link.",
+        validators=[Optional(), Length(max=254), Email(check_deliverability=False), identity_text],
+        filters=[email_filter],
+        description="If set, we mail the link there, and only the account with this email can use it.",
     )

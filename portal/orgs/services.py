@@ -19,13 +19,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import joinedload
 from sqlalchemy.orm.exc import ObjectDeletedError
 
-from portal import audit
+from portal import audit, mail
 from portal.db import count_rows, org_scoped
 from portal.extensions import db
 from portal.models import AuditEvent, Invitation, Membership, Organization, User
 from portal.pagination import Page, paginate
 from portal.plans import PLANS
-from portal.roles import OWNER, ROLES, is_last_owner, may_touch_role, role_allows
+from portal.roles import OWNER, ROLES, is_last_owner, may_touch_role, needs_verified_email, role_allows
 from portal.security import new_token, token_digest
 from portal.timeutil import utcnow
 
@@ -183,8 +183,11 @@ def _check_may_manage(actor_membership: Membership, target: Membership, new_role
         raise NotAllowed("Only an owner can grant, change or remove the owner role.")
 
 
-def _revoke_invitations_from(org: Organization, target: Membership, actor: User, ip: str | None) -> None:
-    """Links a member made stop working when they lose the right to invite, so they cannot rejoin by one."""
+def _revoke_invitations_from(
+    org: Organization, target: Membership, actor: User, ip: str | None, *, new_role: str | None = None
+) -> None:
+    """Links a member made stop working when they can no longer grant them: all of them when they leave or
+    lose the right to invite, the owner invitations when an owner becomes an admin (``new_role``)."""
     pending = db.session.scalars(
         org_scoped(Invitation, org.id).where(
             Invitation.created_by_id == target.user_id,
@@ -193,6 +196,8 @@ def _revoke_invitations_from(org: Organization, target: Membership, actor: User,
         )
     ).all()
     for invitation in pending:
+        if new_role is not None and inviter_may_grant(new_role, invitation.role):
+            continue
         invitation.revoked_at = utcnow()
         audit.record(
             "invitation.revoked",
@@ -228,10 +233,14 @@ def change_role(
             return
         if is_last_owner(target.role, _owner_count(org)):
             raise OrgActionError("The last owner cannot be demoted. Make someone else an owner first.")
+        if needs_verified_email(new_role) and not target.user.is_verified:
+            raise OrgActionError(
+                f"{target.user.display_name} has not verified their email address yet. "
+                f"They can be made {new_role} once they have."
+            )
         old = target.role
         target.role = new_role
-        if not role_allows(new_role, "members.manage"):
-            _revoke_invitations_from(org, target, actor, ip)
+        _revoke_invitations_from(org, target, actor, ip, new_role=new_role)
         audit.record(
             "member.role_changed",
             organization_id=org.id,
@@ -286,6 +295,13 @@ class IssuedInvitation:
     token: str
 
 
+def inviter_may_grant(inviter_role: str | None, role: str) -> bool:
+    """Whether a member holding ``inviter_role`` (None: no longer a member) may still hand out ``role``."""
+    return (
+        inviter_role is not None and role_allows(inviter_role, "members.manage") and may_touch_role(inviter_role, role)
+    )
+
+
 def invite_state(invitation: Invitation, moment: datetime | None = None) -> InviteState:
     if invitation.accepted_at is not None:
         return InviteState.ACCEPTED
@@ -333,6 +349,16 @@ def create_invitation(
         details={"role": role, "email": invitation.email, "expires_at": invitation.expires_at.isoformat()},
         ip=ip,
     )
+    if invitation.email:  # sent in the same transaction: the invitation exists iff its mail goes out
+        mail.enqueue(
+            invitation.email,
+            "invitation",
+            token=token,
+            inviter=actor.display_name,
+            org_name=org.name,
+            role=role,
+            expires_at=invitation.expires_at.strftime("%Y-%m-%d %H:%M UTC"),
+        )
     db.session.commit()
     return IssuedInvitation(invitation, token)
 
@@ -384,13 +410,34 @@ def membership_of(org_id: object, user: User) -> Membership | None:
     )
 
 
+UNVERIFIED_INVITEE = "Verify your email address first: we sent you a link. Then come back to this page."
+
+
 def invitation_blocker(invitation: Invitation, user: User) -> str | None:
     """Why ``user`` cannot accept this (pending) invitation, or ``None`` when they can."""
     if invitation.email and invitation.email != user.email.lower():
         return "This invitation is for a different email address. Sign in with that account to accept it."
     if membership_of(invitation.organization_id, user) is not None:
         return f"You are already a member of {invitation.organization.name}."
+    if not user.is_verified and (invitation.email or needs_verified_email(invitation.role)):
+        # An email-bound link proves nothing until the account proves the address; nor is an admin role given
+        # to an address nobody has proved.
+        return UNVERIFIED_INVITEE
+    if not _inviter_still_may_grant(invitation):
+        return "The person who sent this invitation can no longer grant this role. Ask for a new link."
     return None
+
+
+def _inviter_still_may_grant(invitation: Invitation) -> bool:
+    """The invitation is only as good as its inviter's current role in the organization."""
+    if invitation.created_by_id is None:
+        return False
+    inviter_role = db.session.scalar(
+        sa.select(Membership.role).where(
+            Membership.organization_id == invitation.organization_id, Membership.user_id == invitation.created_by_id
+        )
+    )
+    return inviter_may_grant(inviter_role, invitation.role)
 
 
 def accept_invitation(token: str, user: User, *, ip: str | None = None) -> Membership:

@@ -7,8 +7,10 @@ from typing import Any
 from flask import abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 
-from portal.http import page_arg
-from portal.models import ENVIRONMENTS, Organization
+from portal.auth import reset
+from portal.forms import ConfirmForm
+from portal.http import get_org_scoped_or_404, page_arg
+from portal.models import ENVIRONMENTS, Membership, Organization
 from portal.orgs import services as org_services
 from portal.staff import bp, services
 from portal.staff.forms import PlanChangeForm
@@ -37,6 +39,7 @@ def _detail(org: Organization, form: PlanChangeForm | None = None, status: int =
         environments=ENVIRONMENTS,
         statuses=services.KEY_STATUSES,
         events=org_services.audit_events(org, per_page=RECENT_EVENTS).items,
+        confirm_form=ConfirmForm(formdata=None),
     ), status
 
 
@@ -65,3 +68,17 @@ def change_plan(slug: str) -> Any:
             flash(f"{org.name} is now on the {org.plan_info.label} plan.", "success")
             return redirect(url_for("staff.org_detail", slug=org.slug))
     return _detail(org, form, 422)
+
+
+@bp.post("/orgs/<slug>/members/<membership_id>/password-reset")
+def send_password_reset(slug: str, membership_id: str) -> Any:
+    """Mail a member a reset link; staff never see or set the password."""
+    org = org_services.find_org(slug) or abort(404)
+    membership = get_org_scoped_or_404(Membership, org.id, membership_id)
+    if not ConfirmForm().validate_on_submit():
+        flash("The form expired. Try again.", "error")
+    else:
+        user = membership.user
+        reset.send_reset_by_staff(user, org, actor=current_user, ip=request.remote_addr)
+        flash(f"A password reset link was mailed to {user.email}. It works for one hour.", "success")
+    return redirect(url_for("staff.org_detail", slug=org.slug))

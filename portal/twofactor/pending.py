@@ -57,6 +57,7 @@ def pending_user() -> User | None:
 
 def finish(user: User, notice: str | None = None) -> Response:
     """Complete the sign-in the password began, as the sign-in view would have."""
+    from portal.auth import devices
     from portal.auth.routes import start_session
 
     pending = session.get(PENDING) or {}
@@ -65,7 +66,7 @@ def finish(user: User, notice: str | None = None) -> Response:
     )  # clears the pending state with the session
     if notice:
         flash(notice, "warning")
-    return redirect(safe_next_url(pending.get("next")) or url_for("orgs.home"))
+    return devices.remember(redirect(safe_next_url(pending.get("next")) or url_for("orgs.home")), user.id)
 
 
 def keep_challenge(ceremony: str, challenge: bytes) -> None:

@@ -15,6 +15,8 @@ def sign_up(page, live_server: str) -> str:
     page.get_by_label("Email").fill(email)
     page.get_by_label("Password").fill("a long enough password")
     page.get_by_role("button", name="Create account").click()
+    assert page.get_by_role("heading", name="Check your email").is_visible()
+    page.get_by_role("link", name="Continue to ProCode").click()
     return email
 
 
