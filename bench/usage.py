@@ -41,7 +41,7 @@ from portal.db import ensure_database, normalize_url  # noqa: E402
 from portal.extensions import db  # noqa: E402
 
 EMAIL, PASSWORD = "bench@procode.dev", "bench-password-123"
-BENCH_SECRET, BENCH_PEPPER = "bench-only-secret", "bench-only-pepper"
+BENCH_SECRET, BENCH_PEPPER = "bench-only-secret-" + "s" * 32, "bench-only-pepper-" + "p" * 32
 TARGET_P95_MS, TARGET_RATIO = 50.0, 20.0
 
 RAW_DASHBOARD = [

@@ -165,6 +165,8 @@ class Config:
             values["API_USAGE_FLUSH_INTERVAL"] = float(os.environ["API_USAGE_FLUSH_INTERVAL"])
         if os.environ.get("STAFF_REQUIRE_TWO_FACTOR"):
             values["STAFF_REQUIRE_TWO_FACTOR"] = os.environ["STAFF_REQUIRE_TWO_FACTOR"] not in ("0", "false", "no")
+        if os.environ.get("SIGNUP_MAX_PER_IP"):
+            values["SIGNUP_MAX_PER_IP"] = int(os.environ["SIGNUP_MAX_PER_IP"])
         if os.environ.get("PORTAL_WEB_WORKER"):
             values["MIGRATIONS_CLI"] = False
         return values

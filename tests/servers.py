@@ -42,6 +42,7 @@ def gunicorn(database_url: str, log_dir: Path, **env: str) -> Iterator[str]:
         "PORTAL_ENV": "production",
         "GUNICORN_BIND": f"127.0.0.1:{port}",
         "GUNICORN_WORKERS": "2",
+        "SIGNUP_MAX_PER_IP": "1000",  # every browser test signs up from 127.0.0.1
         # Passkeys need a host name (not an IP address) as relying party: browsers use http://localhost:<port>.
         "PUBLIC_BASE_URL": f"http://localhost:{port}",
         **env,
