@@ -7,15 +7,25 @@ PORT ?= 5000
 SERVE_PORT ?= 8000
 export FLASK_APP := wsgi
 
-.PHONY: install chromium dev serve seed test test-fast lint db-upgrade db-stop bench-verify bench-usage clean
+.PHONY: install install-dev chromium dev serve seed test test-fast lint db-upgrade db-stop bench-verify bench-usage clean
 
+## What serving needs (make dev, serve, the CLI); the test and lint tools come with install-dev.
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
 install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+## The checkout's git-ignored .env (development settings, generated secrets): the flask CLI reads it.
+.env: | $(VENV)/.installed
+	$(BIN)/python -m portal.devenv .env
 
 ## make dev: database (embedded unless DATABASE_URL is set), migrations, demo data, then serve on :5000
 dev: seed
@@ -24,7 +34,7 @@ dev: seed
 	@echo ""
 	PORTAL_ENV=development $(BIN)/flask run --host $(HOST) --port $(PORT)
 
-db-upgrade: install
+db-upgrade: install .env
 	PORTAL_ENV=development $(BIN)/flask db upgrade
 
 ## make seed: the demo organization, logins and test key in the development database (idempotent)
@@ -43,17 +53,17 @@ chromium:
 	else echo "chromium missing and not root: browser tests will be skipped"; fi; }
 
 ## make test: a fresh, migrated PostgreSQL database (embedded unless TEST_DATABASE_URL is set)
-test: install chromium
+test: install-dev chromium
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 ## make test-fast: the suite without the browser tests, stopping at the first failure
-test-fast: install
+test-fast: install-dev
 	$(BIN)/pytest -x -m "not browser" $(PYTEST_ARGS)
 
 LINT_PATHS := portal tests bench migrations docs wsgi.py gunicorn.conf.py
 
 ## make lint: ruff (rules and formatting) and mypy, as CI and the pre-commit hook run them
-lint: install
+lint: install-dev
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy

@@ -36,3 +36,6 @@ def on_starting(server):
     and the usage writer would block each worker's event loop instead of yielding."""
     if server.cfg.preload_app and server.cfg.worker_class_str == "gevent":
         raise RuntimeError("--preload is not supported with gevent workers (see gunicorn.conf.py)")
+    from portal.config import check_environment
+
+    check_environment()  # a missing or weak secret stops the master with one line, before any worker starts

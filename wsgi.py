@@ -1,3 +1,3 @@
-from portal import create_app
+from portal import create_app_or_exit
 
-app = create_app()
+app = create_app_or_exit()

@@ -11,7 +11,7 @@ from flask import Flask, abort, g, request
 from flask_login import current_user
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from portal.config import CONFIGS, Config
+from portal.config import config_for
 from portal.logs import configure_logging
 from portal.security_headers import (
     CONTENT_SECURITY_POLICY,
@@ -25,10 +25,20 @@ from portal.security_headers import (
 log = logging.getLogger("portal")
 
 
+def create_app_or_exit() -> Flask:
+    """:func:`create_app` for servers and the CLI: a configuration problem is one line and exit status 1."""
+    from portal.config import ConfigError
+
+    try:
+        return create_app()
+    except ConfigError as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
 def create_app(config: dict[str, Any] | None = None, env: str | None = None) -> Flask:
     """Build the app. ``env`` picks the config class (``PORTAL_ENV``, default production)."""
     app = Flask(__name__, template_folder="../templates", static_folder="../static", instance_relative_config=True)
-    config_class: type[Config] = CONFIGS[env or os.environ.get("PORTAL_ENV", "production")]
+    config_class = config_for(env or os.environ.get("PORTAL_ENV") or "production")
     app.config.from_object(config_class)
     app.config.update(config_class.from_env())
     app.config.update(config or {})
@@ -58,12 +68,15 @@ def trust_proxy(app: Flask) -> None:
 
 
 def configure_database(app: Flask) -> None:
-    from portal.db import check_connection, resolve_database_url
+    from portal.db import check_connection, migrations_head, resolve_database_url, schema_warning
 
     url = resolve_database_url(app.config, app.instance_path)
     app.config["SQLALCHEMY_DATABASE_URI"] = url
     if not app.testing:
-        check_connection(url)
+        warning = schema_warning(check_connection(url), migrations_head())
+        app.config["SCHEMA_WARNING"] = warning
+        if warning:
+            log.warning(warning)
 
 
 def register_staff_guard(app: Flask) -> None:

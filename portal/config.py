@@ -248,3 +248,23 @@ CONFIGS: dict[str, type[Config]] = {
     "development": DevConfig,
     "testing": TestConfig,
 }
+
+
+def config_for(env: str) -> type[Config]:
+    """The config class for ``PORTAL_ENV``; an unknown name is a configuration error, not a KeyError."""
+    try:
+        return CONFIGS[env]
+    except KeyError:
+        raise ConfigError(f"PORTAL_ENV must be one of {', '.join(CONFIGS)} (got {env!r}).") from None
+
+
+def check_environment() -> None:
+    """Validate the environment's configuration without building the app (gunicorn's master, before forking):
+    a problem is one line on stderr and exit status 1."""
+    try:
+        config_class = config_for(os.environ.get("PORTAL_ENV") or "production")
+        values = {name: getattr(config_class, name) for name in dir(config_class) if name.isupper()}
+        values.update(config_class.from_env())
+        config_class.validate(values)
+    except ConfigError as exc:
+        raise SystemExit(f"error: {exc}") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import uuid
 import warnings
 from pathlib import Path
@@ -94,17 +95,48 @@ def resolve_database_url(config: dict[str, Any], instance_path: str) -> str:
     return embedded_server_url(Path(instance_path) / "pgdata")
 
 
-def check_connection(url: str) -> None:
-    """Fail fast, naming the server (never the password), when the database does not answer."""
+def check_connection(url: str) -> str | None:
+    """Fail fast, naming the server (never the password), when the database does not answer.
+
+    Returns the database's migration revision (``None`` before the first ``flask db upgrade``).
+    """
     engine = sa.create_engine(url)
     try:
         with engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
+            if conn.execute(sa.text("SELECT to_regclass('alembic_version')")).scalar() is None:
+                return None
+            return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
     except sa.exc.OperationalError as exc:
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-        raise SystemExit(f"Cannot connect to the database at {redacted(url)}: {reason}") from None
+        raise SystemExit(f"error: cannot connect to the database at {redacted(url)}: {reason}") from None
     finally:
         engine.dispose()
+
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations" / "versions"
+_REVISION = re.compile(r'^(down_revision|revision) = "?([0-9A-Za-z_]+)"?$', re.MULTILINE)
+
+
+def migrations_head(directory: Path = MIGRATIONS_DIR) -> str | None:
+    """The newest migration's revision, read from the scripts' text (no Alembic import in web workers)."""
+    revisions, parents = set(), set()
+    for script in directory.glob("*.py"):
+        fields = dict(_REVISION.findall(script.read_text()))
+        if "revision" in fields:
+            revisions.add(fields["revision"])
+            parents.add(fields.get("down_revision", "None"))
+    heads = sorted(revisions - parents)
+    return heads[-1] if heads else None
+
+
+def schema_warning(current: str | None, head: str | None) -> str | None:
+    """One line for an operator when the database's migrations are behind the code, else ``None``."""
+    if head is None or current == head:
+        return None
+    return (
+        f"the database is at migration {current or 'none (empty database)'} but the code expects {head}: "
+        "run `flask db upgrade`"
+    )
 
 
 def org_scoped(model: type[T], organization_id: uuid.UUID) -> sa.Select[Any]:

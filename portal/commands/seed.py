@@ -17,7 +17,7 @@ DEMO_STAFF = ("support@procode.dev", "ProCode Support", "support-password")
 
 @click.command("seed")
 def seed() -> None:
-    """Load the demo organization, owner, support user and one test key. Safe to run again. Development only."""
+    """Load demo data (organization, owner, support user, a test key); development only, safe to rerun."""
     if current_app.config["ENV_NAME"] not in ("development", "testing"):
         raise click.ClickException(
             "flask seed creates accounts with published passwords; it runs only with PORTAL_ENV=development."
