@@ -1,15 +1,20 @@
 """Screenshots of the portal for docs/: run `make dev` in one terminal, then
 `.venv/bin/python docs/capture.py [http://127.0.0.1:5000]`. Uses Debian's Chromium through Playwright.
 
-The one page that shows a secret is captured with the secret masked.
+Pages that show a secret (a new key, an authenticator setup key and its QR code, recovery codes) are
+captured with the secret masked. The account pages belong to a fresh, randomly named account signed up on
+each run, which also turns on two-factor authentication; the demo logins stay password-only. Each run is one
+sign-up, and the portal allows 5 per address and hour (SIGNUP_MAX_PER_IP).
 """
 
 from __future__ import annotations
 
+import secrets
 import sys
 import tempfile
 from pathlib import Path
 
+import pyotp
 from playwright.sync_api import sync_playwright
 
 BASE = sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:5000"
@@ -22,6 +27,14 @@ ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+VIEWPORT = {"width": 1200, "height": 800}
+# The sessions page and security log name the browser: show a desktop Chrome, not "HeadlessChrome".
+DESKTOP_AGENT = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"
+# The second session on the account's sessions page: a phone.
+PHONE_AGENT = (
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+    "Version/17.5 Mobile/15E148 Safari/604.1"
+)
 
 
 def sign_in(page, email: str, password: str) -> None:
@@ -31,10 +44,64 @@ def sign_in(page, email: str, password: str) -> None:
     page.get_by_role("button", name="Sign in").click()
 
 
+def sign_out(page) -> None:
+    page.get_by_role("button", name="Sign out").first.click()
+
+
+def read_and_hide_setup_key(page) -> str:
+    """The setup key on the enrolment page, which is then shown as dots (the layout stays the same)."""
+    shown = page.locator("#setup-key")
+    setup_key = shown.inner_text()
+    shown.evaluate("(el, dots) => { el.textContent = dots; }", "".join(c if c == " " else "•" for c in setup_key))
+    return setup_key.replace(" ", "")
+
+
+def account_pages(p, page) -> None:
+    """A fresh account: check-email, sessions, security log, two-factor set-up, and the two-factor sign-in."""
+    email = f"docs-{secrets.token_hex(4)}@example.com"
+    password = secrets.token_urlsafe(16)
+    page.goto(f"{BASE}/signup")
+    page.get_by_label("Your name").fill("Ada Reader")
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Create account").click()
+    page.wait_for_url("**/check-email**")
+    page.screenshot(path=OUT / "10-check-email.png")
+
+    # A second session in a browser of its own, so that the sessions page has one to sign out.
+    other = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
+    phone = other.new_context(user_agent=PHONE_AGENT, viewport=VIEWPORT).new_page()
+    phone.goto(f"{BASE}/login")
+    phone.get_by_label("Email").fill(email)
+    phone.get_by_label("Password").fill(password)
+    phone.get_by_label("Keep me signed in").check()
+    phone.get_by_role("button", name="Sign in").click()
+    phone.wait_for_load_state()
+    other.close()
+
+    page.goto(f"{BASE}/account/sessions")
+    page.screenshot(path=OUT / "11-account-sessions.png", full_page=True)
+    page.goto(f"{BASE}/account/security")
+    page.screenshot(path=OUT / "12-security-log.png", full_page=True)
+    page.goto(f"{BASE}/account/two-factor/")
+    page.screenshot(path=OUT / "13-two-factor.png", full_page=True)
+    page.get_by_role("link", name="Set up an authenticator app").click()
+    setup_key = read_and_hide_setup_key(page)
+    page.screenshot(path=OUT / "14-two-factor-app.png", full_page=True, mask=[page.locator(".qr img")])
+    page.get_by_label("Code from the app").fill(pyotp.TOTP(setup_key).now())  # as the authenticator app would
+    page.get_by_role("button", name="Turn on").click()
+    page.screenshot(path=OUT / "15-recovery-codes.png", mask=[page.locator("#recovery-codes")])
+    page.get_by_role("link", name="I have saved them").click()
+    sign_out(page)
+    sign_in(page, email, password)
+    page.wait_for_url("**/login/two-factor")
+    page.screenshot(path=OUT / "16-two-factor-sign-in.png")
+
+
 def main() -> None:
     with sync_playwright() as p, tempfile.TemporaryDirectory() as profile:
         browser = p.chromium.launch_persistent_context(
-            profile, executable_path="/usr/bin/chromium", args=ARGS, viewport={"width": 1200, "height": 800}
+            profile, executable_path="/usr/bin/chromium", args=ARGS, viewport=VIEWPORT, user_agent=DESKTOP_AGENT
         )
         page = browser.new_page()
         page.goto(f"{BASE}/signup")
@@ -62,6 +129,13 @@ def main() -> None:
         page.screenshot(path=OUT / "08-staff-search.png", full_page=True)
         page.get_by_role("link", name="Default Organization").first.click()
         page.screenshot(path=OUT / "09-staff-org.png", full_page=True)
+        sign_out(page)
+        account_pages(p, page)
+        page.goto(f"{BASE}/password/forgot")
+        page.screenshot(path=OUT / "17-forgot-password.png")
+        sign_in(page, "support@procode.dev", "support-password")
+        page.goto(f"{BASE}/staff/mail")
+        page.screenshot(path=OUT / "18-staff-mail.png", full_page=True)
         browser.close()
 
 
