@@ -370,3 +370,16 @@ def test_a_session_opened_after_a_second_factor_says_so(owner):
     plain = sessions.open_session(owner, remember=False, ip=None, user_agent=None)
     assert plain.second_factor_done_at is None
     assert sessions.load_user(owner.get_id()).current_session.id == plain.id
+
+
+def test_the_current_session_is_listed_first_then_the_most_recently_used(app, owner):
+    here = sign_in(app, owner, user_agent=FIREFOX_LINUX)
+    sign_in(app, owner, user_agent=CHROME_WINDOWS)
+    sign_in(app, owner, user_agent=SAFARI_IPHONE)
+    # This browser signed in first and was not used since: it still comes first, then the phone, then Chrome.
+    move(session_of(owner, CHROME_WINDOWS), last_seen_at=timedelta(seconds=40))
+
+    page = here.get("/account/sessions").get_data(as_text=True)
+    devices = re.findall(r"<strong>([^<]+)</strong> on ", page)
+    assert devices == ["Firefox 128", "Mobile Safari 17", "Chrome 126"]
+    assert re.search(r'<tr class="current-session">\s*<td><strong>Firefox 128', page)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -7,7 +8,8 @@ import sqlalchemy as sa
 
 from portal.extensions import db
 from portal.keys import services as key_services
-from portal.models import AuditEvent, Organization
+from portal.models import AuditEvent, Organization, OutboxMail
+from portal.timeutil import utcnow
 from tests import factories
 
 
@@ -130,3 +132,20 @@ def test_plan_change_is_audited_and_shown_as_support_on_the_org_audit_page(clien
     assert "ProCode support" in row and staff.email not in page
     assert "free → pro" in page and "Signed contract #42" in page
     assert "Pro" in client.get(f"/orgs/{org.slug}/settings").get_data(as_text=True)
+
+
+def test_the_staff_page_links_to_the_mail_outbox_with_the_failed_count(staff_client):
+    page = staff_client.get("/staff/").get_data(as_text=True)
+    link = re.search(r'<a class="button" href="/staff/mail" id="staff-mail-link">(.*?)</a>', page, re.S)
+    assert link and "Outgoing mail" in link.group(1) and "failed" not in link.group(1)
+    for _ in range(2):
+        db.session.add(
+            OutboxMail(
+                to_address="x@example.com", subject="S", body_text="b", template="test_message", failed_at=utcnow()
+            )
+        )
+    db.session.add(OutboxMail(to_address="y@example.com", subject="S", body_text="b", template="test_message"))
+    db.session.commit()
+    page = staff_client.get("/staff/").get_data(as_text=True)
+    assert re.search(r'href="/staff/mail" id="staff-mail-link">Outgoing mail <span[^>]*>2 failed</span>', page)
+    assert staff_client.get("/staff/mail").status_code == 200

@@ -4,6 +4,8 @@ throttling, turning it off, and the organization and staff requirements."""
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 import urllib.parse
 from datetime import timedelta
 
@@ -16,6 +18,7 @@ from portal.extensions import db
 from portal.models import AuditEvent, Passkey, RecoveryCode, TotpCredential
 from portal.timeutil import utcnow
 from portal.twofactor import sealing
+from portal.twofactor.routes import NEW_RECOVERY_CODES
 from tests import factories
 from tests.twofactor_helpers import code_at, enrol, next_step_code, recovery_codes, setup_key
 
@@ -45,8 +48,8 @@ def test_enrolment_refuses_a_wrong_code_then_turns_on_with_the_right_one(client,
     assert db.session.get(TotpCredential, owner.id) is None
     assert setup_key(wrong.get_data(as_text=True)) == secret  # the same secret until it is confirmed
 
-    right = client.post("/account/two-factor/app", data={"code": code_at(secret, utcnow())})
-    assert right.status_code == 200
+    right = client.post("/account/two-factor/app", data={"code": code_at(secret, utcnow())}, follow_redirects=True)
+    assert right.status_code == 200 and right.request.path == "/account/two-factor/recovery-codes/new"
     codes = recovery_codes(right.get_data(as_text=True))
     assert len(codes) == 10 and len(set(codes)) == 10
     credential = db.session.get(TotpCredential, owner.id)
@@ -133,7 +136,9 @@ def test_recovery_codes_work_once_each_and_can_be_regenerated(client, auth, owne
 
     wrong = client.post("/account/two-factor/recovery-codes", data={"confirmation": "not my password"})
     assert wrong.status_code == 422 and "neither your password" in wrong.get_data(as_text=True)
-    fresh = client.post("/account/two-factor/recovery-codes", data={"confirmation": factories.PASSWORD})
+    fresh = client.post(
+        "/account/two-factor/recovery-codes", data={"confirmation": factories.PASSWORD}, follow_redirects=True
+    )
     new_codes = recovery_codes(fresh.get_data(as_text=True))
     assert fresh.status_code == 200 and len(new_codes) == 10 and not set(new_codes) & set(codes)
     auth.logout()
@@ -164,9 +169,9 @@ def test_turning_off_needs_the_password_ends_other_sessions_and_is_mailed(app: F
     other.post("/login", data={"email": owner.email, "password": factories.PASSWORD})
     assert not _signed_in(other)  # needs its code, so sign it in with a recovery code instead
     codes = recovery_codes(
-        client.post("/account/two-factor/recovery-codes", data={"confirmation": factories.PASSWORD}).get_data(
-            as_text=True
-        )
+        client.post(
+            "/account/two-factor/recovery-codes", data={"confirmation": factories.PASSWORD}, follow_redirects=True
+        ).get_data(as_text=True)
     )
     assert other.post(CHALLENGE, data={"code": codes[0]}).status_code == 302 and _signed_in(other)
 
@@ -418,3 +423,70 @@ def test_two_factor_changes_and_checks_are_in_the_security_log_and_mark_the_sess
     log = client.get("/account/security").get_data(as_text=True)
     for line in ("Turned on two-factor authentication", "Failed two-factor check", "Used a recovery code"):
         assert line in log
+
+
+def _account_link_is_current(html: str) -> bool:
+    return bool(re.search(r'<a href="/account/sessions"[^>]*aria-current="page"', html))
+
+
+def test_the_two_factor_pages_are_account_pages(client, auth, owner):
+    auth.login(owner)
+    off = client.get("/account/two-factor/").get_data(as_text=True)
+    assert "<h1>Your account</h1>" in off and _account_link_is_current(off)
+    assert re.search(r'<a href="/account/two-factor/" aria-current="page">Two-factor</a>', off)
+    assert "Two-factor authentication is off" in off
+    assert re.search(r'<span class="badge[^"]*" id="two-factor-state">Off</span>', off)
+    setup = client.get("/account/two-factor/app").get_data(as_text=True)
+    assert "<h1>Your account</h1>" in setup and _account_link_is_current(setup)
+    assert re.search(r'<a href="/account/two-factor/" aria-current="page">Two-factor</a>', setup)
+    secret, _ = enrol(client)
+    on = client.get("/account/two-factor/").get_data(as_text=True)
+    assert "Two-factor authentication is on" in on
+    assert re.search(r'<span class="badge[^"]*" id="two-factor-state">On</span>', on)
+    for path in ("/account/two-factor/recovery-codes", "/account/two-factor/disable"):
+        page = client.get(path).get_data(as_text=True)
+        assert "<h1>Your account</h1>" in page and _account_link_is_current(page), path
+
+    auth.logout()
+    _sign_in_with_password(client, owner)
+    step = client.get(CHALLENGE).get_data(as_text=True)  # the sign-in step is no account page
+    assert "Your account" not in step and not _account_link_is_current(step)
+
+
+def test_new_recovery_codes_are_shown_once_after_a_redirect(app: Flask, client, auth, owner):
+    auth.login(owner)
+    enrol(client)
+    posted = client.post("/account/two-factor/recovery-codes", data={"confirmation": factories.PASSWORD})
+    assert posted.status_code == 302 and posted.headers["Location"] == "/account/two-factor/recovery-codes/new"
+    cookie = client.get_cookie(app.config["SESSION_COOKIE_NAME"])
+    assert cookie is not None
+    kept = app.session_interface.get_signing_serializer(app).loads(cookie.value)  # type: ignore[attr-defined]
+
+    shown = client.get("/account/two-factor/recovery-codes/new")
+    html = shown.get_data(as_text=True)
+    assert shown.status_code == 200 and "New recovery codes. The old ones no longer work." in html
+    codes = recovery_codes(html)
+    assert len(codes) == 10
+    assert not any(code in str(kept) for code in codes)  # sealed while they wait in the session cookie
+
+    again = client.get("/account/two-factor/recovery-codes/new", follow_redirects=True)
+    html = again.get_data(as_text=True)
+    assert again.request.path == "/account/two-factor/" and "shown only once" in html
+    assert not any(code in html for code in codes)
+
+
+def test_only_sealed_codes_kept_for_this_account_are_shown(app: Flask, client, auth, owner):
+    """Signing in and out clears the session; this is the check behind it, for a cookie that somehow kept them."""
+    auth.login(owner)
+    stranger = factories.user()
+    with app.test_request_context():
+        for_stranger = sealing.seal(json.dumps({"user": str(stranger.id), "codes": ["aaaa-bbbb-cccc"], "message": "m"}))
+        for_owner = sealing.seal(json.dumps({"user": str(owner.id), "codes": ["aaaa-bbbb-cccc"], "message": "m"}))
+    for kept in (for_stranger.decode(), "not sealed", for_owner.decode()[:-4]):
+        with client.session_transaction() as session:
+            session[NEW_RECOVERY_CODES] = kept
+        answer = client.get("/account/two-factor/recovery-codes/new")
+        assert answer.status_code == 302 and answer.headers["Location"] == "/account/two-factor/"
+    with client.session_transaction() as session:
+        session[NEW_RECOVERY_CODES] = for_owner.decode()
+    assert "aaaa-bbbb-cccc" in client.get("/account/two-factor/recovery-codes/new").get_data(as_text=True)

@@ -19,9 +19,11 @@ def code_at(secret: str, moment: datetime) -> str:
 
 
 def setup_key(html: str) -> str:
-    match = re.search(r'<code id="setup-key">([A-Z2-7 ]+)</code>', html)
+    match = re.search(r'<code class="setup-key" id="setup-key">(.*?)</code>', html, re.S)
     assert match, "no setup key on the page"
-    return match.group(1).replace(" ", "")
+    key = re.sub(r"<[^>]+>|\s", "", match.group(1))
+    assert re.fullmatch(r"[A-Z2-7]+", key), key
+    return key
 
 
 def recovery_codes(html: str) -> list[str]:
@@ -33,7 +35,7 @@ def recovery_codes(html: str) -> list[str]:
 def enrol(client: Any) -> tuple[str, list[str]]:
     """Set up an authenticator app for the signed-in user: (the secret, the recovery codes shown once)."""
     secret = setup_key(client.get("/account/two-factor/app").get_data(as_text=True))
-    response = client.post("/account/two-factor/app", data={"code": code_at(secret, utcnow())})
+    response = client.post("/account/two-factor/app", data={"code": code_at(secret, utcnow())}, follow_redirects=True)
     assert response.status_code == 200, response.get_data(as_text=True)
     return secret, recovery_codes(response.get_data(as_text=True))
 

@@ -194,13 +194,17 @@ def _family_version(family: str, version: tuple[Any, ...], unknown: str) -> str:
 
 
 def active_sessions(user: User) -> list[SessionView]:
-    """``user``'s live sessions, most recently used first, the current one marked."""
+    """``user``'s live sessions: the current one first (and marked), then the most recently used."""
+    current = user.current_session.id if user.current_session else None
     rows = db.session.scalars(
         sa.select(UserSession)
         .where(UserSession.user_id == user.id, _live(utcnow()))
-        .order_by(UserSession.last_seen_at.desc(), UserSession.created_at.desc())
+        .order_by(
+            sa.case((UserSession.id == current, 0), else_=1),
+            UserSession.last_seen_at.desc(),
+            UserSession.created_at.desc(),
+        )
     ).all()
-    current = user.current_session.id if user.current_session else None
     return [SessionView(row, *describe_agent(row.user_agent), is_current=row.id == current) for row in rows]
 
 

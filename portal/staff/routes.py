@@ -7,6 +7,7 @@ from typing import Any
 from flask import abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 
+from portal import mail
 from portal.auth import reset
 from portal.forms import ConfirmForm
 from portal.http import get_org_scoped_or_404, page_arg
@@ -23,7 +24,7 @@ def index() -> Any:
     query = request.args.get("q", "")[: services.MAX_QUERY_LENGTH]
     page = page_arg()
     result = services.search_orgs(query, page=page, per_page=current_app.config["STAFF_PER_PAGE"])
-    return render_template("staff/index.html", query=query, result=result)
+    return render_template("staff/index.html", query=query, result=result, mail_counts=mail.counts())
 
 
 def _detail(org: Organization, form: PlanChangeForm | None = None, status: int = 200) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from flask import abort, current_app, flash, g, redirect, render_template, request, session, url_for
@@ -24,6 +25,8 @@ from portal.twofactor.passkeys import PasskeyError
 
 TOTP_ENROLMENT = "two_factor_totp_enrolment"  # the sealed secret being enrolled, until a code confirms it
 ENROLMENT_MAX_AGE = 15 * 60
+NEW_RECOVERY_CODES = "two_factor_new_recovery_codes"  # sealed, from the POST that made them to the page showing them
+NEW_RECOVERY_CODES_MAX_AGE = 10 * 60
 
 
 def _me() -> User:
@@ -105,8 +108,35 @@ def index() -> Any:
     return render_template("twofactor/index.html", status=services.status(_me()))
 
 
-def _show_recovery_codes(codes: list[str], message: str) -> Any:
-    return render_template("twofactor/recovery_codes.html", codes=codes, message=message)
+def _show_recovery_codes(codes: list[str], message: str) -> Response:
+    """Redirect to the page that shows new codes once, so that reloading it never resubmits the form.
+
+    The codes wait in the session cookie, which is signed but not encrypted, so they are sealed there.
+    """
+    kept = {"user": str(_me().id), "codes": codes, "message": message}
+    session[NEW_RECOVERY_CODES] = sealing.seal(json.dumps(kept)).decode()
+    return redirect(url_for("twofactor.new_recovery_codes"))
+
+
+def _take_new_recovery_codes() -> dict[str, Any] | None:
+    sealed = session.pop(NEW_RECOVERY_CODES, None)
+    if not isinstance(sealed, str):
+        return None
+    try:
+        kept = json.loads(sealing.unseal(sealed.encode(), max_age_seconds=NEW_RECOVERY_CODES_MAX_AGE))
+    except (sealing.Unsealable, ValueError):
+        return None
+    return kept if isinstance(kept, dict) and kept.get("user") == str(_me().id) else None
+
+
+@bp.get("/account/two-factor/recovery-codes/new")
+@login_required
+def new_recovery_codes() -> Any:
+    kept = _take_new_recovery_codes()
+    if kept is None:
+        flash("Recovery codes are shown only once. If you did not save them, generate new ones.", "info")
+        return redirect(url_for("twofactor.index"))
+    return render_template("twofactor/recovery_codes.html", codes=kept["codes"], message=kept["message"])
 
 
 def _enrolment_secret() -> str:
