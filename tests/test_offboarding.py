@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import sqlalchemy as sa
@@ -139,3 +140,25 @@ def test_strangers_and_foreign_keys_are_404(client, auth, org, owner, member):
     url = f"/orgs/{org.slug}/offboarding/{member.id}/keys/{other_key.api_key.id}/revoke"
     assert client.post(url).status_code == 404
     assert db.session.get(ApiKey, other_key.api_key.id).revoked_at is None
+
+
+def test_the_new_state_changes_need_the_csrf_token(csrf_app, org, owner, member):
+    issued = factories.api_key(org, member)
+    rolled = factories.api_key(org, owner, name="rolled")
+    key_services.roll_key(org, rolled.api_key, timedelta(hours=1), owner)
+    client = csrf_app.test_client()
+    token = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', client.get("/login").get_data(as_text=True))[1]
+    client.post("/login", data={"email": owner.email, "password": factories.PASSWORD, "csrf_token": token})
+    for url, data in (
+        (f"/orgs/{org.slug}/offboarding/{member.id}/revoke-all", {}),
+        (f"/orgs/{org.slug}/offboarding/{member.id}/keys/{issued.api_key.id}/revoke", {}),
+        (f"/orgs/{org.slug}/keys/{rolled.api_key.id}/grace", {"extend_hours": "1"}),
+        (f"/orgs/{org.slug}/settings/leak-response", {"action": "revoke"}),
+    ):
+        assert client.post(url, data=data).status_code == 400, url
+    assert db.session.get(ApiKey, issued.api_key.id).revoked_at is None
+    # The same request with the page's token goes through.
+    page = client.get(f"/orgs/{org.slug}/offboarding/{member.id}").get_data(as_text=True)
+    token = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', page)[1]
+    response = client.post(f"/orgs/{org.slug}/offboarding/{member.id}/revoke-all", data={"csrf_token": token})
+    assert response.status_code == 302 and db.session.get(ApiKey, issued.api_key.id).revoked_at is not None
