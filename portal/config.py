@@ -134,6 +134,11 @@ class Config:
     # Key verification (portal/verification/): how often each process's usage writer flushes.
     API_USAGE_FLUSH_INTERVAL = 0.2  # seconds; a killed worker loses at most this much of its usage rows
     API_VERIFY_FAST_PATH = True  # answer POST /v1/keys/verify at the WSGI layer (portal/api/fastpath.py)
+    # Leaked keys (portal/keys/leaks.py, docs/secret-scanning.md): POST /v1/keys/revoke per client address and
+    # window, and the secret-scanning partners' public keys (JSON of key id → PEM, inline or a file's path).
+    LEAK_REPORT_MAX_PER_IP = 20
+    LEAK_REPORT_WINDOW = timedelta(hours=1)
+    SECRET_SCANNING_PUBLIC_KEYS: str | None = None
     # `flask db …` (Flask-Migrate, Alembic). gunicorn.conf.py turns it off in web workers, which never
     # migrate: Alembic alone is ≈ 10 MB of each worker's memory.
     MIGRATIONS_CLI = True
@@ -151,6 +156,7 @@ class Config:
             "MAIL_URL",
             "MAIL_FROM",
             "WEBAUTHN_RP_ID",
+            "SECRET_SCANNING_PUBLIC_KEYS",
         ):
             if os.environ.get(name):
                 values[name] = os.environ[name]

@@ -89,6 +89,41 @@ def _schemas() -> dict[str, Any]:
                 "ratelimit": _ref("RateLimit"),
             },
         },
+        "RevokeRequest": {
+            "type": "object",
+            "required": ["key"],
+            "properties": {
+                "key": {
+                    "type": "string",
+                    "pattern": "^pk_[0-9A-Za-z_]{1,120}$",
+                    "description": "The key to revoke, `pk_test_…` or `pk_live_…`.",
+                }
+            },
+        },
+        "Accepted": {
+            "type": "object",
+            "required": ["status"],
+            "properties": {"status": {"const": "accepted"}},
+        },
+        "ReportedToken": {
+            "type": "object",
+            "required": ["token"],
+            "properties": {
+                "token": {"type": "string", "description": "The string found, expected to be a ProCode key."},
+                "type": {"type": "string", "description": "The partner's name for the token type."},
+                "url": {"type": "string", "description": "Where it was found, publicly."},
+                "source": {"type": "string", "description": "What kind of place (content, commit, issue …)."},
+            },
+        },
+        "TokenLabel": {
+            "type": "object",
+            "required": ["token_raw", "token_type", "label"],
+            "properties": {
+                "token_raw": {"type": "string"},
+                "token_type": {"type": "string"},
+                "label": {"type": "string", "enum": ["true_positive", "false_positive"]},
+            },
+        },
         "Error": {
             "type": "object",
             "required": ["error"],
@@ -185,6 +220,66 @@ def openapi_document() -> dict[str, Any]:
                         "401": _json(_ref("Error"), "Missing, malformed, unknown, revoked or expired key."),
                         "429": _json(_ref("Error"), "Rate limited.", (*RATE_HEADERS, "Retry-After")),
                         "503": unavailable,
+                    },
+                }
+            },
+            "/keys/revoke": {
+                "post": {
+                    "operationId": "revokeLeakedKey",
+                    "summary": "Revoke a key you hold, e.g. one you found in public (no authentication)",
+                    "description": (
+                        "The key is revoked at once and its organization's owners are told. The answer is the "
+                        "same whether the key existed, was already revoked or never did. Throttled per client "
+                        "address. See docs/secret-scanning.md."
+                    ),
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("RevokeRequest")}},
+                    },
+                    "responses": {
+                        "202": _json(_ref("Accepted"), "Taken: if this was a working key, it no longer is."),
+                        "400": _json(_ref("Error"), "The body is not JSON with a `key` that looks like a key."),
+                        "429": _json(
+                            _ref("Error"), "Too many requests from this address; retry later.", ("Retry-After",)
+                        ),
+                    },
+                }
+            },
+            "/secret-scanning/report": {
+                "post": {
+                    "operationId": "secretScanningReport",
+                    "summary": "GitHub secret scanning partner endpoint: tokens found in public",
+                    "description": (
+                        "The raw body must be signed (ECDSA P-256, SHA-256, base64 DER) with a key configured "
+                        "in `SECRET_SCANNING_PUBLIC_KEYS`: headers `Github-Public-Key-Identifier` and "
+                        "`Github-Public-Key-Signature`. Each key found is handled as its organization chose "
+                        "(tell the owners, or revoke and tell them)."
+                    ),
+                    "parameters": [
+                        {
+                            "name": "Github-Public-Key-Identifier",
+                            "in": "header",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        },
+                        {
+                            "name": "Github-Public-Key-Signature",
+                            "in": "header",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        },
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": {"type": "array", "items": _ref("ReportedToken")}}},
+                    },
+                    "responses": {
+                        "200": _json(
+                            {"type": "array", "items": _ref("TokenLabel")},
+                            "One label per reported token: `true_positive` for a ProCode key (live or revoked).",
+                        ),
+                        "400": _json(_ref("Error"), "Signed, but not a report."),
+                        "401": _json(_ref("Error"), "Missing, unknown or invalid signature. Nothing changed."),
                     },
                 }
             },

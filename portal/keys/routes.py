@@ -10,6 +10,7 @@ from portal.forms import ConfirmForm, choices
 from portal.http import get_org_scoped_or_404, page_arg, render_form_page
 from portal.keys import bp, services
 from portal.keys.forms import CreateKeyForm, ExpiryForm, RenameKeyForm, RollKeyForm, end_of_day
+from portal.keys.rotation_routes import watch_context
 from portal.models import ApiKey
 from portal.orgs.context import can, org_view
 from portal.roles import key_permission
@@ -163,8 +164,8 @@ def _invalid(api_key: ApiKey, form: Any) -> Any:
     return _render_detail(api_key, failed=form), 422
 
 
-def _render_detail(api_key: ApiKey, failed: Any = None) -> str:
-    """The key page with its forms; ``failed`` replaces its blank twin so its errors show."""
+def _render_detail(api_key: ApiKey, failed: Any = None, grace_form: Any = None) -> str:
+    """The key page with its forms; ``failed`` (or ``grace_form``) replaces its blank twin so its errors show."""
     forms: dict[str, Any] = {
         "rename_form": RenameKeyForm(name=api_key.name),
         "expiry_form": ExpiryForm(expires_on=api_key.expires_at.date() if api_key.expires_at else None),
@@ -180,4 +181,5 @@ def _render_detail(api_key: ApiKey, failed: Any = None) -> str:
         now=utcnow(),
         may_manage=can(key_permission(api_key.environment)),
         **forms,
+        **watch_context(api_key, grace_form),
     )

@@ -18,10 +18,17 @@ from portal.roles import ROLES
 if TYPE_CHECKING:
     from portal.models.user import User
 
+# What happens when a secret scanner reports one of the organization's keys in public: tell the owners, or
+# revoke the key at once and tell them (portal/keys/leaks.py).
+LEAK_ACTIONS: tuple[str, ...] = ("notify", "revoke")
+
 
 class Organization(Model):
     __tablename__ = "organizations"
-    __table_args__ = (check_in("plan", PLAN_NAMES, "ck_organizations_plan"),)
+    __table_args__ = (
+        check_in("plan", PLAN_NAMES, "ck_organizations_plan"),
+        check_in("leak_action", LEAK_ACTIONS, "ck_organizations_leak_action"),
+    )
 
     id: Mapped[uuid_pk]
     name: Mapped[str] = mapped_column(sa.String(100))
@@ -29,6 +36,7 @@ class Organization(Model):
     plan: Mapped[str] = mapped_column(sa.String(20), server_default="free")
     # Set by an owner: members without two-factor see only the enrolment page for this organization.
     require_two_factor: Mapped[bool] = mapped_column(server_default=sa.false())
+    leak_action: Mapped[str] = mapped_column(sa.String(10), server_default="notify")
     created_at: Mapped[created_at]
 
     memberships: Mapped[list[Membership]] = relationship(

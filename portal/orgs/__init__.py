@@ -12,4 +12,4 @@ def _register_filters(state: BlueprintSetupState) -> None:
     register(state.app)
 
 
-from portal.orgs import invites, members, routes  # noqa: E402,F401
+from portal.orgs import invites, leak_settings, members, offboarding, routes  # noqa: E402,F401

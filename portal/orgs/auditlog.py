@@ -24,6 +24,9 @@ ACTION_LABELS: dict[str, str] = {
     "key.expiry_changed": "Key expiry changed",
     "key.revoked": "Key revoked",
     "key.rolled": "Key rolled",
+    "key.leak_reported": "Key reported leaked",
+    "key.grace_extended": "Rolled key's grace period extended",
+    "org.leak_action_changed": "Leak response changed",
     "user.password_changed": "Password changed",
     "org.two_factor_required": "Two-factor required for members",
     "org.two_factor_optional": "Two-factor no longer required",
@@ -46,6 +49,17 @@ DETAIL_LABELS: dict[str, str] = {
     "old_key_stops_at": "Old key stops",
     "invitation_id": "Invitation",
     "new_key_id": "New key id",
+    "source": "Reported through",
+    "url": "Found at",
+}
+# Stored codes shown as words.
+VALUE_LABELS: dict[str, str] = {
+    "reported_leaked": "reported leaked",
+    "revocation_api": "public revocation API",
+    "secret_scanning": "GitHub secret scanning",
+    "member_offboarded": "member off-boarded",
+    "notify": "tell the owners",
+    "revoke": "revoke and tell the owners",
 }
 # Shown in the target column rather than repeated among the details.
 TARGET_FIELDS: tuple[str, ...] = ("hint", "email", "name")
@@ -59,6 +73,8 @@ def _readable(value: Any) -> str:
     if value is None or value == "":
         return "—"
     if isinstance(value, str):
+        if value in VALUE_LABELS:
+            return VALUE_LABELS[value]
         try:
             moment = datetime.fromisoformat(value)
         except ValueError:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from flask_wtf import FlaskForm
-from wtforms import EmailField, SelectField, StringField
+from wtforms import EmailField, RadioField, SelectField, StringField
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, Email, Length, Optional
 
@@ -44,3 +44,15 @@ class InviteForm(FlaskForm):
         filters=[email_filter],
         description="If set, we mail the link there, and only the account with this email can use it.",
     )
+
+
+class LeakActionForm(FlaskForm):
+    """What a secret-scanning report of one of the organization's keys does (portal/keys/leaks.py)."""
+
+    action = RadioField("When a key is reported leaked", validators=[DataRequired()])
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        from portal.keys.leaks import LEAK_ACTION_LABELS
+
+        super().__init__(*args, **kwargs)
+        self.action.choices = choices(list(LEAK_ACTION_LABELS.items()))

@@ -9,6 +9,7 @@ from flask_login import current_user
 
 from portal.forms import ConfirmForm, choices
 from portal.http import get_org_scoped_or_404
+from portal.keys.offboarding import active_keys_created_by
 from portal.models import Invitation, Membership
 from portal.orgs import bp, services
 from portal.orgs.context import can, org_view
@@ -86,13 +87,24 @@ def remove_member(slug: str, membership_id: str) -> Any:
     if not ConfirmForm().validate_on_submit():
         return _render(400, error="The form expired. Try again.")
     name, leaving = target.user.display_name, target.user_id == current_user.id
+    user_id = target.user_id
     try:
         services.remove_member(g.org, target, actor=current_user, actor_membership=g.membership, ip=request.remote_addr)
     except services.OrgActionError as exc:
         return _render(exc.status, error=str(exc))
+    left_behind = len(active_keys_created_by(g.org, user_id))
     if leaving:
         flash(f"You left {g.org.name}.", "success")
+        if left_behind:
+            flash(f"{left_behind} key(s) you created there still work; its admins can revoke them.", "warning")
         return redirect(url_for("orgs.home"))
+    if left_behind:
+        flash(
+            f"{name} was removed from {g.org.name}. {left_behind} key(s) they created still work: "
+            "revoke or roll them here.",
+            "warning",
+        )
+        return redirect(url_for("orgs.offboarding", slug=slug, user_id=user_id))
     flash(f"{name} was removed from {g.org.name}.", "success")
     return redirect(url_for("orgs.members", slug=slug))
 

@@ -10,7 +10,7 @@ from flask_login import current_user, login_required
 from portal.http import page_arg, render_form_page
 from portal.orgs import bp, services
 from portal.orgs.context import memberships_of, org_view
-from portal.orgs.forms import OrgNameForm
+from portal.orgs.forms import LeakActionForm, OrgNameForm
 from portal.twofactor.forms import OrgTwoFactorForm
 
 
@@ -52,7 +52,10 @@ def settings(slug: str) -> Any:
         flash("Organization renamed.", "success")
         return redirect(url_for("orgs.settings", slug=g.org.slug))
     two_factor_form = OrgTwoFactorForm(formdata=None, require=g.org.require_two_factor)
-    return render_form_page("orgs/settings.html", form=form, plan=g.org.plan_info, two_factor_form=two_factor_form)
+    leak_form = LeakActionForm(formdata=None, action=g.org.leak_action)
+    return render_form_page(
+        "orgs/settings.html", form=form, plan=g.org.plan_info, two_factor_form=two_factor_form, leak_form=leak_form
+    )
 
 
 @bp.get("/orgs/<slug>/audit")

@@ -1,0 +1,164 @@
+"""Off-boarding: removing a member (or leaving) shows the keys they created that still work, to revoke or roll."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+import sqlalchemy as sa
+
+from portal.extensions import db
+from portal.keys import services as key_services
+from portal.models import ApiKey, AuditEvent, Membership
+from tests import factories
+from tests.api_helpers import verify
+
+
+def _membership(org, user):
+    return db.session.scalar(sa.select(Membership).filter_by(organization_id=org.id, user_id=user.id))
+
+
+def _revocations(org):
+    return list(db.session.scalars(sa.select(AuditEvent).filter_by(organization_id=org.id, action="key.revoked")))
+
+
+def _page(client, org, user):
+    return client.get(f"/orgs/{org.slug}/offboarding/{user.id}")
+
+
+def test_the_confirmation_page_lists_the_members_working_keys_only(client, auth, org, owner, member):
+    working = factories.api_key(org, member, name="Worker key")
+    dead = factories.api_key(org, member, name="Dead key")
+    key_services.revoke_key(org, dead.api_key, owner)
+    factories.api_key(org, owner, name="Owner key")
+    auth.login(owner)
+    members_page = client.get(f"/orgs/{org.slug}/members").get_data(as_text=True)
+    assert f"/orgs/{org.slug}/offboarding/{member.id}" in members_page
+
+    page = _page(client, org, member).get_data(as_text=True)
+
+    assert "Worker key" in page and working.api_key.hint in page
+    assert "Dead key" not in page and "Owner key" not in page
+    assert f"/offboarding/{member.id}/keys/{working.api_key.id}/revoke" in page
+    assert f"/keys/{working.api_key.id}/roll" in page and "Revoke all 1 key" in page
+    assert f"/members/{_membership(org, member).id}/remove" in page  # the removal itself, after the keys
+
+
+def test_revoke_one_key_from_the_page_is_audited_and_takes_effect(client, auth, org, owner, member):
+    first = factories.api_key(org, member, name="First")
+    second = factories.api_key(org, member, name="Second")
+    auth.login(owner)
+    response = client.post(f"/orgs/{org.slug}/offboarding/{member.id}/keys/{first.api_key.id}/revoke")
+    assert response.status_code == 302 and response.headers["Location"].endswith(f"/offboarding/{member.id}")
+    assert verify(client, first.plaintext).get_json()["code"] == "revoked"
+    assert verify(client, second.plaintext).status_code == 200
+    [event] = _revocations(org)
+    assert event.actor_id == owner.id and event.details["reason"] == "member_offboarded"
+    assert event.details["created_by"] == member.email
+    assert "member off-boarded" in client.get(f"/orgs/{org.slug}/audit").get_data(as_text=True)
+
+
+def test_revoke_all_revokes_every_working_key_with_one_event_each(client, auth, org, owner, member):
+    keys = [factories.api_key(org, member, name=f"k{i}") for i in range(3)]
+    rolled = factories.api_key(org, member, name="rolled")
+    key_services.roll_key(org, rolled.api_key, timedelta(days=1), member)  # old one in its grace period
+    auth.login(owner)
+    response = client.post(f"/orgs/{org.slug}/offboarding/{member.id}/revoke-all")
+    assert response.status_code == 302
+    for issued in [*keys, rolled]:
+        assert verify(client, issued.plaintext).get_json()["code"] == "revoked"
+    # Five keys: three, the rolled one and its replacement (also created by the member).
+    assert len(_revocations(org)) == 5
+    body = client.get(response.headers["Location"]).get_data(as_text=True)
+    assert "Revoked 5 keys" in body and "no working key" in body
+    # Again: nothing left, nothing written.
+    client.post(f"/orgs/{org.slug}/offboarding/{member.id}/revoke-all")
+    assert len(_revocations(org)) == 5
+
+
+def test_removing_a_member_with_working_keys_leads_to_their_keys(client, auth, org, owner, member):
+    issued = factories.api_key(org, member, name="Left behind")
+    auth.login(owner)
+    response = client.post(f"/orgs/{org.slug}/members/{_membership(org, member).id}/remove")
+    assert response.status_code == 302 and response.headers["Location"].endswith(f"/offboarding/{member.id}")
+    assert _membership(org, member) is None
+    page = client.get(response.headers["Location"]).get_data(as_text=True)
+    assert "1 key(s) they created still work" in page and "Left behind" in page
+    assert "no longer a member" in page and "/remove" not in page
+    client.post(f"/orgs/{org.slug}/offboarding/{member.id}/revoke-all")
+    assert db.session.get(ApiKey, issued.api_key.id).revoked_at is not None
+
+
+def test_removing_a_member_without_keys_goes_back_to_the_members_page(client, auth, org, owner, member):
+    auth.login(owner)
+    response = client.post(f"/orgs/{org.slug}/members/{_membership(org, member).id}/remove")
+    assert response.headers["Location"].endswith(f"/orgs/{org.slug}/members")
+
+
+def test_a_member_leaving_sees_and_revokes_their_own_keys(client, auth, org, owner, member):
+    issued = factories.api_key(org, member, name="Mine")
+    auth.login(member)  # a developer: cannot manage members, may leave and revoke their test keys
+    assert "Leave " in client.get(f"/orgs/{org.slug}/members").get_data(as_text=True)
+    page = _page(client, org, member).get_data(as_text=True)
+    assert "Keys you created that still work" in page and "Mine" in page
+    client.post(f"/orgs/{org.slug}/offboarding/{member.id}/keys/{issued.api_key.id}/revoke")
+    assert verify(client, issued.plaintext).get_json()["code"] == "revoked"
+    response = client.post(f"/orgs/{org.slug}/members/{_membership(org, member).id}/remove")
+    assert response.status_code == 302 and _membership(org, member) is None
+
+
+def test_live_keys_need_an_admin(client, auth, org, owner, member):
+    live = factories.api_key(org, owner, name="Live one", environment="live")
+    db.session.get(ApiKey, live.api_key.id).created_by_id = member.id
+    db.session.commit()
+    test = factories.api_key(org, member, name="Test one")
+    auth.login(member)
+    page = _page(client, org, member).get_data(as_text=True)
+    assert "Live one" in page and "an admin or owner can revoke live keys" in page
+    assert client.post(f"/orgs/{org.slug}/offboarding/{member.id}/keys/{live.api_key.id}/revoke").status_code == 403
+    client.post(f"/orgs/{org.slug}/offboarding/{member.id}/revoke-all")
+    assert verify(client, test.plaintext).get_json()["code"] == "revoked"
+    assert verify(client, live.plaintext).status_code == 200
+
+
+def test_others_cannot_see_or_act_without_managing_members(client, auth, org, owner, member):
+    issued = factories.api_key(org, owner)
+    viewer = factories.member(org, "viewer")
+    auth.login(viewer)
+    assert _page(client, org, owner).status_code == 403
+    assert client.post(f"/orgs/{org.slug}/offboarding/{owner.id}/revoke-all").status_code == 403
+    assert client.post(f"/orgs/{org.slug}/offboarding/{owner.id}/keys/{issued.api_key.id}/revoke").status_code == 403
+    assert db.session.get(ApiKey, issued.api_key.id).revoked_at is None
+
+
+def test_strangers_and_foreign_keys_are_404(client, auth, org, owner, member):
+    stranger = factories.member(factories.org(), "owner")
+    other_key = factories.api_key(org, owner)  # created by the owner, not by the member
+    auth.login(owner)
+    assert _page(client, org, stranger).status_code == 404
+    assert client.get(f"/orgs/{org.slug}/offboarding/not-a-uuid").status_code == 404
+    url = f"/orgs/{org.slug}/offboarding/{member.id}/keys/{other_key.api_key.id}/revoke"
+    assert client.post(url).status_code == 404
+    assert db.session.get(ApiKey, other_key.api_key.id).revoked_at is None
+
+
+def test_the_new_state_changes_need_the_csrf_token(csrf_app, org, owner, member):
+    issued = factories.api_key(org, member)
+    rolled = factories.api_key(org, owner, name="rolled")
+    key_services.roll_key(org, rolled.api_key, timedelta(hours=1), owner)
+    client = csrf_app.test_client()
+    token = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', client.get("/login").get_data(as_text=True))[1]
+    client.post("/login", data={"email": owner.email, "password": factories.PASSWORD, "csrf_token": token})
+    for url, data in (
+        (f"/orgs/{org.slug}/offboarding/{member.id}/revoke-all", {}),
+        (f"/orgs/{org.slug}/offboarding/{member.id}/keys/{issued.api_key.id}/revoke", {}),
+        (f"/orgs/{org.slug}/keys/{rolled.api_key.id}/grace", {"extend_hours": "1"}),
+        (f"/orgs/{org.slug}/settings/leak-response", {"action": "revoke"}),
+    ):
+        assert client.post(url, data=data).status_code == 400, url
+    assert db.session.get(ApiKey, issued.api_key.id).revoked_at is None
+    # The same request with the page's token goes through.
+    page = client.get(f"/orgs/{org.slug}/offboarding/{member.id}").get_data(as_text=True)
+    token = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', page)[1]
+    response = client.post(f"/orgs/{org.slug}/offboarding/{member.id}/revoke-all", data={"csrf_token": token})
+    assert response.status_code == 302 and db.session.get(ApiKey, issued.api_key.id).revoked_at is not None
