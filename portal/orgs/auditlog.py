@@ -24,6 +24,9 @@ ACTION_LABELS: dict[str, str] = {
     "key.expiry_changed": "Key expiry changed",
     "key.revoked": "Key revoked",
     "key.rolled": "Key rolled",
+    "key.policy_changed": "Key policy changed",
+    "key.details_changed": "Key metadata changed",
+    "org.quota_extended": "Monthly quota extended",
     "user.password_changed": "Password changed",
     "org.two_factor_required": "Two-factor required for members",
     "org.two_factor_optional": "Two-factor no longer required",
@@ -46,6 +49,13 @@ DETAIL_LABELS: dict[str, str] = {
     "old_key_stops_at": "Old key stops",
     "invitation_id": "Invitation",
     "new_key_id": "New key id",
+    "scopes": "Scopes",
+    "allowed_ips": "Allowed addresses",
+    "rate_limit": "Requests per minute",
+    "changed": "Changed",
+    "external_id": "External id",
+    "calls": "Extra calls",
+    "month": "Month",
 }
 # Shown in the target column rather than repeated among the details.
 TARGET_FIELDS: tuple[str, ...] = ("hint", "email", "name")
