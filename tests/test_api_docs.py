@@ -16,7 +16,7 @@ def test_openapi_document(client):
     doc = response.get_json()
     assert doc["openapi"].startswith("3.1")
     verify = doc["paths"]["/keys/verify"]["post"]
-    assert set(verify["responses"]) == {"200", "400", "401", "429", "503"}
+    assert set(verify["responses"]) == {"200", "400", "401", "403", "429", "503"}
     assert "Retry-After" in verify["responses"]["429"]["headers"]
     assert "/whoami" in doc["paths"]
 
