@@ -51,6 +51,20 @@ def test_prune_command_deletes_old_windows(app):
     assert left == {"org:new", "login:x"}
 
 
+def test_prune_command_keeps_this_months_quota_counters(app):
+    month = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    db.session.add_all(
+        [
+            RateLimitTracking(bucket="quota:this", window_start=month, count=9_000),
+            RateLimitTracking(bucket="quota:old", window_start=month - timedelta(days=100), count=5),
+        ]
+    )
+    db.session.commit()
+    result = app.test_cli_runner().invoke(args=["ratelimit", "prune", "--older-than", "60"])
+    assert result.exit_code == 0, result.output
+    assert set(db.session.scalars(sa.select(RateLimitTracking.bucket))) == {"quota:this"}
+
+
 def test_prune_refuses_to_cut_into_the_sign_in_window(app):
     result = app.test_cli_runner().invoke(args=["ratelimit", "prune", "--older-than", "5"])
     assert result.exit_code != 0
