@@ -47,7 +47,7 @@ from portal.keys import format as keyformat  # noqa: E402
 from portal.plans import PLANS  # noqa: E402
 from portal.verification import sql  # noqa: E402
 
-PEPPER = "bench-pepper-" + secrets.token_hex(8)
+PEPPER = "bench-pepper-" + secrets.token_hex(16)  # production length (32 bytes or more)
 ORGS, KEYS_PER_ORG = 1000, 10
 
 
@@ -110,7 +110,7 @@ def pgbench(url: str, workdir: Path, *, big: bool, sync_commit: bool, seconds: i
     """(a): the verify statement (hash looked up by number) plus one usage INSERT, as one transaction."""
     upper = KEYS_PER_ORG if big else ORGS * KEYS_PER_ORG
     script = workdir / f"pgbench_{'big' if big else 'all'}.sql"
-    statement = sql.verify_statement("(SELECT key_hash FROM bench_keys WHERE id = :id)").strip()
+    statement = sql.verify_statement("(SELECT key_hash FROM bench_keys WHERE id = :id)", "NULL", "NULL").strip()
     script.write_text(
         f"\\set id random(1, {upper})\nBEGIN;\n{statement};\n"
         "INSERT INTO api_key_usage (key_id, organization_id, occurred_at, endpoint, status_code, latency_ms, "

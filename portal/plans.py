@@ -13,12 +13,22 @@ class Plan:
     monthly_quota: int
     max_keys: int
     price_label: str
+    # True: successful calls stop at the monthly quota (429 quota_exceeded); False: they go on, as overage.
+    hard_quota: bool = False
 
 
 PLANS: dict[str, Plan] = {
     p.name: p
     for p in (
-        Plan("free", "Free", requests_per_minute=60, monthly_quota=10_000, max_keys=5, price_label="$0"),
+        Plan(
+            "free",
+            "Free",
+            requests_per_minute=60,
+            monthly_quota=10_000,
+            max_keys=5,
+            price_label="$0",
+            hard_quota=True,
+        ),
         Plan("pro", "Pro", requests_per_minute=1_000, monthly_quota=1_000_000, max_keys=50, price_label="$49 / month"),
         Plan(
             "enterprise",

@@ -36,7 +36,14 @@ def give_back(bucket: str, window_start: datetime) -> None:
     db.session.execute(_GIVE_BACK, {"bucket": bucket, "window_start": window_start})
 
 
+# A monthly quota counter (``quota:<org>``, window = the UTC month) lives until its month is over.
+_PRUNE = sa.text(
+    "DELETE FROM rate_limit_tracking WHERE window_start < :t"
+    " AND (bucket NOT LIKE 'quota:%' OR window_start < CAST(:t AS timestamptz) - interval '2 months')"
+)
+
+
 def prune(older_than: datetime) -> int:
-    """Delete windows that started before ``older_than``; returns how many rows went."""
-    result = db.session.execute(sa.text("DELETE FROM rate_limit_tracking WHERE window_start < :t"), {"t": older_than})
+    """Delete windows that started before ``older_than`` (quota months only once long over); how many went."""
+    result = db.session.execute(_PRUNE, {"t": older_than})
     return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -16,7 +16,7 @@ def test_openapi_document(client):
     doc = response.get_json()
     assert doc["openapi"].startswith("3.1")
     verify = doc["paths"]["/keys/verify"]["post"]
-    assert set(verify["responses"]) == {"200", "400", "401", "429", "503"}
+    assert set(verify["responses"]) == {"200", "400", "401", "403", "429", "503"}
     assert "Retry-After" in verify["responses"]["429"]["headers"]
     assert "/whoami" in doc["paths"]
 
@@ -49,6 +49,20 @@ def test_prune_command_deletes_old_windows(app):
     assert "deleted 1" in result.output
     left = set(db.session.scalars(sa.select(RateLimitTracking.bucket)))
     assert left == {"org:new", "login:x"}
+
+
+def test_prune_command_keeps_this_months_quota_counters(app):
+    month = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    db.session.add_all(
+        [
+            RateLimitTracking(bucket="quota:this", window_start=month, count=9_000),
+            RateLimitTracking(bucket="quota:old", window_start=month - timedelta(days=100), count=5),
+        ]
+    )
+    db.session.commit()
+    result = app.test_cli_runner().invoke(args=["ratelimit", "prune", "--older-than", "60"])
+    assert result.exit_code == 0, result.output
+    assert set(db.session.scalars(sa.select(RateLimitTracking.bucket))) == {"quota:this"}
 
 
 def test_prune_refuses_to_cut_into_the_sign_in_window(app):

@@ -104,12 +104,12 @@ def test_one_group_numbers_each_call_within_its_organization(orgs):
     assert backend.groups == 1
     assert len(rows) == len(plan)
     assert rows[5] is None  # unknown key
-    by_call = [(row[1], row[5], row[7]) if row is not None else None for row in rows]  # org, status, used
+    by_call = [(row[1], row[5], row[7]) if row is not None else None for row in rows]  # org, status, remaining
     ids = {name: str(i) for name, i in orgs["ids"].items()}
-    assert [used for org, status, used in (by_call[i] for i in (0, 3, 6))] == [1, 2, 3]
-    assert [used for org, status, used in (by_call[i] for i in (1, 7))] == [1, 2]
-    assert by_call[4] == (ids["a"], "revoked", 0)  # the counter before the group; not spent
-    assert {used for _, status, used in (by_call[i] for i in (2, 8))} == {FREE + 1}  # refused on the read
+    assert [left for org, status, left in (by_call[i] for i in (0, 3, 6))] == [FREE - 1, FREE - 2, FREE - 3]
+    assert [left for org, status, left in (by_call[i] for i in (1, 7))] == [FREE - 1, FREE - 2]
+    assert by_call[4] == (ids["a"], "revoked", FREE)  # the counter before the group; not spent
+    assert {(status, left) for _, status, left in (by_call[i] for i in (2, 8))} == {("rate_limited", 0)}  # by read
     if counter(orgs["ids"]["a"]) == 3:  # the same window (not straddling a minute)
         assert counter(orgs["ids"]["b"]) == 2
         assert counter(orgs["ids"]["full"]) == FREE  # not touched

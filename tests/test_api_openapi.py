@@ -8,6 +8,7 @@ import pytest
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
+from portal.extensions import db
 from portal.plans import PLANS
 from tests.api_helpers import exhaust, verify
 
@@ -50,13 +51,26 @@ def test_real_answers_match_their_documented_schemas(client, document, org, api_
     _check(document, verify(client, api_key.plaintext))  # 200
     _check(document, verify(client, "pk_test_not_a_key"))  # 401 malformed
     _check(document, client.post("/v1/keys/verify", data="not json", content_type="application/json"))  # 400
+    _check(document, verify(client, api_key.plaintext, scope="files:nope"))  # 400 invalid_scope
+    _check(document, verify(client, api_key.plaintext, client_ip="nowhere"))  # 400 invalid_client_ip
+    api_key.api_key.scopes = ["files:read"]
+    api_key.api_key.meta = {"team": "x"}
+    api_key.api_key.external_id = "ext-1"
+    db.session.commit()
+    _check(document, verify(client, api_key.plaintext, scope="files:read", client_ip="192.0.2.1"))  # 200, scoped
+    _check(document, verify(client, api_key.plaintext, scope="files:write"))  # 403 insufficient_scope
+    api_key.api_key.allowed_ips = ["10.0.0.0/8"]
+    db.session.commit()
+    _check(document, verify(client, api_key.plaintext, client_ip="192.0.2.1"))  # 403 ip_not_allowed
+    api_key.api_key.allowed_ips = []
+    db.session.commit()
     exhaust(org.id, PLANS[org.plan].requests_per_minute)
     _check(document, verify(client, api_key.plaintext))  # 429
 
 
 def test_every_outcome_has_a_status_and_a_message_and_is_documented(client):
-    from portal.verification.outcomes import MESSAGES, OUTCOMES, STATUS_BY_OUTCOME
+    from portal.verification.outcomes import CODES, MESSAGES, OUTCOMES, REASONS, STATUS_BY_OUTCOME
 
     assert set(STATUS_BY_OUTCOME) == set(MESSAGES) == set(OUTCOMES)
     documented = client.get("/v1/openapi.json").get_json()["components"]["schemas"]["Invalid"]["properties"]["code"]
-    assert set(documented["enum"]) == set(OUTCOMES) - {"ok"}
+    assert set(documented["enum"]) == set(CODES) == (set(OUTCOMES) - {"ok", "forbidden"}) | set(REASONS)

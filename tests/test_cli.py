@@ -80,6 +80,38 @@ def test_keys_create_prints_only_the_key(cli, org, app):
     assert _keys(org.id) == 1
 
 
+def test_keys_create_with_policy(cli, org):
+    result = cli(
+        "keys", "create", "--org", org.slug, "--name", "Scoped", "--scope", "files:write", "--scope", "search:read",
+        "--allow-ip", "10.0.0.0/8", "--allow-ip", "2001:db8::1", "--meta", "team=billing", "--meta", "tier=2",
+        "--rate-limit", "5", "--external-id", "cli-1",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.splitlines()) == 1 and keyformat.parse(result.stdout.strip()) is not None
+    row = db.session.scalar(sa.select(ApiKey).filter_by(organization_id=org.id))
+    assert row.scopes == ["search:read", "files:write"]
+    assert row.allowed_ips == ["10.0.0.0/8", "2001:db8::1/128"]
+    assert (row.meta, row.rate_limit, row.external_id) == ({"team": "billing", "tier": "2"}, 5, "cli-1")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ("--scope", "files:delete"),
+        ("--allow-ip", "10.0.0.1/8"),
+        ("--meta", "novalue"),
+        ("--rate-limit", "0"),
+        ("--rate-limit", "61"),  # above the Free plan's limit
+        ("--external-id", "x" * 129),
+    ],
+)
+def test_keys_create_refuses_bad_policy(cli, org, bad):
+    result = cli("keys", "create", "--org", org.slug, "--name", "Bad", *bad)
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    assert _keys(org.id) == 0
+
+
 def test_keys_revoke(cli, org, owner):
     issued = factories.api_key(org, owner)
     result = cli("keys", "revoke", str(issued.api_key.id))

@@ -109,7 +109,7 @@ def test_a_killed_waiter_does_not_stall_the_next_verifications():
         backend = DirectBackend("postgresql://unused")
         release, groups = Event(), []
 
-        def verify_many(hashes):  # stands in for the database: the first group waits until released
+        def verify_many(hashes, *calls):  # stands in for the database: the first group waits until released
             groups.append(len(hashes))
             if len(groups) == 1:
                 release.wait()
@@ -136,7 +136,7 @@ def test_a_waiter_killed_just_after_being_handed_the_lead_passes_it_on():
     firing in the same loop turn): it must pass the lead on, or every later call of the worker would wait.
     The moment cannot be staged through gevent's scheduler reliably, so the queue is set up as it is then."""
     backend = DirectBackend("postgresql://unused")
-    backend.verify_many = lambda hashes: [None] * len(hashes)  # type: ignore[method-assign]
+    backend.verify_many = lambda hashes, *calls: [None] * len(hashes)  # type: ignore[method-assign]
     doomed, behind = _Call(b"b"), _Call(b"c")
     backend._queue, backend._leading = [doomed, behind], True
     doomed.event.set()  # handed the lead by the group that just finished

@@ -93,3 +93,30 @@ def test_a_new_organization_is_paced_over_its_own_age(client, auth, org, owner, 
     auth.login(owner)
     text = quota_text(client, org)
     assert "since the organization was created" in text and "runs out on 2026-11-28 12:00" in text
+
+
+def test_paid_plan_over_the_quota_shows_the_overage(client, auth, org, owner, key, fixed_now, monkeypatch):
+    import dataclasses
+
+    from portal import plans
+
+    org.plan = "pro"
+    aged(org, datetime(2026, 1, 1, tzinfo=UTC))
+    monkeypatch.setitem(plans.PLANS, "pro", dataclasses.replace(plans.PLANS["pro"], monthly_quota=1000))
+    record(per_day(key, [datetime(2026, 11, 2, tzinfo=UTC)], 1250))
+    auth.login(owner)
+    text = quota_text(client, org)
+    assert "Over quota by 250 calls this month" in text and "billed as overage" in text
+
+
+def test_free_plan_at_the_quota_says_calls_are_refused(client, auth, org, owner, key, fixed_now, monkeypatch):
+    import dataclasses
+
+    from portal import plans
+
+    aged(org, datetime(2026, 1, 1, tzinfo=UTC))
+    monkeypatch.setitem(plans.PLANS, "free", dataclasses.replace(plans.PLANS["free"], monthly_quota=100))
+    record(per_day(key, [datetime(2026, 11, 2, tzinfo=UTC)], 100))
+    auth.login(owner)
+    text = quota_text(client, org)
+    assert "The quota is used up for this month: successful calls are refused" in text

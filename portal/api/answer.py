@@ -27,7 +27,8 @@ def error_answer(status: int, code: str, message: str, headers: dict[str, str] |
 
 
 def answer_verify(read: Callable[[], RawRequest], verifier: Verifier) -> Answer:
-    """Read, verify, answer: 200 valid, 401 unusable key, 429 rate limited, 400 not a verification."""
+    """Read, verify, answer: 200 valid, 401 unusable key, 403 forbidden by the key's policy, 429 rate limited or
+    over quota, 400 not a verification."""
     started = time.perf_counter()
     try:
         payload = parse_verify_request(read())
@@ -36,7 +37,7 @@ def answer_verify(read: Callable[[], RawRequest], verifier: Verifier) -> Answer:
     except RequestEntityTooLarge:
         return error_answer(400, "body_too_large", f"The request body must be at most {MAX_BODY_BYTES} bytes.")
     try:
-        result = verifier.verify(payload.key, payload.endpoint, started)
+        result = verifier.verify(payload.key, payload.endpoint, started, scope=payload.scope, ip=payload.client_ip)
     except DatabaseUnavailable:
         return error_answer(503, "unavailable", "Key verification is unavailable; retry shortly.", {"Retry-After": "1"})
     headers = [("Content-Type", JSON), ("Cache-Control", "no-store"), *result.headers().items()]

@@ -10,15 +10,18 @@ from typing import Any, TypeVar, cast
 from flask import after_this_request, g, request
 
 from portal.api import get_verifier
-from portal.api.inputs import BadRequest, bearer_token
+from portal.api.inputs import BadRequest, bearer_token, parse_client_ip
 from portal.errors import json_error
+from portal.scopes import SCOPE_SET
 from portal.verification.outcomes import DatabaseUnavailable, Verification
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def check_request_key() -> Verification | Any:
-    """Verify the request's bearer key; the verification when it passes, else the error response to send."""
+def check_request_key(scope: str | None = None) -> Verification | Any:
+    """Verify the request's bearer key for ``scope``; the verification when it passes, else the error response.
+
+    The client address is ``request.remote_addr`` (the forwarded one behind ``PORTAL_TRUST_PROXY``)."""
     started = time.perf_counter()
     try:
         token = bearer_token(request)
@@ -33,38 +36,49 @@ def check_request_key() -> Verification | Any:
         )
     endpoint = request.url_rule.rule[:200] if request.url_rule is not None else None
     try:
-        result = get_verifier().verify(token, endpoint, started)
+        ip = parse_client_ip(request.remote_addr)
+    except BadRequest:
+        ip = None  # not an IP address (a unix socket peer): a key with an allowlist refuses the call
+    try:
+        result = get_verifier().verify(token, endpoint, started, scope=scope, ip=ip)
     except DatabaseUnavailable:
         return json_error(503, "unavailable", "Key verification is unavailable; retry shortly.", {"Retry-After": "1"})
     if not result.valid:
-        return json_error(result.status_code, result.outcome, result.message, result.headers())
+        return json_error(result.status_code, result.code, result.message, result.headers())
     return result
 
 
-def require_api_key(view: F) -> F:
+def require_api_key(view: F | None = None, *, scope: str | None = None) -> Any:
     """Let the view run only for a valid, non-rate-limited key; ``g.api_key`` holds the verification.
 
-    Every call that reaches the check is metered like a ``/v1/keys/verify`` call (endpoint = the route rule),
-    and the answer carries the same ``RateLimit-*`` headers.
+    ``@require_api_key`` accepts any valid key; ``@require_api_key(scope="files:write")`` also needs a key
+    that is full-access or has that scope (403 ``insufficient_scope`` otherwise). Every call that reaches the
+    check is metered like a ``/v1/keys/verify`` call (endpoint = the route rule), and the answer carries the
+    same ``RateLimit-*`` headers.
     """
+    if scope is not None and scope not in SCOPE_SET:
+        raise ValueError(f"unknown scope {scope!r}; see portal/scopes.py")
 
-    @functools.wraps(view)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        outcome = check_request_key()
-        if not isinstance(outcome, Verification):
-            return outcome
-        g.api_key = outcome
-        headers = outcome.headers()
+    def decorate(view: F) -> F:
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            outcome = check_request_key(scope)
+            if not isinstance(outcome, Verification):
+                return outcome
+            g.api_key = outcome
+            headers = outcome.headers()
 
-        @after_this_request
-        def add_headers(response: Any) -> Any:
-            for name, value in headers.items():
-                response.headers.setdefault(name, value)
-            return response
+            @after_this_request
+            def add_headers(response: Any) -> Any:
+                for name, value in headers.items():
+                    response.headers.setdefault(name, value)
+                return response
 
-        return view(*args, **kwargs)
+            return view(*args, **kwargs)
 
-    return cast(F, wrapper)
+        return cast(F, wrapper)
+
+    return decorate(view) if view is not None else decorate
 
 
 __all__ = ["require_api_key", "check_request_key"]

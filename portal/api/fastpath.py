@@ -26,7 +26,7 @@ from portal.security_headers import REQUEST_ID_HEADER, SECURITY_HEADERS, request
 log = logging.getLogger("portal.api")
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
-STATUS_LINES = {code: f"{code} {HTTPStatus(code).phrase}" for code in (200, 400, 401, 429, 500, 503)}
+STATUS_LINES = {code: f"{code} {HTTPStatus(code).phrase}" for code in (200, 400, 401, 403, 429, 500, 503)}
 
 
 class VerifyFastPath:

@@ -7,15 +7,19 @@ JSON, not an object, not a string, too long, control characters, non-ASCII) is n
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from dataclasses import dataclass
 from typing import Any
 
 from werkzeug.wrappers import Request
 
+from portal.scopes import SCOPE_SET
+
 MAX_BODY_BYTES = 16 * 1024
 MAX_KEY_CHARS = 256
 MAX_ENDPOINT_CHARS = 200
+MAX_CLIENT_IP_CHARS = 64
 
 
 class BadRequest(Exception):
@@ -31,6 +35,32 @@ class BadRequest(Exception):
 class VerifyRequest:
     key: str
     endpoint: str | None
+    scope: str | None = None
+    client_ip: str | None = None
+
+
+def parse_scope(value: object) -> str | None:
+    """A scope of the catalogue (:mod:`portal.scopes`), ``None`` when absent; anything else is a 400."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or value not in SCOPE_SET:
+        raise BadRequest("invalid_scope", "'scope' must be one of the ProCode API scopes, e.g. 'files:write'.")
+    return value
+
+
+def parse_client_ip(value: object) -> str | None:
+    """An IPv4 or IPv6 address in canonical form (an IPv4-mapped IPv6 address as IPv4); ``None`` when absent."""
+    if value is None:
+        return None
+    try:
+        if not isinstance(value, str) or len(value) > MAX_CLIENT_IP_CHARS:
+            raise ValueError
+        address = ipaddress.ip_address(value.strip())
+    except ValueError:
+        raise BadRequest("invalid_client_ip", "'client_ip' must be an IPv4 or IPv6 address.") from None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return str(address)
 
 
 def _is_token(value: str) -> bool:
@@ -134,4 +164,9 @@ def parse_verify_request(raw: RawRequest) -> VerifyRequest:
             raise BadRequest(
                 "invalid_endpoint", f"'endpoint' must be at most {MAX_ENDPOINT_CHARS} printable characters."
             )
-    return VerifyRequest(key=key, endpoint=endpoint)
+    return VerifyRequest(
+        key=key,
+        endpoint=endpoint,
+        scope=parse_scope(body.get("scope")),
+        client_ip=parse_client_ip(body.get("client_ip")),
+    )

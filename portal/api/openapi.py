@@ -6,9 +6,11 @@ from typing import Any
 
 from flask import current_app
 
-from portal.api.inputs import MAX_BODY_BYTES, MAX_ENDPOINT_CHARS, MAX_KEY_CHARS
+from portal.api.inputs import MAX_BODY_BYTES, MAX_CLIENT_IP_CHARS, MAX_ENDPOINT_CHARS, MAX_KEY_CHARS
+from portal.keys.policy import MAX_EXTERNAL_ID_CHARS, MAX_META_BYTES
 from portal.plans import PLANS
-from portal.verification.outcomes import OUTCOMES
+from portal.scopes import SCOPES
+from portal.verification.outcomes import CODES
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -43,13 +45,31 @@ def _schemas() -> dict[str, Any]:
                     "maxLength": MAX_ENDPOINT_CHARS,
                     "description": "The ProCode API route being called, kept on the usage record.",
                 },
+                "scope": {
+                    "type": "string",
+                    "enum": list(SCOPES),
+                    "description": "The permission the call needs. A restricted key without it is refused: 403 "
+                    "`insufficient_scope`. A full-access key has every scope. Unknown names: 400 `invalid_scope`.",
+                },
+                "client_ip": {
+                    "type": "string",
+                    "maxLength": MAX_CLIENT_IP_CHARS,
+                    "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}],
+                    "description": "The address of the client calling your API. A key with an IP allowlist is "
+                    "refused (403 `ip_not_allowed`) from any other address, and also when `client_ip` is "
+                    "missing. Keys without an allowlist ignore it. Not an address: 400 `invalid_client_ip`.",
+                },
             },
         },
         "RateLimit": {
             "type": "object",
             "required": ["limit", "remaining", "reset"],
             "properties": {
-                "limit": {"type": "integer", "description": f"Calls per minute for the plan ({LIMITS})."},
+                "limit": {
+                    "type": "integer",
+                    "description": f"Calls per minute for the key: the plan's ({LIMITS}), or the key's own "
+                    "limit when it is lower.",
+                },
                 "remaining": {"type": "integer", "description": "Calls left in the current minute."},
                 "reset": {
                     "type": "integer",
@@ -67,12 +87,36 @@ def _schemas() -> dict[str, Any]:
         },
         "Valid": {
             "type": "object",
-            "required": ["valid", "key_id", "organization", "environment", "ratelimit"],
+            "required": [
+                "valid",
+                "key_id",
+                "organization",
+                "environment",
+                "scopes",
+                "meta",
+                "external_id",
+                "ratelimit",
+            ],
             "properties": {
                 "valid": {"const": True},
                 "key_id": {"type": "string", "format": "uuid"},
                 "organization": _ref("Organization"),
                 "environment": {"type": "string", "enum": ["test", "live"]},
+                "scopes": {
+                    "type": ["array", "null"],
+                    "items": {"type": "string", "enum": list(SCOPES)},
+                    "description": "The key's scopes; null for a full-access key.",
+                },
+                "meta": {
+                    "type": "object",
+                    "description": f"The key's metadata, as set in the portal (a JSON object, at most "
+                    f"{MAX_META_BYTES} bytes).",
+                },
+                "external_id": {
+                    "type": ["string", "null"],
+                    "maxLength": MAX_EXTERNAL_ID_CHARS,
+                    "description": "Your own identifier for the key, if set.",
+                },
                 "ratelimit": _ref("RateLimit"),
             },
         },
@@ -83,7 +127,7 @@ def _schemas() -> dict[str, Any]:
                 "valid": {"const": False},
                 "code": {
                     "type": "string",
-                    "enum": [outcome for outcome in OUTCOMES if outcome != "ok"],
+                    "enum": list(CODES),
                 },
                 "message": {"type": "string"},
                 "ratelimit": _ref("RateLimit"),
@@ -144,7 +188,11 @@ def _headers() -> dict[str, Any]:
         "RateLimit-Limit": {**integer, "description": "The organization's calls per minute."},
         "RateLimit-Remaining": {**integer, "description": "Calls left in the current window."},
         "RateLimit-Reset": {**integer, "description": "Seconds until the window resets."},
-        "Retry-After": {**integer, "description": "Seconds to wait before retrying (429 and 503 only)."},
+        "Retry-After": {
+            **integer,
+            "description": "Seconds to wait before retrying (429 and 503 only): until the minute's window "
+            "resets, or until the month ends (UTC) for `quota_exceeded`.",
+        },
     }
 
 
@@ -163,10 +211,11 @@ def openapi_document() -> dict[str, Any]:
             "title": "ProCode key verification API",
             "version": "1",
             "description": (
-                "Check ProCode API keys, enforce each organization's per-minute rate limit and meter every "
-                "answered call. Limits are counted per organization in fixed one-minute windows (UTC); "
-                "at most `limit` calls are admitted in each window, exactly, whatever the number of "
-                "clients or servers."
+                "Check ProCode API keys, enforce each key's policy (scopes, IP allowlist), each "
+                "organization's per-minute rate limit, each key's own limit and the Free plan's monthly quota, "
+                "and meter every answered call. Limits are counted in fixed one-minute windows (UTC), the quota "
+                "per UTC month; at most `limit` calls are admitted in each window, exactly, whatever the number "
+                "of clients or servers, and a call refused by one limit counts against none."
             ),
         },
         "servers": [{"url": f"{current_app.config.get('PUBLIC_API_BASE', '')}/v1"}],
@@ -200,9 +249,18 @@ def openapi_document() -> dict[str, Any]:
                             '(`WWW-Authenticate: Bearer error="invalid_token"`).',
                             RATE_HEADERS,
                         ),
+                        "403": _json(
+                            _ref("Invalid"),
+                            "Valid key, but its policy refuses this call: `insufficient_scope` (with "
+                            '`WWW-Authenticate: Bearer error="insufficient_scope", scope="…"`) or '
+                            "`ip_not_allowed`. Metered as outcome `forbidden`; nothing is counted against the "
+                            "limits.",
+                            RATE_HEADERS,
+                        ),
                         "429": _json(
                             _ref("Invalid"),
-                            "Valid key, but the organization's limit for this minute is used up.",
+                            "Valid key, but the organization's or the key's limit for this minute is used up "
+                            "(`rate_limited`), or, on the Free plan, the monthly quota (`quota_exceeded`).",
                             (*RATE_HEADERS, "Retry-After"),
                         ),
                         "503": unavailable,
@@ -218,7 +276,23 @@ def openapi_document() -> dict[str, Any]:
                         "200": _json({"type": "object"}, "Who the key belongs to, and its rate limit.", RATE_HEADERS),
                         "400": bad_request,
                         "401": _json(_ref("Error"), "Missing, malformed, unknown, revoked or expired key."),
-                        "429": _json(_ref("Error"), "Rate limited.", (*RATE_HEADERS, "Retry-After")),
+                        "403": _json(_ref("Error"), "The key's IP allowlist does not include the caller."),
+                        "429": _json(_ref("Error"), "Rate limited or over quota.", (*RATE_HEADERS, "Retry-After")),
+                        "503": unavailable,
+                    },
+                }
+            },
+            "/files": {
+                "post": {
+                    "operationId": "uploadFile",
+                    "summary": 'Try a scoped key: a route protected by `@require_api_key(scope="files:write")`',
+                    "security": [{"bearer": []}],
+                    "responses": {
+                        "200": _json({"type": "object"}, "The key may write files.", RATE_HEADERS),
+                        "400": bad_request,
+                        "401": _json(_ref("Error"), "Missing, malformed, unknown, revoked or expired key."),
+                        "403": _json(_ref("Error"), "`insufficient_scope` (no `files:write`) or `ip_not_allowed`."),
+                        "429": _json(_ref("Error"), "Rate limited or over quota.", (*RATE_HEADERS, "Retry-After")),
                         "503": unavailable,
                     },
                 }

@@ -31,6 +31,15 @@ def whoami() -> Any:
     return jsonify(body)
 
 
+@bp.post("/files")
+@require_api_key(scope="files:write")
+def upload_file() -> Any:
+    """A demo route that needs the ``files:write`` scope: answers who may write, and stores nothing."""
+    body = g.api_key.as_json()
+    body.pop("valid", None)
+    return jsonify({"accepted": True, **body})
+
+
 @bp.get("/openapi.json")
 def openapi() -> Any:
     return jsonify(openapi_document())

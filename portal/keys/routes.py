@@ -8,8 +8,16 @@ from flask_login import current_user
 
 from portal.forms import ConfirmForm, choices
 from portal.http import get_org_scoped_or_404, page_arg, render_form_page
-from portal.keys import bp, services
-from portal.keys.forms import CreateKeyForm, ExpiryForm, RenameKeyForm, RollKeyForm, end_of_day
+from portal.keys import bp, policy, services
+from portal.keys.forms import (
+    CreateKeyForm,
+    DetailsForm,
+    ExpiryForm,
+    PolicyForm,
+    RenameKeyForm,
+    RollKeyForm,
+    end_of_day,
+)
 from portal.keys.rotation_routes import watch_context
 from portal.models import ApiKey
 from portal.orgs.context import can, org_view
@@ -42,12 +50,14 @@ def _show_secret(issued: services.IssuedKey, headline: str) -> Any:
 def index(slug: str) -> Any:
     page = page_arg()
     environment = request.args.get("env")
+    search = request.args.get("q", "").strip()[:128] or None
     per_page = current_app.config["KEYS_PER_PAGE"]
-    keys = services.list_keys(g.org, page=page, per_page=per_page, environment=environment)
+    keys = services.list_keys(g.org, page=page, per_page=per_page, environment=environment, search=search)
     return render_template(
         "keys/index.html",
         keys=keys,
         environment=environment,
+        search=search,
         now=utcnow(),
         usable=services.usable_key_count(g.org.id),
     )
@@ -57,6 +67,7 @@ def index(slug: str) -> Any:
 @org_view("keys.manage_test")
 def create(slug: str) -> Any:
     form = CreateKeyForm()
+    form.plan_limit = g.org.plan_info.requests_per_minute
     if not can("keys.manage_live"):
         form.environment.choices = choices([("test", "Test (pk_test_…)")])
     if request.method == "GET":
@@ -73,6 +84,13 @@ def create(slug: str) -> Any:
                 expires_at=end_of_day(form.expires_on.data),
                 request_token=token,
                 ip=request.remote_addr,
+                key_policy=services.KeyPolicy(
+                    scopes=form.scopes.data,
+                    allowed_ips=form.allowed_ips.data,
+                    rate_limit=form.rate_limit.data,
+                    meta=form.meta_json.data,
+                    external_id=form.external_id.data,
+                ),
             )
         except services.AlreadyCreated as exc:
             flash(str(exc), "warning")
@@ -128,6 +146,54 @@ def expiry(slug: str, key_id: str) -> Any:
     return _invalid(api_key, form)
 
 
+@bp.post("/<key_id>/policy")
+@org_view("keys.manage_test")
+def change_policy(slug: str, key_id: str) -> Any:
+    api_key = _managed_key(key_id)
+    form = PolicyForm()
+    form.plan_limit = g.org.plan_info.requests_per_minute
+    if form.validate_on_submit():
+        try:
+            services.set_policy(
+                g.org,
+                api_key,
+                current_user,
+                scopes=form.scopes.data,
+                allowed_ips=form.allowed_ips.data,
+                rate_limit=form.rate_limit.data,
+                ip=request.remote_addr,
+            )
+        except services.KeyActionError as exc:
+            form.form_errors.append(str(exc))
+        else:
+            flash("Key policy saved. It applies from the next call.", "success")
+            return _back(api_key)
+    return _invalid(api_key, form)
+
+
+@bp.post("/<key_id>/details")
+@org_view("keys.manage_test")
+def change_details(slug: str, key_id: str) -> Any:
+    api_key = _managed_key(key_id)
+    form = DetailsForm()
+    if form.validate_on_submit():
+        try:
+            services.set_details(
+                g.org,
+                api_key,
+                current_user,
+                meta=form.meta_json.data,
+                external_id=form.external_id.data,
+                ip=request.remote_addr,
+            )
+        except services.KeyActionError as exc:
+            form.form_errors.append(str(exc))
+        else:
+            flash("Metadata and external id saved.", "success")
+            return _back(api_key)
+    return _invalid(api_key, form)
+
+
 @bp.post("/<key_id>/revoke")
 @org_view("keys.manage_test")
 def revoke(slug: str, key_id: str) -> Any:
@@ -171,9 +237,24 @@ def _render_detail(api_key: ApiKey, failed: Any = None, grace_form: Any = None) 
         "expiry_form": ExpiryForm(expires_on=api_key.expires_at.date() if api_key.expires_at else None),
         "roll_form": RollKeyForm(),
         "revoke_form": ConfirmForm(),
+        "policy_form": PolicyForm(
+            scopes=api_key.scopes or [],
+            allowed_ips="\n".join(api_key.allowed_ips or []),
+            rate_limit=api_key.rate_limit,
+        ),
+        "details_form": DetailsForm(
+            external_id=api_key.external_id or "",
+            meta_json=policy.meta_text(api_key.meta) if api_key.meta else "",
+        ),
     }
     if failed is not None:
-        slot = {RenameKeyForm: "rename_form", ExpiryForm: "expiry_form", RollKeyForm: "roll_form"}[type(failed)]
+        slot = {
+            RenameKeyForm: "rename_form",
+            ExpiryForm: "expiry_form",
+            RollKeyForm: "roll_form",
+            PolicyForm: "policy_form",
+            DetailsForm: "details_form",
+        }[type(failed)]
         forms[slot] = failed
     return render_template(
         "keys/detail.html",

@@ -5,14 +5,17 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from flask import current_app
 
 from portal import audit
+from portal import scopes as scope_catalogue
 from portal.db import count_rows, org_scoped
 from portal.extensions import db
 from portal.keys import format as keyformat
+from portal.keys import policy
 from portal.models import ApiKey, Organization, User
 from portal.pagination import Page, paginate
 from portal.timeutil import utcnow
@@ -47,6 +50,47 @@ class AlreadyCreated(Exception):
 def lock_organization(org: Organization) -> None:
     """Serialize key changes per organization, so plan limits and resubmission checks hold under races."""
     db.session.execute(sa.select(Organization.id).where(Organization.id == org.id).with_for_update())
+
+
+@dataclass(frozen=True)
+class KeyPolicy:
+    """What a verification enforces and returns for a key, beyond its status (see :mod:`portal.keys.policy`)."""
+
+    scopes: list[str] | None = None  # None = full access
+    allowed_ips: list[str] | str | None = None  # empty = any address; text: one per line or comma-separated
+    rate_limit: int | None = None  # None = only the organization's limit
+    meta: dict[str, Any] | str | None = None  # text: JSON
+    external_id: str | None = None
+
+
+def _checked(org: Organization, api_key_id: uuid.UUID | None, given: KeyPolicy) -> KeyPolicy:
+    """The policy as stored, or KeyActionError with the first problem (unknown scope, bad CIDR, limit above
+    the plan's, metadata too big, external id taken)."""
+    try:
+        checked = KeyPolicy(
+            scopes=scope_catalogue.normalize(given.scopes),
+            allowed_ips=policy.parse_cidrs(given.allowed_ips),
+            rate_limit=policy.check_rate_limit(given.rate_limit, org.plan_info.requests_per_minute),
+            meta=policy.parse_meta(given.meta),
+            external_id=policy.parse_external_id(given.external_id),
+        )
+    except ValueError as exc:
+        raise KeyActionError(str(exc)) from None
+    if checked.external_id is not None:
+        taken = org_scoped(ApiKey, org.id).where(ApiKey.external_id == checked.external_id)
+        if api_key_id is not None:
+            taken = taken.where(ApiKey.id != api_key_id)
+        if db.session.scalar(taken) is not None:
+            raise KeyActionError(f"Another key of {org.name} already has the external id “{checked.external_id}”.")
+    return checked
+
+
+def _policy_details(api_key: ApiKey) -> dict[str, Any]:
+    return {
+        "scopes": " ".join(api_key.scopes) if api_key.scopes else "full access",
+        "allowed_ips": ", ".join(api_key.allowed_ips) if api_key.allowed_ips else "any address",
+        "rate_limit": api_key.rate_limit if api_key.rate_limit is not None else "organization's limit",
+    }
 
 
 @dataclass(frozen=True)
@@ -87,7 +131,9 @@ def _issue(
     actor: User | None,
     expires_at: datetime | None,
     metadata: dict[str, object] | None,
+    key_policy: KeyPolicy | None = None,
 ) -> IssuedKey:
+    key_policy = key_policy or KeyPolicy()
     plaintext = keyformat.generate(environment)
     api_key = ApiKey(
         organization_id=org.id,
@@ -98,6 +144,11 @@ def _issue(
         created_by_id=actor.id if actor else None,
         expires_at=expires_at,
         metadata_=metadata or {},
+        scopes=key_policy.scopes,
+        allowed_ips=list(key_policy.allowed_ips or []),
+        rate_limit=key_policy.rate_limit,
+        meta=dict(key_policy.meta or {}),  # type: ignore[arg-type]
+        external_id=key_policy.external_id,
     )
     db.session.add(api_key)
     db.session.flush()
@@ -114,8 +165,10 @@ def create_key(
     request_token: str | None = None,
     actor_label: str | None = None,
     ip: str | None = None,
+    key_policy: KeyPolicy | None = None,
 ) -> IssuedKey:
-    """Make a key. ``request_token`` makes a resubmitted form find its first key instead of a second."""
+    """Make a key. ``request_token`` makes a resubmitted form find its first key instead of a second;
+    ``key_policy`` restricts it (scopes, addresses, its own limit) and labels it (metadata, external id)."""
     if environment not in keyformat.PREFIXES:
         raise KeyActionError(f"Unknown environment {environment!r}.")
     if expires_at is not None and expires_at <= utcnow():
@@ -130,8 +183,13 @@ def create_key(
     if usable_key_count(org.id) >= limit:
         db.session.rollback()
         raise KeyActionError(f"The {org.plan_info.label} plan allows {limit} active keys. Revoke one or upgrade.")
+    try:
+        checked = _checked(org, None, key_policy or KeyPolicy())
+    except KeyActionError:
+        db.session.rollback()
+        raise
     metadata: dict[str, object] | None = {"request_token": request_token} if request_token else None
-    issued = _issue(org, name, environment, actor, expires_at, metadata)
+    issued = _issue(org, name, environment, actor, expires_at, metadata, checked)
     audit.record(
         "key.created",
         organization_id=org.id,
@@ -139,7 +197,12 @@ def create_key(
         actor_label=actor_label,
         target_type="api_key",
         target_id=issued.api_key.id,
-        details={"name": name, "environment": environment, "hint": issued.api_key.hint},
+        details={
+            "name": name,
+            "environment": environment,
+            "hint": issued.api_key.hint,
+            **_policy_details(issued.api_key),
+        },
         ip=ip,
     )
     db.session.commit()
@@ -152,11 +215,23 @@ def find_by_request_token(org: Organization, request_token: str) -> ApiKey | Non
     )
 
 
-def list_keys(org: Organization, *, page: int = 1, per_page: int = 20, environment: str | None = None) -> Page[ApiKey]:
-    """Usable keys first, newest first."""
+def list_keys(
+    org: Organization,
+    *,
+    page: int = 1,
+    per_page: int = 20,
+    environment: str | None = None,
+    search: str | None = None,
+) -> Page[ApiKey]:
+    """Usable keys first, newest first; ``search`` matches the name, the hint or the external id (any case)."""
     query = org_scoped(ApiKey, org.id)
     if environment in keyformat.PREFIXES:
         query = query.where(ApiKey.environment == environment)
+    if search:
+        pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        query = query.where(
+            sa.or_(ApiKey.name.ilike(pattern), ApiKey.hint.ilike(pattern), ApiKey.external_id.ilike(pattern))
+        )
     ordered = query.order_by(ApiKey.revoked_at.is_not(None), ApiKey.created_at.desc(), ApiKey.id)
     return paginate(
         lambda limit, offset: db.session.scalars(ordered.limit(limit).offset(offset)).all(),
@@ -253,3 +328,63 @@ def roll_key(
     )
     db.session.commit()
     return issued
+
+
+def set_policy(
+    org: Organization,
+    api_key: ApiKey,
+    actor: User | None,
+    *,
+    scopes: list[str] | None,
+    allowed_ips: list[str] | str | None,
+    rate_limit: int | None,
+    ip: str | None = None,
+) -> None:
+    """Change what the key may do; the very next verification enforces it."""
+    if api_key.revoked_at is not None and api_key.revoked_at <= utcnow():
+        raise KeyActionError("A revoked key cannot be changed.")
+    checked = _checked(org, api_key.id, KeyPolicy(scopes=scopes, allowed_ips=allowed_ips, rate_limit=rate_limit))
+    before = _policy_details(api_key)
+    api_key.scopes, api_key.rate_limit = checked.scopes, checked.rate_limit
+    api_key.allowed_ips = list(checked.allowed_ips or [])
+    after = _policy_details(api_key)
+    audit.record(
+        "key.policy_changed",
+        organization_id=org.id,
+        actor=actor,
+        target_type="api_key",
+        target_id=api_key.id,
+        details={"hint": api_key.hint, **{k: v for k, v in after.items() if before[k] != v}},
+        ip=ip,
+    )
+    db.session.commit()
+
+
+def set_details(
+    org: Organization,
+    api_key: ApiKey,
+    actor: User | None,
+    *,
+    meta: dict[str, Any] | str | None,
+    external_id: str | None,
+    ip: str | None = None,
+) -> None:
+    """Change the metadata and external id that valid verifications return."""
+    checked = _checked(org, api_key.id, KeyPolicy(meta=meta, external_id=external_id))
+    changed = []
+    if checked.meta != api_key.meta:
+        changed.append("metadata")
+    if checked.external_id != api_key.external_id:
+        changed.append("external id")
+    api_key.meta = dict(checked.meta or {})  # type: ignore[arg-type]
+    api_key.external_id = checked.external_id
+    audit.record(
+        "key.details_changed",
+        organization_id=org.id,
+        actor=actor,
+        target_type="api_key",
+        target_id=api_key.id,
+        details={"hint": api_key.hint, "changed": ", ".join(changed) or "nothing", "external_id": checked.external_id},
+        ip=ip,
+    )
+    db.session.commit()

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, CIDR, JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from portal.extensions import Model
@@ -18,6 +18,19 @@ from portal.models.user import User
 ENVIRONMENTS: tuple[str, ...] = ("test", "live")
 
 
+class CidrList(sa.TypeDecorator[list[str]]):
+    """A PostgreSQL ``cidr[]`` read and written as a list of strings (psycopg2 has no caster for ``cidr[]``)."""
+
+    impl = ARRAY(CIDR)
+    cache_ok = True
+
+    def column_expression(self, column: Any) -> Any:
+        return sa.cast(column, ARRAY(sa.Text))
+
+    def bind_expression(self, bindvalue: Any) -> Any:
+        return sa.cast(bindvalue, ARRAY(CIDR))
+
+
 class ApiKey(Model):
     __tablename__ = "api_keys"
     __table_args__ = (
@@ -25,6 +38,9 @@ class ApiKey(Model):
         sa.Index("ix_api_keys_org_created", "organization_id", sa.text("created_at DESC")),
         # Keys still able to authenticate, for counting against the plan's key limit.
         sa.Index("ix_api_keys_org_unrevoked", "organization_id", postgresql_where=sa.text("revoked_at IS NULL")),
+        sa.UniqueConstraint("organization_id", "external_id", name="uq_api_keys_org_external_id"),
+        sa.CheckConstraint("rate_limit > 0", name="ck_api_keys_rate_limit"),
+        sa.CheckConstraint("jsonb_typeof(meta) = 'object'", name="ck_api_keys_meta_object"),
     )
 
     id: Mapped[uuid_pk]
@@ -48,7 +64,16 @@ class ApiKey(Model):
     replaced_by_id: Mapped[uuid.UUID | None] = mapped_column(
         UUID(as_uuid=True), sa.ForeignKey("api_keys.id", ondelete="SET NULL")
     )
+    # The portal's own bookkeeping (resubmission token, rolled-from id); never shown to API callers.
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, server_default=sa.text("'{}'::jsonb"))
+    # Policy the verification enforces: NULL scopes = full access; an empty allowlist = any address; NULL
+    # rate_limit = only the organization's limit.
+    scopes: Mapped[list[str] | None] = mapped_column(ARRAY(sa.Text))
+    allowed_ips: Mapped[list[str]] = mapped_column(CidrList, server_default=sa.text("'{}'::cidr[]"))
+    rate_limit: Mapped[int | None] = mapped_column(sa.Integer)
+    # The customer's own: returned as ``meta`` and ``external_id`` by every valid verification.
+    meta: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=sa.text("'{}'::jsonb"))
+    external_id: Mapped[str | None] = mapped_column(sa.String(128))
 
     organization: Mapped[Organization] = relationship()
     created_by: Mapped[User | None] = relationship(foreign_keys=[created_by_id])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
@@ -37,6 +37,9 @@ class Organization(Model):
     # Set by an owner: members without two-factor see only the enrolment page for this organization.
     require_two_factor: Mapped[bool] = mapped_column(server_default=sa.false())
     leak_action: Mapped[str] = mapped_column(sa.String(10), server_default="notify")
+    # Extra calls granted by staff for one UTC month (its first day), on top of the plan's monthly quota.
+    quota_extension: Mapped[int] = mapped_column(server_default="0")
+    quota_extension_month: Mapped[date | None] = mapped_column(sa.Date)
     created_at: Mapped[created_at]
 
     memberships: Mapped[list[Membership]] = relationship(
@@ -46,6 +49,11 @@ class Organization(Model):
     @property
     def plan_info(self) -> Plan:
         return PLANS[self.plan]
+
+    def quota_for(self, month: date) -> int:
+        """The monthly quota for the UTC month starting on ``month``: the plan's plus any extension."""
+        extra = self.quota_extension if self.quota_extension_month == month else 0
+        return self.plan_info.monthly_quota + extra
 
 
 class Membership(Model):

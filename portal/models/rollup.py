@@ -46,6 +46,8 @@ class OutcomeCounts:
     revoked: Mapped[int] = _count()
     expired: Mapped[int] = _count()
     rate_limited: Mapped[int] = _count()
+    forbidden: Mapped[int] = _count()
+    quota_exceeded: Mapped[int] = _count()
     latency_ms_sum: Mapped[float] = mapped_column(sa.Float, server_default="0")
 
 

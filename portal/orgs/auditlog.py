@@ -27,6 +27,9 @@ ACTION_LABELS: dict[str, str] = {
     "key.leak_reported": "Key reported leaked",
     "key.grace_extended": "Rolled key's grace period extended",
     "org.leak_action_changed": "Leak response changed",
+    "key.policy_changed": "Key policy changed",
+    "key.details_changed": "Key metadata changed",
+    "org.quota_extended": "Monthly quota extended",
     "user.password_changed": "Password changed",
     "org.two_factor_required": "Two-factor required for members",
     "org.two_factor_optional": "Two-factor no longer required",
@@ -51,6 +54,13 @@ DETAIL_LABELS: dict[str, str] = {
     "new_key_id": "New key id",
     "source": "Reported through",
     "url": "Found at",
+    "scopes": "Scopes",
+    "allowed_ips": "Allowed addresses",
+    "rate_limit": "Requests per minute",
+    "changed": "Changed",
+    "external_id": "External id",
+    "calls": "Extra calls",
+    "month": "Month",
 }
 # Stored codes shown as words.
 VALUE_LABELS: dict[str, str] = {

@@ -14,7 +14,8 @@ from portal.http import get_org_scoped_or_404, page_arg
 from portal.models import ENVIRONMENTS, Membership, Organization
 from portal.orgs import services as org_services
 from portal.staff import bp, services
-from portal.staff.forms import PlanChangeForm
+from portal.staff.forms import PlanChangeForm, QuotaExtensionForm
+from portal.timeutil import utcnow
 
 RECENT_EVENTS = 20
 
@@ -27,9 +28,15 @@ def index() -> Any:
     return render_template("staff/index.html", query=query, result=result, mail_counts=mail.counts())
 
 
-def _detail(org: Organization, form: PlanChangeForm | None = None, status: int = 200) -> Any:
+def _detail(
+    org: Organization,
+    form: PlanChangeForm | None = None,
+    status: int = 200,
+    quota_form: QuotaExtensionForm | None = None,
+) -> Any:
     if form is None:
         form = PlanChangeForm(formdata=None, data={"plan": org.plan})
+    month = services.month_start(utcnow())
     return render_template(
         "staff/org_detail.html",
         org=org,
@@ -41,6 +48,9 @@ def _detail(org: Organization, form: PlanChangeForm | None = None, status: int =
         statuses=services.KEY_STATUSES,
         events=org_services.audit_events(org, per_page=RECENT_EVENTS).items,
         confirm_form=ConfirmForm(formdata=None),
+        quota_form=quota_form or QuotaExtensionForm(formdata=None),
+        month=month,
+        month_quota=org.quota_for(month),
     ), status
 
 
@@ -69,6 +79,20 @@ def change_plan(slug: str) -> Any:
             flash(f"{org.name} is now on the {org.plan_info.label} plan.", "success")
             return redirect(url_for("staff.org_detail", slug=org.slug))
     return _detail(org, form, 422)
+
+
+@bp.post("/orgs/<slug>/quota")
+def extend_quota(slug: str) -> Any:
+    """Grant extra calls for this UTC month (raises the Free plan's hard quota for the month)."""
+    org = org_services.find_org(slug) or abort(404)
+    form = QuotaExtensionForm()
+    if form.validate_on_submit():
+        quota = services.extend_quota(
+            org, form.calls.data or 0, reason=form.reason.data, actor=current_user, ip=request.remote_addr
+        )
+        flash(f"{org.name}'s quota for this month is now {quota:,} calls.", "success")
+        return redirect(url_for("staff.org_detail", slug=org.slug))
+    return _detail(org, status=422, quota_form=form)
 
 
 @bp.post("/orgs/<slug>/members/<membership_id>/password-reset")

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, date, datetime
 
 import sqlalchemy as sa
 
+from portal import audit
 from portal.db import count_rows, org_scoped
 from portal.extensions import db
 from portal.models import ApiKey, Membership, Organization, User
+from portal.orgs.services import SUPPORT_LABEL
 from portal.pagination import Page, paginate
 from portal.timeutil import utcnow
 
@@ -121,3 +123,31 @@ def key_counts(org: Organization) -> KeyCounts:
     for environment, st, n in db.session.execute(query):
         counts.cells[(environment, st)] = int(n)
     return counts
+
+
+def month_start(moment: datetime) -> date:
+    """The first day of ``moment``'s UTC month."""
+    return moment.astimezone(UTC).date().replace(day=1)
+
+
+def extend_quota(org: Organization, calls: int, *, reason: str, actor: User | None, ip: str | None = None) -> int:
+    """Raise this UTC month's quota by ``calls`` (extensions in one month add up); the new quota."""
+    if calls < 1:
+        raise ValueError("the extension must be at least one call")
+    db.session.execute(sa.select(Organization.id).where(Organization.id == org.id).with_for_update())
+    db.session.refresh(org)
+    month = month_start(utcnow())
+    current = org.quota_extension if org.quota_extension_month == month else 0
+    org.quota_extension, org.quota_extension_month = current + calls, month
+    audit.record(
+        "org.quota_extended",
+        organization_id=org.id,
+        actor=actor,
+        actor_label=SUPPORT_LABEL,
+        target_type="organization",
+        target_id=org.id,
+        details={"calls": calls, "month": month.strftime("%Y-%m"), "reason": reason.strip()},
+        ip=ip,
+    )
+    db.session.commit()
+    return org.quota_for(month)

@@ -143,19 +143,21 @@ def rebuild_rollups(organization_id: uuid.UUID | None = None, since: datetime | 
     return since
 
 
+_OUTCOME_COLUMNS = ", ".join(["calls", *OUTCOMES])
+
 # Each rollup table as the raw events would give it: (table, key columns, raw aggregation). Counts only;
 # latency sums are floats whose last digits depend on the order of addition.
 _CHECKS = {
     "usage_org_hourly": (
-        "organization_id, bucket, environment, calls, ok, malformed, unknown, revoked, expired, rate_limited",
+        f"organization_id, bucket, environment, {_OUTCOME_COLUMNS}",
         "SELECT organization_id, hour, environment, {counts} FROM src GROUP BY 1, 2, 3",
     ),
     "usage_key_hourly": (
-        "key_id, bucket, organization_id, environment, calls, ok, malformed, unknown, revoked, expired, rate_limited",
+        f"key_id, bucket, organization_id, environment, {_OUTCOME_COLUMNS}",
         "SELECT key_id, hour, key_org, environment, {counts} FROM src WHERE key_org IS NOT NULL GROUP BY 1, 2, 3, 4",
     ),
     "usage_key_daily": (
-        "key_id, day, organization_id, environment, calls, ok, malformed, unknown, revoked, expired, rate_limited",
+        f"key_id, day, organization_id, environment, {_OUTCOME_COLUMNS}",
         "SELECT key_id, day, key_org, environment, {counts} FROM src WHERE key_org IS NOT NULL GROUP BY 1, 2, 3, 4",
     ),
     "usage_endpoint_hourly": (

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import psycopg2
 import sqlalchemy as sa
-from psycopg2.errors import InvalidSqlStatementName, QueryCanceled
+from psycopg2.errors import InvalidSqlStatementName, QueryCanceled, SerializationFailure
 
 from portal import green
 from portal.verification import sql
@@ -28,7 +28,7 @@ Row = tuple[Any, ...]
 
 
 class Backend(Protocol):
-    def verify(self, key_hash: bytes) -> Row | None: ...
+    def verify(self, key_hash: bytes, scope: str | None = None, ip: str | None = None) -> Row | None: ...
 
     def close(self) -> None: ...
 
@@ -39,12 +39,15 @@ def libpq_dsn(sqlalchemy_url: str) -> str:
 
 
 class _Call:
-    """One verification waiting in a worker's queue: its key hash, then its row (or error) when done."""
+    """One verification waiting in a worker's queue: its key hash, scope and client address, then its row (or
+    error) when done."""
 
-    __slots__ = ("done", "error", "event", "key_hash", "row")
+    __slots__ = ("done", "error", "event", "ip", "key_hash", "row", "scope")
 
-    def __init__(self, key_hash: bytes) -> None:
+    def __init__(self, key_hash: bytes, scope: str | None = None, ip: str | None = None) -> None:
         self.key_hash = key_hash
+        self.scope = scope
+        self.ip = ip
         self.event = threading.Event()
         self.done = False
         self.row: Row | None = None
@@ -103,8 +106,8 @@ class DirectBackend:
             with contextlib.suppress(psycopg2.Error):
                 cur.connection.close()
 
-    def verify(self, key_hash: bytes) -> Row | None:
-        call = _Call(key_hash)
+    def verify(self, key_hash: bytes, scope: str | None = None, ip: str | None = None) -> Row | None:
+        call = _Call(key_hash, scope, ip)
         with self._queue_lock:
             self._queue.append(call)
             lead, self._leading = not self._leading, True
@@ -139,7 +142,9 @@ class DirectBackend:
         with self._queue_lock:
             group, self._queue = self._queue[: self.max_group], self._queue[self.max_group :]
         try:
-            rows = self.verify_many([call.key_hash for call in group])
+            rows = self.verify_many(
+                [call.key_hash for call in group], [call.scope for call in group], [call.ip for call in group]
+            )
             for call, row in zip(group, rows, strict=True):
                 call.row = row
         except BaseException as exc:  # every waiting call must be woken, whatever happened
@@ -155,9 +160,21 @@ class DirectBackend:
                 call.done = True
                 call.event.set()
 
-    def verify_many(self, key_hashes: Sequence[bytes]) -> list[Row | None]:
-        """Verify the calls for ``key_hashes`` (by the leader): one statement, one round trip."""
-        for attempt in (1, 2):
+    def verify_many(
+        self,
+        key_hashes: Sequence[bytes],
+        scopes: Sequence[str | None] | None = None,
+        ips: Sequence[str | None] | None = None,
+    ) -> list[Row | None]:
+        """Verify the calls for ``key_hashes`` (by the leader): one statement, one round trip.
+
+        ``scopes`` and ``ips`` are the scope each call asks for and its client address (``None``: not given).
+        """
+        scopes = scopes if scopes is not None else [None] * len(key_hashes)
+        ips = ips if ips is not None else [None] * len(key_hashes)
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 # Under gevent the whole round trip has a deadline too: a server that stopped answering on an
                 # open connection (its host still acknowledging TCP) would otherwise be waited on forever,
@@ -165,12 +182,19 @@ class DirectBackend:
                 with green.deadline(self.timeout + 1):
                     cur = self._cursor()
                     if len(key_hashes) == 1:
-                        cur.execute(sql.EXECUTE_SQL, (key_hashes[0],))
-                        return [cur.fetchone()]
-                    cur.execute(sql.EXECUTE_GROUP_SQL, (list(key_hashes),))
+                        cur.execute(sql.EXECUTE_SQL, (key_hashes[0], scopes[0], ips[0]))
+                        one = cur.fetchone()
+                        return [one[1:] if one is not None else None]  # without the call's position
+                    cur.execute(sql.EXECUTE_GROUP_SQL, (list(key_hashes), list(scopes), list(ips)))
                     found: dict[int, Row] = {row[0]: row[1:] for row in cur.fetchall()}
                 self.groups += 1
                 return [found.get(ord_) for ord_ in range(1, len(key_hashes) + 1)]
+            except SerializationFailure:
+                # A key or quota counter row was opened by another statement after this one's snapshot: the
+                # statement undid itself (sql._verify, step 3); run it again, now seeing that row.
+                if attempt >= 5:
+                    raise DatabaseUnavailable("the limiter's counters stayed contended") from None
+                continue
             except (green.DeadlineExceeded, QueryCanceled):
                 self._drop()
                 log.warning("verification failed: no answer from the database within %.0f s", self.timeout)
@@ -181,10 +205,9 @@ class DirectBackend:
                 # the calls count twice against the limit: they can only be refused early, never admitted
                 # beyond the limit.
                 self._drop()
-                if attempt == 2:
+                if attempt >= 2:
                     log.warning("verification failed: database unavailable: %s", exc)
                     raise DatabaseUnavailable(str(exc)) from None
-        raise AssertionError("unreachable")
 
     def close(self) -> None:
         self._drop()

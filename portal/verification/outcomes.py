@@ -10,7 +10,16 @@ from dataclasses import dataclass
 from typing import Any
 
 # Every outcome a verification can be recorded with, in the order the rollups count them.
-OUTCOMES: tuple[str, ...] = ("ok", "malformed", "unknown", "revoked", "expired", "rate_limited")
+OUTCOMES: tuple[str, ...] = (
+    "ok",
+    "malformed",
+    "unknown",
+    "revoked",
+    "expired",
+    "rate_limited",
+    "forbidden",
+    "quota_exceeded",
+)
 
 # What a gateway acts on: 200 lets the call through, 401 rejects the credential, 429 asks to retry later.
 STATUS_BY_OUTCOME: dict[str, int] = {
@@ -20,6 +29,8 @@ STATUS_BY_OUTCOME: dict[str, int] = {
     "revoked": 401,
     "expired": 401,
     "rate_limited": 429,
+    "forbidden": 403,
+    "quota_exceeded": 429,
 }
 MESSAGES: dict[str, str] = {
     "ok": "The key is valid.",
@@ -27,8 +38,17 @@ MESSAGES: dict[str, str] = {
     "unknown": "No such key.",
     "revoked": "This key has been revoked.",
     "expired": "This key has expired.",
-    "rate_limited": "The organization's rate limit for this minute is used up.",
+    "rate_limited": "The rate limit for this minute is used up.",
+    "forbidden": "This key may not make this call.",
+    "quota_exceeded": "The organization's monthly quota is used up.",
 }
+# A ``forbidden`` answer says why in its code; both are metered as the one outcome ``forbidden``.
+REASONS: dict[str, str] = {
+    "insufficient_scope": "The key does not have the scope this call needs.",
+    "ip_not_allowed": "The key may not be used from this address.",
+}
+# Every ``code`` a verification answer can carry besides a valid one.
+CODES: tuple[str, ...] = (*(o for o in OUTCOMES if o not in ("ok", "forbidden")), *REASONS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +69,12 @@ class Verification:
     plan: str | None = None
     environment: str | None = None
     ratelimit: RateLimit | None = None
+    reason: str | None = None  # why a ``forbidden`` call was refused: a key of REASONS
+    scope: str | None = None  # the scope the call asked for
+    scopes: list[str] | None = None  # the key's scopes; None = full access
+    meta: dict[str, Any] | None = None
+    external_id: str | None = None
+    quota_reset: int | None = None  # seconds until the month's quota resets (quota_exceeded only)
 
     @property
     def valid(self) -> bool:
@@ -59,13 +85,17 @@ class Verification:
         return STATUS_BY_OUTCOME[self.outcome]
 
     @property
+    def code(self) -> str:
+        return self.reason or self.outcome
+
+    @property
     def message(self) -> str:
-        return MESSAGES[self.outcome]
+        return REASONS[self.reason] if self.reason else MESSAGES[self.outcome]
 
     def as_json(self) -> dict[str, Any]:
         """The documented answer body of ``POST /v1/keys/verify``."""
         if not self.valid:
-            body: dict[str, Any] = {"valid": False, "code": self.outcome, "message": self.message}
+            body: dict[str, Any] = {"valid": False, "code": self.code, "message": self.message}
         else:
             body = {
                 "valid": True,
@@ -76,6 +106,9 @@ class Verification:
                     "plan": self.plan,
                 },
                 "environment": self.environment,
+                "scopes": self.scopes,
+                "meta": self.meta or {},
+                "external_id": self.external_id,
             }
         if self.ratelimit is not None:
             rl = self.ratelimit
@@ -92,6 +125,10 @@ class Verification:
             headers["RateLimit-Reset"] = str(rl.reset)
             if self.outcome == "rate_limited":
                 headers["Retry-After"] = str(rl.reset)
+        if self.outcome == "quota_exceeded" and self.quota_reset is not None:
+            headers["Retry-After"] = str(self.quota_reset)
+        if self.reason == "insufficient_scope":
+            headers["WWW-Authenticate"] = f'Bearer error="insufficient_scope", scope="{self.scope}"'
         if self.status_code == 401:
             headers["WWW-Authenticate"] = f'Bearer error="invalid_token", error_description="{self.outcome}"'
         return headers

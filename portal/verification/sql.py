@@ -12,10 +12,13 @@ from __future__ import annotations
 from portal.plans import PLANS
 
 WINDOW_SECONDS = 60
-STATEMENT_NAME = "portal_verify_v1"
+STATEMENT_NAME = "portal_verify_v2"
 BUCKET_PREFIX = "org:"
+KEY_BUCKET_PREFIX = "key:"
+QUOTA_BUCKET_PREFIX = "quota:"
 WINDOW = f"interval '{WINDOW_SECONDS} seconds'"
 WINDOW_START = f"to_timestamp(floor(extract(epoch FROM statement_timestamp()) / {WINDOW_SECONDS}) * {WINDOW_SECONDS})"
+MONTH_START = "(date_trunc('month', statement_timestamp() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')"
 
 
 def _limit_case() -> str:
@@ -23,109 +26,187 @@ def _limit_case() -> str:
     return f"CASE o.plan {whens} ELSE 0 END"
 
 
-def _key_columns() -> str:
-    """What both verification statements read per key: its organization, status now, limit and window."""
-    return f"""k.id, k.organization_id, k.environment, o.slug, o.plan,
+def _quota_case() -> str:
+    """The month's quota where the plan stops calls at it (plus a staff extension for this month), else NULL."""
+    whens = " ".join(f"WHEN '{p.name}' THEN {int(p.monthly_quota)}" for p in PLANS.values() if p.hard_quota)
+    extension = f"CASE WHEN o.quota_extension_month = ({MONTH_START})::date THEN o.quota_extension ELSE 0 END"
+    return f"CASE o.plan {whens} END + {extension}" if whens else "NULL::int"
+
+
+def _verify(calls: str) -> str:
+    """The verification of the calls in ``calls`` (columns ``ord``, ``key_hash``, ``scope``, ``ip``).
+
+    One row per call whose key exists: its position ``ord``, key id, organization id, slug, plan, environment,
+    status (``ok``, ``revoked``, ``expired``, ``ip_not_allowed``, ``insufficient_scope``, ``rate_limited``,
+    ``quota_exceeded``), the per-minute limit that applies to the key and what is left of it, seconds until
+    the minute's window resets, the database's time of the call, the key's scopes, metadata and external id,
+    and seconds until the month's quota resets.
+
+    **Buckets.** A usable call needs the organization's minute (``org:<id>``, the plan's limit), the key's
+    minute (``key:<id>``, only for a key with its own limit) and the organization's month (``quota:<id>``,
+    only on a plan whose quota stops calls). A call is admitted only if every bucket it needs admits it, and a
+    call refused by one bucket spends nothing in the others.
+
+    **Exactness.** Counts within a window only grow, so a bucket full as of the statement's snapshot refuses
+    its calls exactly, without a lock (a flood above a limit reads instead of queueing). Otherwise:
+
+    1. The key and quota rows of the calls that may pass are locked (``FOR UPDATE``, in bucket order): the
+       lock returns each row's latest count, so the key and quota decisions are made on the true counts.
+       Within the statement, a key admits its first ``limit - count`` calls; the quota admits, among the
+       calls their keys admitted, the organization's first ``quota - count``.
+    2. The organization's row is then upserted (``INSERT … ON CONFLICT DO UPDATE … RETURNING``) by the number
+       of calls still asking; its row lock serialises concurrent increments, each call gets a distinct count
+       (the counter before this statement plus its rank among the organization's calls), and a call is
+       admitted iff its count is ``<= limit``. Calls it refuses do not spend key or quota budget; they only
+       push the organization's own counter past its limit, where it refuses every later call anyway
+       (admitted = ``min(count, limit)``).
+    3. The key and quota rows are incremented by the calls admitted: locked rows are updated, rows that did
+       not exist are inserted. If another statement created such a row after this one's snapshot, the
+       decision in 1 was made on a stale zero: the statement raises ``serialization_failure`` (everything it
+       did is undone) and the backend runs it again, now seeing the row. This happens at most once per bucket
+       and window, on its first concurrent calls.
+
+    So, per window, admitted = ``min(limit, calls asking)`` for every bucket, across statements, workers and
+    servers. Locks are taken in one global order: key and quota rows by bucket, then organization rows by
+    bucket, then newly inserted rows by bucket, so concurrent statements cannot deadlock.
+    """
+    return f"""
+WITH c AS ({calls}
+), k AS (
+    SELECT c.ord, k.id, k.organization_id, k.environment, o.slug, o.plan,
            CASE WHEN k.revoked_at <= statement_timestamp() THEN 'revoked'
                 WHEN k.expires_at <= statement_timestamp() THEN 'expired'
+                WHEN cardinality(k.allowed_ips) > 0 AND NOT coalesce(c.ip <<= ANY(k.allowed_ips), false)
+                    THEN 'ip_not_allowed'
+                WHEN c.scope IS NOT NULL AND cardinality(k.scopes) > 0 AND NOT c.scope = ANY(k.scopes)
+                    THEN 'insufficient_scope'
                 ELSE 'ok' END AS status,
-           {_limit_case()} AS lim,
+           {_limit_case()} AS lim, k.rate_limit AS key_lim, {_quota_case()} AS quota_lim,
            '{BUCKET_PREFIX}' || k.organization_id::text AS bucket,
-           {WINDOW_START} AS window_start"""  # noqa: S608 - only our own constants
-
-
-def verify_statement(param: str = "$1") -> str:
-    """The verification for the key hash in ``param``; no row means no such key.
-
-    Columns: key id, organization id, slug, plan, environment, status (``ok``/``revoked``/``expired``), the
-    plan's per-minute limit, the window's count including this call (for a usable key), seconds until the
-    window resets, and the database's time of the call.
-
-    Admission is decided only by the atomic ``INSERT … ON CONFLICT DO UPDATE … RETURNING``: its row lock
-    serialises concurrent increments, each sees a distinct count, and a call is admitted iff its count is
-    ``<= limit`` — so exactly ``min(limit, calls)`` calls are admitted per window. Once the window's count has
-    reached the limit (as of the statement's snapshot) the call is refused without touching the row: a flood
-    above the limit reads the counter instead of queueing on its lock. The counter can therefore overshoot the
-    limit only by calls that raced past that check; admitted calls = ``min(count, limit)``.
-    """
-    return f"""
-WITH k AS (
-    SELECT {_key_columns()}
-    FROM api_keys k JOIN organizations o ON o.id = k.organization_id
-    WHERE k.key_hash = {param}
-), seen AS (
-    SELECT coalesce((SELECT r.count FROM rate_limit_tracking r, k
-                     WHERE r.bucket = k.bucket AND r.window_start = k.window_start), 0) AS count
-), hit AS (
-    INSERT INTO rate_limit_tracking AS r (bucket, window_start, organization_id, count)
-    SELECT bucket, window_start, organization_id, 1 FROM k, seen WHERE k.status = 'ok' AND seen.count < k.lim
-    ON CONFLICT (bucket, window_start) DO UPDATE SET count = r.count + 1
-    RETURNING r.count
-)
-SELECT k.id::text, k.organization_id::text, k.slug, k.plan, k.environment, k.status, k.lim,
-       CASE WHEN k.status <> 'ok' THEN seen.count
-            ELSE coalesce((SELECT count FROM hit), seen.count + 1)
-       END AS used,
-       extract(epoch FROM k.window_start + {WINDOW} - statement_timestamp())::float8 AS reset_in,
-       statement_timestamp() AS at
-FROM k, seen
-"""  # noqa: S608 - only our own constants and the plan table are interpolated
-
-
-PREPARE_SQL = f"PREPARE {STATEMENT_NAME} (bytea) AS {verify_statement()}"
-EXECUTE_SQL = f"EXECUTE {STATEMENT_NAME} (%s)"
-
-
-def verify_group_statement(param: str = "$1") -> str:
-    """The verification of several calls at once, for the array of key hashes in ``param``.
-
-    One row per call whose key exists, led by the call's position in the array (1-based); the other columns
-    are those of :func:`verify_statement`. Each organization's counter is incremented once, by the number of
-    the group's calls with a usable key for it (unless the window's count had already reached the limit as of
-    the statement's snapshot: then its calls are refused without touching the row, as one at a time). Each
-    call's count is the counter before the group's increment plus its rank among the group's calls for that
-    organization, so the counts of an organization's calls are still distinct and consecutive, a call is
-    admitted iff its count is ``<= limit``, and exactly ``min(limit, calls)`` calls are admitted per window.
-    Counter rows are locked in ``bucket`` order, so two groups sharing organizations cannot deadlock.
-    """
-    return f"""
-WITH k AS (
-    SELECT i.ord, {_key_columns()}
-    FROM unnest({param}::bytea[]) WITH ORDINALITY AS i(key_hash, ord)
-    JOIN api_keys k ON k.key_hash = i.key_hash
+           '{KEY_BUCKET_PREFIX}' || k.id::text AS key_bucket,
+           '{QUOTA_BUCKET_PREFIX}' || k.organization_id::text AS quota_bucket,
+           {WINDOW_START} AS window_start, {MONTH_START} AS month_start,
+           k.scopes, nullif(k.meta, '{{}}'::jsonb) AS meta, k.external_id
+    FROM c JOIN api_keys k ON k.key_hash = c.key_hash
     JOIN organizations o ON o.id = k.organization_id
 ), seen AS (
-    SELECT b.bucket, coalesce(r.count, 0) AS count
-    FROM (SELECT DISTINCT bucket, window_start FROM k) b
+    SELECT b.bucket, b.window_start, r.count
+    FROM (SELECT bucket, window_start FROM k
+          UNION SELECT key_bucket, window_start FROM k WHERE status = 'ok' AND key_lim IS NOT NULL
+          UNION SELECT quota_bucket, month_start FROM k WHERE status = 'ok' AND quota_lim IS NOT NULL) b
     LEFT JOIN rate_limit_tracking r ON r.bucket = b.bucket AND r.window_start = b.window_start
+), s AS (
+    SELECT k.*, coalesce(so.count, 0) AS org_seen, coalesce(sk.count, 0) AS key_seen,
+           sk.count IS NOT NULL AS key_present, coalesce(sq.count, 0) AS quota_seen,
+           sq.count IS NOT NULL AS quota_present,
+           k.status = 'ok' AND coalesce(so.count, 0) < k.lim
+               AND (k.key_lim IS NULL OR coalesce(sk.count, 0) < k.key_lim)
+               AND (k.quota_lim IS NULL OR coalesce(sq.count, 0) < k.quota_lim) AS may
+    FROM k
+    JOIN seen so ON so.bucket = k.bucket AND so.window_start = k.window_start
+    LEFT JOIN seen sk ON k.key_lim IS NOT NULL AND sk.bucket = k.key_bucket AND sk.window_start = k.window_start
+    LEFT JOIN seen sq ON k.quota_lim IS NOT NULL AND sq.bucket = k.quota_bucket
+                     AND sq.window_start = k.month_start
+), locked AS (
+    SELECT r.bucket, r.window_start, r.count FROM rate_limit_tracking r
+    WHERE (r.bucket, r.window_start) IN (
+        SELECT key_bucket, window_start FROM s WHERE may AND key_present
+        UNION SELECT quota_bucket, month_start FROM s WHERE may AND quota_present)
+    ORDER BY r.bucket FOR UPDATE OF r
+), by_key AS (
+    SELECT s.*, coalesce(lk.count, 0) AS key_now, coalesce(lq.count, 0) AS quota_now,
+           s.key_lim IS NULL OR coalesce(lk.count, 0) + count(*) FILTER (WHERE s.may) OVER (
+               PARTITION BY s.key_bucket ORDER BY s.ord) <= s.key_lim AS key_ok
+    FROM s
+    LEFT JOIN locked lk ON lk.bucket = s.key_bucket AND lk.window_start = s.window_start
+    LEFT JOIN locked lq ON lq.bucket = s.quota_bucket AND lq.window_start = s.month_start
+), by_quota AS (
+    SELECT b.*,
+           b.quota_lim IS NULL OR b.quota_now + count(*) FILTER (WHERE b.may AND b.key_ok) OVER (
+               PARTITION BY b.bucket ORDER BY b.ord) <= b.quota_lim AS quota_ok
+    FROM by_key b
 ), asking AS (
-    SELECT k.ord, k.bucket, k.window_start, k.organization_id,
-           row_number() OVER (PARTITION BY k.bucket ORDER BY k.ord) AS rank,
-           count(*) OVER (PARTITION BY k.bucket) AS n
-    FROM k JOIN seen ON seen.bucket = k.bucket
-    WHERE k.status = 'ok' AND seen.count < k.lim
+    SELECT q.ord, q.bucket, q.window_start, q.organization_id,
+           row_number() OVER (PARTITION BY q.bucket ORDER BY q.ord) AS rank,
+           count(*) OVER (PARTITION BY q.bucket) AS n
+    FROM by_quota q WHERE q.may AND q.key_ok AND q.quota_ok
 ), hit AS (
     INSERT INTO rate_limit_tracking AS r (bucket, window_start, organization_id, count)
     SELECT DISTINCT ON (bucket) bucket, window_start, organization_id, n FROM asking ORDER BY bucket
     ON CONFLICT (bucket, window_start) DO UPDATE SET count = r.count + excluded.count
     RETURNING r.bucket, r.count
+), decided AS (
+    SELECT q.*, a.ord IS NOT NULL AND h.count - a.n + a.rank <= q.lim AS admitted,
+           coalesce(h.count - a.n + a.rank, q.org_seen + 1) AS org_used
+    FROM by_quota q
+    LEFT JOIN asking a ON a.ord = q.ord
+    LEFT JOIN hit h ON h.bucket = q.bucket
+), spent AS (
+    SELECT key_bucket AS bucket, window_start, organization_id, count(*)::int AS n, bool_or(key_present) AS present
+    FROM decided WHERE admitted AND key_lim IS NOT NULL GROUP BY 1, 2, 3
+    UNION ALL
+    SELECT quota_bucket, month_start, organization_id, count(*)::int, bool_or(quota_present)
+    FROM decided WHERE admitted AND quota_lim IS NOT NULL GROUP BY 1, 2, 3
+), bumped AS (
+    UPDATE rate_limit_tracking r SET count = r.count + sp.n
+    FROM spent sp WHERE sp.present AND r.bucket = sp.bucket AND r.window_start = sp.window_start
+    RETURNING r.bucket
+), opened AS (
+    INSERT INTO rate_limit_tracking (bucket, window_start, organization_id, count)
+    SELECT bucket, window_start, organization_id, n FROM spent WHERE NOT present ORDER BY bucket
+    ON CONFLICT (bucket, window_start) DO NOTHING
+    RETURNING bucket
+), raced AS (
+    SELECT CASE WHEN (SELECT count(*) FROM opened) + (SELECT count(*) FROM bumped)
+                     < (SELECT count(*) FROM spent) THEN portal_limiter_race() END AS failed
 )
-SELECT k.ord, k.id::text, k.organization_id::text, k.slug, k.plan, k.environment, k.status, k.lim,
-       CASE WHEN k.status <> 'ok' THEN seen.count
-            WHEN a.ord IS NULL THEN seen.count + 1
-            ELSE coalesce(h.count - a.n, seen.count) + a.rank
-       END AS used,
-       extract(epoch FROM k.window_start + {WINDOW} - statement_timestamp())::float8 AS reset_in,
-       statement_timestamp() AS at
-FROM k JOIN seen ON seen.bucket = k.bucket
-LEFT JOIN asking a ON a.ord = k.ord
-LEFT JOIN hit h ON h.bucket = k.bucket
+SELECT d.ord, d.id::text, d.organization_id::text, d.slug, d.plan, d.environment,
+       CASE WHEN d.status <> 'ok' OR d.admitted THEN d.status
+            WHEN d.quota_lim IS NOT NULL AND (d.quota_seen >= d.quota_lim OR (d.may AND d.key_ok AND NOT d.quota_ok))
+                THEN 'quota_exceeded'
+            ELSE 'rate_limited' END AS status,
+       least(d.lim, d.key_lim) AS lim,
+       greatest(0, CASE WHEN d.status <> 'ok' THEN d.lim - d.org_seen
+                        WHEN NOT d.admitted THEN 0
+                        ELSE least(d.lim - d.org_used,
+                                   d.key_lim - d.key_now - count(*) FILTER (WHERE d.admitted) OVER (
+                                       PARTITION BY d.key_bucket ORDER BY d.ord)) END) AS remaining,
+       extract(epoch FROM d.window_start + {WINDOW} - statement_timestamp())::float8 AS reset_in,
+       statement_timestamp() AS at, d.scopes, d.meta, d.external_id,
+       extract(epoch FROM d.month_start + interval '1 month' - statement_timestamp())::float8 AS quota_reset_in
+FROM decided d, raced
+WHERE raced.failed IS NULL
 """  # noqa: S608 - only our own constants and the plan table are interpolated
 
 
-GROUP_STATEMENT_NAME = "portal_verify_group_v1"
-PREPARE_GROUP_SQL = f"PREPARE {GROUP_STATEMENT_NAME} (bytea[]) AS {verify_group_statement()}"
-EXECUTE_GROUP_SQL = f"EXECUTE {GROUP_STATEMENT_NAME} (%s)"
+def verify_statement(param: str = "$1", scope: str = "$2", ip: str = "$3") -> str:
+    """The verification of one call: key hash ``param``, the scope it asks for, the client's address.
+
+    The same statement as :func:`verify_group_statement` for one call (see :func:`_verify`), so both decide
+    alike; no row means no such key.
+    """
+    return _verify(f"SELECT 1::bigint AS ord, {param}::bytea AS key_hash, {scope}::text AS scope, {ip}::inet AS ip")
+
+
+PREPARE_SQL = f"PREPARE {STATEMENT_NAME} (bytea, text, inet) AS {verify_statement()}"
+EXECUTE_SQL = f"EXECUTE {STATEMENT_NAME} (%s, %s, %s::inet)"
+
+
+def verify_group_statement(param: str = "$1", scopes: str = "$2", ips: str = "$3") -> str:
+    """The verification of several calls at once: arrays of key hashes, asked scopes and client addresses.
+
+    One row per call whose key exists, led by the call's position in the arrays (1-based); the rest is
+    :func:`_verify`. Each bucket is touched once for the whole group (the organization's counter moves by
+    the group's calls asking it), and every call still gets its own count, so admission is as exact as one
+    call at a time.
+    """
+    calls = f"unnest({param}::bytea[], {scopes}::text[], {ips}::inet[]) WITH ORDINALITY AS i(key_hash, scope, ip, ord)"
+    return _verify(f"SELECT i.ord, i.key_hash, i.scope, i.ip FROM {calls}")  # noqa: S608 - our own parameter names
+
+
+GROUP_STATEMENT_NAME = "portal_verify_group_v2"
+PREPARE_GROUP_SQL = f"PREPARE {GROUP_STATEMENT_NAME} (bytea[], text[], inet[]) AS {verify_group_statement()}"
+EXECUTE_GROUP_SQL = f"EXECUTE {GROUP_STATEMENT_NAME} (%s, %s::text[], %s::inet[])"
 
 # Usage rows are written in batches: one INSERT per flush, each column an array literal (a statement-level
 # trigger runs once per batch), then ``last_used_at`` for the keys in the batch, only where it is more than a
@@ -140,10 +221,12 @@ TOUCH_KEYS_SUFFIX = (
     ") AS v(id, t) WHERE k.id = v.id AND (k.last_used_at IS NULL OR k.last_used_at < v.t - interval '1 minute')"
 )
 
-# Windows of the API limiter end a minute after they start; keep one spare window for clock skew.
+# Windows of the API limiter end a minute after they start; keep one spare window for clock skew. Quota
+# months are kept for two months (the usage pages read the rollups, not these counters).
 PRUNE_API_WINDOWS_SQL = (
-    f"DELETE FROM rate_limit_tracking WHERE bucket LIKE '{BUCKET_PREFIX}%' "  # noqa: S608
-    f"AND window_start < statement_timestamp() - interval '{2 * WINDOW_SECONDS} seconds'"
+    f"DELETE FROM rate_limit_tracking WHERE ((bucket LIKE '{BUCKET_PREFIX}%' OR bucket LIKE '{KEY_BUCKET_PREFIX}%') "  # noqa: S608
+    f"AND window_start < statement_timestamp() - interval '{2 * WINDOW_SECONDS} seconds') "
+    f"OR (bucket LIKE '{QUOTA_BUCKET_PREFIX}%' AND window_start < statement_timestamp() - interval '2 months')"
 )
 
 # The tables every verification churns: pending sums are appended and deleted (one row per key per flush), and

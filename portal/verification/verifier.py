@@ -14,7 +14,7 @@ from typing import Any
 from portal.keys import format as keyformat
 from portal.timeutil import utcnow
 from portal.verification.backend import Backend, DirectBackend, libpq_dsn
-from portal.verification.outcomes import RateLimit, Verification
+from portal.verification.outcomes import REASONS, RateLimit, Verification
 from portal.verification.usage_writer import BufferedRecorder, UsageRecorder
 
 
@@ -26,8 +26,19 @@ class Verifier:
         self.recorder = recorder
         self.pepper = pepper
 
-    def verify(self, candidate: object, endpoint: str | None, started: float | None = None) -> Verification:
+    def verify(
+        self,
+        candidate: object,
+        endpoint: str | None,
+        started: float | None = None,
+        *,
+        scope: str | None = None,
+        ip: str | None = None,
+    ) -> Verification:
         """Check ``candidate`` and record the answer; ``started`` (``perf_counter``) times the latency.
+
+        ``scope`` is the permission the call needs (from :mod:`portal.scopes`, already checked), ``ip`` the
+        client's address (a valid IP address, or ``None`` when unknown: a key with an allowlist refuses it).
 
         Raises :class:`~portal.verification.outcomes.DatabaseUnavailable` (nothing recorded) when PostgreSQL
         cannot answer in time.
@@ -37,8 +48,8 @@ class Verifier:
         if parsed is None:
             result, at = Verification("malformed"), utcnow()
         else:
-            row = self.backend.verify(keyformat.key_hash(parsed.key, self.pepper))
-            result, at = _from_row(row) if row is not None else (Verification("unknown"), utcnow())
+            row = self.backend.verify(keyformat.key_hash(parsed.key, self.pepper), scope, ip)
+            result, at = _from_row(row, scope) if row is not None else (Verification("unknown"), utcnow())
         latency_ms = round((time.perf_counter() - started) * 1000.0, 3)
         self.recorder.add(
             (
@@ -59,11 +70,27 @@ class Verifier:
         self.backend.close()
 
 
-def _from_row(row: tuple[Any, ...]) -> tuple[Verification, Any]:
-    key_id, org_id, slug, plan, environment, status, limit, used, reset_in, at = row
-    outcome = "rate_limited" if status == "ok" and used > limit else status
-    ratelimit = RateLimit(limit=limit, remaining=max(0, limit - used), reset=max(1, math.ceil(reset_in)))
-    return Verification(outcome, key_id, org_id, slug, plan, environment, ratelimit), at
+def _from_row(row: tuple[Any, ...], scope: str | None) -> tuple[Verification, Any]:
+    """A row of :func:`portal.verification.sql.verify_statement` as the answer and the time of the call."""
+    key_id, org_id, slug, plan, environment, status, limit, remaining, reset_in, at, scopes, meta, ext, q_reset = row
+    reason = status if status in REASONS else None
+    ratelimit = RateLimit(limit=limit, remaining=remaining, reset=max(1, math.ceil(reset_in)))
+    result = Verification(
+        "forbidden" if reason else status,
+        key_id,
+        org_id,
+        slug,
+        plan,
+        environment,
+        ratelimit,
+        reason=reason,
+        scope=scope,
+        scopes=scopes,
+        meta=meta,
+        external_id=ext,
+        quota_reset=max(1, math.ceil(q_reset)) if status == "quota_exceeded" else None,
+    )
+    return result, at
 
 
 def build_verifier(database_url: str, pepper: str, *, flush_interval: float = 0.2, timeout: float = 5.0) -> Verifier:
