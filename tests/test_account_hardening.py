@@ -162,3 +162,26 @@ def test_turning_two_factor_off_ends_pending_account_links(client, owner):
     assert _pending_links(owner) == ["change_email"]
     assert client.post("/account/two-factor/disable", data={"confirmation": next_step_code(secret)}).status_code == 302
     assert _pending_links(owner) == []
+
+
+# Request bodies -------------------------------------------------------------------------------------------------
+
+
+def test_portal_pages_refuse_bodies_that_are_not_forms_before_csrf(csrf_app, owner):
+    browser = csrf_app.test_client()
+    as_json = browser.post("/login", json={"email": owner.email, "password": factories.PASSWORD})
+    assert as_json.status_code == 415  # not the CSRF error: the body is refused first
+    assert "form submissions only" in as_json.get_data(as_text=True)
+    api_client = browser.post(
+        "/password/forgot", data='{"email": 5}', content_type="application/json", headers={"Accept": "application/json"}
+    )
+    assert api_client.status_code == 415 and api_client.get_json()["error"]["code"] == "unsupported_media_type"
+    assert browser.post("/login", data="email=a", content_type="text/plain").status_code == 415
+    assert not _signed_in(browser)
+
+
+def test_form_posts_and_the_json_api_still_work(client, owner, api_key):
+    assert client.post("/login", data={"email": owner.email, "password": factories.PASSWORD}).status_code == 302
+    assert client.post("/logout").status_code == 302  # an empty POST, as a button sends it
+    verified = client.post("/v1/keys/verify", json={"key": api_key.plaintext})
+    assert verified.status_code == 200
