@@ -185,3 +185,20 @@ def test_form_posts_and_the_json_api_still_work(client, owner, api_key):
     assert client.post("/logout").status_code == 302  # an empty POST, as a button sends it
     verified = client.post("/v1/keys/verify", json={"key": api_key.plaintext})
     assert verified.status_code == 200
+
+
+# Sign-up --------------------------------------------------------------------------------------------------------
+
+
+def test_the_verification_link_verifies_and_asks_to_sign_in_without_signing_in(client, mail_server):
+    from tests.mail_helpers import deliver, link_path, only_mail_to
+
+    data = {"display_name": "Ada", "email": "ada@example.com", "password": "a long enough password"}
+    assert client.post("/signup", data=data).headers["Location"] == "/signup/check-email"
+    assert not _signed_in(client)
+    path = link_path(only_mail_to(deliver(mail_server), "ada@example.com"), "/verify-email/")
+    followed = client.post(path, follow_redirects=True)
+    assert "Address verified: ada@example.com. Sign in to continue." in followed.get_data(as_text=True)
+    assert followed.request.path == "/login" and not _signed_in(client)
+    assert client.post("/login", data={"email": data["email"], "password": data["password"]}).status_code == 302
+    assert _signed_in(client)
