@@ -144,6 +144,41 @@ def test_adding_an_app_next_to_a_passkey_needs_the_password_or_a_code(client, ow
     assert added.status_code == 302 and db.session.get(TotpCredential, owner.id) is not None
 
 
+def _issued_register_challenge(client) -> bytes:
+    import base64
+
+    assert client.get("/account/two-factor/passkeys/new").status_code == 200
+    with client.session_transaction() as state:
+        return base64.urlsafe_b64decode(state["webauthn_challenge_register"]["challenge"])
+
+
+def test_a_passkey_challenge_is_accepted_once_even_from_a_copied_cookie(client, owner):
+    from portal.twofactor import services
+
+    _login(client, owner)
+    challenge = _issued_register_challenge(client)
+    services.spend_challenge(challenge)  # answered once already, from a copy of this session cookie
+    db.session.commit()
+    again = client.post("/account/two-factor/passkeys/new", data={"name": "Laptop", "credential": "{}"})
+    assert again.status_code == 422 and "answered already" in again.get_data(as_text=True)
+
+    fresh = _issued_register_challenge(client)
+    answer = client.post("/account/two-factor/passkeys/new", data={"name": "Laptop", "credential": "{}"})
+    assert "answered already" not in answer.get_data(as_text=True) and "could not be verified" in answer.get_data(
+        as_text=True
+    )
+    assert fresh != challenge
+
+
+def test_a_passkey_challenge_expires_after_ten_minutes(client, owner):
+    _login(client, owner)
+    _issued_register_challenge(client)
+    with client.session_transaction() as state:
+        state["webauthn_challenge_register"]["issued"] -= 10 * 60 + 1
+    stale = client.post("/account/two-factor/passkeys/new", data={"name": "Laptop", "credential": "{}"})
+    assert stale.status_code == 422 and "This passkey request expired" in stale.get_data(as_text=True)
+
+
 # Pending account links ------------------------------------------------------------------------------------------
 
 

@@ -15,10 +15,19 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 from flask import current_app
+from sqlalchemy.dialects.postgresql import insert
 
 from portal import audit, mail, ratelimit
 from portal.extensions import db
-from portal.models import Membership, Organization, Passkey, RecoveryCode, TotpCredential, User
+from portal.models import (
+    Membership,
+    Organization,
+    Passkey,
+    RecoveryCode,
+    SpentPasskeyChallenge,
+    TotpCredential,
+    User,
+)
 from portal.security import verify_password
 from portal.timeutil import utcnow
 from portal.twofactor import hooks, passkeys, sealing, totp
@@ -254,6 +263,25 @@ def enable_totp(actor: Actor, secret: str, code: str, confirmation: str | None =
     return codes
 
 
+def spend_challenge(challenge: bytes) -> None:
+    """Accept an issued passkey challenge once (no commit: it is spent with the change it allows). The session
+    cookie that carried it is signed, not single use, so the record of spent ones is kept here; rows older than
+    any challenge still usable are deleted on the way."""
+    db.session.execute(
+        sa.delete(SpentPasskeyChallenge).where(
+            SpentPasskeyChallenge.spent_at < utcnow() - 2 * passkeys.CHALLENGE_MAX_AGE
+        )
+    )
+    spent = db.session.scalar(
+        insert(SpentPasskeyChallenge)
+        .values(challenge_hash=hashlib.sha256(challenge).digest(), spent_at=utcnow())
+        .on_conflict_do_nothing()
+        .returning(SpentPasskeyChallenge.challenge_hash)
+    )
+    if spent is None:
+        raise PasskeyError("This passkey request was answered already. Try again.")
+
+
 def add_passkey(
     actor: Actor, name: str, credential_json: str, challenge: bytes, rp: RelyingParty, confirmation: str | None = None
 ) -> list[str]:
@@ -261,6 +289,7 @@ def add_passkey(
     already, ``confirmation`` (the password or a current code) is required."""
     user = actor.user
     _confirm_another_factor(actor, confirmation)
+    spend_challenge(challenge)
     new = passkeys.verify_registration(credential_json, challenge, rp)
     if db.session.scalar(sa.select(Passkey.id).where(Passkey.credential_id == new.credential_id)) is not None:
         raise PasskeyError("This passkey is already registered.")
@@ -285,6 +314,7 @@ def sign_in_with_passkey(actor: Actor, credential_json: str, challenge: bytes, r
     """The second step of a sign-in with one of the account's passkeys; counts as an attempt like a code."""
     user = actor.user
     with _attempt(user):
+        spend_challenge(challenge)
         credential_id = passkeys.credential_id_of(credential_json)
         passkey = db.session.scalar(
             sa.select(Passkey)
