@@ -67,6 +67,8 @@ def account_pages(p, page) -> None:
     page.get_by_role("button", name="Create account").click()
     page.wait_for_url("**/check-email**")
     page.screenshot(path=OUT / "10-check-email.png")
+    sign_in(page, email, password)  # sign-up alone signs nobody in
+    page.wait_for_url("**/keys/")
 
     # A second session in a browser of its own, so that the sessions page has one to sign out.
     other = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)

@@ -49,6 +49,7 @@ def create_app(config: dict[str, Any] | None = None, env: str | None = None) -> 
     configure_logging(app)
     configure_database(app)
     register_staff_guard(app)
+    register_body_check(app)
     register_extensions(app)
     register_mail(app)
     register_blueprints(app)
@@ -85,6 +86,13 @@ def register_staff_guard(app: Flask) -> None:
     from portal.staff import hide_from_non_staff
 
     app.before_request(hide_from_non_staff)
+
+
+def register_body_check(app: Flask) -> None:
+    """Registered before CSRF protection too: a body that is not a form is refused (415) before anything reads it."""
+    from portal.http import refuse_non_form_bodies
+
+    app.before_request(refuse_non_form_bodies)
 
 
 def register_extensions(app: Flask) -> None:

@@ -25,6 +25,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "mail send-pending": ("flask mail send-pending",),
     "mail list": ("flask mail list",),
     "mail test": ("flask mail test --to you@example.com",),
+    "mail prune": ("flask mail prune --days 30",),
 }
 
 

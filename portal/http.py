@@ -43,3 +43,18 @@ def safe_next_url(target: str | None) -> str | None:
 def page_arg(name: str = "page") -> int:
     """A 1-based page number from the query string; junk reads as page 1."""
     return clamp_page(request.args.get(name, 1, type=int))
+
+
+FORM_MIMETYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def refuse_non_form_bodies() -> None:
+    """Portal pages take HTML forms only. Flask-WTF would read a JSON body as form data, where values that are
+    not strings break validators and NUL escapes the refusal in ``start_request``; so any other body is 415,
+    before CSRF is checked. An empty POST (a button with no fields) is fine; ``/v1`` reads its own JSON."""
+    if request.method not in BODY_METHODS or request.path == "/v1" or request.path.startswith("/v1/"):
+        return
+    if request.mimetype in FORM_MIMETYPES or (not request.mimetype and not request.content_length):
+        return
+    abort(415, "This page accepts form submissions only (application/x-www-form-urlencoded or multipart/form-data).")

@@ -7,7 +7,7 @@ from portal.models import AuditEvent, Membership, Organization, User
 from tests import factories
 
 
-def test_signup_creates_user_personal_org_and_signs_in(client):
+def test_signup_creates_user_personal_org_then_the_member_signs_in(client):
     response = client.post(
         "/signup",
         data={"display_name": "Ada Lovelace", "email": "Ada@Example.com", "password": "a long enough password"},
@@ -22,7 +22,10 @@ def test_signup_creates_user_personal_org_and_signs_in(client):
     assert org.plan == "free"
     assert response.headers["Location"] == "/signup/check-email"
     check = client.get(response.headers["Location"]).get_data(as_text=True)
-    assert "Check your email" in check and "Continue to ProCode" in check
+    assert "Check your email" in check and "Then sign in" in check and 'href="/login"' in check
+    assert "/login" in client.get("/").headers["Location"]  # not signed in by sign-up (see the next test)
+    signed_in = client.post("/login", data={"email": "ada@example.com", "password": "a long enough password"})
+    assert signed_in.status_code == 302
     home = client.get("/")  # signed in: the portal leads on to the new organization's keys
     assert home.headers["Location"].endswith(f"/orgs/{org.slug}/keys/")
     page = client.get(home.headers["Location"]).get_data(as_text=True)

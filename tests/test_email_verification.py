@@ -32,6 +32,7 @@ def test_sign_up_mails_a_link_that_verifies_the_address_once(client, mail_server
     row = db.session.scalar(sa.select(AccountToken))
     assert row.purpose == "verify_email" and row.token_hash == hashlib.sha256(token.encode()).digest()
     assert row.expires_at - row.created_at == timedelta(hours=24)
+    client.post("/login", data={"email": SIGNUP["email"], "password": SIGNUP["password"]})
     assert "Verify your address" in client.get("/orgs/new").get_data(as_text=True)  # the banner
 
     page = client.get(path)

@@ -125,7 +125,10 @@ def test_new_visitor_signs_up_and_comes_back(client, auth, org, owner):
     response = client.post(f"/signup?next={path}", data=signup)
     assert response.status_code == 302 and response.headers["Location"].startswith("/signup/check-email?next=")
     check = client.get(response.headers["Location"]).get_data(as_text=True)
-    assert f'href="{path}"' in check  # "Continue to ProCode" leads back to the invitation
+    login = f"/login?next={path}"
+    assert f'href="{login}"' in check  # "Sign in" leads back to the invitation
+    signed_in = client.post(login, data={"email": "fresh@example.com", "password": "a long enough password"})
+    assert signed_in.headers["Location"] == path
     assert client.post(path).status_code == 302
     assert _count(Invitation, organization_id=org.id, accepted_at=None) == 0
 

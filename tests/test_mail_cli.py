@@ -95,3 +95,20 @@ def test_settings_per_environment():
     assert Config.MAIL_SENDER_THREAD and DevConfig.MAIL_SENDER_THREAD and not TestConfig.MAIL_SENDER_THREAD
     assert DevConfig.MAIL_CONSOLE and not Config.MAIL_CONSOLE and not TestConfig.MAIL_CONSOLE
     assert Config.PUBLIC_BASE_URL is None and DevConfig.PUBLIC_BASE_URL == "http://127.0.0.1:5000"
+
+
+def test_prune_deletes_sent_mail_older_than_the_given_days(cli):
+    now = utcnow()
+    for to, sent in (("old@example.com", now - timedelta(days=31)), ("recent@example.com", now - timedelta(days=29))):
+        db.session.add(OutboxMail(to_address=to, subject="s", body_text="", template="test_message", sent_at=sent))
+    db.session.add(OutboxMail(to_address="pending@example.com", subject="s", body_text="b", template="test_message"))
+    db.session.commit()
+
+    result = cli("mail", "prune")
+
+    assert result.exit_code == 0, result.output
+    assert "deleted 1 sent mail older than 30 days" in result.output
+    left = db.session.scalars(sa.select(OutboxMail.to_address).order_by(OutboxMail.to_address)).all()
+    assert left == ["pending@example.com", "recent@example.com"]
+    assert "deleted 1 " in cli("mail", "prune", "--days", "1").output
+    assert cli("mail", "prune", "--days", "0").exit_code != 0

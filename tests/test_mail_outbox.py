@@ -42,6 +42,8 @@ def test_committed_mail_is_delivered_with_text_html_and_absolute_links(mail_serv
     assert f'href="{LOGIN_URL}"' in html and "<title>ProCode Portal test message</title>" in html
     db.session.refresh(row)
     assert row.sent_at is not None and row.attempts == 0 and row.last_error is None
+    # What it said is not kept once it is sent (mail may hold live one-time links); the metadata is.
+    assert row.body_text == "" and row.body_html is None and row.subject == "ProCode Portal test message"
     assert mail.send_due().attempted == 0  # sent once, not again
 
 
@@ -132,14 +134,22 @@ def test_a_mail_refused_every_time_is_given_up_and_shown_to_staff(app, mail_serv
     assert "bounce@example.com" in body and "ProCode Portal test message" in body and "550 5.7.1" in body
     assert "mail delivery works" not in body  # metadata only, never the body
 
-    # Retry: one more attempt, now; this time the server takes it.
-    mail_server.handler.refuse = 0
-    answer = client.post(f"/staff/mail/{row.id}/retry")
+    # Given up, what it said is gone (it may have held a live link): it cannot be tried again.
+    assert row.body_text == "" and row.body_html is None and row.subject == "ProCode Portal test message"
+    assert "Content cleared" in body
+    assert client.post(f"/staff/mail/{row.id}/retry").status_code == 404
+
+    # A mail still being retried can be tried again now; this time the server takes it.
+    mail_server.handler.refuse = 1
+    later = mail.enqueue("later@example.com", "test_message")
+    db.session.commit()
+    assert mail.send_due().retrying == 1
+    answer = client.post(f"/staff/mail/{later.id}/retry")
     assert answer.status_code == 302 and answer.headers["Location"].endswith("/staff/mail")
-    db.session.refresh(row)
-    assert row.failed_at is None and row.next_attempt_at <= utcnow()
+    db.session.refresh(later)
+    assert later.failed_at is None and later.next_attempt_at <= utcnow()
     assert mail.send_due().sent == 1
-    assert client.post(f"/staff/mail/{row.id}/retry").status_code == 404  # sent: nothing to retry
+    assert client.post(f"/staff/mail/{later.id}/retry").status_code == 404  # sent: nothing to retry
     assert client.post(f"/staff/mail/{uuid.uuid4()}/retry").status_code == 404
     assert client.post("/staff/mail/not-a-uuid/retry").status_code == 404
 

@@ -237,8 +237,12 @@ def revoke_session(user: User, target: UserSession, *, ip: str | None, user_agen
 
 
 def sign_out_others(user: User, *, ip: str | None, user_agent: str | None) -> int:
-    """End every session of ``user`` but the current one, and commit; how many ended."""
+    """End every session of ``user`` but the current one, and every pending account link (an address change
+    asked for from one of those sessions, say), and commit; how many sessions ended."""
+    from portal.auth import tokens  # portal.auth imports this module
+
     ended = end_other_sessions(user, user.current_session, "revoked_others")
+    tokens.discard(user.id)
     security_log.record(user, "sessions.revoked_others", ip=ip, user_agent=user_agent, sessions_ended=ended)
     db.session.commit()
     return ended

@@ -61,8 +61,12 @@ def verify_email_confirm(token: str) -> Any:
     user = addresses.verify_email(token, ip=request.remote_addr)
     if user is None:
         return _invalid_link("verification")
-    flash(f"Thank you: {user.email} is verified.", "success")
-    return redirect(url_for("orgs.home") if current_user.is_authenticated else url_for("auth.login"))
+    if current_user.is_authenticated:
+        flash(f"Thank you: {user.email} is verified.", "success")
+        return redirect(url_for("orgs.home"))
+    # Never signed in by a mailed link: that would skip the password and any second factor.
+    flash(f"Address verified: {user.email}. Sign in to continue.", "success")
+    return redirect(url_for("auth.login"))
 
 
 @bp.route("/account/email", methods=["GET", "POST"])

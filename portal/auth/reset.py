@@ -2,8 +2,9 @@
 
 Asking for a link answers the same, in about the same time, whether or not the address has an account, and
 is throttled per address and per client address; a throttled request gets the same answer and sends nothing.
-Using the link sets the new password (same policy as sign-up), ends every session, marks the address verified
-(the link proved it), and is announced by mail.
+Using the link sets the new password (same policy as sign-up), ends every session and every other pending
+link of the account (an address change someone else asked for, say), marks the address verified (the link
+proved it), and is announced by mail.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def reset_password(token: str, new_password: str, *, ip: str | None, user_agent:
     hooks.end_all_sessions(user)
     if user.email_verified_at is None:
         user.email_verified_at = utcnow()  # only the address's owner could follow the link
-    tokens.discard(user.id, tokens.RESET_PASSWORD)
+    tokens.discard(user.id)  # every pending link (an address change, say) dies with the old password
     audit.record("user.password_reset", organization_id=None, actor=user, target_type="user", target_id=user.id, ip=ip)
     hooks.record_security_event(user, "password.reset", ip=ip, user_agent=user_agent)
     mail.enqueue(user.email, "password_changed", name=user.display_name)

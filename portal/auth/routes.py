@@ -61,18 +61,15 @@ def signup() -> Any:
     form = SignupForm()
     if form.validate_on_submit():
         try:
-            result = services.sign_up(
-                form.email.data, form.display_name.data, form.password.data, ip=request.remote_addr
-            )
+            services.sign_up(form.email.data, form.display_name.data, form.password.data, ip=request.remote_addr)
         except services.WeakPassword as exc:
             form.password.errors.append(str(exc))
         except services.SignupThrottled:
             form.form_errors.append("Too many sign-ups from your network. Try again in an hour.")
             return render_form_page("auth/signup.html", status_on_error=429, form=form)
         else:
-            # The same answer whether or not the address had an account; only a new one is signed in.
-            if result.user is not None:
-                start_session(result.user)
+            # The same answer whether or not the address had an account, and nobody is signed in: a signed-in
+            # session would tell a new address from one that has an account. The new member signs in next.
             return redirect(url_for("auth.check_email", next=safe_next_url(request.args.get("next"))))
     return render_form_page("auth/signup.html", form=form)
 

@@ -232,12 +232,14 @@ def change_password(
     user_agent: str | None = None,
     keep: UserSession | None = None,
 ) -> bool:
-    """Change the password (policy and sign-in throttle apply) and end every session but ``keep``."""
+    """Change the password (policy and sign-in throttle apply), end every session but ``keep`` and every pending
+    account link (one asked for by whoever knew the old password must not outlive it)."""
     check_password_policy(new_password, email=user.email, name=user.display_name)
     if not check_current_password(user, current_password, ip=ip):
         return False
     user.password_hash = hash_password(new_password)
     ended = end_other_sessions(user, keep, "password.changed")
+    tokens.discard(user.id)
     audit.record(
         "user.password_changed", organization_id=None, actor=user, target_type="user", target_id=user.id, ip=ip
     )

@@ -1,6 +1,8 @@
-"""``flask mail``: deliver pending mail now, see the outbox, send a test message."""
+"""``flask mail``: deliver pending mail now, see the outbox, send a test message, delete old sent mail."""
 
 from __future__ import annotations
+
+from datetime import timedelta
 
 import click
 from flask import current_app
@@ -70,3 +72,12 @@ def send_test(to: str) -> None:
         raise click.ClickException(f"test message {row.id} not delivered yet: {row.last_error or 'pending'}")
     if result.attempted > 1:
         click.echo(f"(and {result.attempted - 1} other due mail)", err=True)
+
+
+@mail_group.command("prune")
+@click.option("--days", type=click.IntRange(min=1), default=30, show_default=True, help="Keep mail sent since.")
+def prune(days: int) -> None:
+    """Delete sent mail older than --days (what a sent mail said is cleared when it is sent)."""
+    deleted = mail.prune(sent_before=timedelta(days=days))
+    db.session.commit()
+    click.echo(f"deleted {deleted} sent mail older than {days} days")

@@ -11,7 +11,7 @@ import logging
 
 from flask import Flask
 
-from portal.mail.outbox import MailConfigError, counts, enqueue, problems, render, retry
+from portal.mail.outbox import MailConfigError, counts, enqueue, problems, prune, render, retry
 from portal.mail.sender import BATCH, SendResult, send_due, transport_from_config
 from portal.mail.smtp import SmtpSettings
 
@@ -25,6 +25,7 @@ __all__ = [
     "enqueue",
     "init_app",
     "problems",
+    "prune",
     "render",
     "retry",
     "send_due",

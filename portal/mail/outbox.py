@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -122,11 +122,18 @@ def problems(limit: int = 200) -> list[OutboxMail]:
 
 
 def retry(mail_id: uuid.UUID, *, now: datetime | None = None) -> OutboxMail | None:
-    """Try an unsent mail again now; a failed one gets one more attempt. None for a sent or unknown mail."""
+    """Try an unsent mail again now; a failed one gets one more attempt. None for a sent or unknown mail, and
+    for one whose bodies were cleared when it was given up (the member asks for a new link instead)."""
     mail = db.session.get(OutboxMail, mail_id, with_for_update=True)
-    if mail is None or mail.sent_at is not None:
+    if mail is None or mail.sent_at is not None or not mail.body_text:
         return None
     mail.failed_at = None
     mail.next_attempt_at = now or utcnow()
     db.session.info[ENQUEUED] = True
     return mail
+
+
+def prune(*, sent_before: timedelta) -> int:
+    """Delete mail sent more than ``sent_before`` ago (no commit); how many rows."""
+    result: Any = db.session.execute(sa.delete(OutboxMail).where(OutboxMail.sent_at < utcnow() - sent_before))
+    return int(result.rowcount)

@@ -6,6 +6,9 @@ once: a process that dies after the server took a message but before its commit 
 the same ``Message-ID`` (derived from the row id) so the duplicate can be recognised. A failure is retried
 after ``MAIL_RETRY_BASE`` seconds, doubling up to ``MAIL_RETRY_CAP``; after ``MAIL_MAX_ATTEMPTS`` the row is
 marked failed and shown to staff at /staff/mail.
+
+Once a mail is sent, or given up, its bodies are cleared (subject and metadata stay): they may hold live
+one-time links, which must not sit in the table, its backups or replicas, for anyone who can read them.
 """
 
 from __future__ import annotations
@@ -121,6 +124,7 @@ def send_due(*, now: datetime | None = None, limit: int = BATCH, transport: Tran
                 raise
             mail.sent_at = moment
             mail.last_error = None
+            clear_bodies(mail)
             db.session.commit()
             result.sent += 1
     finally:
@@ -145,8 +149,15 @@ def _record_failure(mail: OutboxMail, error: str, moment: datetime, config: Mapp
     mail.last_error = error[:ERROR_LENGTH]
     if mail.attempts >= config["MAIL_MAX_ATTEMPTS"]:
         mail.failed_at = moment
+        clear_bodies(mail)
         log.warning("mail %s given up after %d attempts: %s", mail.id, mail.attempts, mail.last_error)
         return True
     mail.next_attempt_at = moment + backoff(mail.attempts, config["MAIL_RETRY_BASE"], config["MAIL_RETRY_CAP"])
     log.info("mail %s attempt %d failed, next at %s: %s", mail.id, mail.attempts, mail.next_attempt_at, error)
     return False
+
+
+def clear_bodies(mail: OutboxMail) -> None:
+    """Keep the subject and metadata of a mail that is done with, not what it said (it may hold live links)."""
+    mail.body_text = ""
+    mail.body_html = None

@@ -14,7 +14,7 @@ from portal.models.rollup import (
     UsageRollupPending,
 )
 from portal.models.session import SecurityEvent, UserSession
-from portal.models.two_factor import Passkey, RecoveryCode, TotpCredential
+from portal.models.two_factor import Passkey, RecoveryCode, SpentPasskeyChallenge, TotpCredential
 from portal.models.usage import OUTCOMES, ApiKeyUsage, RateLimitTracking
 from portal.models.user import User
 
@@ -30,6 +30,7 @@ __all__ = [
     "Organization",
     "OutboxMail",
     "Passkey",
+    "SpentPasskeyChallenge",
     "RateLimitTracking",
     "SecurityEvent",
     "RecoveryCode",

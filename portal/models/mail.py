@@ -14,7 +14,9 @@ from portal.models._types import Timestamp, created_at, uuid_pk
 class OutboxMail(Model):
     """A mail to deliver: pending until ``sent_at`` is set, or ``failed_at`` once the sender gives up.
 
-    Bodies are stored as rendered (they may hold one-time links); staff pages show only the metadata.
+    Bodies are stored as rendered while the mail is pending; they may hold one-time links, so the sender clears
+    them (``body_text`` empty, ``body_html`` NULL) once the mail is sent or given up, keeping the subject and
+    metadata. Staff pages show only the metadata; ``flask mail prune`` deletes sent rows after 30 days.
     """
 
     __tablename__ = "mail_outbox"

@@ -60,3 +60,13 @@ class Passkey(Model):
     transports: Mapped[list[str]] = mapped_column(JSONB, server_default=sa.text("'[]'::jsonb"))
     created_at: Mapped[created_at]
     last_used_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
+class SpentPasskeyChallenge(Model):
+    """A passkey challenge that was answered, by its SHA-256: each challenge is accepted once, even when a copy
+    of the session cookie that carried it is sent again. Rows go once the challenge would have expired anyway."""
+
+    __tablename__ = "spent_passkey_challenges"
+
+    challenge_hash: Mapped[bytes] = mapped_column(sa.LargeBinary(32), primary_key=True)
+    spent_at: Mapped[datetime] = mapped_column(Timestamp, server_default=sa.func.now())

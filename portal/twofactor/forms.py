@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask_wtf import FlaskForm
 from wtforms import BooleanField, HiddenField, PasswordField, StringField
-from wtforms.validators import DataRequired, Length, ValidationError
+from wtforms.validators import DataRequired, Length, Optional, ValidationError
 
 from portal.forms import no_control_chars, strip_filter
 from portal.twofactor.passkeys import MAX_CREDENTIAL_JSON
@@ -22,6 +22,16 @@ class CodeForm(FlaskForm):
     )
 
 
+def _another_factor_confirmation() -> PasswordField:
+    """Asked only when two-factor is on already: the view removes the field otherwise."""
+    return PasswordField(
+        "Your password or a current code",
+        validators=[Optional(), Length(max=128)],
+        description="Two-factor authentication is on: adding another way to sign in needs your password or a code.",
+        render_kw={"autocomplete": "current-password"},
+    )
+
+
 class TotpSetupForm(FlaskForm):
     code = StringField(
         "Code from the app",
@@ -29,6 +39,7 @@ class TotpSetupForm(FlaskForm):
         filters=[strip_filter],
         render_kw={**CODE_FIELD_ATTRS, "inputmode": "numeric"},
     )
+    confirmation = _another_factor_confirmation()
 
 
 class ConfirmIdentityForm(FlaskForm):
@@ -57,6 +68,7 @@ class PasskeyRegisterForm(PasskeyForm):
         filters=[strip_filter],
         description="To tell your passkeys apart, for example “Work laptop” or “YubiKey”.",
     )
+    confirmation = _another_factor_confirmation()
 
 
 class OrgTwoFactorForm(FlaskForm):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from webauthn import (
@@ -30,6 +31,7 @@ from webauthn.helpers.structs import (
 from portal.models import Passkey, User
 
 MAX_CREDENTIAL_JSON = 16 * 1024  # an attestation with a certificate chain is a few KB
+CHALLENGE_MAX_AGE = timedelta(minutes=10)  # an issued challenge must be answered within this
 
 
 class PasskeyError(Exception):

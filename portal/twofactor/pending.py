@@ -15,7 +15,7 @@ from portal.extensions import db
 from portal.http import safe_next_url
 from portal.models import User
 from portal.timeutil import utcnow
-from portal.twofactor import services
+from portal.twofactor import passkeys, services
 from portal.twofactor.passkeys import RelyingParty
 
 PENDING = "two_factor_pending"
@@ -70,16 +70,24 @@ def finish(user: User, notice: str | None = None) -> Response:
 
 
 def keep_challenge(ceremony: str, challenge: bytes) -> None:
-    session[CHALLENGE_PREFIX + ceremony] = base64.urlsafe_b64encode(challenge).decode()
+    session[CHALLENGE_PREFIX + ceremony] = {
+        "challenge": base64.urlsafe_b64encode(challenge).decode(),
+        "issued": utcnow().timestamp(),
+    }
 
 
 def take_challenge(ceremony: str) -> bytes | None:
-    """The challenge issued for ``ceremony``, removed so it can answer only one attempt."""
-    value = session.pop(CHALLENGE_PREFIX + ceremony, None)
-    if not isinstance(value, str):
+    """The challenge issued for ``ceremony`` less than ``CHALLENGE_MAX_AGE`` ago, removed so it can answer only
+    one attempt (the services also refuse a challenge answered before: a copy of this cookie still holds it)."""
+    value: Any = session.pop(CHALLENGE_PREFIX + ceremony, None)
+    if not isinstance(value, dict) or not isinstance(value.get("challenge"), str):
+        return None
+    issued = value.get("issued")
+    max_age = passkeys.CHALLENGE_MAX_AGE.total_seconds()
+    if not isinstance(issued, int | float) or not 0 <= utcnow().timestamp() - issued <= max_age:
         return None
     try:
-        return base64.urlsafe_b64decode(value.encode())
+        return base64.urlsafe_b64decode(value["challenge"].encode())
     except ValueError:
         return None
 

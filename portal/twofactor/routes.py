@@ -160,12 +160,19 @@ def totp_setup() -> Any:
         return redirect(url_for("twofactor.index"))
     secret = _enrolment_secret()
     form = TotpSetupForm()
+    confirming = services.is_enabled(user.id)
+    if not confirming:
+        del form.confirmation
     if form.validate_on_submit():
         try:
-            codes = services.enable_totp(pending.actor(user), secret, form.code.data)
+            confirmation = form.confirmation.data if confirming else None
+            codes = services.enable_totp(pending.actor(user), secret, form.code.data, confirmation)
         except services.Throttled as exc:
             form.code.errors.append(str(exc))
             status = 429
+        except services.WrongConfirmation as exc:
+            form.confirmation.errors.append(str(exc))
+            status = 422
         except services.TwoFactorError as exc:
             form.code.errors.append(str(exc))
             status = 422
@@ -253,6 +260,9 @@ def recovery_codes() -> Any:
 def passkey_new() -> Any:
     user = _me()
     form = PasskeyRegisterForm()
+    confirming = services.is_enabled(user.id)
+    if not confirming:
+        del form.confirmation
     rp = pending.relying_party()
     if request.method == "POST":
         stored = pending.take_challenge("register")
@@ -260,7 +270,12 @@ def passkey_new() -> Any:
             try:
                 if stored is None:
                     raise PasskeyError("This passkey request expired. Try again.")
-                codes = services.add_passkey(pending.actor(user), form.name.data, form.credential.data, stored, rp)
+                confirmation = form.confirmation.data if confirming else None
+                codes = services.add_passkey(
+                    pending.actor(user), form.name.data, form.credential.data, stored, rp, confirmation
+                )
+            except services.WrongConfirmation as exc:
+                form.confirmation.errors.append(str(exc))
             except (services.TwoFactorError, PasskeyError) as exc:
                 form.form_errors.append(str(exc))
             else:

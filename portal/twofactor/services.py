@@ -15,10 +15,19 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 from flask import current_app
+from sqlalchemy.dialects.postgresql import insert
 
 from portal import audit, mail, ratelimit
 from portal.extensions import db
-from portal.models import Membership, Organization, Passkey, RecoveryCode, TotpCredential, User
+from portal.models import (
+    Membership,
+    Organization,
+    Passkey,
+    RecoveryCode,
+    SpentPasskeyChallenge,
+    TotpCredential,
+    User,
+)
 from portal.security import verify_password
 from portal.timeutil import utcnow
 from portal.twofactor import hooks, passkeys, sealing, totp
@@ -40,6 +49,10 @@ class InvalidCode(TwoFactorError):
 
 class Throttled(TwoFactorError):
     pass
+
+
+class WrongConfirmation(InvalidCode):
+    """Neither the password nor a current code, where a change asks for one."""
 
 
 @dataclass
@@ -169,7 +182,7 @@ def confirm_identity(actor: Actor, confirmation: str) -> None:
             ok = verify_password(user.password_hash, confirmation)
         if not ok:
             db.session.rollback()
-            raise InvalidCode("That is neither your password nor a current code.")
+            raise WrongConfirmation("That is neither your password nor a current code.")
 
 
 # Recovery codes ------------------------------------------------------------------------------------------------
@@ -208,17 +221,32 @@ def _announce(user: User, template: str, **context: object) -> None:
 
 
 def _turned_on(actor: Actor, method: str) -> list[str]:
-    """The account just got its first factor: recovery codes (returned, to show once) and a mail."""
+    """The account just got its first factor: recovery codes (returned, to show once) and a mail. Sessions
+    signed in with the password alone end, and this one counts as having passed the second step: enrolment
+    just checked the factor."""
     codes = _replace_recovery_codes(actor.user)
-    hooks.record_security_event(actor.user, "two_factor.enabled", ip=actor.ip, user_agent=actor.user_agent, via=method)
+    ended = hooks.end_other_sessions(actor.user, reason="twofactor.enabled")
+    hooks.mark_second_factor_done(actor.user)
+    hooks.record_security_event(
+        actor.user, "two_factor.enabled", ip=actor.ip, user_agent=actor.user_agent, via=method, sessions_ended=ended
+    )
     _announce(actor.user, "two_factor_enabled", method=method)
     return codes
 
 
-def enable_totp(actor: Actor, secret: str, code: str) -> list[str]:
+def _confirm_another_factor(actor: Actor, confirmation: str | None) -> None:
+    """Adding a factor to an account that has two-factor on needs the password or a current code, like
+    removing one: a session alone must not be enough to plant a way in."""
+    if is_enabled(actor.user.id):
+        confirm_identity(actor, confirmation or "")
+
+
+def enable_totp(actor: Actor, secret: str, code: str, confirmation: str | None = None) -> list[str]:
     """Enrol an authenticator app once it has produced a correct code. Returns new recovery codes when this
-    turns two-factor on (an account that already has passkeys keeps its codes: an empty list)."""
+    turns two-factor on (an account that already has passkeys keeps its codes: an empty list). With two-factor
+    on already, ``confirmation`` (the password or a current code) is required."""
     user = actor.user
+    _confirm_another_factor(actor, confirmation)
     with _attempt(user):
         step = totp.matching_step(secret, normalize_code(code), utcnow())
         if step is None:
@@ -235,9 +263,33 @@ def enable_totp(actor: Actor, secret: str, code: str) -> list[str]:
     return codes
 
 
-def add_passkey(actor: Actor, name: str, credential_json: str, challenge: bytes, rp: RelyingParty) -> list[str]:
-    """Register a verified passkey. Returns new recovery codes when this turns two-factor on."""
+def spend_challenge(challenge: bytes) -> None:
+    """Accept an issued passkey challenge once (no commit: it is spent with the change it allows). The session
+    cookie that carried it is signed, not single use, so the record of spent ones is kept here; rows older than
+    any challenge still usable are deleted on the way."""
+    db.session.execute(
+        sa.delete(SpentPasskeyChallenge).where(
+            SpentPasskeyChallenge.spent_at < utcnow() - 2 * passkeys.CHALLENGE_MAX_AGE
+        )
+    )
+    spent = db.session.scalar(
+        insert(SpentPasskeyChallenge)
+        .values(challenge_hash=hashlib.sha256(challenge).digest(), spent_at=utcnow())
+        .on_conflict_do_nothing()
+        .returning(SpentPasskeyChallenge.challenge_hash)
+    )
+    if spent is None:
+        raise PasskeyError("This passkey request was answered already. Try again.")
+
+
+def add_passkey(
+    actor: Actor, name: str, credential_json: str, challenge: bytes, rp: RelyingParty, confirmation: str | None = None
+) -> list[str]:
+    """Register a verified passkey. Returns new recovery codes when this turns two-factor on. With two-factor on
+    already, ``confirmation`` (the password or a current code) is required."""
     user = actor.user
+    _confirm_another_factor(actor, confirmation)
+    spend_challenge(challenge)
     new = passkeys.verify_registration(credential_json, challenge, rp)
     if db.session.scalar(sa.select(Passkey.id).where(Passkey.credential_id == new.credential_id)) is not None:
         raise PasskeyError("This passkey is already registered.")
@@ -262,6 +314,7 @@ def sign_in_with_passkey(actor: Actor, credential_json: str, challenge: bytes, r
     """The second step of a sign-in with one of the account's passkeys; counts as an attempt like a code."""
     user = actor.user
     with _attempt(user):
+        spend_challenge(challenge)
         credential_id = passkeys.credential_id_of(credential_json)
         passkey = db.session.scalar(
             sa.select(Passkey)
@@ -283,13 +336,14 @@ def sign_in_with_passkey(actor: Actor, credential_json: str, challenge: bytes, r
 
 
 def _turned_off_if_last(actor: Actor, reason: str) -> bool:
-    """After removing a factor: with none left, two-factor is off. Recovery codes go, other sessions end, and
-    the owner is told by mail. Returns whether that happened."""
+    """After removing a factor: with none left, two-factor is off. Recovery codes go, other sessions and every
+    pending account link end, and the owner is told by mail. Returns whether that happened."""
     db.session.flush()
     if is_enabled(actor.user.id):
         return False
     db.session.execute(sa.delete(RecoveryCode).where(RecoveryCode.user_id == actor.user.id))
     hooks.end_other_sessions(actor.user, reason=reason)
+    hooks.discard_account_links(actor.user)
     hooks.record_security_event(actor.user, "two_factor.disabled", ip=actor.ip, user_agent=actor.user_agent)
     _announce(actor.user, "two_factor_disabled")
     return True
@@ -341,12 +395,15 @@ def remove_passkey(actor: Actor, passkey: Passkey, confirmation: str) -> bool:
 
 
 def set_org_requirement(org: Organization, required: bool, actor: User, *, ip: str | None = None) -> bool:
-    """Require two-factor of every member (or stop). The owner who turns it on must have it. Returns whether
-    anything changed."""
+    """Require two-factor of every member (or stop). Whoever changes it, either way, must have two-factor and
+    have signed in with it (``actor.current_session``), so a member the requirement blocks cannot lift it.
+    Returns whether anything changed."""
     if required == org.require_two_factor:
         return False
-    if required and not is_enabled(actor.id):
+    if not is_enabled(actor.id):
         raise TwoFactorError("Turn on two-factor authentication for your own account first.")
+    if not hooks.session_has_second_factor(actor):
+        raise TwoFactorError("Sign out and sign in again with your second factor to change this.")
     org.require_two_factor = required
     audit.record(
         "org.two_factor_required" if required else "org.two_factor_optional",

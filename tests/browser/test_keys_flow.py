@@ -16,7 +16,11 @@ def sign_up(page, live_server: str) -> str:
     page.get_by_label("Password").fill("a long enough password")
     page.get_by_role("button", name="Create account").click()
     assert page.get_by_role("heading", name="Check your email").is_visible()
-    page.get_by_role("link", name="Continue to ProCode").click()
+    page.get_by_role("main").get_by_role("link", name="Sign in").click()  # sign-up alone signs nobody in
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill("a long enough password")
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url("**/keys/")
     return email
 
 

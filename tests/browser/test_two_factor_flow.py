@@ -25,7 +25,10 @@ def sign_up(page, base: str) -> str:
     page.get_by_label("Email").fill(email)
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Create account").click()
-    page.get_by_role("link", name="Continue to ProCode").click()
+    page.get_by_role("main").get_by_role("link", name="Sign in").click()  # sign-up alone signs nobody in
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
     page.wait_for_url("**/keys/")
     return email
 
