@@ -4,6 +4,8 @@ Revision ID: 0009
 Revises: 0007
 Create Date: 2026-12-14 10:00:00.000000
 
+There is no 0008: that number was never released; the chain goes 0007 -> 0009.
+
 ``notify`` (the default) tells the owners; ``revoke`` revokes the reported key at once and tells them.
 """
 
