@@ -2,9 +2,10 @@
 `.venv/bin/python docs/capture.py [http://127.0.0.1:5000]`. Uses Debian's Chromium through Playwright.
 
 Pages that show a secret (a new key, an authenticator setup key and its QR code, recovery codes) are
-captured with the secret masked. The account pages belong to a fresh, randomly named account signed up on
-each run, which also turns on two-factor authentication; the demo logins stay password-only. Each run is one
-sign-up, and the portal allows 5 per address and hour (SIGNUP_MAX_PER_IP).
+captured with the secret masked or shown as dots. The account pages belong to a fresh, randomly named account
+signed up on each run, which also turns on two-factor authentication; the demo logins stay password-only. Each
+run is one sign-up, and the portal allows 5 per address and hour (SIGNUP_MAX_PER_IP). The keys a run creates in
+the demo organization are revoked at its end, so runs can repeat within the Free plan's key limit.
 """
 
 from __future__ import annotations
@@ -56,6 +57,34 @@ def read_and_hide_setup_key(page) -> str:
     return setup_key.replace(" ", "")
 
 
+def hide_recovery_codes(page) -> None:
+    """The recovery codes, shown as dots in their own layout (a mask drawn over their two columns misses)."""
+    page.locator("#recovery-codes").evaluate("el => { el.textContent = el.textContent.replace(/[A-Za-z0-9]/g, '•'); }")
+
+
+def rotation_watch(p, page) -> list[str]:
+    """Roll a key that a service still calls: the old key's page watches its calls until it is safe to revoke.
+
+    Returns the addresses of the pages of the keys it made (the old and the new)."""
+    page.goto(f"{BASE}/orgs/default/keys/new")
+    page.get_by_label("Name").fill("Billing worker")
+    page.get_by_role("button", name="Create key").click()
+    old_secret = page.locator("#new-key").inner_text().strip()
+    page.get_by_role("link", name="I have stored it, continue").click()
+    old_url = page.url
+    page.get_by_role("button", name="Roll key").click()
+    page.get_by_role("link", name="I have stored it, continue").click()
+    new_url = page.url
+    api = p.request.new_context(base_url=BASE)
+    for _ in range(3):  # the billing worker has not been redeployed with the new key yet
+        api.get("/v1/whoami", headers={"Authorization": f"Bearer {old_secret}"})
+    api.dispose()
+    page.wait_for_timeout(1500)  # usage rows are written in batches, a fraction of a second later
+    page.goto(old_url)
+    page.screenshot(path=OUT / "04-key-rotation.png", full_page=True)
+    return [old_url, new_url]
+
+
 def account_pages(p, page) -> None:
     """A fresh account: check-email, sessions, security log, two-factor set-up, and the two-factor sign-in."""
     email = f"docs-{secrets.token_hex(4)}@example.com"
@@ -92,7 +121,8 @@ def account_pages(p, page) -> None:
     page.screenshot(path=OUT / "14-two-factor-app.png", full_page=True, mask=[page.locator(".qr img")])
     page.get_by_label("Code from the app").fill(pyotp.TOTP(setup_key).now())  # as the authenticator app would
     page.get_by_role("button", name="Turn on").click()
-    page.screenshot(path=OUT / "15-recovery-codes.png", mask=[page.locator("#recovery-codes")])
+    hide_recovery_codes(page)
+    page.screenshot(path=OUT / "15-recovery-codes.png", full_page=True)
     page.get_by_role("link", name="I have saved them").click()
     sign_out(page)
     sign_in(page, email, password)
@@ -113,17 +143,31 @@ def main() -> None:
         page.screenshot(path=OUT / "02-keys.png", full_page=True)
         page.goto(f"{BASE}/orgs/default/keys/new")
         page.get_by_label("Name").fill("Docs example key")
+        for scope in ("Translate (read)", "Translate (write)", "Embed (read)"):
+            page.get_by_label(scope).check()
+        page.get_by_label("Allowed addresses").fill("203.0.113.0/24\n2001:db8::/32")
+        page.get_by_label("Requests per minute for this key").fill("30")
+        # External ids are unique per organization, also among revoked keys: a fresh one on each run.
+        page.get_by_label("External id").fill(f"acct-{secrets.token_hex(3)}")
+        page.get_by_label("Metadata (JSON)").fill('{"customer": "Acme Ltd", "tier": "gold"}')
+        page.screenshot(path=OUT / "03-create-key.png", full_page=True)
         page.get_by_role("button", name="Create key").click()
         page.screenshot(path=OUT / "03-key-created.png", mask=[page.locator(".secret-value")])
         page.get_by_role("link", name="I have stored it, continue").click()
         page.screenshot(path=OUT / "04-key-detail.png", full_page=True)
+        created = [page.url]
+        created += rotation_watch(p, page)
         for path, name in (
             ("/orgs/default/members", "05-members"),
             ("/orgs/default/audit", "06-audit"),
             ("/docs/api", "07-api-docs"),
+            ("/orgs/default/settings", "19-org-settings"),
         ):
             page.goto(BASE + path)
             page.screenshot(path=OUT / f"{name}.png", full_page=True)
+        page.goto(f"{BASE}/orgs/default/members")
+        page.get_by_role("link", name="Leave…").first.click()
+        page.screenshot(path=OUT / "20-offboarding.png", full_page=True)
         page.goto(f"{BASE}/orgs/default/keys/")
         page.get_by_role("button", name="Sign out").click()
         sign_in(page, "support@procode.dev", "support-password")
@@ -138,6 +182,14 @@ def main() -> None:
         sign_in(page, "support@procode.dev", "support-password")
         page.goto(f"{BASE}/staff/mail")
         page.screenshot(path=OUT / "18-staff-mail.png", full_page=True)
+        sign_out(page)
+        # Revoke this run's keys, so that the demo organization stays within its plan's key limit.
+        sign_in(page, "demo@procode.dev", "demo-password")
+        page.on("dialog", lambda dialog: dialog.accept())
+        for url in created:
+            page.goto(url)
+            page.get_by_role("button", name="Revoke key", exact=True).click()
+            page.wait_for_load_state()
         browser.close()
 
 
