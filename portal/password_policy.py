@@ -7,8 +7,6 @@ local part (``ada`` in ``ada@example.com``), which is the first thing anyone gue
 
 from __future__ import annotations
 
-from zxcvbn import zxcvbn
-
 MIN_LENGTH = 10
 MAX_LENGTH = 128
 MIN_SCORE = 3
@@ -23,6 +21,8 @@ def problem(password: str, *, email: str = "", name: str = "") -> str | None:
     local = email.split("@")[0].strip().lower()
     if len(local) >= 3 and local in password.lower():
         return "Do not use your email address in your password."
+    from zxcvbn import zxcvbn  # its word lists are ~13 MB: loaded by the first password check, not by every worker
+
     inputs = [part for part in (email, local, name, *name.split()) if part]
     result = zxcvbn(password[:_ESTIMATE_CHARS], user_inputs=inputs)
     if result["score"] >= MIN_SCORE:

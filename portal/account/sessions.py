@@ -19,7 +19,6 @@ from typing import Any
 
 import sqlalchemy as sa
 from flask import current_app
-from user_agents import parse as parse_user_agent
 
 from portal.account import security_log
 from portal.extensions import db
@@ -181,6 +180,8 @@ class SessionView:
 
 def describe_agent(user_agent: str | None) -> tuple[str, str]:
     """``(browser, operating system)`` from a User-Agent header, e.g. ``("Firefox 128", "Ubuntu")``."""
+    from user_agents import parse as parse_user_agent  # its regexes load with the first sessions page
+
     parsed = parse_user_agent(user_agent or "")
     browser = _family_version(parsed.browser.family, parsed.browser.version, "Unknown browser")
     system = _family_version(parsed.os.family, parsed.os.version, "unknown system")

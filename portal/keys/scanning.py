@@ -16,14 +16,12 @@ import functools
 import json
 import logging
 from pathlib import Path
-from typing import Any
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from typing import TYPE_CHECKING, Any
 
 from portal.keys.leaks import ReportedToken
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 log = logging.getLogger("portal.keys.scanning")
 
@@ -42,7 +40,7 @@ class BadReport(ValueError):
     """A correctly signed body that is not a report: answered 400."""
 
 
-PublicKeys = dict[str, ec.EllipticCurvePublicKey]
+PublicKeys = dict[str, "ec.EllipticCurvePublicKey"]
 
 
 def _key_map(document: Any) -> dict[str, str]:
@@ -60,6 +58,10 @@ def _key_map(document: Any) -> dict[str, str]:
 
 
 def parse_public_keys(setting: str | dict[str, str] | None) -> PublicKeys:
+    # cryptography is imported where a report arrives, not in every worker at start (it is several MB).
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
     """The configured ECDSA P-256 public keys by id; raises :class:`ScanningConfigError` on a bad setting."""
     if not setting:
         return {}
@@ -103,6 +105,10 @@ def public_keys(setting: str | dict[str, str] | None) -> PublicKeys:
 
 
 def signature_valid(keys: PublicKeys, key_id: str | None, signature: str | None, body: bytes) -> bool:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     """Whether ``signature`` (base64 DER) over ``body`` verifies with the configured key ``key_id``."""
     key = keys.get(key_id or "")
     if key is None or not signature:

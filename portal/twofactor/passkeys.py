@@ -9,26 +9,15 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
-
-from webauthn import (
-    generate_authentication_options,
-    generate_registration_options,
-    options_to_json,
-    verify_authentication_response,
-    verify_registration_response,
-)
-from webauthn.helpers import parse_authentication_credential_json, parse_registration_credential_json
-from webauthn.helpers.exceptions import WebAuthnException
-from webauthn.helpers.structs import (
-    AuthenticatorSelectionCriteria,
-    AuthenticatorTransport,
-    PublicKeyCredentialDescriptor,
-    ResidentKeyRequirement,
-    UserVerificationRequirement,
-)
+from typing import TYPE_CHECKING, Any
 
 from portal.models import Passkey, User
+
+if TYPE_CHECKING:
+    from webauthn.helpers.structs import PublicKeyCredentialDescriptor
+
+# py_webauthn (and the CBOR and crypto code under it) is imported where a ceremony runs, not when the app
+# loads: most workers never see a passkey, and it is ~20 MB of every worker's memory otherwise.
 
 MAX_CREDENTIAL_JSON = 16 * 1024  # an attestation with a certificate chain is a few KB
 CHALLENGE_MAX_AGE = timedelta(minutes=10)  # an issued challenge must be answered within this
@@ -56,6 +45,8 @@ class NewCredential:
 
 
 def _descriptors(passkeys: list[Passkey]) -> list[PublicKeyCredentialDescriptor]:
+    from webauthn.helpers.structs import AuthenticatorTransport, PublicKeyCredentialDescriptor
+
     known = {t.value for t in AuthenticatorTransport}
     return [
         PublicKeyCredentialDescriptor(
@@ -67,6 +58,13 @@ def _descriptors(passkeys: list[Passkey]) -> list[PublicKeyCredentialDescriptor]
 
 def registration_options(user: User, rp: RelyingParty, existing: list[Passkey]) -> tuple[str, bytes]:
     """Options for ``navigator.credentials.create`` (JSON) and the challenge to keep for the answer."""
+    from webauthn import generate_registration_options, options_to_json
+    from webauthn.helpers.structs import (
+        AuthenticatorSelectionCriteria,
+        ResidentKeyRequirement,
+        UserVerificationRequirement,
+    )
+
     options = generate_registration_options(
         rp_id=rp.id,
         rp_name=rp.name,
@@ -95,6 +93,10 @@ def _load(credential_json: str) -> dict[str, Any]:
 
 
 def verify_registration(credential_json: str, challenge: bytes, rp: RelyingParty) -> NewCredential:
+    from webauthn import verify_registration_response
+    from webauthn.helpers import parse_registration_credential_json
+    from webauthn.helpers.exceptions import WebAuthnException
+
     value = _load(credential_json)
     try:
         parsed = parse_registration_credential_json(value)
@@ -109,6 +111,9 @@ def verify_registration(credential_json: str, challenge: bytes, rp: RelyingParty
 
 def authentication_options(rp: RelyingParty, passkeys: list[Passkey]) -> tuple[str, bytes]:
     """Options for ``navigator.credentials.get`` naming the account's passkeys, and the challenge to keep."""
+    from webauthn import generate_authentication_options, options_to_json
+    from webauthn.helpers.structs import UserVerificationRequirement
+
     options = generate_authentication_options(
         rp_id=rp.id,
         allow_credentials=_descriptors(passkeys),
@@ -119,6 +124,9 @@ def authentication_options(rp: RelyingParty, passkeys: list[Passkey]) -> tuple[s
 
 def credential_id_of(credential_json: str) -> bytes:
     """The raw id of the passkey an assertion claims to come from (not yet verified)."""
+    from webauthn.helpers import parse_authentication_credential_json
+    from webauthn.helpers.exceptions import WebAuthnException
+
     try:
         return bytes(parse_authentication_credential_json(_load(credential_json)).raw_id)
     except (WebAuthnException, ValueError, TypeError, KeyError):
@@ -127,6 +135,10 @@ def credential_id_of(credential_json: str) -> bytes:
 
 def verify_assertion(credential_json: str, challenge: bytes, rp: RelyingParty, passkey: Passkey) -> int:
     """Check the signature, challenge, origin, RP ID and sign count; returns the authenticator's new count."""
+    from webauthn import verify_authentication_response
+    from webauthn.helpers import parse_authentication_credential_json
+    from webauthn.helpers.exceptions import WebAuthnException
+
     try:
         verified = verify_authentication_response(
             credential=parse_authentication_credential_json(_load(credential_json)),

@@ -8,11 +8,12 @@ rotating ``SECRET_KEY`` makes the stored secrets unreadable (see portal/config.p
 from __future__ import annotations
 
 import base64
+from typing import TYPE_CHECKING
 
-from cryptography.fernet import Fernet, InvalidToken
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from flask import current_app
+
+if TYPE_CHECKING:
+    from cryptography.fernet import Fernet
 
 _PURPOSE = b"procode-portal totp secret v1"
 
@@ -22,6 +23,11 @@ class Unsealable(Exception):
 
 
 def _fernet() -> Fernet:
+    # Imported here: only two-factor pages seal, and the library is several MB of every worker otherwise.
+    from cryptography.fernet import Fernet
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     secret_key = current_app.config["SECRET_KEY"]
     key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_PURPOSE).derive(str(secret_key).encode())
     return Fernet(base64.urlsafe_b64encode(key))
@@ -32,6 +38,8 @@ def seal(value: str) -> bytes:
 
 
 def unseal(token: bytes, *, max_age_seconds: int | None = None) -> str:
+    from cryptography.fernet import InvalidToken
+
     try:
         return _fernet().decrypt(token, ttl=max_age_seconds).decode()
     except (InvalidToken, ValueError, TypeError):

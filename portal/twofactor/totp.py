@@ -6,7 +6,6 @@ import hmac
 from datetime import datetime
 
 import pyotp
-import segno
 
 STEP_SECONDS = 30
 DRIFT_STEPS = 1  # accept the previous and next step too: phone clocks drift and people type slowly
@@ -22,6 +21,8 @@ def provisioning_uri(secret: str, account: str, issuer: str) -> str:
 
 def qr_svg_data_uri(uri: str) -> str:
     """The QR code as an SVG ``data:`` URI, drawn here: the secret never goes to a third-party QR service."""
+    import segno  # only enrolment draws one; not every worker needs it in memory
+
     return str(segno.make(uri, error="m").svg_data_uri(scale=5, border=2, dark="#101828", light="#ffffff"))
 
 
