@@ -1,7 +1,9 @@
 """The SQL of one verification, kept in one place so the app, the tests and ``pgbench`` run the same text.
 
 The whole check (key lookup, organization and plan, status at the call's time, the rate-limit upsert) is one
-statement with CTEs, prepared once per connection: one round trip, no re-parse or re-plan per call. Plan
+statement with CTEs, prepared once per connection: one round trip, no re-parse or re-plan per call. Calls that
+need counters beyond the organization's minute (a key's own limit, a hard monthly quota) are deferred by that
+statement to a second one (:func:`_first`, :func:`_verify`). Plan
 limits come from :mod:`portal.plans`, the single definition, and are baked into the statement text.
 Time is ``statement_timestamp()``: the same as ``now()`` for an autocommit statement, and still the call's own
 time when the statement runs inside a longer transaction (as in the test suite).
