@@ -164,3 +164,44 @@ def test_threads_grouped_for_mixed_organizations_admit_exactly(orgs):
         sa.select(sa.func.count()).select_from(ApiKeyUsage).where(ApiKeyUsage.endpoint == orgs["tag"])
     )
     assert total == calls
+
+
+def test_keys_with_counters_of_their_own_are_deferred_and_remembered(app):
+    """In one group, keys without a limit of their own are decided by the first statement and a key with one
+    by the second, exactly; the worker then sends that key to the second statement directly, which still
+    answers it right after its own limit is removed."""
+    org = factories.org(plan="pro")
+    plain = factories.api_key(org, None, name="plain")
+    limited = factories.api_key(org, None, name="limited")
+    db.session.execute(sa.update(ApiKey).where(ApiKey.id == limited.api_key.id).values(rate_limit=2))
+    db.session.commit()
+    pepper = app.config["API_KEY_PEPPER"]
+
+    def hashed(key: str) -> bytes:
+        parsed = keyformat.parse(key)
+        assert parsed is not None
+        return keyformat.key_hash(parsed.key, pepper)
+
+    p, k = hashed(plain.plaintext), hashed(limited.plaintext)
+    backend = DirectBackend(libpq_dsn(app.config["SQLALCHEMY_DATABASE_URI"]))
+    try:
+        rows = backend.verify_many([p, k, k, k, p])
+        assert [row[5] if row else None for row in rows] == ["ok", "ok", "ok", "rate_limited", "ok"]
+        assert [row[6] if row else None for row in rows] == [
+            PLANS["pro"].requests_per_minute,
+            2,
+            2,
+            2,
+            PLANS["pro"].requests_per_minute,
+        ]
+        assert backend._counted == {k}
+        db.session.execute(sa.update(ApiKey).where(ApiKey.id == limited.api_key.id).values(rate_limit=None))
+        db.session.commit()
+        (row,) = backend.verify_many([k])
+        assert row is not None and row[5] == "ok" and row[6] == PLANS["pro"].requests_per_minute
+    finally:
+        backend.close()
+        db.session.rollback()
+        db.session.execute(sa.text("DELETE FROM rate_limit_tracking WHERE organization_id = :o"), {"o": org.id})
+        db.session.execute(sa.delete(Organization).where(Organization.id == org.id))
+        db.session.commit()

@@ -76,6 +76,9 @@ class DirectBackend:
         self._queue_lock = threading.Lock()
         self._queue: list[_Call] = []
         self._leading = False  # a leader is running a statement; invariant: not leading => queue empty
+        # Hashes of keys the first statement deferred (own limit or hard quota), run by the second one at once.
+        self._counted: set[bytes] = set()
+        self.max_counted = 10_000
 
     def _cursor(self) -> Any:
         cur = self._cur
@@ -91,8 +94,13 @@ class DirectBackend:
             cur.execute("SET plan_cache_mode = force_generic_plan")
             # A statement stuck on a lock or an overloaded server gives up (503) instead of holding the queue.
             cur.execute(f"SET statement_timeout = {int(self.timeout * 1000)}")
-            cur.execute(sql.PREPARE_SQL)
-            cur.execute(sql.PREPARE_GROUP_SQL)
+            for prepare in (
+                sql.PREPARE_SQL,
+                sql.PREPARE_GROUP_SQL,
+                sql.PREPARE_COUNTERS_SQL,
+                sql.PREPARE_COUNTERS_GROUP_SQL,
+            ):
+                cur.execute(prepare)
             self._cur, self._pid = cur, os.getpid()
         return cur
 
@@ -166,12 +174,56 @@ class DirectBackend:
         scopes: Sequence[str | None] | None = None,
         ips: Sequence[str | None] | None = None,
     ) -> list[Row | None]:
-        """Verify the calls for ``key_hashes`` (by the leader): one statement, one round trip.
+        """Verify the calls for ``key_hashes`` (by the leader): one statement, one round trip, for most calls.
 
         ``scopes`` and ``ips`` are the scope each call asks for and its client address (``None``: not given).
+        Calls the first statement defers (their key has its own limit, or their plan a hard monthly quota) are
+        decided by a second statement for them alone (:func:`portal.verification.sql._first`); the first
+        touched no counter for them.
         """
-        scopes = scopes if scopes is not None else [None] * len(key_hashes)
-        ips = ips if ips is not None else [None] * len(key_hashes)
+        scopes = list(scopes) if scopes is not None else [None] * len(key_hashes)
+        ips = list(ips) if ips is not None else [None] * len(key_hashes)
+        # Keys deferred before go straight to the second statement. It decides any call exactly, so a key
+        # that has since lost its own limit (or whose organization left a hard-quota plan) is still answered
+        # right, only at the second statement's cost until the set is cleared.
+        counted = self._counted
+        deferred = [o for o, h in enumerate(key_hashes, 1) if h in counted]
+        found: dict[int, Row] = {}
+        rest = [o for o, h in enumerate(key_hashes, 1) if h not in counted]
+        if rest:
+            first = self._run(
+                sql.EXECUTE_SQL,
+                sql.EXECUTE_GROUP_SQL,
+                [key_hashes[o - 1] for o in rest],
+                [scopes[o - 1] for o in rest],
+                [ips[o - 1] for o in rest],
+            )
+            for o, row in first.items():
+                if row[0]:  # deferred: no counter was touched for it
+                    deferred.append(rest[o - 1])
+                    if len(counted) >= self.max_counted:
+                        counted.clear()
+                    counted.add(key_hashes[rest[o - 1] - 1])
+                else:
+                    found[rest[o - 1]] = row[1:]  # without the deferred flag
+        if deferred:
+            deferred.sort()
+            second = self._run(
+                sql.EXECUTE_COUNTERS_SQL,
+                sql.EXECUTE_COUNTERS_GROUP_SQL,
+                [key_hashes[o - 1] for o in deferred],
+                [scopes[o - 1] for o in deferred],
+                [ips[o - 1] for o in deferred],
+            )
+            found.update((deferred[o - 1], row) for o, row in second.items())
+        if len(key_hashes) > 1:
+            self.groups += 1
+        return [found.get(ord_) for ord_ in range(1, len(key_hashes) + 1)]
+
+    def _run(
+        self, one: str, many: str, key_hashes: list[bytes], scopes: list[str | None], ips: list[str | None]
+    ) -> dict[int, Row]:
+        """Run the single-call (``one``) or grouped (``many``) statement: each row, by call position, without it."""
         attempt = 0
         while True:
             attempt += 1
@@ -182,13 +234,10 @@ class DirectBackend:
                 with green.deadline(self.timeout + 1):
                     cur = self._cursor()
                     if len(key_hashes) == 1:
-                        cur.execute(sql.EXECUTE_SQL, (key_hashes[0], scopes[0], ips[0]))
-                        one = cur.fetchone()
-                        return [one[1:] if one is not None else None]  # without the call's position
-                    cur.execute(sql.EXECUTE_GROUP_SQL, (list(key_hashes), list(scopes), list(ips)))
-                    found: dict[int, Row] = {row[0]: row[1:] for row in cur.fetchall()}
-                self.groups += 1
-                return [found.get(ord_) for ord_ in range(1, len(key_hashes) + 1)]
+                        cur.execute(one, (key_hashes[0], scopes[0], ips[0]))
+                    else:
+                        cur.execute(many, (key_hashes, scopes, ips))
+                    return {row[0]: row[1:] for row in cur.fetchall()}
             except SerializationFailure:
                 # A key or quota counter row was opened by another statement after this one's snapshot: the
                 # statement undid itself (sql._verify, step 3); run it again, now seeing that row.

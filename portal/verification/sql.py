@@ -1,7 +1,9 @@
 """The SQL of one verification, kept in one place so the app, the tests and ``pgbench`` run the same text.
 
 The whole check (key lookup, organization and plan, status at the call's time, the rate-limit upsert) is one
-statement with CTEs, prepared once per connection: one round trip, no re-parse or re-plan per call. Plan
+statement with CTEs, prepared once per connection: one round trip, no re-parse or re-plan per call. Calls that
+need counters beyond the organization's minute (a key's own limit, a hard monthly quota) are deferred by that
+statement to a second one (:func:`_first`, :func:`_verify`). Plan
 limits come from :mod:`portal.plans`, the single definition, and are baked into the statement text.
 Time is ``statement_timestamp()``: the same as ``now()`` for an autocommit statement, and still the call's own
 time when the statement runs inside a longer transaction (as in the test suite).
@@ -12,7 +14,6 @@ from __future__ import annotations
 from portal.plans import PLANS
 
 WINDOW_SECONDS = 60
-STATEMENT_NAME = "portal_verify_v2"
 BUCKET_PREFIX = "org:"
 KEY_BUCKET_PREFIX = "key:"
 QUOTA_BUCKET_PREFIX = "quota:"
@@ -31,6 +32,122 @@ def _quota_case() -> str:
     whens = " ".join(f"WHEN '{p.name}' THEN {int(p.monthly_quota)}" for p in PLANS.values() if p.hard_quota)
     extension = f"CASE WHEN o.quota_extension_month = ({MONTH_START})::date THEN o.quota_extension ELSE 0 END"
     return f"CASE o.plan {whens} END + {extension}" if whens else "NULL::int"
+
+
+def _key_columns() -> str:
+    """What both statements read per call from its key and organization: status now (the scope and address
+    checks are plain expressions, no counters), the organization's limit, the key's own and the month's quota."""
+    return f"""CASE WHEN k.revoked_at <= statement_timestamp() THEN 'revoked'
+                WHEN k.expires_at <= statement_timestamp() THEN 'expired'
+                WHEN cardinality(k.allowed_ips) > 0 AND NOT coalesce(c.ip <<= ANY(k.allowed_ips), false)
+                    THEN 'ip_not_allowed'
+                WHEN c.scope IS NOT NULL AND cardinality(k.scopes) > 0 AND NOT c.scope = ANY(k.scopes)
+                    THEN 'insufficient_scope'
+                ELSE 'ok' END AS status,
+           {_limit_case()} AS lim, k.rate_limit AS key_lim, {_quota_case()} AS quota_lim"""
+
+
+def _first(calls: str) -> str:
+    """The statement every verification runs first: the organization's minute alone, for the calls that need
+    nothing else (columns ``ord``, ``key_hash``, ``scope``, ``ip`` in ``calls``).
+
+    One row per call whose key exists: its position ``ord``, whether it is **deferred**, then the columns of
+    :func:`_verify`. A deferred call is a usable one (status ``ok``) whose key has its own limit or whose
+    organization's plan stops calls at its quota: it needs the buckets of :func:`_verify`, so this statement
+    leaves every counter alone for it (its other columns mean nothing) and the backend runs
+    :func:`_verify` for the deferred calls alone. Every other call is decided here, exactly as :func:`_verify`
+    would: refused by its status (the counter is only read), or counted by the one atomic
+    ``INSERT … ON CONFLICT DO UPDATE … RETURNING`` on the organization's row, admitted iff its count (the
+    counter before this statement plus its rank among the organization's calls) is ``<= limit``. Once the
+    window's count has reached the limit as of the statement's snapshot, its calls are refused without touching
+    the row. Deferred calls are counted only by :func:`_verify`'s statement, which increments the same row
+    atomically, so admitted = ``min(limit, calls)`` per organization and window across both statements; a
+    call is counted by one statement only, so nothing spends a bucket twice.
+
+    This is the old limiter's shape: one lookup, one read of the counter, one upsert (no lock step, window
+    over the key and quota buckets, or further writes), so policy that needs no counter (scopes, address
+    allowlists, metadata) costs a verification nothing measurable.
+    """
+    return f"""
+WITH c AS ({calls}
+), k AS (
+    SELECT c.ord, k.id, k.organization_id, k.environment, o.slug, o.plan,
+           {_key_columns()},
+           '{BUCKET_PREFIX}' || k.organization_id::text AS bucket,
+           {WINDOW_START} AS window_start, {MONTH_START} AS month_start,
+           k.scopes, nullif(k.meta, '{{}}'::jsonb) AS meta, k.external_id
+    FROM c JOIN api_keys k ON k.key_hash = c.key_hash
+    JOIN organizations o ON o.id = k.organization_id
+), d AS (
+    SELECT k.*, k.status = 'ok' AND (k.key_lim IS NOT NULL OR k.quota_lim IS NOT NULL) AS deferred FROM k
+), seen AS (
+    SELECT b.bucket, coalesce(r.count, 0) AS count
+    FROM (SELECT DISTINCT bucket, window_start FROM d) b
+    LEFT JOIN rate_limit_tracking r ON r.bucket = b.bucket AND r.window_start = b.window_start
+), asking AS (
+    SELECT d.ord, d.bucket, d.window_start, d.organization_id,
+           row_number() OVER (PARTITION BY d.bucket ORDER BY d.ord) AS rank,
+           count(*) OVER (PARTITION BY d.bucket) AS n
+    FROM d JOIN seen ON seen.bucket = d.bucket
+    WHERE d.status = 'ok' AND NOT d.deferred AND seen.count < d.lim
+), hit AS (
+    INSERT INTO rate_limit_tracking AS r (bucket, window_start, organization_id, count)
+    SELECT DISTINCT ON (bucket) bucket, window_start, organization_id, n FROM asking ORDER BY bucket
+    ON CONFLICT (bucket, window_start) DO UPDATE SET count = r.count + excluded.count
+    RETURNING r.bucket, r.count
+)
+SELECT d.ord, d.deferred, d.id::text, d.organization_id::text, d.slug, d.plan, d.environment,
+       CASE WHEN d.status <> 'ok' OR h.count - a.n + a.rank <= d.lim THEN d.status
+            ELSE 'rate_limited' END AS status,
+       least(d.lim, d.key_lim) AS lim,
+       greatest(0, CASE WHEN d.status <> 'ok' THEN d.lim - seen.count
+                        WHEN a.ord IS NULL THEN 0
+                        ELSE d.lim - (h.count - a.n + a.rank) END) AS remaining,
+       extract(epoch FROM d.window_start + {WINDOW} - statement_timestamp())::float8 AS reset_in,
+       statement_timestamp() AS at, d.scopes, d.meta, d.external_id,
+       extract(epoch FROM d.month_start + interval '1 month' - statement_timestamp())::float8 AS quota_reset_in
+FROM d JOIN seen ON seen.bucket = d.bucket
+LEFT JOIN asking a ON a.ord = d.ord
+LEFT JOIN hit h ON h.bucket = d.bucket
+"""  # noqa: S608 - only our own constants and the plan table are interpolated
+
+
+def _first_one(param: str, scope: str, ip: str) -> str:
+    """:func:`_first` for one call, in the shape PostgreSQL runs fastest for one key (no call list, rank or
+    window: the counter is read by a scalar subquery and moved by 1); the same columns and decisions."""
+    return f"""
+WITH k AS (
+    SELECT k.id, k.organization_id, k.environment, o.slug, o.plan,
+           {_key_columns()},
+           '{BUCKET_PREFIX}' || k.organization_id::text AS bucket,
+           {WINDOW_START} AS window_start, {MONTH_START} AS month_start,
+           k.scopes, nullif(k.meta, '{{}}'::jsonb) AS meta, k.external_id
+    FROM api_keys k JOIN organizations o ON o.id = k.organization_id,
+         (SELECT {scope}::text AS scope, {ip}::inet AS ip) c
+    WHERE k.key_hash = {param}::bytea
+), d AS (
+    SELECT k.*, k.status = 'ok' AND (k.key_lim IS NOT NULL OR k.quota_lim IS NOT NULL) AS deferred FROM k
+), seen AS (
+    SELECT coalesce((SELECT r.count FROM rate_limit_tracking r, d
+                     WHERE r.bucket = d.bucket AND r.window_start = d.window_start), 0) AS count
+), hit AS (
+    INSERT INTO rate_limit_tracking AS r (bucket, window_start, organization_id, count)
+    SELECT bucket, window_start, organization_id, 1 FROM d, seen
+    WHERE d.status = 'ok' AND NOT d.deferred AND seen.count < d.lim
+    ON CONFLICT (bucket, window_start) DO UPDATE SET count = r.count + 1
+    RETURNING r.count
+)
+SELECT 1::bigint AS ord, d.deferred, d.id::text, d.organization_id::text, d.slug, d.plan, d.environment,
+       CASE WHEN d.status <> 'ok' OR (SELECT count FROM hit) <= d.lim THEN d.status
+            ELSE 'rate_limited' END AS status,
+       least(d.lim, d.key_lim) AS lim,
+       greatest(0, CASE WHEN d.status <> 'ok' THEN d.lim - seen.count
+                        ELSE d.lim - coalesce((SELECT count FROM hit), d.lim) END) AS remaining,
+       extract(epoch FROM d.window_start + {WINDOW} - statement_timestamp())::float8 AS reset_in,
+       statement_timestamp() AS at, d.scopes, d.meta, d.external_id,
+       extract(epoch FROM d.month_start + interval '1 month' - statement_timestamp())::float8 AS quota_reset_in
+FROM d, seen
+"""  # noqa: S608 - only our own constants and the plan table are interpolated
 
 
 def _verify(calls: str) -> str:
@@ -74,14 +191,7 @@ def _verify(calls: str) -> str:
 WITH c AS ({calls}
 ), k AS (
     SELECT c.ord, k.id, k.organization_id, k.environment, o.slug, o.plan,
-           CASE WHEN k.revoked_at <= statement_timestamp() THEN 'revoked'
-                WHEN k.expires_at <= statement_timestamp() THEN 'expired'
-                WHEN cardinality(k.allowed_ips) > 0 AND NOT coalesce(c.ip <<= ANY(k.allowed_ips), false)
-                    THEN 'ip_not_allowed'
-                WHEN c.scope IS NOT NULL AND cardinality(k.scopes) > 0 AND NOT c.scope = ANY(k.scopes)
-                    THEN 'insufficient_scope'
-                ELSE 'ok' END AS status,
-           {_limit_case()} AS lim, k.rate_limit AS key_lim, {_quota_case()} AS quota_lim,
+           {_key_columns()},
            '{BUCKET_PREFIX}' || k.organization_id::text AS bucket,
            '{KEY_BUCKET_PREFIX}' || k.id::text AS key_bucket,
            '{QUOTA_BUCKET_PREFIX}' || k.organization_id::text AS quota_bucket,
@@ -179,34 +289,59 @@ WHERE raced.failed IS NULL
 """  # noqa: S608 - only our own constants and the plan table are interpolated
 
 
+def _one(param: str, scope: str, ip: str) -> str:
+    return f"SELECT 1::bigint AS ord, {param}::bytea AS key_hash, {scope}::text AS scope, {ip}::inet AS ip"
+
+
+def _many(param: str, scopes: str, ips: str) -> str:
+    calls = f"unnest({param}::bytea[], {scopes}::text[], {ips}::inet[]) WITH ORDINALITY AS i(key_hash, scope, ip, ord)"
+    return f"SELECT i.ord, i.key_hash, i.scope, i.ip FROM {calls}"  # noqa: S608 - our own parameter names
+
+
 def verify_statement(param: str = "$1", scope: str = "$2", ip: str = "$3") -> str:
     """The verification of one call: key hash ``param``, the scope it asks for, the client's address.
 
-    The same statement as :func:`verify_group_statement` for one call (see :func:`_verify`), so both decide
+    The statement every call runs first (:func:`_first`); a deferred call then runs
+    :func:`verify_counters_statement`. The same statements as the grouped ones for one call, so both decide
     alike; no row means no such key.
     """
-    return _verify(f"SELECT 1::bigint AS ord, {param}::bytea AS key_hash, {scope}::text AS scope, {ip}::inet AS ip")
-
-
-PREPARE_SQL = f"PREPARE {STATEMENT_NAME} (bytea, text, inet) AS {verify_statement()}"
-EXECUTE_SQL = f"EXECUTE {STATEMENT_NAME} (%s, %s, %s::inet)"
+    return _first_one(param, scope, ip)
 
 
 def verify_group_statement(param: str = "$1", scopes: str = "$2", ips: str = "$3") -> str:
     """The verification of several calls at once: arrays of key hashes, asked scopes and client addresses.
 
     One row per call whose key exists, led by the call's position in the arrays (1-based); the rest is
-    :func:`_verify`. Each bucket is touched once for the whole group (the organization's counter moves by
-    the group's calls asking it), and every call still gets its own count, so admission is as exact as one
-    call at a time.
+    :func:`_first`, then :func:`verify_counters_group_statement` for the deferred calls alone. Each bucket is
+    touched once per statement (the organization's counter moves by the group's calls asking it), and every
+    call still gets its own count, so admission is as exact as one call at a time.
     """
-    calls = f"unnest({param}::bytea[], {scopes}::text[], {ips}::inet[]) WITH ORDINALITY AS i(key_hash, scope, ip, ord)"
-    return _verify(f"SELECT i.ord, i.key_hash, i.scope, i.ip FROM {calls}")  # noqa: S608 - our own parameter names
+    return _first(_many(param, scopes, ips))
 
 
-GROUP_STATEMENT_NAME = "portal_verify_group_v2"
-PREPARE_GROUP_SQL = f"PREPARE {GROUP_STATEMENT_NAME} (bytea[], text[], inet[]) AS {verify_group_statement()}"
+def verify_counters_statement(param: str = "$1", scope: str = "$2", ip: str = "$3") -> str:
+    """:func:`_verify` for one deferred call (its key has its own limit, or its plan a hard quota)."""
+    return _verify(_one(param, scope, ip))
+
+
+def verify_counters_group_statement(param: str = "$1", scopes: str = "$2", ips: str = "$3") -> str:
+    """:func:`_verify` for a group's deferred calls, led by each call's position in these arrays."""
+    return _verify(_many(param, scopes, ips))
+
+
+STATEMENT_NAME = "portal_verify_v3"
+GROUP_STATEMENT_NAME = "portal_verify_group_v3"
+COUNTERS_STATEMENT_NAME = "portal_verify_counters_v3"
+COUNTERS_GROUP_STATEMENT_NAME = "portal_verify_counters_group_v3"
+ONE, MANY = "(bytea, text, inet)", "(bytea[], text[], inet[])"
+PREPARE_SQL = f"PREPARE {STATEMENT_NAME} {ONE} AS {verify_statement()}"
+PREPARE_GROUP_SQL = f"PREPARE {GROUP_STATEMENT_NAME} {MANY} AS {verify_group_statement()}"
+PREPARE_COUNTERS_SQL = f"PREPARE {COUNTERS_STATEMENT_NAME} {ONE} AS {verify_counters_statement()}"
+PREPARE_COUNTERS_GROUP_SQL = f"PREPARE {COUNTERS_GROUP_STATEMENT_NAME} {MANY} AS {verify_counters_group_statement()}"
+EXECUTE_SQL = f"EXECUTE {STATEMENT_NAME} (%s, %s, %s::inet)"
 EXECUTE_GROUP_SQL = f"EXECUTE {GROUP_STATEMENT_NAME} (%s, %s::text[], %s::inet[])"
+EXECUTE_COUNTERS_SQL = f"EXECUTE {COUNTERS_STATEMENT_NAME} (%s, %s, %s::inet)"
+EXECUTE_COUNTERS_GROUP_SQL = f"EXECUTE {COUNTERS_GROUP_STATEMENT_NAME} (%s, %s::text[], %s::inet[])"
 
 # Usage rows are written in batches: one INSERT per flush, each column an array literal (a statement-level
 # trigger runs once per batch), then ``last_used_at`` for the keys in the batch, only where it is more than a
