@@ -162,3 +162,17 @@ def test_the_new_state_changes_need_the_csrf_token(csrf_app, org, owner, member)
     token = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', page)[1]
     response = client.post(f"/orgs/{org.slug}/offboarding/{member.id}/revoke-all", data={"csrf_token": token})
     assert response.status_code == 302 and db.session.get(ApiKey, issued.api_key.id).revoked_at is not None
+
+
+def test_the_last_owner_is_told_to_name_another_owner_instead_of_offered_to_leave(client, auth, org, owner, member):
+    auth.login(owner)
+    page = _page(client, org, owner).get_data(as_text=True)
+    assert 'id="last-owner"' in page and "Make another member an owner first" in page
+    remove_url = f"/orgs/{org.slug}/members/{_membership(org, owner).id}/remove"
+    assert remove_url not in page  # no leave button to press
+    refused = client.post(f"/orgs/{org.slug}/members/{_membership(org, owner).id}/remove", follow_redirects=True)
+    assert "last owner cannot be removed" in refused.get_data(as_text=True) and _membership(org, owner) is not None
+
+    second = factories.member(org, "owner")
+    page = _page(client, org, owner).get_data(as_text=True)  # with a second owner, leaving is offered
+    assert second is not None and 'id="last-owner"' not in page and remove_url in page

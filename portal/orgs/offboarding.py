@@ -22,8 +22,9 @@ from portal.keys.forms import RollKeyForm
 from portal.keys.services import KeyActionError
 from portal.models import ApiKey, Membership, User
 from portal.orgs import bp
+from portal.orgs import services as org_services
 from portal.orgs.context import can, org_view
-from portal.roles import key_permission, may_change_member
+from portal.roles import is_last_owner, key_permission, may_change_member
 from portal.timeutil import utcnow
 
 
@@ -59,12 +60,14 @@ def offboarding(slug: str, user_id: str) -> Any:
     manageable = {k.id for k in keys if can(key_permission(k.environment))}
     leaving = user.id == current_user.id
     may_remove = membership is not None and (leaving or may_change_member(g.membership.role, membership.role))
+    last_owner = membership is not None and is_last_owner(membership.role, org_services.owner_count(g.org))
     return render_template(
         "orgs/offboarding.html",
         person=user,
         membership=membership,
         leaving=leaving,
-        may_remove=may_remove,
+        may_remove=may_remove and not last_owner,
+        last_owner=last_owner,
         keys=keys,
         manageable=manageable,
         roll_forms={k.id: RollKeyForm(formdata=None) for k in keys if k.id in manageable and k.replaced_by_id is None},

@@ -165,6 +165,11 @@ def _membership_change(org: Organization, actor_membership: Membership, target: 
         raise
 
 
+def owner_count(org: Organization) -> int:
+    """How many owners ``org`` has (it always keeps at least one)."""
+    return _owner_count(org)
+
+
 def _owner_count(org: Organization) -> int:
     query = (
         sa.select(sa.func.count())
