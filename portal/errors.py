@@ -40,11 +40,13 @@ def register(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Any:
         status = error.code or 500
+        # A 405 says which methods the URL takes (RFC 9110), whichever body it comes with.
+        allow = {name: value for name, value in error.get_headers() if name.lower() == "allow"}
         if wants_json():
             code = (error.name or "error").lower().replace(" ", "_")
-            return json_error(status, code, error.description or error.name)
+            return json_error(status, code, error.description or error.name, allow)
         template = "errors/404.html" if status == 404 else "errors/error.html"
-        return render_template(template, status=status, title=error.name, message=error.description), status
+        return render_template(template, status=status, title=error.name, message=error.description), status, allow
 
     @app.errorhandler(Exception)
     def unexpected_error(error: Exception) -> Any:

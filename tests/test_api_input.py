@@ -116,3 +116,11 @@ def test_content_length_that_is_not_a_number(client):
     response = client.post(URL, data=b"{}", content_type="application/json", headers={"Content-Length": "abc"})
     assert response.status_code == 400
     assert usage_count() == 0
+
+
+def test_a_wrong_method_names_the_allowed_ones(client):
+    as_json = client.get("/v1/keys/verify")
+    assert as_json.status_code == 405 and as_json.get_json()["error"]["code"] == "method_not_allowed"
+    assert "POST" in as_json.headers["Allow"]
+    as_page = client.post("/docs/api")
+    assert as_page.status_code == 405 and "GET" in as_page.headers["Allow"]
