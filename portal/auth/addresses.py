@@ -11,7 +11,8 @@ from flask import current_app
 from sqlalchemy.exc import IntegrityError
 
 from portal import identity, mail
-from portal.auth import hooks, tokens
+from portal.account import security_log
+from portal.auth import tokens
 from portal.auth.services import (
     Throttled,
     check_current_password,
@@ -49,7 +50,7 @@ def verify_email(token: str, *, ip: str | None) -> User | None:
     user = row.user
     if user.email_verified_at is None:
         user.email_verified_at = utcnow()
-        hooks.record_security_event(user, "email.verified", ip=ip, email=user.email)
+        security_log.record(user, "email.verified", ip=ip, user_agent=None, email=user.email)
     db.session.commit()
     return user
 
@@ -94,7 +95,7 @@ def confirm_email_change(token: str, *, ip: str | None) -> User | None:
     user.email = new_email
     user.email_verified_at = utcnow()
     tokens.discard(user.id)  # links mailed to the old address (a reset, say) stop working
-    hooks.record_security_event(user, "email.changed", ip=ip, old_email=old_email, new_email=new_email)
+    security_log.record(user, "email.changed", ip=ip, user_agent=None, old_email=old_email, new_email=new_email)
     mail.enqueue(old_email, "email_changed", name=user.display_name, new_email=new_email)
     try:
         db.session.commit()

@@ -14,7 +14,8 @@ import uuid
 from flask import current_app
 
 from portal import audit, mail
-from portal.auth import hooks, tokens
+from portal.account import security_log, sessions
+from portal.auth import tokens
 from portal.auth.services import account_key, check_password_policy, find_user_by_email, take_or_refuse
 from portal.extensions import db
 from portal.models import AccountToken, Organization, User
@@ -61,7 +62,7 @@ def send_reset_by_staff(user: User, org: Organization, *, actor: User, ip: str |
         details={"email": user.email, "name": user.display_name},
         ip=ip,
     )
-    hooks.record_security_event(user, "password.reset_sent_by_support", ip=ip)
+    security_log.record(user, "password.reset_sent_by_support", ip=ip, user_agent=None)
     db.session.commit()
 
 
@@ -84,12 +85,12 @@ def reset_password(token: str, new_password: str, *, ip: str | None, user_agent:
         return None
     user = row.user
     user.password_hash = hash_password(new_password)
-    hooks.end_all_sessions(user)
+    sessions.end_all_sessions(user, "password.reset")
     if user.email_verified_at is None:
         user.email_verified_at = utcnow()  # only the address's owner could follow the link
     tokens.discard(user.id)  # every pending link (an address change, say) dies with the old password
     audit.record("user.password_reset", organization_id=None, actor=user, target_type="user", target_id=user.id, ip=ip)
-    hooks.record_security_event(user, "password.reset", ip=ip, user_agent=user_agent)
+    security_log.record(user, "password.reset", ip=ip, user_agent=user_agent)
     mail.enqueue(user.email, "password_changed", name=user.display_name)
     db.session.commit()
     return user
