@@ -203,8 +203,8 @@ def test_a_refused_row_does_not_block_the_others(committed):
 
     recorder = BufferedRecorder(libpq_dsn(committed["url"]), interval=3600)
     now = datetime.now(UTC)
-    good = (None, None, now, committed["tag"], 401, 1.0, "malformed")
-    bad = (None, None, now, committed["tag"], 401, 1.0, "not-an-outcome")  # violates the CHECK constraint
+    good = (None, None, now, committed["tag"], 401, 1.0, "malformed", None, None)
+    bad = (None, None, now, committed["tag"], 401, 1.0, "not-an-outcome", None, None)  # violates the CHECK constraint
     for row in (good, bad, good):
         recorder.add(row)
     recorder.close()
@@ -223,7 +223,7 @@ def test_buffered_rows_keep_special_characters(committed):
     endpoints = [committed["tag"] + suffix for suffix in suffixes] + ["NULL", '"{}"']
     recorder = BufferedRecorder(libpq_dsn(committed["url"]), interval=3600)
     for endpoint in endpoints:
-        recorder.add((None, None, datetime.now(UTC), endpoint, 401, None, "malformed"))
+        recorder.add((None, None, datetime.now(UTC), endpoint, 401, None, "malformed", None, None))
     recorder.close()
     stored = db.session.scalars(
         sa.select(ApiKeyUsage.endpoint).where(
@@ -319,7 +319,7 @@ def test_a_failed_prune_does_not_stall_the_flushes(committed, monkeypatch):
     monkeypatch.setattr(sql, "PRUNE_API_WINDOWS_SQL", "DELETE FROM no_such_table")
     with pytest.raises(Exception, match="no_such_table"):
         recorder.maintain(prune=True)
-    recorder.add((None, None, datetime.now(UTC), committed["tag"], 401, 1.0, "malformed"))
+    recorder.add((None, None, datetime.now(UTC), committed["tag"], 401, 1.0, "malformed", None, None))
     assert recorder.flush() == 1
     assert recorder.maintain() in (True, False)  # vacuuming works again on the fresh connection
     recorder.close()

@@ -98,11 +98,14 @@ def test_plan_key_limit(client, auth, org, owner):
     assert "allows 5 active keys" in response.get_data(as_text=True)
 
 
-def test_revoke_is_post_and_audited(client, auth, org, member):
+def test_revoke_asks_first_then_is_post_and_audited(client, auth, org, member):
     issued = factories.api_key(org, member)
     auth.login(member)
     url = f"/orgs/{org.slug}/keys/{issued.api_key.id}/revoke"
-    assert client.get(url).status_code == 405
+    page = client.get(url)  # the confirmation: nothing happens on GET
+    assert page.status_code == 200 and "What will break" in page.get_data(as_text=True)
+    db.session.refresh(issued.api_key)
+    assert issued.api_key.revoked_at is None
     assert client.post(url).status_code == 302
     db.session.refresh(issued.api_key)
     assert issued.api_key.revoked_at is not None

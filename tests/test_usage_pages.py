@@ -10,6 +10,7 @@ import sqlalchemy as sa
 
 from portal.extensions import db
 from portal.models import ApiKey
+from portal.timeutil import utcnow
 from portal.usage.ranges import floor_hour
 from tests import factories
 from tests.usage_helpers import csv_rows, event, html_tables, record
@@ -195,7 +196,7 @@ def test_no_always_empty_invalid_key_series(client, auth, org, owner, busy_key):
     auth.login(owner)
     dashboard = client.get(f"/orgs/{org.slug}/usage?range=7d").get_data(as_text=True)
     key_page = client.get(f"/orgs/{org.slug}/keys/{busy_key.id}/usage?range=7d").get_data(as_text=True)
-    outcomes = ["OK", "Rate-limited", "Revoked/expired"]
+    outcomes = ["OK", "Rate-limited", "Over quota", "Refused by policy", "Revoked/expired"]
     assert html_tables(dashboard)["table-series"][0][1:] == ["Calls", *outcomes, "Live", "Test"]
     assert html_tables(key_page)["table-series"][0][1:] == ["Calls", *outcomes]
     csvs = [
@@ -261,3 +262,23 @@ def test_key_page_shows_its_top_endpoints(client, auth, org, owner, busy_key):
     endpoints = html_tables(html)["table-endpoints"]
     assert endpoints[0] == ["Endpoint", "Calls", "Errors"]
     assert [(r[0], numbers(r)[1]) for r in endpoints[1:]] == [("/v1/translate", "40"), ("/v1/embed", "20")]
+
+
+def test_policy_refusals_and_quota_stops_have_their_own_series(client, auth, org, owner):
+    key = factories.api_key(org, owner).api_key
+    at = utcnow() - timedelta(hours=1)
+    outcomes = ["ok", "ok", "forbidden", "quota_exceeded", "quota_exceeded", "quota_exceeded", "revoked"]
+    record([event(key, at, outcome) for outcome in outcomes])
+    db.session.commit()
+    auth.login(owner)
+    html = client.get(f"/orgs/{org.slug}/keys/{key.id}/usage?range=24h").get_data(as_text=True)
+    header, *rows = html_tables(html)["table-series"]
+    totals = [sum(int(r[i]) for r in rows) for i in range(1, len(header))]
+    assert dict(zip(header[1:], totals, strict=True)) == {
+        "Calls": 7,
+        "OK": 2,
+        "Rate-limited": 0,
+        "Over quota": 3,
+        "Refused by policy": 1,
+        "Revoked/expired": 1,
+    }

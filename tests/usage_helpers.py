@@ -15,12 +15,21 @@ from portal.extensions import db
 
 INSERT = sa.text(
     "INSERT INTO api_key_usage"
-    " (key_id, organization_id, occurred_at, endpoint, status_code, latency_ms, outcome)"
+    " (key_id, organization_id, occurred_at, endpoint, status_code, latency_ms, outcome, client_ip, user_agent)"
     " SELECT * FROM unnest(CAST(:keys AS uuid[]), CAST(:orgs AS uuid[]), CAST(:ats AS timestamptz[]),"
     " CAST(:endpoints AS text[]), CAST(:statuses AS int[]), CAST(:latencies AS float8[]),"
-    " CAST(:outcomes AS text[]))"
+    " CAST(:outcomes AS text[]), CAST(:ips AS inet[]), CAST(:agents AS text[]))"
 )
-STATUS = {"ok": 200, "rate_limited": 429, "revoked": 401, "expired": 401, "unknown": 401, "malformed": 400}
+STATUS = {
+    "ok": 200,
+    "rate_limited": 429,
+    "quota_exceeded": 429,
+    "forbidden": 403,
+    "revoked": 401,
+    "expired": 401,
+    "unknown": 401,
+    "malformed": 400,
+}
 
 
 def event(
@@ -30,6 +39,8 @@ def event(
     endpoint: str | None = "/v1/translate",
     org_id: uuid.UUID | None = None,
     latency: float = 5.0,
+    client_ip: str | None = None,
+    user_agent: str | None = None,
 ) -> tuple[Any, ...]:
     """One call; ``key`` is an ApiKey (or None for calls no key could be matched to)."""
     organization = org_id if org_id is not None else (key.organization_id if key is not None else None)
@@ -41,12 +52,14 @@ def event(
         STATUS[outcome],
         latency,
         outcome,
+        client_ip,
+        user_agent,
     )
 
 
 def record(events: list[tuple[Any, ...]], connection: Any = None) -> None:
     """Insert ``events`` in ONE statement, so the rollup trigger sees them together."""
-    columns = list(zip(*events, strict=True))
+    columns = list(zip(*(e + (None,) * (9 - len(e)) for e in events), strict=True))
     params = {
         "keys": [str(v) if v else None for v in columns[0]],
         "orgs": [str(v) if v else None for v in columns[1]],
@@ -55,6 +68,8 @@ def record(events: list[tuple[Any, ...]], connection: Any = None) -> None:
         "statuses": list(columns[4]),
         "latencies": list(columns[5]),
         "outcomes": list(columns[6]),
+        "ips": list(columns[7]),
+        "agents": list(columns[8]),
     }
     (connection or db.session).execute(INSERT, params)
 

@@ -37,7 +37,14 @@ def answer_verify(read: Callable[[], RawRequest], verifier: Verifier) -> Answer:
     except RequestEntityTooLarge:
         return error_answer(400, "body_too_large", f"The request body must be at most {MAX_BODY_BYTES} bytes.")
     try:
-        result = verifier.verify(payload.key, payload.endpoint, started, scope=payload.scope, ip=payload.client_ip)
+        result = verifier.verify(
+            payload.key,
+            payload.endpoint,
+            started,
+            scope=payload.scope,
+            ip=payload.client_ip,
+            user_agent=payload.user_agent,
+        )
     except DatabaseUnavailable:
         return error_answer(503, "unavailable", "Key verification is unavailable; retry shortly.", {"Retry-After": "1"})
     headers = [("Content-Type", JSON), ("Cache-Control", "no-store"), *result.headers().items()]

@@ -21,7 +21,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 def check_request_key(scope: str | None = None) -> Verification | Any:
     """Verify the request's bearer key for ``scope``; the verification when it passes, else the error response.
 
-    The client address is ``request.remote_addr`` (the forwarded one behind ``PORTAL_TRUST_PROXY``)."""
+    The client address is ``request.remote_addr`` (the forwarded one behind ``PORTAL_TRUST_PROXY``), and its
+    ``User-Agent`` is recorded with it."""
     started = time.perf_counter()
     try:
         token = bearer_token(request)
@@ -40,7 +41,8 @@ def check_request_key(scope: str | None = None) -> Verification | Any:
     except BadRequest:
         ip = None  # not an IP address (a unix socket peer): a key with an allowlist refuses the call
     try:
-        result = get_verifier().verify(token, endpoint, started, scope=scope, ip=ip)
+        agent = request.headers.get("User-Agent")
+        result = get_verifier().verify(token, endpoint, started, scope=scope, ip=ip, user_agent=agent)
     except DatabaseUnavailable:
         return json_error(503, "unavailable", "Key verification is unavailable; retry shortly.", {"Retry-After": "1"})
     if not result.valid:

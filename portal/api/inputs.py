@@ -20,6 +20,7 @@ MAX_BODY_BYTES = 16 * 1024
 MAX_KEY_CHARS = 256
 MAX_ENDPOINT_CHARS = 200
 MAX_CLIENT_IP_CHARS = 64
+MAX_USER_AGENT_CHARS = 512  # accepted; a usage row keeps the first 256
 
 
 class BadRequest(Exception):
@@ -37,6 +38,7 @@ class VerifyRequest:
     endpoint: str | None
     scope: str | None = None
     client_ip: str | None = None
+    user_agent: str | None = None
 
 
 def parse_scope(value: object) -> str | None:
@@ -61,6 +63,17 @@ def parse_client_ip(value: object) -> str | None:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     return str(address)
+
+
+def parse_user_agent(value: object) -> str | None:
+    """The client's user agent as given (printable text); ``None`` when absent or empty."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > MAX_USER_AGENT_CHARS or not value.isprintable():
+        raise BadRequest(
+            "invalid_user_agent", f"'user_agent' must be at most {MAX_USER_AGENT_CHARS} printable characters."
+        )
+    return value.strip() or None
 
 
 def _is_token(value: str) -> bool:
@@ -169,4 +182,5 @@ def parse_verify_request(raw: RawRequest) -> VerifyRequest:
         endpoint=endpoint,
         scope=parse_scope(body.get("scope")),
         client_ip=parse_client_ip(body.get("client_ip")),
+        user_agent=parse_user_agent(body.get("user_agent")),
     )

@@ -6,7 +6,13 @@ from typing import Any
 
 from flask import current_app
 
-from portal.api.inputs import MAX_BODY_BYTES, MAX_CLIENT_IP_CHARS, MAX_ENDPOINT_CHARS, MAX_KEY_CHARS
+from portal.api.inputs import (
+    MAX_BODY_BYTES,
+    MAX_CLIENT_IP_CHARS,
+    MAX_ENDPOINT_CHARS,
+    MAX_KEY_CHARS,
+    MAX_USER_AGENT_CHARS,
+)
 from portal.keys.policy import MAX_EXTERNAL_ID_CHARS, MAX_META_BYTES
 from portal.plans import PLANS
 from portal.scopes import SCOPES
@@ -57,7 +63,15 @@ def _schemas() -> dict[str, Any]:
                     "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}],
                     "description": "The address of the client calling your API. A key with an IP allowlist is "
                     "refused (403 `ip_not_allowed`) from any other address, and also when `client_ip` is "
-                    "missing. Keys without an allowlist ignore it. Not an address: 400 `invalid_client_ip`.",
+                    "missing. Keys without an allowlist ignore it. Not an address: 400 `invalid_client_ip`. "
+                    "Recorded on the call's usage record: the key page lists the addresses that use it.",
+                },
+                "user_agent": {
+                    "type": "string",
+                    "maxLength": MAX_USER_AGENT_CHARS,
+                    "description": "The `User-Agent` of the client calling your API, recorded with `client_ip` "
+                    "(the first 256 characters) so the key page can show which clients use the key. Not "
+                    "printable text, or longer: 400 `invalid_user_agent`.",
                 },
             },
         },

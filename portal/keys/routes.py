@@ -23,6 +23,7 @@ from portal.models import ApiKey
 from portal.orgs.context import can, org_view
 from portal.roles import key_permission
 from portal.timeutil import utcnow
+from portal.usage import forensics
 
 
 def _require_env_permission(environment: str) -> None:
@@ -194,6 +195,33 @@ def change_details(slug: str, key_id: str) -> Any:
     return _invalid(api_key, form)
 
 
+def _confirm(api_key: ApiKey, template: str, **forms: Any) -> Any:
+    """A revoke or roll confirmation: what the key did in the last 24 hours, and who will notice."""
+    if api_key.status_at(utcnow()) not in ("active", "expiring"):
+        flash("This key no longer works; there is nothing to revoke or roll.", "warning")
+        return _back(api_key)
+    return _confirm_page(api_key, template, **forms)
+
+
+def _confirm_page(api_key: ApiKey, template: str, **forms: Any) -> str:
+    return render_template(template, api_key=api_key, impact=forensics.impact(g.org.id, api_key.id, utcnow()), **forms)
+
+
+@bp.get("/<key_id>/revoke")
+@org_view("keys.manage_test")
+def confirm_revoke(slug: str, key_id: str) -> Any:
+    return _confirm(_managed_key(key_id), "keys/confirm_revoke.html", form=ConfirmForm())
+
+
+@bp.get("/<key_id>/roll")
+@org_view("keys.manage_test")
+def confirm_roll(slug: str, key_id: str) -> Any:
+    form = RollKeyForm(formdata=None)
+    if request.args.get("grace") in services.ROLL_GRACE_PERIODS:
+        form.grace.data = request.args["grace"]
+    return _confirm(_managed_key(key_id), "keys/confirm_roll.html", form=form)
+
+
 @bp.post("/<key_id>/revoke")
 @org_view("keys.manage_test")
 def revoke(slug: str, key_id: str) -> Any:
@@ -222,7 +250,7 @@ def roll(slug: str, key_id: str) -> Any:
             flash(str(exc), "error")
             return _back(api_key)
         return _show_secret(issued, "Your rolled key")
-    return _invalid(api_key, form)
+    return _confirm_page(api_key, "keys/confirm_roll.html", form=form), 422
 
 
 def _invalid(api_key: ApiKey, form: Any) -> Any:
@@ -235,8 +263,6 @@ def _render_detail(api_key: ApiKey, failed: Any = None, grace_form: Any = None) 
     forms: dict[str, Any] = {
         "rename_form": RenameKeyForm(name=api_key.name),
         "expiry_form": ExpiryForm(expires_on=api_key.expires_at.date() if api_key.expires_at else None),
-        "roll_form": RollKeyForm(),
-        "revoke_form": ConfirmForm(),
         "policy_form": PolicyForm(
             scopes=api_key.scopes or [],
             allowed_ips="\n".join(api_key.allowed_ips or []),
@@ -251,15 +277,19 @@ def _render_detail(api_key: ApiKey, failed: Any = None, grace_form: Any = None) 
         slot = {
             RenameKeyForm: "rename_form",
             ExpiryForm: "expiry_form",
-            RollKeyForm: "roll_form",
             PolicyForm: "policy_form",
             DetailsForm: "details_form",
         }[type(failed)]
         forms[slot] = failed
+    now = utcnow()
+    window = forensics.window_arg(request.args.get("clients"))
     return render_template(
         "keys/detail.html",
         api_key=api_key,
-        now=utcnow(),
+        now=now,
+        last_use=forensics.last_use(g.org.id, api_key.id),
+        clients=forensics.recent_clients(g.org.id, api_key.id, window, now),
+        windows=forensics.WINDOWS,
         may_manage=can(key_permission(api_key.environment)),
         **forms,
         **watch_context(api_key, grace_form),

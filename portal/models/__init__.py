@@ -6,7 +6,10 @@ from portal.models.audit import AuditEvent
 from portal.models.mail import OutboxMail
 from portal.models.organization import Invitation, Membership, Organization
 from portal.models.rollup import (
+    UsageClientPending,
     UsageEndpointHourly,
+    UsageKeyClientsDaily,
+    UsageKeyClientsHourly,
     UsageKeyDaily,
     UsageKeyEndpointDaily,
     UsageKeyHourly,
@@ -35,7 +38,10 @@ __all__ = [
     "SecurityEvent",
     "RecoveryCode",
     "TotpCredential",
+    "UsageClientPending",
     "UsageEndpointHourly",
+    "UsageKeyClientsDaily",
+    "UsageKeyClientsHourly",
     "UsageKeyDaily",
     "UsageKeyEndpointDaily",
     "UsageKeyHourly",

@@ -126,3 +126,56 @@ class UsageKeyEndpointDaily(Model):
     organization_id: Mapped[uuid.UUID] = _org_fk()
     calls: Mapped[int] = _count()
     errors: Mapped[int] = _count()
+
+
+class ClientSeen:
+    """A key's calls from one address and user agent in one period, with the first and last of them.
+
+    The address is text (``host(client_ip)``) and both are ``''`` when verification was not told, so they can be
+    part of the primary key.
+    """
+
+    client_ip: Mapped[str] = mapped_column(sa.String(45), primary_key=True)
+    user_agent: Mapped[str] = mapped_column(sa.String(256), primary_key=True)
+    calls: Mapped[int] = mapped_column(sa.Integer)
+    first_seen: Mapped[datetime] = mapped_column(Timestamp)
+    last_seen: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class UsageClientPending(Model):
+    """Client sums appended by the insert trigger (migration 0012), not yet folded into the client rollups."""
+
+    __tablename__ = "usage_client_pending"
+
+    id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
+    organization_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    key_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    bucket: Mapped[datetime] = mapped_column(Timestamp)
+    client_ip: Mapped[str] = mapped_column(sa.String(45))
+    user_agent: Mapped[str] = mapped_column(sa.String(256))
+    calls: Mapped[int] = mapped_column(sa.Integer)
+    first_seen: Mapped[datetime] = mapped_column(Timestamp)
+    last_seen: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class UsageKeyClientsHourly(ClientSeen, Model):
+    """Per key, UTC hour, address and user agent, for the last 48 hours only: the exact last 24 hours."""
+
+    __tablename__ = "usage_key_clients_hourly"
+    # The fold deletes hours older than 48 hours; rows arrive in time order, so BRIN finds them.
+    __table_args__ = (sa.Index("ix_usage_key_clients_hourly_bucket", "bucket", postgresql_using="brin"),)
+
+    key_id: Mapped[uuid.UUID] = _key_fk()
+    bucket: Mapped[datetime] = mapped_column(Timestamp, primary_key=True)
+    organization_id: Mapped[uuid.UUID] = _org_fk()
+
+
+class UsageKeyClientsDaily(ClientSeen, Model):
+    """Per key, UTC day, address and user agent: the 7- and 30-day client lists (rows grow with clients)."""
+
+    __tablename__ = "usage_key_clients_daily"
+    __table_args__ = (sa.Index("ix_usage_key_clients_daily_org_day", "organization_id", "day"),)
+
+    key_id: Mapped[uuid.UUID] = _key_fk()
+    day: Mapped[date] = mapped_column(sa.Date, primary_key=True)
+    organization_id: Mapped[uuid.UUID] = _org_fk()

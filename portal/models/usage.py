@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy.dialects.postgresql import INET, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
 from portal.extensions import Model
@@ -32,6 +32,9 @@ class ApiKeyUsage(Model):
     status_code: Mapped[int] = mapped_column(sa.SmallInteger)
     latency_ms: Mapped[float | None] = mapped_column(sa.Float)
     outcome: Mapped[str] = mapped_column(sa.String(20))
+    # As given to verification (``client_ip``, ``user_agent``); NULL when the caller did not say.
+    client_ip: Mapped[str | None] = mapped_column(INET)
+    user_agent: Mapped[str | None] = mapped_column(sa.String(256))
 
 
 class RateLimitTracking(Model):

@@ -27,6 +27,8 @@ ROLLUP_TABLES = {  # table -> its time column
     "usage_key_daily": "day",
     "usage_endpoint_hourly": "bucket",
     "usage_key_endpoint_daily": "day",
+    "usage_key_clients_hourly": "bucket",
+    "usage_key_clients_daily": "day",
 }
 
 # The trigger's aggregation (migration 0003), over a range of raw events instead of one statement's rows.
@@ -41,6 +43,17 @@ WHERE n.organization_id IS NOT NULL AND n.occurred_at >= :since
 GROUP BY 1, 2, 3, 4, 5
 """  # noqa: S608 -- only constants of this module are formatted in
 
+# The client trigger's aggregation (migration 0012), over a range of raw events.
+REBUILD_CLIENTS_SQL = """
+INSERT INTO usage_client_pending (organization_id, key_id, bucket, client_ip, user_agent, calls, first_seen, last_seen)
+SELECT n.organization_id, n.key_id, date_trunc('hour', n.occurred_at, 'UTC'), coalesce(host(n.client_ip), ''),
+       coalesce(n.user_agent, ''), count(*), min(n.occurred_at), max(n.occurred_at)
+FROM api_key_usage n
+WHERE n.key_id IS NOT NULL AND n.organization_id IS NOT NULL AND n.occurred_at >= :since
+  AND (CAST(:org AS uuid) IS NULL OR n.organization_id = :org)
+GROUP BY 1, 2, 3, 4, 5
+"""
+
 # The raw events, one row each with the dimensions the rollups use (for the equality check).
 _SRC = """
 WITH src AS MATERIALIZED (
@@ -54,8 +67,17 @@ WITH src AS MATERIALIZED (
 
 
 def fold() -> int:
-    """Move pending sums into the rollup tables now (one folder at a time); returns how many were moved."""
+    """Move pending sums into the rollup tables now (one folder at a time), the clients' too; returns how many
+    pending usage rows were moved."""
     moved = int(db.session.scalar(sa.text("SELECT usage_rollup_fold()")) or 0)
+    db.session.commit()
+    fold_clients()
+    return moved
+
+
+def fold_clients() -> int:
+    """Move pending client sums into ``usage_key_clients`` (its own folder lock), so a page reads them all."""
+    moved = int(db.session.scalar(sa.text("SELECT usage_clients_fold()")) or 0)
     db.session.commit()
     return moved
 
@@ -114,6 +136,7 @@ def rebuild_rollups(organization_id: uuid.UUID | None = None, since: datetime | 
     """
     db.session.execute(sa.text("LOCK TABLE api_key_usage IN SHARE MODE"))
     db.session.execute(sa.text("SELECT usage_rollup_fold()"))  # nothing pending may predate the rebuild
+    db.session.execute(sa.text("SELECT usage_clients_fold()"))
     if since is None:
         oldest = db.session.scalar(
             sa.text(
@@ -138,7 +161,9 @@ def rebuild_rollups(organization_id: uuid.UUID | None = None, since: datetime | 
             {"since": value, "org": organization_id},
         )
     db.session.execute(sa.text(REBUILD_SQL), {"since": since, "org": organization_id})
+    db.session.execute(sa.text(REBUILD_CLIENTS_SQL), {"since": since, "org": organization_id})
     db.session.execute(sa.text("SELECT usage_rollup_fold()"))
+    db.session.execute(sa.text("SELECT usage_clients_fold()"))
     db.session.commit()
     return since
 
@@ -195,4 +220,22 @@ def rollup_mismatches(organization_id: uuid.UUID, since: datetime | None = None)
         differing = db.session.scalar(sa.text(sql), {"org": organization_id, "since": since, "cutoff": cutoff})
         if differing:
             found[table] = int(differing)
+    differing = db.session.scalar(sa.text(_CLIENTS_CHECK), {"org": organization_id, "since": since})
+    if differing:
+        found["usage_key_clients_daily"] = int(differing)
     return found
+
+
+_CLIENTS_CHECK = """
+WITH raw AS (
+    SELECT n.key_id, (n.occurred_at AT TIME ZONE 'UTC')::date, coalesce(host(n.client_ip), ''),
+           coalesce(n.user_agent, ''), n.organization_id, count(*)::int, min(n.occurred_at), max(n.occurred_at)
+    FROM api_key_usage n JOIN api_keys k ON k.id = n.key_id AND k.organization_id = n.organization_id
+    WHERE n.organization_id = :org AND n.occurred_at >= :since GROUP BY 1, 2, 3, 4, 5
+), rolled AS (
+    SELECT key_id, day, client_ip, user_agent, organization_id, calls, first_seen, last_seen
+    FROM usage_key_clients_daily WHERE organization_id = :org AND day >= CAST(:since AS date)
+)
+SELECT (SELECT count(*) FROM (SELECT * FROM raw EXCEPT ALL SELECT * FROM rolled) a)
+     + (SELECT count(*) FROM (SELECT * FROM rolled EXCEPT ALL SELECT * FROM raw) b)
+"""

@@ -24,6 +24,8 @@ from portal.usage.ranges import UsageRange
 CATEGORIES: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     ("ok", "OK", ("ok",), "#2b8a3e"),
     ("rate_limited", "Rate-limited", ("rate_limited",), "#e67700"),
+    ("quota_exceeded", "Over quota", ("quota_exceeded",), "#862e9c"),
+    ("forbidden", "Refused by policy", ("forbidden",), "#495057"),
     ("revoked", "Revoked/expired", ("revoked", "expired"), "#c92a2a"),
 )
 ENV_SERIES: tuple[tuple[str, str, str], ...] = (
@@ -75,7 +77,7 @@ def _empty_bucket() -> dict[str, float]:
 
 _SERIES_SQL = """
 SELECT {index} AS i, sum(calls) AS calls, sum(ok) AS ok, sum(rate_limited) AS rate_limited,
-       sum(revoked + expired) AS revoked,
+       sum(quota_exceeded) AS quota_exceeded, sum(forbidden) AS forbidden, sum(revoked + expired) AS revoked,
        sum(latency_ms_sum) AS latency_ms_sum,
        coalesce(sum(calls) FILTER (WHERE environment = 'live'), 0) AS env_live,
        coalesce(sum(calls) FILTER (WHERE environment = 'test'), 0) AS env_test,
@@ -275,7 +277,8 @@ def has_any_usage(organization_id: uuid.UUID) -> bool:
 
 
 RECENT_CALLS_SQL = sa.text(
-    "SELECT occurred_at, endpoint, status_code, outcome, latency_ms FROM api_key_usage"
+    "SELECT occurred_at, endpoint, status_code, outcome, latency_ms, host(client_ip) AS client_ip, user_agent"
+    " FROM api_key_usage"
     " WHERE key_id = :key AND organization_id = :org ORDER BY occurred_at DESC, id DESC"
     " LIMIT :limit OFFSET :offset"
 )

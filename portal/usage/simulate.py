@@ -34,7 +34,8 @@ _DAILY_AMPLITUDE = round(DAILY_SWING * DAY / (2 * math.pi), 3)
 _WEEKLY_AMPLITUDE = round(WEEKLY_SWING * WEEK / (2 * math.pi), 3)
 
 SIMULATE_SQL = sa.text(f"""
-INSERT INTO api_key_usage (key_id, organization_id, occurred_at, endpoint, status_code, latency_ms, outcome)
+INSERT INTO api_key_usage
+    (key_id, organization_id, occurred_at, endpoint, status_code, latency_ms, outcome, client_ip, user_agent)
 SELECT keys.ids[1 + floor(keys.n * power(g.r_key, 2.2))::int], :org,
        to_timestamp(CASE WHEN g.t > g.hi THEN 2 * g.hi - g.t
                          WHEN g.t < g.lo THEN 2 * g.lo - g.t ELSE g.t END),
@@ -45,11 +46,16 @@ SELECT keys.ids[1 + floor(keys.n * power(g.r_key, 2.2))::int], :org,
        CASE WHEN g.r_out < .93 THEN 200 WHEN g.r_out < .98 THEN 429 ELSE 401 END,
        CASE WHEN g.r_out < .93 THEN 2 + 40 * power(g.r_lat, 3) ELSE 0.4 + g.r_lat END,
        CASE WHEN g.r_out < .93 THEN 'ok' WHEN g.r_out < .98 THEN 'rate_limited'
-            WHEN g.r_out < .993 THEN 'revoked' ELSE 'expired' END
+            WHEN g.r_out < .993 THEN 'revoked' ELSE 'expired' END,
+       CAST(CASE WHEN g.r_cli < .9 THEN '203.0.113.' || (10 + floor(power(g.r_cli, 3) * 12))::int
+                 ELSE '2001:db8::' || (1 + floor((g.r_cli - .9) * 40))::int END AS inet),
+       CASE WHEN g.r_cli < .6 THEN 'procode-python/2.4.1' WHEN g.r_cli < .85 THEN 'procode-node/1.9.0'
+            ELSE 'curl/8.5.0' END
 FROM (SELECT CAST(:keys AS uuid[]) AS ids, CAST(:nkeys AS int) AS n) AS keys,
      (SELECT w.x - {_DAILY_AMPLITUDE} * sin(2 * pi() * (w.x - {DAILY_PEAK}) / {DAY})
                  - {_WEEKLY_AMPLITUDE} * sin(2 * pi() * (w.x - {WEEKLY_PEAK}) / {WEEK}) AS t,
-             w.lo, w.hi, random() AS r_key, random() AS r_ep, random() AS r_out, random() AS r_lat
+             w.lo, w.hi, random() AS r_key, random() AS r_ep, random() AS r_out, random() AS r_lat,
+             random() AS r_cli
       FROM (SELECT extract(epoch FROM CAST(:start AS timestamptz)) + (i + random()) * :step AS x,
                    extract(epoch FROM CAST(:start AS timestamptz)) AS lo,
                    extract(epoch FROM CAST(:now AS timestamptz)) AS hi
@@ -117,7 +123,7 @@ def simulate(
         db.session.commit()
         fold()
         if vacuum_pending:  # a bulk chunk leaves many dead pending rows; do not wait for autovacuum
-            vacuum("usage_rollup_pending")
+            vacuum("usage_rollup_pending", "usage_client_pending")
         if progress:
             progress(hi - done)
         done = hi
@@ -150,6 +156,8 @@ def vacuum_analyze() -> None:
     """Fresh statistics and visibility maps after a bulk load, so rollup indexes serve index-only scans."""
     vacuum(
         "usage_rollup_pending",
+        "usage_client_pending",
+        "usage_key_clients",
         "usage_org_hourly",
         "usage_key_hourly",
         "usage_key_daily",

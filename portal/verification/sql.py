@@ -347,9 +347,10 @@ EXECUTE_COUNTERS_GROUP_SQL = f"EXECUTE {COUNTERS_GROUP_STATEMENT_NAME} (%s, %s::
 # trigger runs once per batch), then ``last_used_at`` for the keys in the batch, only where it is more than a
 # minute old.
 INSERT_USAGE = (
-    "INSERT INTO api_key_usage (key_id, organization_id, occurred_at, endpoint, status_code, latency_ms, outcome) "
+    "INSERT INTO api_key_usage (key_id, organization_id, occurred_at, endpoint, status_code, latency_ms, outcome, "
+    "client_ip, user_agent) "
     "SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::timestamptz[], %s::text[], %s::int[], %s::float8[], "
-    "%s::text[])"
+    "%s::text[], %s::inet[], %s::text[])"
 )
 TOUCH_KEYS_PREFIX = "UPDATE api_keys k SET last_used_at = v.t FROM (VALUES "
 TOUCH_KEYS_SUFFIX = (
@@ -367,7 +368,7 @@ PRUNE_API_WINDOWS_SQL = (
 # The tables every verification churns: pending sums are appended and deleted (one row per key per flush), and
 # finished limiter windows are deleted. Vacuumed here as well as by autovacuum, which may be off or a minute
 # behind: unvacuumed, the pending table grows without bound and every fold scans all of it.
-HOT_TABLES = ("usage_rollup_pending", "rate_limit_tracking")
+HOT_TABLES = ("usage_rollup_pending", "usage_client_pending", "rate_limit_tracking")
 VACUUM_HOT_TABLES_SQL = f"VACUUM (SKIP_LOCKED, TRUNCATE false) {', '.join(HOT_TABLES)}"
 VACUUM_LOCK = 7_201_005  # advisory lock id: one worker's usage writer vacuums at a time
 TRY_VACUUM_LOCK_SQL = f"SELECT pg_try_advisory_lock({VACUUM_LOCK})"

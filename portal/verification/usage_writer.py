@@ -63,12 +63,12 @@ def _uuid_element(value: str | None) -> str:
 def usage_arrays(rows: Sequence[Row]) -> tuple[str, ...]:
     """The rows as one array literal per column, the parameters of :data:`portal.verification.sql.INSERT_USAGE`.
 
-    One statement with seven text parameters, whatever the batch size: PostgreSQL parses each array once
+    One statement with nine text parameters, whatever the batch size: PostgreSQL parses each array once
     instead of a statement with thousands of literals, and rendering costs the writer about what a ``COPY``
     line does. ``COPY`` itself is not an option: psycopg2 refuses it on the cooperative (gevent) connections
     the workers use.
     """
-    key_ids, org_ids, ats, endpoints, statuses, latencies, outcomes = zip(*rows, strict=True)
+    key_ids, org_ids, ats, endpoints, statuses, latencies, outcomes, ips, agents = zip(*rows, strict=True)
     return (
         "{" + ",".join(map(_uuid_element, key_ids)) + "}",
         "{" + ",".join(map(_uuid_element, org_ids)) + "}",
@@ -77,6 +77,8 @@ def usage_arrays(rows: Sequence[Row]) -> tuple[str, ...]:
         "{" + ",".join(str(int(status)) for status in statuses) + "}",
         "{" + ",".join("NULL" if ms is None else repr(float(ms)) for ms in latencies) + "}",
         "{" + ",".join(map(_element, outcomes)) + "}",
+        "{" + ",".join(map(_element, ips)) + "}",
+        "{" + ",".join(map(_element, agents)) + "}",
     )
 
 

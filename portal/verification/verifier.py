@@ -17,6 +17,8 @@ from portal.verification.backend import Backend, DirectBackend, libpq_dsn
 from portal.verification.outcomes import REASONS, RateLimit, Verification
 from portal.verification.usage_writer import BufferedRecorder, UsageRecorder
 
+MAX_USER_AGENT_CHARS = 256  # what a usage row keeps of a client's user agent
+
 
 class Verifier:
     """A process's verification engine: where the statement runs and where usage rows go."""
@@ -34,11 +36,14 @@ class Verifier:
         *,
         scope: str | None = None,
         ip: str | None = None,
+        user_agent: str | None = None,
     ) -> Verification:
         """Check ``candidate`` and record the answer; ``started`` (``perf_counter``) times the latency.
 
         ``scope`` is the permission the call needs (from :mod:`portal.scopes`, already checked), ``ip`` the
-        client's address (a valid IP address, or ``None`` when unknown: a key with an allowlist refuses it).
+        client's address (a valid IP address, or ``None`` when unknown: a key with an allowlist refuses it),
+        ``user_agent`` the client's own (recorded with the address on the usage row, for the key's forensics;
+        cut to :data:`MAX_USER_AGENT_CHARS`).
 
         Raises :class:`~portal.verification.outcomes.DatabaseUnavailable` (nothing recorded) when PostgreSQL
         cannot answer in time.
@@ -60,6 +65,8 @@ class Verifier:
                 result.status_code,
                 latency_ms,
                 result.outcome,
+                ip,
+                user_agent[:MAX_USER_AGENT_CHARS] if user_agent else None,
             )
         )
         return result

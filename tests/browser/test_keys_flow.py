@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import time
 
 from portal.keys import format as keyformat
 
@@ -42,10 +43,18 @@ def test_sign_up_create_copy_and_revoke_a_key(page, live_server):
     assert secret not in page.content()
     assert page.get_by_text(keyformat.hint(secret)).is_visible()
     verify = f"{live_server}/v1/keys/verify"
-    answer = page.request.post(verify, data={"key": secret, "endpoint": "/browser"})
+    call = {"key": secret, "endpoint": "/browser", "client_ip": "203.0.113.9", "user_agent": "shop-backend/1.0"}
+    answer = page.request.post(verify, data=call)
     assert answer.status == 200 and answer.json()["valid"] is True  # the same server's API knows it at once
 
-    page.on("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("link", name="Revoke key…").click()  # a page that says what will break, not a dialog
+    for _ in range(40):  # the call's usage row is written within a fraction of a second
+        if page.locator("#clients-table").count():
+            break
+        time.sleep(0.25)
+        page.reload()
+    assert page.get_by_text("1 call in the last 24 hours").is_visible()
+    assert page.locator("#clients-table").get_by_text("203.0.113.9").is_visible()
     page.get_by_role("button", name="Revoke key").click()
     assert page.get_by_text("is revoked").is_visible()
     assert page.locator(".badge.status-revoked").first.is_visible()

@@ -15,6 +15,7 @@ def test_roll_watch_extend_and_revoke_the_old_key(page, live_server):
     page.get_by_role("link", name="I have stored it, continue").click()
     old_key_url = page.url
 
+    page.get_by_role("link", name="Roll key…").click()
     page.get_by_label("Keep the old key working for").select_option("24h")
     page.get_by_role("button", name="Roll key").click()
     page.get_by_role("link", name="I have stored it, continue").click()
@@ -33,7 +34,7 @@ def test_roll_watch_extend_and_revoke_the_old_key(page, live_server):
     page.get_by_role("button", name="Check").click()
     assert page.locator("#rotation-watch .error").is_visible()  # a form error, the page still works
 
-    page.on("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("link", name="Revoke key…").click()
     page.get_by_role("button", name="Revoke key").click()
     assert page.get_by_text("is revoked").is_visible()
     assert page.request.post(verify, data={"key": old_secret}).json()["code"] == "revoked"
