@@ -82,3 +82,13 @@ def test_every_outcome_has_a_status_and_a_message_and_is_documented(client):
     documented = client.get("/v1/openapi.json").get_json()["components"]["schemas"]["Invalid"]["properties"]["code"]
     assert set(documented["enum"]) == set(CODES)
     assert set(CODES) == (set(OUTCOMES) - {"ok", "forbidden"}) | set(REASONS) | {TOO_MANY_INVALID_KEYS}
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "accepted"),
+    [("/a b\\N;'\"`~", True), ("x" * 200, True), ("/café", False), ("/a\tb", False), ("", False), ("x" * 201, False)],
+)
+def test_documented_endpoint_rule_is_the_enforced_one(client, document, api_key, endpoint, accepted):
+    schema = _inline(document["components"]["schemas"]["VerifyRequest"], document)
+    assert Draft202012Validator(schema).is_valid({"key": "k", "endpoint": endpoint}) is accepted
+    assert (verify(client, api_key.plaintext, endpoint=endpoint).status_code != 400) is accepted
