@@ -261,3 +261,32 @@ def test_no_budget_and_no_address_refuse_nothing():
 @pytest.fixture
 def document(client) -> dict[str, Any]:
     return client.get("/v1/openapi.json").get_json()
+
+
+@pytest.fixture
+def behind_proxy(app: Any) -> Any:
+    from portal import trust_proxy
+
+    plain = app.wsgi_app
+    trust_proxy(app)
+    yield app
+    app.wsgi_app = plain
+
+
+def test_behind_a_trusted_proxy_the_forwarded_address_is_the_peer(behind_proxy, client):
+    """The proxy fix wraps the verification fast path too: without ``client_ip`` the forwarded client is
+    counted, not the proxy every call comes through."""
+    for s in random_strings(3):
+        client.post("/v1/keys/verify", json={"key": s}, headers={"X-Forwarded-For": "203.0.113.200"})
+    assert by_outcome("203.0.113.200") == {"malformed": 3}
+    assert by_outcome("127.0.0.1") == {}
+
+
+def test_the_proxy_setting_wraps_the_fast_path(app, monkeypatch):
+    from portal import create_app
+    from portal.proxy import ValidForwardedFor
+
+    monkeypatch.setenv("PORTAL_TRUST_PROXY", "1")
+    proxied = create_app({"SQLALCHEMY_DATABASE_URI": app.config["SQLALCHEMY_DATABASE_URI"]}, env="testing")
+    assert isinstance(proxied.wsgi_app, ValidForwardedFor)
+    get_verifier(proxied).close()
