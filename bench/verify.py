@@ -103,7 +103,7 @@ def seed(url: str, workdir: Path) -> dict[str, Any]:
 
 
 def reset_counters(url: str) -> None:
-    admin(url, "TRUNCATE rate_limit_tracking, api_key_usage")
+    admin(url, "TRUNCATE rate_limit_tracking, api_key_usage, api_invalid_key_counts")
 
 
 def pgbench(url: str, workdir: Path, *, big: bool, sync_commit: bool, seconds: int) -> dict[str, float]:
@@ -187,6 +187,9 @@ def checks(url: str) -> dict[str, Any]:
         counter_mismatch = cur.fetchone()[0]
         cur.execute("SELECT outcome, count(*) FROM api_key_usage GROUP BY 1")
         outcomes = dict(cur.fetchall())
+        # Malformed and unknown keys are counted, not stored one row each.
+        cur.execute("SELECT outcome, sum(calls)::bigint FROM api_invalid_key_counts GROUP BY 1")
+        outcomes.update(cur.fetchall())
         # The tables every verification churns, which the usage writer vacuums (portal/verification/usage_writer.py).
         cur.execute(
             "SELECT relname, pg_total_relation_size(oid) FROM pg_class WHERE relname = ANY(%s) ORDER BY 1",

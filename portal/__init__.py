@@ -43,8 +43,6 @@ def create_app(config: dict[str, Any] | None = None, env: str | None = None) -> 
     app.config.update(config_class.from_env())
     app.config.update(config or {})
     config_class.validate(app.config)
-    if os.environ.get("PORTAL_TRUST_PROXY"):
-        trust_proxy(app)
 
     configure_logging(app)
     configure_database(app)
@@ -57,6 +55,8 @@ def create_app(config: dict[str, Any] | None = None, env: str | None = None) -> 
     register_request_hooks(app)
     register_template_helpers(app)
     register_commands(app)
+    if os.environ.get("PORTAL_TRUST_PROXY"):
+        trust_proxy(app)  # last: outside the verification fast path too, which reads the client address
     return app
 
 

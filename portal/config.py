@@ -134,6 +134,11 @@ class Config:
     # Key verification (portal/verification/): how often each process's usage writer flushes.
     API_USAGE_FLUSH_INTERVAL = 0.2  # seconds; a killed worker loses at most this much of its usage rows
     API_VERIFY_FAST_PATH = True  # answer POST /v1/keys/verify at the WSGI layer (portal/api/fastpath.py)
+    # Calls answered malformed or unknown per client address and minute, per worker process, before the address
+    # is answered 429 too_many_invalid_keys without a lookup (portal/verification/budget.py; 0 = no budget),
+    # and how many addresses a worker counts per minute at most (its memory bound).
+    API_INVALID_KEY_BUDGET = 60
+    API_INVALID_KEY_ADDRESSES = 10_000
     # Leaked keys (portal/keys/leaks.py, docs/secret-scanning.md): POST /v1/keys/revoke per client address and
     # window, and the secret-scanning partners' public keys (JSON of key id → PEM, inline or a file's path).
     LEAK_REPORT_MAX_PER_IP = 20
@@ -169,6 +174,8 @@ class Config:
             values["API_VERIFY_FAST_PATH"] = os.environ["API_VERIFY_FAST_PATH"] not in ("0", "false", "no")
         if os.environ.get("API_USAGE_FLUSH_INTERVAL"):
             values["API_USAGE_FLUSH_INTERVAL"] = float(os.environ["API_USAGE_FLUSH_INTERVAL"])
+        if os.environ.get("API_INVALID_KEY_BUDGET"):
+            values["API_INVALID_KEY_BUDGET"] = int(os.environ["API_INVALID_KEY_BUDGET"])
         if os.environ.get("STAFF_REQUIRE_TWO_FACTOR"):
             values["STAFF_REQUIRE_TWO_FACTOR"] = os.environ["STAFF_REQUIRE_TWO_FACTOR"] not in ("0", "false", "no")
         if os.environ.get("SIGNUP_MAX_PER_IP"):

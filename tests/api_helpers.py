@@ -23,6 +23,17 @@ def usage_rows(**filters: Any) -> list[ApiKeyUsage]:
     return list(db.session.scalars(query))
 
 
+def invalid_key_counts() -> dict[tuple[Any, str | None, str], int]:
+    """``api_invalid_key_counts`` as {(minute, client address, outcome): calls}."""
+    rows = db.session.execute(sa.text("SELECT minute, host(client_ip), outcome, calls FROM api_invalid_key_counts"))
+    return {(minute, ip, outcome): int(calls) for minute, ip, outcome, calls in rows}
+
+
+def invalid_key_calls(outcome: str | None = None) -> int:
+    """Calls counted in ``api_invalid_key_counts`` (with ``outcome`` only, if given)."""
+    return sum(n for (_, _, o), n in invalid_key_counts().items() if outcome in (None, o))
+
+
 def usage_count() -> int:
     return int(db.session.scalar(sa.select(sa.func.count()).select_from(ApiKeyUsage)) or 0)
 

@@ -25,6 +25,7 @@ from portal import create_app
 from portal.api import install_verifier
 from portal.db import embedded_server_url, ensure_database, normalize_url
 from portal.extensions import db
+from portal.verification.budget import InvalidKeyBudget
 from tests import factories
 from tests.verification_doubles import transaction_verifier
 
@@ -114,7 +115,8 @@ def _transaction(request: pytest.FixtureRequest, app: Flask) -> Iterator[None]:
         outer = connection.begin()
         db.session.remove()
         db.session.configure(bind=connection, join_transaction_mode="create_savepoint")
-        production = install_verifier(app, transaction_verifier(connection, app.config["API_KEY_PEPPER"]))
+        budget = InvalidKeyBudget(app.config["API_INVALID_KEY_BUDGET"])
+        production = install_verifier(app, transaction_verifier(connection, app.config["API_KEY_PEPPER"], budget))
         try:
             yield
         finally:

@@ -41,6 +41,7 @@ def committed(app: Any) -> Iterator[dict[str, Any]]:
     keys = [factories.api_key(org, None, name=f"k{i}").plaintext for i in range(2)]
     tag = f"/concurrency/{uuid.uuid4().hex}"
     data = {
+        "client_ip": f"2001:db8::{uuid.uuid4().hex[:4]}:{uuid.uuid4().hex[:4]}",  # this test's calls' address
         "org_id": org.id,
         "keys": keys,
         "tag": tag,
@@ -54,8 +55,19 @@ def committed(app: Any) -> Iterator[dict[str, Any]]:
             sa.or_(ApiKeyUsage.organization_id == org.id, ApiKeyUsage.endpoint.startswith(tag))
         )
     )
+    db.session.execute(sa.text("DELETE FROM api_invalid_key_counts WHERE client_ip = :ip"), {"ip": data["client_ip"]})
     db.session.execute(sa.delete(Organization).where(Organization.id == org.id))
     db.session.commit()
+
+
+def invalid_calls(client_ip: str) -> dict[str, int]:
+    """Calls counted per outcome in ``api_invalid_key_counts`` for ``client_ip``."""
+    db.session.rollback()
+    rows = db.session.execute(
+        sa.text("SELECT outcome, sum(calls) FROM api_invalid_key_counts WHERE client_ip = :ip GROUP BY 1"),
+        {"ip": client_ip},
+    )
+    return {outcome: int(calls) for outcome, calls in rows}
 
 
 def make_verifier(url: str, pepper: str, interval: float = 0.05) -> Verifier:
@@ -139,7 +151,7 @@ def test_no_usage_row_lost_with_buffering(committed):
     odd = committed["tag"] + "/it's 100% ünï"
 
     def one(i: int) -> None:
-        verifier.verify(candidates[i % len(candidates)], committed["tag"] if i % 2 else odd)
+        verifier.verify(candidates[i % len(candidates)], committed["tag"] if i % 2 else odd, ip=committed["client_ip"])
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(one, range(calls)))
@@ -147,7 +159,8 @@ def test_no_usage_row_lost_with_buffering(committed):
     count = db.session.scalar(
         sa.select(sa.func.count()).select_from(ApiKeyUsage).where(ApiKeyUsage.endpoint.in_([committed["tag"], odd]))
     )
-    assert count == calls
+    assert count == calls // 2  # the valid keys' calls
+    assert invalid_calls(committed["client_ip"]) == {"malformed": calls // 4, "unknown": calls // 4}
 
 
 def _post(base: str, body: bytes) -> int:
@@ -170,10 +183,15 @@ def test_gunicorn_clean_stop_writes_every_buffered_row(committed, tmp_path):
     keep-alive client still connected (a gateway's pool); the workers' grouped verifications admit exactly the
     limit per minute, the same calls the clients saw answered 200."""
     bodies = [
-        f'{{"key": "{k}", "endpoint": "{committed["tag"]}"}}'.encode() for k in [*committed["keys"], "pk_test_bad"]
+        f'{{"key": "{k}", "endpoint": "{committed["tag"]}", "client_ip": "{committed["client_ip"]}"}}'.encode()
+        for k in [*committed["keys"], "pk_test_bad"]
     ]
     with gunicorn(
-        committed["url"], tmp_path, API_KEY_PEPPER=committed["pepper"], API_USAGE_FLUSH_INTERVAL="3600"
+        committed["url"],
+        tmp_path,
+        API_KEY_PEPPER=committed["pepper"],
+        API_USAGE_FLUSH_INTERVAL="3600",
+        API_INVALID_KEY_BUDGET="0",  # every malformed key is answered 401 and counted
     ) as base:
         with ThreadPoolExecutor(max_workers=16) as pool:
             statuses = list(pool.map(lambda i: _post(base, bodies[i % 3]), range(240)))
@@ -190,7 +208,7 @@ def test_gunicorn_clean_stop_writes_every_buffered_row(committed, tmp_path):
         sa.select(sa.func.count()).select_from(ApiKeyUsage).where(ApiKeyUsage.endpoint == committed["tag"])
     )
     idle.close()
-    assert count == len(statuses)
+    assert count + invalid_calls(committed["client_ip"])["malformed"] == len(statuses) == 241
     windows = per_minute(committed["org_id"])
     assert sum(total for _, total in windows) == statuses.count(200) + statuses.count(429) == 160
     for admitted, total in windows:
@@ -202,9 +220,9 @@ def test_a_refused_row_does_not_block_the_others(committed):
     from datetime import UTC, datetime
 
     recorder = BufferedRecorder(libpq_dsn(committed["url"]), interval=3600)
-    now = datetime.now(UTC)
-    good = (None, None, now, committed["tag"], 401, 1.0, "malformed", None, None)
-    bad = (None, None, now, committed["tag"], 401, 1.0, "not-an-outcome", None, None)  # violates the CHECK constraint
+    now, key_id = datetime.now(UTC), str(uuid.uuid4())
+    good = (key_id, None, now, committed["tag"], 401, 1.0, "revoked", None, None)
+    bad = (key_id, None, now, committed["tag"], 401, 1.0, "not-an-outcome", None, None)  # violates the CHECK constraint
     for row in (good, bad, good):
         recorder.add(row)
     recorder.close()
@@ -223,7 +241,7 @@ def test_buffered_rows_keep_special_characters(committed):
     endpoints = [committed["tag"] + suffix for suffix in suffixes] + ["NULL", '"{}"']
     recorder = BufferedRecorder(libpq_dsn(committed["url"]), interval=3600)
     for endpoint in endpoints:
-        recorder.add((None, None, datetime.now(UTC), endpoint, 401, None, "malformed", None, None))
+        recorder.add((str(uuid.uuid4()), None, datetime.now(UTC), endpoint, 401, None, "revoked", None, None))
     recorder.close()
     stored = db.session.scalars(
         sa.select(ApiKeyUsage.endpoint).where(
@@ -319,7 +337,7 @@ def test_a_failed_prune_does_not_stall_the_flushes(committed, monkeypatch):
     monkeypatch.setattr(sql, "PRUNE_API_WINDOWS_SQL", "DELETE FROM no_such_table")
     with pytest.raises(Exception, match="no_such_table"):
         recorder.maintain(prune=True)
-    recorder.add((None, None, datetime.now(UTC), committed["tag"], 401, 1.0, "malformed", None, None))
+    recorder.add((str(uuid.uuid4()), None, datetime.now(UTC), committed["tag"], 401, 1.0, "revoked", None, None))
     assert recorder.flush() == 1
     assert recorder.maintain() in (True, False)  # vacuuming works again on the fresh connection
     recorder.close()

@@ -8,7 +8,7 @@ from portal.api.decorators import require_api_key
 from portal.keys import format as keyformat
 from portal.keys import services as key_services
 from portal.plans import PLANS
-from tests.api_helpers import exhaust, usage_count, usage_rows
+from tests.api_helpers import exhaust, invalid_key_counts, usage_count, usage_rows
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -49,7 +49,11 @@ def test_whoami_rejects_malformed_unknown_and_revoked_keys(client, org, owner, a
         response = client.get("/v1/whoami", headers=bearer(key))
         assert response.status_code == 401
         assert response.get_json()["error"]["code"] == code
-    assert [r.outcome for r in usage_rows()] == ["malformed", "unknown", "revoked"]
+    assert [r.outcome for r in usage_rows()] == ["revoked"]
+    assert sorted((ip, o, n) for (_, ip, o), n in invalid_key_counts().items()) == [
+        ("127.0.0.1", "malformed", 1),
+        ("127.0.0.1", "unknown", 1),
+    ]
 
 
 def test_whoami_rate_limited(client, org, api_key):
@@ -81,4 +85,5 @@ def test_decorator_protects_any_view(app, api_key):
         response = protected()
         assert response.status_code == 401
     assert calls == [str(api_key.api_key.id)]
-    assert usage_count() == 2
+    assert usage_count() == 1
+    assert [(o, n) for (_, _, o), n in invalid_key_counts().items()] == [("malformed", 1)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from portal.plans import PLANS
 from tests import factories
-from tests.api_helpers import exhaust, usage_count
+from tests.api_helpers import exhaust, invalid_key_calls, usage_count
 
 HEADERS = (
     "RateLimit-Limit",
@@ -59,7 +59,8 @@ def test_fast_path_answers_like_the_flask_view(client, org, owner, api_key, app)
     assert [status for status, _, _ in fast] == [200, 401, 400, 400, 400, 429]
     assert fast[1:] == slow[1:]
     assert fast[0][0] == slow[0][0] and fast[0][2] == slow[0][2]
-    assert usage_count() == 2 * rows_fast == 6
+    assert usage_count() == 2 * rows_fast == 4
+    assert invalid_key_calls("malformed") == 2
 
 
 def test_fast_path_sets_a_request_id(client):

@@ -52,7 +52,9 @@ def orgs(app: Any) -> Iterator[dict[str, Any]]:
     db.session.commit()
     ids = {name: o.id for name, o in made.items()}
     tag = f"/grouping/{uuid.uuid4().hex}"
+    client_ip = f"2001:db8::{uuid.uuid4().hex[:4]}:{uuid.uuid4().hex[:4]}"  # this test's calls' address
     yield {
+        "client_ip": client_ip,
         "ids": ids,
         "keys": keys,
         "revoked": revoked.plaintext,
@@ -69,6 +71,7 @@ def orgs(app: Any) -> Iterator[dict[str, Any]]:
     db.session.execute(
         sa.text("DELETE FROM rate_limit_tracking WHERE organization_id = ANY(:ids)"), {"ids": list(ids.values())}
     )
+    db.session.execute(sa.text("DELETE FROM api_invalid_key_counts WHERE client_ip = :ip"), {"ip": client_ip})
     db.session.execute(sa.delete(Organization).where(Organization.id.in_(list(ids.values()))))
     db.session.commit()
 
@@ -117,7 +120,8 @@ def test_one_group_numbers_each_call_within_its_organization(orgs):
 
 def test_threads_grouped_for_mixed_organizations_admit_exactly(orgs):
     """Many threads on one verifier (one gunicorn worker): calls are grouped, every organization-minute admits
-    exactly min(limit, usable calls), the full organization admits none, and each call is one usage row."""
+    exactly min(limit, usable calls), the full organization admits none, each call of an existing key is one
+    usage row and each call of a malformed or unknown key is counted."""
     dsn = libpq_dsn(orgs["url"])
     backend = DirectBackend(dsn)
     verifier = Verifier(backend, BufferedRecorder(dsn, interval=0.05), orgs["pepper"])
@@ -126,7 +130,7 @@ def test_threads_grouped_for_mixed_organizations_admit_exactly(orgs):
     calls = 16 * 30
 
     def one(i: int) -> tuple[str, str | None]:
-        result = verifier.verify(candidates[i % len(candidates)], orgs["tag"])
+        result = verifier.verify(candidates[i % len(candidates)], orgs["tag"], ip=orgs["client_ip"])
         return result.outcome, result.organization_id
 
     with ThreadPoolExecutor(max_workers=16) as pool:
@@ -163,7 +167,14 @@ def test_threads_grouped_for_mixed_organizations_admit_exactly(orgs):
     total = db.session.scalar(
         sa.select(sa.func.count()).select_from(ApiKeyUsage).where(ApiKeyUsage.endpoint == orgs["tag"])
     )
-    assert total == calls
+    invalid = dict(
+        db.session.execute(
+            sa.text("SELECT outcome, sum(calls) FROM api_invalid_key_counts WHERE client_ip = :ip GROUP BY 1"),
+            {"ip": orgs["client_ip"]},
+        ).all()
+    )
+    assert invalid == {"malformed": calls // len(candidates), "unknown": calls // len(candidates)}
+    assert total + sum(invalid.values()) == calls
 
 
 def test_keys_with_counters_of_their_own_are_deferred_and_remembered(app):

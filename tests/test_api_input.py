@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.api_helpers import usage_count
+from tests.api_helpers import invalid_key_calls, usage_count
 
 URL = "/v1/keys/verify"
 KEY = "pk_test_" + "A" * 38
@@ -58,13 +58,13 @@ def test_bad_requests_are_400_without_a_usage_row(client, kwargs, code):
     assert body["error"]["code"] == code
     assert body["error"]["message"]
     assert response.headers["Cache-Control"] == "no-store"
-    assert usage_count() == 0
+    assert usage_count() == 0 and invalid_key_calls() == 0
 
 
 def test_same_key_in_body_and_header_is_fine(client):
     response = client.post(URL, json={"key": KEY}, headers={"Authorization": f"Bearer {KEY}"})
     assert response.status_code == 401
-    assert usage_count() == 1
+    assert invalid_key_calls("malformed") == 1
 
 
 def test_json_with_charset_is_accepted(client):
@@ -109,7 +109,7 @@ def test_chunked_body_is_read_and_bounded(client):
     )
     assert huge.status_code == 400
     assert huge.get_json()["error"]["code"] == "body_too_large"
-    assert usage_count() == 1
+    assert invalid_key_calls() == 1
 
 
 def test_content_length_that_is_not_a_number(client):

@@ -69,8 +69,26 @@ def test_real_answers_match_their_documented_schemas(client, document, org, api_
 
 
 def test_every_outcome_has_a_status_and_a_message_and_is_documented(client):
-    from portal.verification.outcomes import CODES, MESSAGES, OUTCOMES, REASONS, STATUS_BY_OUTCOME
+    from portal.verification.outcomes import (
+        CODES,
+        MESSAGES,
+        OUTCOMES,
+        REASONS,
+        STATUS_BY_OUTCOME,
+        TOO_MANY_INVALID_KEYS,
+    )
 
-    assert set(STATUS_BY_OUTCOME) == set(MESSAGES) == set(OUTCOMES)
+    assert set(STATUS_BY_OUTCOME) == set(MESSAGES) == {*OUTCOMES, TOO_MANY_INVALID_KEYS}
     documented = client.get("/v1/openapi.json").get_json()["components"]["schemas"]["Invalid"]["properties"]["code"]
-    assert set(documented["enum"]) == set(CODES) == (set(OUTCOMES) - {"ok", "forbidden"}) | set(REASONS)
+    assert set(documented["enum"]) == set(CODES)
+    assert set(CODES) == (set(OUTCOMES) - {"ok", "forbidden"}) | set(REASONS) | {TOO_MANY_INVALID_KEYS}
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "accepted"),
+    [("/a b\\N;'\"`~", True), ("x" * 200, True), ("/café", False), ("/a\tb", False), ("", False), ("x" * 201, False)],
+)
+def test_documented_endpoint_rule_is_the_enforced_one(client, document, api_key, endpoint, accepted):
+    schema = _inline(document["components"]["schemas"]["VerifyRequest"], document)
+    assert Draft202012Validator(schema).is_valid({"key": "k", "endpoint": endpoint}) is accepted
+    assert (verify(client, api_key.plaintext, endpoint=endpoint).status_code != 400) is accepted

@@ -1,4 +1,4 @@
-"""POST /v1/keys/verify: every outcome, its status code, headers and usage row."""
+"""POST /v1/keys/verify: every outcome, its status code, headers and usage row (or count, for invalid keys)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,14 @@ from portal.keys import format as keyformat
 from portal.keys import services as key_services
 from portal.plans import PLANS
 from tests import factories
-from tests.api_helpers import away_from_a_window_boundary, exhaust, usage_count, usage_rows, verify
+from tests.api_helpers import (
+    away_from_a_window_boundary,
+    exhaust,
+    invalid_key_counts,
+    usage_count,
+    usage_rows,
+    verify,
+)
 
 _GOOD = "pk_test_" + "A" * 32
 _SUM = keyformat.checksum(_GOOD)
@@ -70,7 +77,7 @@ def test_live_key_reports_its_environment(client, org, owner):
         BROKEN_CHECKSUM,
     ],
 )
-def test_malformed_keys_are_rejected_and_recorded_without_key(client, candidate):
+def test_malformed_keys_are_rejected_and_counted_without_a_usage_row(client, candidate):
     response = verify(client, candidate)
     assert response.status_code == 401
     assert response.get_json() == {
@@ -80,8 +87,10 @@ def test_malformed_keys_are_rejected_and_recorded_without_key(client, candidate)
     }
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
     assert not any(h in response.headers for h in RATE_HEADERS)
-    [row] = usage_rows()
-    assert (row.key_id, row.organization_id, row.outcome, row.status_code) == (None, None, "malformed", 401)
+    assert usage_count() == 0
+    [((minute, ip, outcome), calls)] = invalid_key_counts().items()
+    assert (ip, outcome, calls) == ("127.0.0.1", "malformed", 1)
+    assert minute.second == minute.microsecond == 0
 
 
 def test_malformed_key_needs_no_database(app, client):
@@ -106,8 +115,8 @@ def test_well_formed_unknown_key(client):
     response = verify(client, keyformat.generate("live"))
     assert response.status_code == 401
     assert response.get_json()["code"] == "unknown"
-    [row] = usage_rows()
-    assert (row.key_id, row.outcome, row.status_code) == (None, "unknown", 401)
+    assert usage_count() == 0
+    assert [(ip, outcome, n) for (_, ip, outcome), n in invalid_key_counts().items()] == [("127.0.0.1", "unknown", 1)]
 
 
 def test_revocation_takes_effect_on_the_next_call(client, org, owner, api_key):
@@ -215,14 +224,17 @@ def test_last_used_at_is_set_then_not_rewritten_within_a_minute(client, api_key)
     assert api_key.api_key.last_used_at > first - timedelta(minutes=2)
 
 
-def test_every_answer_is_one_usage_row(client, org, owner, api_key):
+def test_every_answer_for_an_existing_key_is_one_usage_row_and_invalid_keys_are_counted(client, org, owner, api_key):
     revoked = factories.api_key(org, owner, name="Revoked")
     key_services.revoke_key(org, revoked.api_key, owner)
     calls = [api_key.plaintext, "nope", keyformat.generate("test"), revoked.plaintext, api_key.plaintext]
-    statuses = [verify(client, key).status_code for key in calls]
+    statuses = [verify(client, key, client_ip="192.0.2.7").status_code for key in calls]
     assert statuses == [200, 401, 401, 401, 200]
-    assert usage_count() == len(calls)
-    assert [r.outcome for r in usage_rows()] == ["ok", "malformed", "unknown", "revoked", "ok"]
+    assert [r.outcome for r in usage_rows()] == ["ok", "revoked", "ok"]
+    assert sorted((ip, o, n) for (_, ip, o), n in invalid_key_counts().items()) == [
+        ("192.0.2.7", "malformed", 1),
+        ("192.0.2.7", "unknown", 1),
+    ]
 
 
 def test_key_of_a_deleted_organization_is_unknown(client, org, api_key):
@@ -237,7 +249,27 @@ def test_answer_ids_are_strings(client, api_key):
     uuid.UUID(body["organization"]["id"])
 
 
-@pytest.mark.parametrize("endpoint", ["/it's 100% ünïcødé; DROP TABLE x; --", "\\N", "/a\\tb\\\\c\\n", "\\."])
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        '/it\'s 100%25 "quoted"; DROP TABLE x; --',
+        "\\N",
+        "/a\\tb\\\\c\\n",
+        "\\.",
+        "{a,b}",
+        "NULL",
+        " ",
+        "/caf%C3%A9?q=1&r=`~!@#$^*()[]|<>",
+    ],
+)
 def test_endpoint_text_is_stored_verbatim(client, api_key, endpoint):
     assert verify(client, api_key.plaintext, endpoint=endpoint).status_code == 200
     assert usage_rows()[0].endpoint == endpoint
+
+
+@pytest.mark.parametrize("endpoint", ["/café", "/ünïcødé", "/a\tb", "/a\nb", "\x7f", "", "/" * 201, "💥"])
+def test_endpoint_must_be_printable_ascii(client, api_key, endpoint):
+    response = verify(client, api_key.plaintext, endpoint=endpoint)
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == "invalid_endpoint"
+    assert usage_count() == 0 and invalid_key_counts() == {}

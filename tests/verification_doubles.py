@@ -7,9 +7,11 @@ once instead of from its writer thread (so a test reads its usage rows right aft
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from portal.verification.backend import DirectBackend, Row
+from portal.verification.budget import InvalidKeyBudget
 from portal.verification.usage_writer import BufferedRecorder
 from portal.verification.verifier import Verifier
 
@@ -47,6 +49,11 @@ class TransactionBackend(DirectBackend):
     def __init__(self, dbapi_connection: Any) -> None:
         super().__init__("")
         self._dbapi_connection = dbapi_connection
+        self.calls = 0  # verifications that reached the database
+
+    def verify_many(self, key_hashes: Any, scopes: Any = None, ips: Any = None) -> list[Row | None]:
+        self.calls += len(key_hashes)
+        return super().verify_many(key_hashes, scopes, ips)
 
     def connect(self) -> Any:
         with self._dbapi_connection.cursor() as cur:
@@ -69,8 +76,12 @@ class ImmediateFlushRecorder(BufferedRecorder):
         super().add(row)
         self.flush()
 
+    def count_invalid(self, at: datetime, address: str | None, outcome: str) -> None:
+        super().count_invalid(at, address, outcome)
+        self.flush()
 
-def transaction_verifier(sqlalchemy_connection: Any, pepper: str) -> Verifier:
+
+def transaction_verifier(sqlalchemy_connection: Any, pepper: str, budget: InvalidKeyBudget | None = None) -> Verifier:
     """A verifier whose statements and usage rows run on ``sqlalchemy_connection``'s transaction."""
     dbapi = sqlalchemy_connection.connection.dbapi_connection
-    return Verifier(TransactionBackend(dbapi), ImmediateFlushRecorder(dbapi), pepper)
+    return Verifier(TransactionBackend(dbapi), ImmediateFlushRecorder(dbapi), pepper, budget)

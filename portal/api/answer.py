@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from portal.api.inputs import MAX_BODY_BYTES, BadRequest, RawRequest, parse_verify_request
+from portal.api.inputs import MAX_BODY_BYTES, BadRequest, RawRequest, parse_verify_request, peer_address
 from portal.errors import error_body
 from portal.verification.outcomes import DatabaseUnavailable
 from portal.verification.verifier import Verifier
@@ -27,11 +27,15 @@ def error_answer(status: int, code: str, message: str, headers: dict[str, str] |
 
 
 def answer_verify(read: Callable[[], RawRequest], verifier: Verifier) -> Answer:
-    """Read, verify, answer: 200 valid, 401 unusable key, 403 forbidden by the key's policy, 429 rate limited or
-    over quota, 400 not a verification."""
+    """Read, verify, answer: 200 valid, 401 unusable key, 403 forbidden by the key's policy, 429 rate limited,
+    over quota or too many invalid keys from the client's address, 400 not a verification.
+
+    The client's address is ``client_ip`` when given, else the peer that called (ProCode's own API servers send
+    ``client_ip``, so their calls never share one budget of invalid keys)."""
     started = time.perf_counter()
     try:
-        payload = parse_verify_request(read())
+        raw = read()
+        payload = parse_verify_request(raw)
     except BadRequest as exc:
         return error_answer(400, exc.code, exc.message)
     except RequestEntityTooLarge:
@@ -44,6 +48,7 @@ def answer_verify(read: Callable[[], RawRequest], verifier: Verifier) -> Answer:
             scope=payload.scope,
             ip=payload.client_ip,
             user_agent=payload.user_agent,
+            peer=peer_address(raw.remote_addr),
         )
     except DatabaseUnavailable:
         return error_answer(503, "unavailable", "Key verification is unavailable; retry shortly.", {"Retry-After": "1"})

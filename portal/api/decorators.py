@@ -10,7 +10,7 @@ from typing import Any, TypeVar, cast
 from flask import after_this_request, g, request
 
 from portal.api import get_verifier
-from portal.api.inputs import BadRequest, bearer_token, parse_client_ip
+from portal.api.inputs import BadRequest, bearer_token, peer_address
 from portal.errors import json_error
 from portal.scopes import SCOPE_SET
 from portal.verification.outcomes import DatabaseUnavailable, Verification
@@ -21,8 +21,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 def check_request_key(scope: str | None = None) -> Verification | Any:
     """Verify the request's bearer key for ``scope``; the verification when it passes, else the error response.
 
-    The client address is ``request.remote_addr`` (the forwarded one behind ``PORTAL_TRUST_PROXY``), and its
-    ``User-Agent`` is recorded with it."""
+    The client address is ``request.remote_addr`` (the forwarded one behind ``PORTAL_TRUST_PROXY``): what a
+    key's allowlist checks and what spends a budget of invalid keys (429 ``too_many_invalid_keys`` once spent).
+    It is recorded on the usage row with the request's ``User-Agent``."""
     started = time.perf_counter()
     try:
         token = bearer_token(request)
@@ -36,10 +37,7 @@ def check_request_key(scope: str | None = None) -> Verification | Any:
             {"WWW-Authenticate": 'Bearer realm="procode"'},
         )
     endpoint = request.url_rule.rule[:200] if request.url_rule is not None else None
-    try:
-        ip = parse_client_ip(request.remote_addr)
-    except BadRequest:
-        ip = None  # not an IP address (a unix socket peer): a key with an allowlist refuses the call
+    ip = peer_address(request.remote_addr)  # None for a unix socket peer: a key with an allowlist refuses it
     try:
         agent = request.headers.get("User-Agent")
         result = get_verifier().verify(token, endpoint, started, scope=scope, ip=ip, user_agent=agent)

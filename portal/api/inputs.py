@@ -3,6 +3,8 @@
 A candidate key must be a string of 1–256 printable ASCII characters (what a bearer token can be); such a
 string is verified, and answered ``malformed`` if it is not a well-formed ProCode key. Anything else (not
 JSON, not an object, not a string, too long, control characters, non-ASCII) is not a credential at all: 400.
+An ``endpoint`` is 1–200 printable ASCII characters too: an HTTP path is ASCII (anything else is
+percent-encoded), and a usage row stores nothing a terminal, a CSV export or a log line could misread.
 """
 
 from __future__ import annotations
@@ -76,6 +78,14 @@ def parse_user_agent(value: object) -> str | None:
     return value.strip() or None
 
 
+def peer_address(value: str | None) -> str | None:
+    """The calling peer's address in canonical form; ``None`` when it is not an IP address (a unix socket)."""
+    try:
+        return parse_client_ip(value)
+    except BadRequest:
+        return None
+
+
 def _is_token(value: str) -> bool:
     return 0 < len(value) <= MAX_KEY_CHARS and value.isascii() and value.isprintable() and " " not in value
 
@@ -103,11 +113,12 @@ def _too_large() -> BadRequest:
 
 @dataclass(frozen=True, slots=True)
 class RawRequest:
-    """What a verification needs from HTTP: the Authorization header, the media type and the body."""
+    """What a verification needs from HTTP: the Authorization header, the media type, the body and the peer."""
 
     authorization: str | None
     mimetype: str
     body: bytes
+    remote_addr: str | None = None  # who made the call (the proxy's forwarded address behind a trusted proxy)
 
 
 def read_request(request: Request) -> RawRequest:
@@ -115,7 +126,9 @@ def read_request(request: Request) -> RawRequest:
     length = request.content_length
     if length is not None and length > MAX_BODY_BYTES:
         raise _too_large()
-    return RawRequest(request.headers.get("Authorization"), request.mimetype, request.get_data(cache=False))
+    return RawRequest(
+        request.headers.get("Authorization"), request.mimetype, request.get_data(cache=False), request.remote_addr
+    )
 
 
 def read_environ(environ: dict[str, Any]) -> RawRequest:
@@ -134,7 +147,7 @@ def read_environ(environ: dict[str, Any]) -> RawRequest:
     else:
         body = b""
     mimetype = environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
-    return RawRequest(environ.get("HTTP_AUTHORIZATION"), mimetype, body)
+    return RawRequest(environ.get("HTTP_AUTHORIZATION"), mimetype, body, environ.get("REMOTE_ADDR"))
 
 
 def _body(raw: RawRequest) -> dict[str, object] | None:
@@ -173,9 +186,10 @@ def parse_verify_request(raw: RawRequest) -> VerifyRequest:
     if endpoint is not None:
         if not isinstance(endpoint, str):
             raise BadRequest("invalid_endpoint", "'endpoint' must be a string.")
-        if len(endpoint) > MAX_ENDPOINT_CHARS or not endpoint.isprintable():
+        if not 0 < len(endpoint) <= MAX_ENDPOINT_CHARS or not endpoint.isascii() or not endpoint.isprintable():
             raise BadRequest(
-                "invalid_endpoint", f"'endpoint' must be at most {MAX_ENDPOINT_CHARS} printable characters."
+                "invalid_endpoint",
+                f"'endpoint' must be 1 to {MAX_ENDPOINT_CHARS} printable ASCII characters (percent-encode the rest).",
             )
     return VerifyRequest(
         key=key,

@@ -48,8 +48,12 @@ def _schemas() -> dict[str, Any]:
                 },
                 "endpoint": {
                     "type": "string",
+                    "minLength": 1,
                     "maxLength": MAX_ENDPOINT_CHARS,
-                    "description": "The ProCode API route being called, kept on the usage record.",
+                    "pattern": f"^[ -~]{{1,{MAX_ENDPOINT_CHARS}}}$",
+                    "description": f"The ProCode API route being called, kept on the usage record: 1 to "
+                    f"{MAX_ENDPOINT_CHARS} printable ASCII characters (percent-encode anything else, as in an "
+                    "HTTP path). Anything else: 400 `invalid_endpoint`.",
                 },
                 "scope": {
                     "type": "string",
@@ -63,8 +67,11 @@ def _schemas() -> dict[str, Any]:
                     "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}],
                     "description": "The address of the client calling your API. A key with an IP allowlist is "
                     "refused (403 `ip_not_allowed`) from any other address, and also when `client_ip` is "
-                    "missing. Keys without an allowlist ignore it. Not an address: 400 `invalid_client_ip`. "
-                    "Recorded on the call's usage record: the key page lists the addresses that use it.",
+                    "missing. Keys without an allowlist ignore it. It is also the address whose calls with "
+                    "malformed or unknown keys are budgeted (429 `too_many_invalid_keys`); without it, the "
+                    "address of the caller is, so a gateway should send it. Not an address: 400 "
+                    "`invalid_client_ip`. Recorded on the call's usage record: the key page lists the addresses "
+                    "that use it.",
                 },
                 "user_agent": {
                     "type": "string",
@@ -205,16 +212,37 @@ def _headers() -> dict[str, Any]:
         "Retry-After": {
             **integer,
             "description": "Seconds to wait before retrying (429 and 503 only): until the minute's window "
-            "resets, or until the month ends (UTC) for `quota_exceeded`.",
+            "resets (`rate_limited`, `too_many_invalid_keys`), or until the month ends (UTC) for "
+            "`quota_exceeded`.",
         },
     }
+
+
+def _budget() -> str:
+    """What the budget of invalid keys promises, with this deployment's number."""
+    budget = int(current_app.config.get("API_INVALID_KEY_BUDGET", 0))
+    if budget <= 0:
+        return ""
+    return (
+        f" Calls with a malformed or unknown key are limited per client address: after {budget} of them in a "
+        "minute (UTC) on one server process, that process answers every call from the address, whatever its key, "
+        "429 `too_many_invalid_keys` with `Retry-After` until the minute ends, without looking the key up. "
+        "The budget is per process: with several processes or servers behind a load balancer an address "
+        "may make that many failed calls on each. Other addresses are never affected."
+    )
 
 
 def openapi_document() -> dict[str, Any]:
     bad_request = _json(
         _ref("Error"),
         "Not a verification request (not JSON, wrong content type, missing or "
-        "oversized field, non-string or non-ASCII key). Not metered.",
+        "oversized field, non-string or non-ASCII key or endpoint). Not metered.",
+    )
+    limited = _json(
+        _ref("Error"),
+        "Rate limited or over quota, or `too_many_invalid_keys`: the caller's address spent its budget of "
+        "malformed or unknown keys.",
+        (*RATE_HEADERS, "Retry-After"),
     )
     unavailable = _json(
         _ref("Error"), "The database is unreachable; retry after `Retry-After` seconds.", ("Retry-After",)
@@ -229,7 +257,7 @@ def openapi_document() -> dict[str, Any]:
                 "organization's per-minute rate limit, each key's own limit and the Free plan's monthly quota, "
                 "and meter every answered call. Limits are counted in fixed one-minute windows (UTC), the quota "
                 "per UTC month; at most `limit` calls are admitted in each window, exactly, whatever the number "
-                "of clients or servers, and a call refused by one limit counts against none."
+                "of clients or servers, and a call refused by one limit counts against none." + _budget()
             ),
         },
         "servers": [{"url": f"{current_app.config.get('PUBLIC_API_BASE', '')}/v1"}],
@@ -244,9 +272,11 @@ def openapi_document() -> dict[str, Any]:
                     "operationId": "verifyKey",
                     "summary": "Verify a key and count the call against its organization's rate limit",
                     "description": (
-                        "Every answered call (200, 401, 429) is recorded as one usage row. Rate-limit "
-                        "headers are sent whenever the key's organization is known (valid, revoked, "
-                        "expired, rate limited). "
+                        "Every answered call for an existing key (valid, revoked, expired, forbidden, rate "
+                        "limited, over quota) is recorded as one usage row; calls with a malformed or unknown "
+                        "key, and those refused as `too_many_invalid_keys`, are counted per minute and client "
+                        "address instead. Rate-limit headers are sent whenever the key's organization is known "
+                        "(valid, revoked, expired, rate limited). "
                         f"The body may be at most {MAX_BODY_BYTES} bytes."
                     ),
                     "security": [{}, {"bearer": []}],
@@ -274,7 +304,9 @@ def openapi_document() -> dict[str, Any]:
                         "429": _json(
                             _ref("Invalid"),
                             "Valid key, but the organization's or the key's limit for this minute is used up "
-                            "(`rate_limited`), or, on the Free plan, the monthly quota (`quota_exceeded`).",
+                            "(`rate_limited`), or, on the Free plan, the monthly quota (`quota_exceeded`); or "
+                            "the client's address has spent its budget of malformed or unknown keys "
+                            "(`too_many_invalid_keys`, any key, no lookup, no rate-limit headers).",
                             (*RATE_HEADERS, "Retry-After"),
                         ),
                         "503": unavailable,
@@ -291,7 +323,7 @@ def openapi_document() -> dict[str, Any]:
                         "400": bad_request,
                         "401": _json(_ref("Error"), "Missing, malformed, unknown, revoked or expired key."),
                         "403": _json(_ref("Error"), "The key's IP allowlist does not include the caller."),
-                        "429": _json(_ref("Error"), "Rate limited or over quota.", (*RATE_HEADERS, "Retry-After")),
+                        "429": limited,
                         "503": unavailable,
                     },
                 }
@@ -306,7 +338,7 @@ def openapi_document() -> dict[str, Any]:
                         "400": bad_request,
                         "401": _json(_ref("Error"), "Missing, malformed, unknown, revoked or expired key."),
                         "403": _json(_ref("Error"), "`insufficient_scope` (no `files:write`) or `ip_not_allowed`."),
-                        "429": _json(_ref("Error"), "Rate limited or over quota.", (*RATE_HEADERS, "Retry-After")),
+                        "429": limited,
                         "503": unavailable,
                     },
                 }

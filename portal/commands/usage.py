@@ -1,4 +1,4 @@
-"""``flask usage``: simulate traffic, prune old raw events, rebuild rollups."""
+"""``flask usage``: simulate traffic, prune old raw events and invalid-key counts, rebuild rollups."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def simulate(slug: str, events: int, days: float, key_count: int, chunk: int, va
     help="Also drop rollups older than this (default: USAGE_ROLLUP_RETENTION_DAYS).",
 )
 def prune(older_than: str | None, rollups_older_than: str | None) -> None:
-    """Delete raw events past retention; rollups keep the history far longer."""
+    """Delete raw events and invalid-key counts past retention; rollups keep the history far longer."""
     try:
         raw_age = maintenance.parse_age(older_than or f"{current_app.config['USAGE_RAW_RETENTION_DAYS']}d")
         rollup_age = maintenance.parse_age(
@@ -63,9 +63,10 @@ def prune(older_than: str | None, rollups_older_than: str | None) -> None:
     if rollup_age < raw_age:
         raise click.BadParameter("rollups must be kept at least as long as raw events")
     raw = maintenance.prune_raw(raw_age)
+    invalid = maintenance.prune_invalid_key_counts(raw_age)
     rollups = maintenance.prune_rollups(rollup_age)
     click.echo(
-        f"Deleted {raw:,} raw events older than {raw_age.days} days "
+        f"Deleted {raw:,} raw events and {invalid:,} invalid-key counts older than {raw_age.days} days "
         f"and {rollups:,} rollup rows older than {rollup_age.days} days."
     )
 

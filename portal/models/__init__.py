@@ -18,7 +18,7 @@ from portal.models.rollup import (
 )
 from portal.models.session import SecurityEvent, UserSession
 from portal.models.two_factor import Passkey, RecoveryCode, SpentPasskeyChallenge, TotpCredential
-from portal.models.usage import OUTCOMES, ApiKeyUsage, RateLimitTracking
+from portal.models.usage import OUTCOMES, ApiKeyUsage, InvalidKeyCount, RateLimitTracking
 from portal.models.user import User
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "ApiKey",
     "ApiKeyUsage",
     "AuditEvent",
+    "InvalidKeyCount",
     "Invitation",
     "Membership",
     "Organization",

@@ -1,4 +1,4 @@
-"""Records of verified calls, and the counters the rate limiter keeps per window."""
+"""Records of verified calls, counts of calls with invalid keys, and the counters the rate limiter keeps per window."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from portal.extensions import Model
 from portal.models._types import Timestamp, check_in
-from portal.verification.outcomes import OUTCOMES
+from portal.verification.outcomes import INVALID_KEY_OUTCOMES, OUTCOMES
 
 
 class ApiKeyUsage(Model):
-    """One row per answered verification, valid or not."""
+    """One row per answered verification of an existing key, valid or not (invalid keys: ``InvalidKeyCount``)."""
 
     __tablename__ = "api_key_usage"
     __table_args__ = (
@@ -35,6 +35,31 @@ class ApiKeyUsage(Model):
     # As given to verification (``client_ip``, ``user_agent``); NULL when the caller did not say.
     client_ip: Mapped[str | None] = mapped_column(INET)
     user_agent: Mapped[str | None] = mapped_column(sa.String(256))
+
+
+class InvalidKeyCount(Model):
+    """Calls with a malformed or unknown key (or refused for too many), per UTC minute, client address and
+    outcome: bounded per address, where one row per call would let any client grow the usage table at will."""
+
+    __tablename__ = "api_invalid_key_counts"
+    __table_args__ = (
+        check_in("outcome", INVALID_KEY_OUTCOMES, "ck_api_invalid_key_counts_outcome"),
+        # The upsert's arbiter; an unknown address (NULL) is one address, not a new row per flush.
+        sa.Index(
+            "ux_api_invalid_key_counts",
+            "minute",
+            "client_ip",
+            "outcome",
+            unique=True,
+            postgresql_nulls_not_distinct=True,
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
+    minute: Mapped[datetime] = mapped_column(Timestamp)
+    client_ip: Mapped[str | None] = mapped_column(INET)
+    outcome: Mapped[str] = mapped_column(sa.String(30))
+    calls: Mapped[int] = mapped_column(sa.BigInteger)
 
 
 class RateLimitTracking(Model):

@@ -1,4 +1,5 @@
-"""Retention and repair: prune old raw events (rollups stay), and rebuild rollups from the raw events left."""
+"""Retention and repair: prune old raw events and invalid-key counts (rollups stay), and rebuild rollups from the
+raw events left."""
 
 from __future__ import annotations
 
@@ -112,6 +113,16 @@ def prune_raw(older_than: timedelta, batch: int = 50_000, now: datetime | None =
         deleted += count
         if count < batch:
             return deleted
+
+
+def prune_invalid_key_counts(older_than: timedelta, now: datetime | None = None) -> int:
+    """Delete the per-minute counts of calls with malformed or unknown keys older than the cutoff: they are kept as
+    long as raw events (one row per address and minute at most, so one statement does)."""
+    count = _rowcount(
+        sa.text("DELETE FROM api_invalid_key_counts WHERE minute < :cutoff"), {"cutoff": (now or utcnow()) - older_than}
+    )
+    db.session.commit()
+    return count
 
 
 def prune_rollups(older_than: timedelta, now: datetime | None = None) -> int:

@@ -20,6 +20,11 @@ OUTCOMES: tuple[str, ...] = (
     "forbidden",
     "quota_exceeded",
 )
+# Answered without a lookup once the caller's address has spent its budget of malformed or unknown keys
+# (:mod:`portal.verification.budget`). Not a usage outcome: like ``malformed`` and ``unknown`` it is only
+# counted, per minute, client address and outcome (``api_invalid_key_counts``), never one row per call.
+TOO_MANY_INVALID_KEYS = "too_many_invalid_keys"
+INVALID_KEY_OUTCOMES: tuple[str, ...] = ("malformed", "unknown", TOO_MANY_INVALID_KEYS)
 
 # What a gateway acts on: 200 lets the call through, 401 rejects the credential, 429 asks to retry later.
 STATUS_BY_OUTCOME: dict[str, int] = {
@@ -31,6 +36,7 @@ STATUS_BY_OUTCOME: dict[str, int] = {
     "rate_limited": 429,
     "forbidden": 403,
     "quota_exceeded": 429,
+    TOO_MANY_INVALID_KEYS: 429,
 }
 MESSAGES: dict[str, str] = {
     "ok": "The key is valid.",
@@ -41,6 +47,7 @@ MESSAGES: dict[str, str] = {
     "rate_limited": "The rate limit for this minute is used up.",
     "forbidden": "This key may not make this call.",
     "quota_exceeded": "The organization's monthly quota is used up.",
+    TOO_MANY_INVALID_KEYS: "Too many calls with malformed or unknown keys from this address; retry later.",
 }
 # A ``forbidden`` answer says why in its code; both are metered as the one outcome ``forbidden``.
 REASONS: dict[str, str] = {
@@ -48,7 +55,7 @@ REASONS: dict[str, str] = {
     "ip_not_allowed": "The key may not be used from this address.",
 }
 # Every ``code`` a verification answer can carry besides a valid one.
-CODES: tuple[str, ...] = (*(o for o in OUTCOMES if o not in ("ok", "forbidden")), *REASONS)
+CODES: tuple[str, ...] = (*(o for o in OUTCOMES if o not in ("ok", "forbidden")), *REASONS, TOO_MANY_INVALID_KEYS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +82,7 @@ class Verification:
     meta: dict[str, Any] | None = None
     external_id: str | None = None
     quota_reset: int | None = None  # seconds until the month's quota resets (quota_exceeded only)
+    retry_after: int | None = None  # seconds until the address's budget of invalid keys resets
 
     @property
     def valid(self) -> bool:
@@ -127,6 +135,8 @@ class Verification:
                 headers["Retry-After"] = str(rl.reset)
         if self.outcome == "quota_exceeded" and self.quota_reset is not None:
             headers["Retry-After"] = str(self.quota_reset)
+        if self.retry_after is not None:
+            headers["Retry-After"] = str(self.retry_after)
         if self.reason == "insufficient_scope":
             headers["WWW-Authenticate"] = f'Bearer error="insufficient_scope", scope="{self.scope}"'
         if self.status_code == 401:

@@ -352,6 +352,17 @@ INSERT_USAGE = (
     "SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::timestamptz[], %s::text[], %s::int[], %s::float8[], "
     "%s::text[], %s::inet[], %s::text[])"
 )
+# Calls with a malformed or unknown key (and those refused for too many of them) are counted, not stored one
+# row each: one upsert per flush of the counts a worker gathered, summed per minute, client address and
+# outcome. Rows are taken in one order (minute, address, outcome) so concurrent flushes of several workers
+# cannot deadlock on each other's rows.
+UPSERT_INVALID_KEY_COUNTS = (
+    "INSERT INTO api_invalid_key_counts AS c (minute, client_ip, outcome, calls) "
+    "SELECT minute, client_ip, outcome, sum(calls) "
+    "FROM unnest(%s::timestamptz[], %s::inet[], %s::text[], %s::bigint[]) AS v(minute, client_ip, outcome, calls) "
+    "GROUP BY 1, 2, 3 ORDER BY 1, 2, 3 "
+    "ON CONFLICT (minute, client_ip, outcome) DO UPDATE SET calls = c.calls + excluded.calls"
+)
 TOUCH_KEYS_PREFIX = "UPDATE api_keys k SET last_used_at = v.t FROM (VALUES "
 TOUCH_KEYS_SUFFIX = (
     ") AS v(id, t) WHERE k.id = v.id AND (k.last_used_at IS NULL OR k.last_used_at < v.t - interval '1 minute')"

@@ -1,4 +1,8 @@
-"""Usage rows: one per answered verification, written in batches off the request path.
+"""Usage rows: one per answered verification of an existing key, written in batches off the request path.
+
+Calls with a malformed or unknown key are counted instead (:meth:`BufferedRecorder.count_invalid`): summed in
+memory per minute, client address and outcome, and added to ``api_invalid_key_counts`` by the same flush, so
+garbage costs at most one row per address and minute however much of it arrives.
 
 Each worker process buffers rows in memory and a writer thread flushes them every ``interval`` seconds (or
 sooner when ``batch`` rows wait) as one INSERT of column arrays on its own connection, with
@@ -17,6 +21,7 @@ import os
 import threading
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, Protocol
 
 import psycopg2
@@ -100,8 +105,24 @@ def write_usage_rows(cursor: Any, rows: Sequence[Row]) -> None:
         cursor.execute(sql.TOUCH_KEYS_PREFIX + touches + sql.TOUCH_KEYS_SUFFIX)
 
 
+InvalidKeyCounts = dict[tuple[datetime, str | None, str], int]  # (minute, client address, outcome) -> calls
+
+
+def write_invalid_key_counts(cursor: Any, counts: InvalidKeyCounts) -> None:
+    """Add ``counts`` to ``api_invalid_key_counts`` in one upsert (the rows locked in one order)."""
+    if not counts:
+        return
+    keys = sorted(counts, key=lambda k: (k[0], k[1] is None, k[1] or "", k[2]))
+    cursor.execute(
+        sql.UPSERT_INVALID_KEY_COUNTS,
+        ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys], [counts[k] for k in keys]),
+    )
+
+
 class UsageRecorder(Protocol):
     def add(self, row: Row) -> None: ...
+
+    def count_invalid(self, at: datetime, address: str | None, outcome: str) -> None: ...
 
     def flush(self) -> int: ...
 
@@ -128,7 +149,9 @@ class BufferedRecorder:
         self.close_timeout = close_timeout
         self.written = 0
         self.dropped = 0
+        self.counted = 0  # invalid-key calls whose counts were written
         self._rows: list[Row] = []
+        self._counts: InvalidKeyCounts = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -146,9 +169,21 @@ class BufferedRecorder:
         if waiting >= self.batch:
             self._wake.set()
 
-    def pending(self) -> int:
+    def count_invalid(self, at: datetime, address: str | None, outcome: str) -> None:
+        """Count one call with a malformed or unknown key (or refused for too many) in ``at``'s minute."""
+        key = (at.replace(second=0, microsecond=0), address, outcome)
         with self._lock:
-            return len(self._rows)
+            self._counts[key] = self._counts.get(key, 0) + 1
+            waiting = len(self._counts)
+        if self._pid != os.getpid():
+            self._start()
+        if waiting >= self.batch:  # many addresses at once: flush early, so memory stays bounded
+            self._wake.set()
+
+    def pending(self) -> int:
+        """Usage rows and invalid-key calls not written yet."""
+        with self._lock:
+            return len(self._rows) + sum(self._counts.values())
 
     def _start(self) -> None:
         with self._lock:
@@ -194,20 +229,24 @@ class BufferedRecorder:
         return psycopg2.connect(self.dsn, application_name="procode-usage-writer")
 
     def flush(self) -> int:
-        """Write every buffered row (put back in front on failure); returns how many were written."""
+        """Write every buffered row and count (put back on failure); returns how many usage rows were written."""
         with self._flush_lock:
             with self._lock:
                 rows, self._rows = self._rows, []
-            if not rows:
+                counts, self._counts = self._counts, {}
+            if not rows and not counts:
                 return 0
             try:
-                self._write(rows)
+                self._write(rows, counts)
             except BaseException:
                 with self._lock:
                     self._rows[:0] = rows
+                    for key, calls in counts.items():
+                        self._counts[key] = self._counts.get(key, 0) + calls
                 self._reset_connection()
                 raise
             self.written += len(rows)
+            self.counted += sum(counts.values())
             return len(rows)
 
     def _reset_connection(self) -> None:
@@ -269,21 +308,29 @@ class BufferedRecorder:
                 if self._conn is not None and not conn.closed:
                     conn.autocommit = False
 
-    def _write(self, rows: Sequence[Row]) -> None:
+    def _write(self, rows: Sequence[Row], counts: InvalidKeyCounts) -> None:
         conn = self._connection()
         try:
             with conn.cursor() as cur:
                 for start in range(0, len(rows), self.batch):
                     write_usage_rows(cur, rows[start : start + self.batch])
+                write_invalid_key_counts(cur, counts)
             conn.commit()
         except (psycopg2.DataError, psycopg2.IntegrityError):
             conn.rollback()
-            self._write_each(conn, rows)
+            self._write_each(conn, rows, counts)
 
-    def _write_each(self, conn: Any, rows: Sequence[Row]) -> None:
+    def _write_each(self, conn: Any, rows: Sequence[Row], counts: InvalidKeyCounts) -> None:
         """A row the database refuses must not block the others forever: write row by row, log the refused."""
         refused = 0
         with conn.cursor() as cur:
+            for key, calls in counts.items():
+                cur.execute("SAVEPOINT usage_row")
+                try:
+                    write_invalid_key_counts(cur, {key: calls})
+                except (psycopg2.DataError, psycopg2.IntegrityError) as exc:
+                    cur.execute("ROLLBACK TO SAVEPOINT usage_row")
+                    log.error("invalid-key count refused by the database and dropped: %r (%s)", key, exc)
             for row in rows:
                 cur.execute("SAVEPOINT usage_row")
                 try:

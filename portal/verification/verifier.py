@@ -1,8 +1,10 @@
 """Verify an API key: the one function behind ``POST /v1/keys/verify`` and ``@require_api_key``.
 
 A malformed key is answered from its format alone (no database); any other key costs one prepared statement
-(lookup, status, rate-limit upsert) and one buffered usage row. Every answered verification, valid or not,
-becomes exactly one ``api_key_usage`` row; requests that are not verifications (bad input) never do.
+(lookup, status, rate-limit upsert) and one buffered usage row. Every answered verification of an existing key
+becomes exactly one ``api_key_usage`` row; a malformed or unknown key is only counted (per minute, client
+address and outcome) and spends its address's budget (:mod:`portal.verification.budget`), after which the
+address is answered 429 without a lookup. Requests that are not verifications (bad input) are never recorded.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from typing import Any
 from portal.keys import format as keyformat
 from portal.timeutil import utcnow
 from portal.verification.backend import Backend, DirectBackend, libpq_dsn
-from portal.verification.outcomes import REASONS, RateLimit, Verification
+from portal.verification.budget import InvalidKeyBudget
+from portal.verification.outcomes import REASONS, TOO_MANY_INVALID_KEYS, RateLimit, Verification
 from portal.verification.usage_writer import BufferedRecorder, UsageRecorder
 
 MAX_USER_AGENT_CHARS = 256  # what a usage row keeps of a client's user agent
@@ -23,10 +26,13 @@ MAX_USER_AGENT_CHARS = 256  # what a usage row keeps of a client's user agent
 class Verifier:
     """A process's verification engine: where the statement runs and where usage rows go."""
 
-    def __init__(self, backend: Backend, recorder: UsageRecorder, pepper: str) -> None:
+    def __init__(
+        self, backend: Backend, recorder: UsageRecorder, pepper: str, budget: InvalidKeyBudget | None = None
+    ) -> None:
         self.backend = backend
         self.recorder = recorder
         self.pepper = pepper
+        self.budget = budget if budget is not None else InvalidKeyBudget(0)
 
     def verify(
         self,
@@ -37,6 +43,7 @@ class Verifier:
         scope: str | None = None,
         ip: str | None = None,
         user_agent: str | None = None,
+        peer: str | None = None,
     ) -> Verification:
         """Check ``candidate`` and record the answer; ``started`` (``perf_counter``) times the latency.
 
@@ -44,17 +51,29 @@ class Verifier:
         client's address (a valid IP address, or ``None`` when unknown: a key with an allowlist refuses it),
         ``user_agent`` the client's own (recorded with the address on the usage row, for the key's forensics;
         cut to :data:`MAX_USER_AGENT_CHARS`).
+        ``peer`` the address that made the call, which stands in for ``ip`` in the budget of invalid keys and
+        their counts when ``ip`` is not given (never in a key's allowlist check).
 
         Raises :class:`~portal.verification.outcomes.DatabaseUnavailable` (nothing recorded) when PostgreSQL
         cannot answer in time.
         """
         started = time.perf_counter() if started is None else started
+        address = ip if ip is not None else peer
+        wait = self.budget.retry_after(address)
+        if wait is not None:
+            result = Verification(TOO_MANY_INVALID_KEYS, retry_after=wait)
+            self.recorder.count_invalid(utcnow(), address, result.outcome)
+            return result
         parsed = keyformat.parse(candidate)
         if parsed is None:
             result, at = Verification("malformed"), utcnow()
         else:
             row = self.backend.verify(keyformat.key_hash(parsed.key, self.pepper), scope, ip)
             result, at = _from_row(row, scope) if row is not None else (Verification("unknown"), utcnow())
+        if result.key_id is None:  # malformed or unknown: counted, never a usage row of its own
+            self.budget.spend(address)
+            self.recorder.count_invalid(at, address, result.outcome)
+            return result
         latency_ms = round((time.perf_counter() - started) * 1000.0, 3)
         self.recorder.add(
             (
@@ -100,7 +119,17 @@ def _from_row(row: tuple[Any, ...], scope: str | None) -> tuple[Verification, An
     return result, at
 
 
-def build_verifier(database_url: str, pepper: str, *, flush_interval: float = 0.2, timeout: float = 5.0) -> Verifier:
-    """The production engine: one autocommit connection per process and a buffered usage writer."""
+def build_verifier(
+    database_url: str,
+    pepper: str,
+    *,
+    flush_interval: float = 0.2,
+    timeout: float = 5.0,
+    invalid_key_budget: int = 0,
+    budget_addresses: int = 10_000,
+) -> Verifier:
+    """The production engine: one autocommit connection per process, a buffered usage writer and this process's
+    budget of invalid keys per client address (``invalid_key_budget`` calls a minute; 0 = no budget)."""
     dsn = libpq_dsn(database_url)
-    return Verifier(DirectBackend(dsn, timeout=timeout), BufferedRecorder(dsn, interval=flush_interval), pepper)
+    budget = InvalidKeyBudget(invalid_key_budget, max_addresses=budget_addresses)
+    return Verifier(DirectBackend(dsn, timeout=timeout), BufferedRecorder(dsn, interval=flush_interval), pepper, budget)
