@@ -165,23 +165,25 @@ def checks(url: str) -> dict[str, Any]:
     with conn.cursor() as cur:
         cur.execute("SELECT endpoint, count(*) FROM api_key_usage GROUP BY endpoint")
         rows = dict(cur.fetchall())
-        # Per organization and minute: admitted == min(limit, calls with a usable key); 0 violations = exact.
+        # Per organization, environment and minute: admitted == min(limit, calls with a usable key); 0 = exact.
         cur.execute(f"""
             SELECT count(*) FILTER (WHERE ok <> least(n, lim)), count(*), coalesce(max(ok), 0)
-            FROM (SELECT u.organization_id, date_trunc('minute', u.occurred_at) m,
+            FROM (SELECT u.organization_id, k.environment, date_trunc('minute', u.occurred_at) m,
                          count(*) FILTER (WHERE outcome = 'ok') ok,
                          count(*) FILTER (WHERE outcome IN ('ok', 'rate_limited')) n,
                          min(CASE o.plan {limits} END) lim
                   FROM api_key_usage u JOIN organizations o ON o.id = u.organization_id
-                  GROUP BY 1, 2) w""")  # noqa: S608 - constants only
+                  JOIN api_keys k ON k.id = u.key_id
+                  GROUP BY 1, 2, 3) w""")  # noqa: S608 - constants only
         violations, windows, busiest = cur.fetchone()
         # The counters agree with the usage rows: admitted = min(count, limit) in every window.
         cur.execute(f"""
             SELECT count(*) FROM rate_limit_tracking r
-            JOIN organizations o ON r.bucket = 'org:' || o.id::text
-            LEFT JOIN (SELECT 'org:' || organization_id::text b,
-                              to_timestamp(floor(extract(epoch FROM occurred_at) / 60) * 60) w, count(*) n
-                       FROM api_key_usage WHERE outcome = 'ok' GROUP BY 1, 2) u
+            JOIN organizations o ON r.organization_id = o.id AND r.bucket LIKE 'org:%'
+            LEFT JOIN (SELECT 'org:' || u.organization_id::text || ':' || k.environment b,
+                              to_timestamp(floor(extract(epoch FROM u.occurred_at) / 60) * 60) w, count(*) n
+                       FROM api_key_usage u JOIN api_keys k ON k.id = u.key_id
+                       WHERE u.outcome = 'ok' GROUP BY 1, 2) u
               ON u.b = r.bucket AND u.w = r.window_start
             WHERE least(r.count, CASE o.plan {limits} END) <> coalesce(u.n, 0)""")  # noqa: S608
         counter_mismatch = cur.fetchone()[0]

@@ -39,14 +39,16 @@ def usage_count() -> int:
 
 
 def exhaust(organization_id: Any, limit: int) -> None:
-    """Fill this minute's and the next minute's window, so the next call is limited even across a boundary."""
+    """Fill this minute's and the next minute's window of both environments, so the next call is limited even
+    across a boundary."""
     db.session.execute(
         sa.text(
             """
         INSERT INTO rate_limit_tracking (bucket, window_start, organization_id, count)
-        SELECT 'org:' || CAST(:org AS text), v.w, :org, :limit
+        SELECT 'org:' || CAST(:org AS text) || ':' || e.env, v.w, :org, :limit
         FROM (SELECT to_timestamp(floor(extract(epoch FROM statement_timestamp()) / 60) * 60) AS w) now_w,
-             LATERAL (VALUES (now_w.w), (now_w.w + interval '1 minute')) AS v(w)
+             LATERAL (VALUES (now_w.w), (now_w.w + interval '1 minute')) AS v(w),
+             (VALUES ('test'), ('live')) AS e(env)
         ON CONFLICT (bucket, window_start) DO UPDATE SET count = EXCLUDED.count
         """
         ),

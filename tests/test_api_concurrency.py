@@ -285,7 +285,7 @@ def test_finished_api_windows_are_pruned_on_the_fly(committed):
         "INSERT INTO rate_limit_tracking (bucket, window_start, organization_id, count) "
         "VALUES (:b, now() - interval '10 minutes', :org, 5)"
     )
-    db.session.execute(old, {"b": f"org:{committed['org_id']}", "org": committed["org_id"]})
+    db.session.execute(old, {"b": sql.org_bucket(committed["org_id"], "test"), "org": committed["org_id"]})
     db.session.execute(old, {"b": f"login:{committed['tag']}", "org": None})
     db.session.commit()
     recorder = BufferedRecorder(libpq_dsn(committed["url"]))
@@ -294,7 +294,7 @@ def test_finished_api_windows_are_pruned_on_the_fly(committed):
     buckets = set(
         db.session.scalars(
             sa.text("SELECT bucket FROM rate_limit_tracking WHERE bucket IN (:a, :b)"),
-            {"a": f"org:{committed['org_id']}", "b": f"login:{committed['tag']}"},
+            {"a": sql.org_bucket(committed["org_id"], "test"), "b": f"login:{committed['tag']}"},
         )
     )
     assert buckets == {f"login:{committed['tag']}"}

@@ -21,6 +21,7 @@ from portal.extensions import db
 from portal.keys import format as keyformat
 from portal.models import ApiKey, ApiKeyUsage, Organization
 from portal.plans import PLANS
+from portal.verification import sql
 from portal.verification.backend import DirectBackend, libpq_dsn
 from portal.verification.usage_writer import BufferedRecorder
 from portal.verification.verifier import Verifier
@@ -47,7 +48,7 @@ def orgs(app: Any) -> Iterator[dict[str, Any]]:
                 "INSERT INTO rate_limit_tracking (bucket, window_start, organization_id, count) VALUES "
                 "(:b, to_timestamp(floor(extract(epoch FROM now()) / 60) * 60 + :o), :org, :n)"
             ),
-            {"b": f"org:{made['full'].id}", "o": offset, "org": made["full"].id, "n": FREE},
+            {"b": sql.org_bucket(made["full"].id, "test"), "o": offset, "org": made["full"].id, "n": FREE},
         )
     db.session.commit()
     ids = {name: o.id for name, o in made.items()}
@@ -84,7 +85,7 @@ def counter(org_id: uuid.UUID) -> int:
                 "SELECT coalesce(sum(count), 0) FROM rate_limit_tracking "
                 "WHERE bucket = :b AND window_start = to_timestamp(floor(extract(epoch FROM now()) / 60) * 60)"
             ),
-            {"b": f"org:{org_id}"},
+            {"b": sql.org_bucket(org_id, "test")},
         )
     )
 

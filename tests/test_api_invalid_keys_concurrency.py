@@ -3,6 +3,7 @@ at once add up exactly, and what clients were answered is what was counted."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import urllib.error
 import urllib.request
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.concurrency
 def addresses() -> Iterator[list[str]]:
     """Client addresses of this test only; their counts are deleted afterwards."""
     prefix = f"2001:db8:{uuid.uuid4().hex[:4]}:{uuid.uuid4().hex[:4]}"
-    ips = [f"{prefix}::{i + 1:x}" for i in range(6)]
+    ips = [str(ipaddress.ip_address(f"{prefix}::{i + 1:x}")) for i in range(6)]  # canonical, as stored
     yield ips
     db.session.rollback()
     db.session.execute(sa.text("DELETE FROM api_invalid_key_counts WHERE host(client_ip) = ANY(:ips)"), {"ips": ips})

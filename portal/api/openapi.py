@@ -89,7 +89,8 @@ def _schemas() -> dict[str, Any]:
                 "limit": {
                     "type": "integer",
                     "description": f"Calls per minute for the key: the plan's ({LIMITS}), or the key's own "
-                    "limit when it is lower.",
+                    "limit when it is lower. Test and live keys have separate minutes, each with the plan's "
+                    "limit, so test traffic never throttles live calls.",
                 },
                 "remaining": {"type": "integer", "description": "Calls left in the current minute."},
                 "reset": {

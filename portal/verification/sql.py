@@ -14,12 +14,22 @@ from __future__ import annotations
 from portal.plans import PLANS
 
 WINDOW_SECONDS = 60
-BUCKET_PREFIX = "org:"
+BUCKET_PREFIX = "org:"  # an organization's minute per environment: org:<id>:test and org:<id>:live
 KEY_BUCKET_PREFIX = "key:"
 QUOTA_BUCKET_PREFIX = "quota:"
 WINDOW = f"interval '{WINDOW_SECONDS} seconds'"
 WINDOW_START = f"to_timestamp(floor(extract(epoch FROM statement_timestamp()) / {WINDOW_SECONDS}) * {WINDOW_SECONDS})"
 MONTH_START = "(date_trunc('month', statement_timestamp() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')"
+
+
+# Test and live calls have separate minutes, each with the plan's limit: a load test with test keys never
+# throttles production.
+ORG_BUCKET = f"'{BUCKET_PREFIX}' || k.organization_id::text || ':' || k.environment"
+
+
+def org_bucket(organization_id: object, environment: str) -> str:
+    """The rate-limit bucket of an organization's calls in one environment (what the statements compute)."""
+    return f"{BUCKET_PREFIX}{organization_id}:{environment}"
 
 
 def _limit_case() -> str:
@@ -73,7 +83,7 @@ WITH c AS ({calls}
 ), k AS (
     SELECT c.ord, k.id, k.organization_id, k.environment, o.slug, o.plan,
            {_key_columns()},
-           '{BUCKET_PREFIX}' || k.organization_id::text AS bucket,
+           {ORG_BUCKET} AS bucket,
            {WINDOW_START} AS window_start, {MONTH_START} AS month_start,
            k.scopes, nullif(k.meta, '{{}}'::jsonb) AS meta, k.external_id
     FROM c JOIN api_keys k ON k.key_hash = c.key_hash
@@ -119,7 +129,7 @@ def _first_one(param: str, scope: str, ip: str) -> str:
 WITH k AS (
     SELECT k.id, k.organization_id, k.environment, o.slug, o.plan,
            {_key_columns()},
-           '{BUCKET_PREFIX}' || k.organization_id::text AS bucket,
+           {ORG_BUCKET} AS bucket,
            {WINDOW_START} AS window_start, {MONTH_START} AS month_start,
            k.scopes, nullif(k.meta, '{{}}'::jsonb) AS meta, k.external_id
     FROM api_keys k JOIN organizations o ON o.id = k.organization_id,
@@ -192,7 +202,7 @@ WITH c AS ({calls}
 ), k AS (
     SELECT c.ord, k.id, k.organization_id, k.environment, o.slug, o.plan,
            {_key_columns()},
-           '{BUCKET_PREFIX}' || k.organization_id::text AS bucket,
+           {ORG_BUCKET} AS bucket,
            '{KEY_BUCKET_PREFIX}' || k.id::text AS key_bucket,
            '{QUOTA_BUCKET_PREFIX}' || k.organization_id::text AS quota_bucket,
            {WINDOW_START} AS window_start, {MONTH_START} AS month_start,
