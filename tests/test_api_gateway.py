@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from portal.api.answer import IDENTITY_HEADERS
+from portal.api.inputs import header_variable
 from portal.keys import format as keyformat
 from portal.keys import services as key_services
 from portal.keys.services import KeyPolicy
@@ -201,3 +202,36 @@ def test_fast_path_answers_like_the_flask_view(app, client, org, owner, api_key)
         fast_path.enabled = True
     assert [status for status, _, _ in fast] == [200, 200, 200, 401, 401, 401, 400]
     assert fast == slow
+
+
+def test_the_key_header_can_be_renamed_or_turned_off(app, client, api_key):
+    fast_path = app.extensions["portal.verify_fast_path"]
+    saved = (app.config["API_KEY_HEADER"], fast_path.key_header, fast_path.key_variable)
+    statuses = []
+    try:
+        for header in ("X-Gateway-Key", ""):
+            app.config["API_KEY_HEADER"] = header
+            fast_path.key_header, fast_path.key_variable = header or None, header_variable(header)
+            for enabled in (True, False):
+                fast_path.enabled = enabled
+                statuses.append(
+                    (
+                        gateway(client, **{"X-Gateway-Key": api_key.plaintext}).status_code,
+                        gateway(client, **{"X-API-Key": api_key.plaintext}).status_code,
+                        gateway(client, api_key.plaintext).status_code,
+                    )
+                )
+    finally:
+        app.config["API_KEY_HEADER"], fast_path.key_header, fast_path.key_variable = saved
+        fast_path.enabled = True
+    assert statuses == [(200, 401, 200), (200, 401, 200), (401, 401, 200), (401, 401, 200)]
+
+
+@pytest.mark.parametrize("header", ["X API", "Authorization", "X-Kéy", "X_Key"])
+def test_a_key_header_that_is_no_header_name_is_refused_at_start(header):
+    from portal.config import Config, ConfigError
+
+    settings = {"SECRET_KEY": "s" * 32, "API_KEY_PEPPER": "p" * 32, "REMEMBER_COOKIE_DURATION": 1}
+    with pytest.raises(ConfigError, match="API_KEY_HEADER"):
+        Config.validate({**settings, "REMEMBER_MAX_AGE": 1, "API_KEY_HEADER": header})
+    Config.validate({**settings, "REMEMBER_MAX_AGE": 1, "API_KEY_HEADER": "X-API-Key"})
