@@ -79,7 +79,7 @@ def tenant(app: Any) -> Iterator[dict[str, Any]]:
     }
     key_services.revoke_key(org, issued["revoked"].api_key, None, "test")
     db.session.commit()
-    yield {
+    data = {
         "org": org,
         "org_id": str(org.id),
         "slug": org.slug,
@@ -87,8 +87,11 @@ def tenant(app: Any) -> Iterator[dict[str, Any]]:
         "ids": {name: str(key.api_key.id) for name, key in issued.items()},
         "path": f"/orders/{uuid.uuid4().hex}",
     }
+    yield data
     db.session.rollback()
-    db.session.execute(sa.delete(ApiKeyUsage).where(ApiKeyUsage.organization_id == org.id))
+    path = f"% {data['path']}"
+    ours = sa.or_(ApiKeyUsage.organization_id == org.id, ApiKeyUsage.endpoint.like(path))
+    db.session.execute(sa.delete(ApiKeyUsage).where(ours))
     db.session.execute(sa.text("DELETE FROM rate_limit_tracking WHERE organization_id = :o"), {"o": org.id})
     db.session.execute(sa.delete(Organization).where(Organization.id == org.id))
     db.session.commit()
@@ -133,18 +136,20 @@ def call(
         connection.close()
 
 
-def metered(org_id: str, count: int) -> list[tuple[str | None, str]]:
-    """The organization's usage rows (endpoint, outcome), once the workers have flushed ``count`` of them."""
+def metered(path: str, count: int) -> list[tuple[str | None, str]]:
+    """The usage rows (endpoint, outcome) of calls to ``path``, sorted, once the workers have flushed ``count`` of
+    them (unknown keys have no organization, so rows are found by their endpoint: each test has a path of its
+    own). Sorted: each gunicorn worker writes its own rows, so their ids do not follow the calls' order."""
     deadline = time.monotonic() + 30
     while True:
         db.session.rollback()
         rows = db.session.execute(
             sa.select(ApiKeyUsage.endpoint, ApiKeyUsage.outcome)
-            .where(ApiKeyUsage.organization_id == uuid.UUID(org_id))
+            .where(ApiKeyUsage.endpoint.like(f"% {path}"))
             .order_by(ApiKeyUsage.id)
         ).all()
         if len(rows) >= count or time.monotonic() > deadline:
-            return [(endpoint, outcome) for endpoint, outcome in rows]
+            return sorted((endpoint, outcome) for endpoint, outcome in rows)
         time.sleep(0.05)
 
 
@@ -168,6 +173,7 @@ def test_a_valid_key_reaches_the_upstream_with_its_identity(gateway, tenant):
     assert with_header.upstream["method"] == "POST"
     assert with_header.upstream["headers"]["x-procode-key-id"] == tenant["ids"]["open"]
     assert with_header.upstream["headers"]["x-procode-scopes"] == "*"
+    assert metered(tenant["path"], 2) == [(f"GET {tenant['path']}", "ok"), (f"POST {tenant['path']}", "ok")]
 
 
 def test_unknown_revoked_and_missing_keys_are_401(gateway, tenant):
@@ -179,6 +185,8 @@ def test_unknown_revoked_and_missing_keys_are_401(gateway, tenant):
     assert all(a.upstream is None for a in (unknown, revoked, missing, basic_only))
     assert missing.headers["www-authenticate"] == 'Bearer realm="procode"'
     assert revoked.headers["www-authenticate"].startswith('Bearer error="invalid_token"')
+    # Calls that carried a key are metered under the original call; calls without one are not.
+    assert metered(tenant["path"], 2) == [(f"GET {tenant['path']}", "revoked"), (f"GET {tenant['path']}", "unknown")]
 
 
 def test_over_the_keys_or_the_organizations_limit_is_429_with_retry_after(gateway, tenant):
@@ -192,6 +200,8 @@ def test_over_the_keys_or_the_organizations_limit_is_429_with_retry_after(gatewa
     assert over.status == 429 and over.upstream is None
     assert int(over.headers["retry-after"]) >= 1
     assert over.headers["ratelimit-limit"] == str(PLANS["free"].requests_per_minute)
+    outcomes = ("ok", "ok", "rate_limited", "rate_limited")  # sorted
+    assert metered(tenant["path"], 4) == [(f"GET {tenant['path']}", outcome) for outcome in outcomes]
 
 
 def test_the_original_call_and_the_clients_address_count(gateway, tenant):
@@ -203,9 +213,9 @@ def test_the_original_call_and_the_clients_address_count(gateway, tenant):
     refused = call(gateway, path, tenant["keys"]["fenced"], source="127.0.0.3")
     assert refused.status == 403 and refused.upstream is None
     assert call(gateway, path, tenant["keys"]["fenced"]).status == 403  # the gateway's own address is no pass
-    assert metered(tenant["org_id"], 4) == [
+    assert metered(path, 4) == [
         (f"DELETE {path}", "ok"),
+        (f"GET {path}", "forbidden"),
+        (f"GET {path}", "forbidden"),
         (f"GET {path}", "ok"),
-        (f"GET {path}", "forbidden"),
-        (f"GET {path}", "forbidden"),
     ]
