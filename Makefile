@@ -7,7 +7,7 @@ PORT ?= 5000
 SERVE_PORT ?= 8000
 export FLASK_APP := wsgi
 
-.PHONY: install install-dev chromium dev serve seed test test-fast lint db-upgrade db-stop bench-verify bench-usage clean
+.PHONY: install install-dev chromium gateways dev serve seed test test-fast lint db-upgrade db-stop bench-verify bench-usage clean
 
 ## What serving needs (make dev, serve, the CLI); the test and lint tools come with install-dev.
 $(VENV)/.installed: pyproject.toml
@@ -52,8 +52,17 @@ chromium:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	else echo "chromium missing and not root: browser tests will be skipped"; fi; }
 
+## Debian's nginx (auth_request) and Caddy (forward_auth) for tests/test_gateways.py (docs/gateways.md);
+## installed when missing and we are root, else those tests are skipped
+gateways:
+	@{ command -v nginx || test -x /usr/sbin/nginx; } >/dev/null && command -v caddy >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    nginx-light caddy >/dev/null; \
+	else echo "nginx or caddy missing and not root: gateway tests will be skipped"; fi; }
+
 ## make test: a fresh, migrated PostgreSQL database (embedded unless TEST_DATABASE_URL is set)
-test: install-dev chromium
+test: install-dev chromium gateways
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 ## make test-fast: the suite without the browser tests, stopping at the first failure

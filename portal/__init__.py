@@ -63,9 +63,10 @@ def create_app(config: dict[str, Any] | None = None, env: str | None = None) -> 
 def trust_proxy(app: Flask) -> None:
     """Read the client address and scheme from one reverse proxy's headers; a forwarded address that is not an
     IP address is ignored (portal/proxy.py), so it never reaches the throttles or the audit trail."""
-    from portal.proxy import ValidForwardedFor
+    from portal.proxy import TRUSTED_HOPS, ValidForwardedFor
 
-    app.wsgi_app = ValidForwardedFor(ProxyFix(app.wsgi_app, x_for=1, x_proto=1))  # type: ignore[method-assign]
+    app.config["PORTAL_TRUST_PROXY"] = True  # the verification fast path runs outside ProxyFix and reads it
+    app.wsgi_app = ValidForwardedFor(ProxyFix(app.wsgi_app, x_for=TRUSTED_HOPS, x_proto=1))  # type: ignore[method-assign]
 
 
 def configure_database(app: Flask) -> None:

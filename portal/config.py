@@ -139,6 +139,9 @@ class Config:
     # and how many addresses a worker counts per minute at most (its memory bound).
     API_INVALID_KEY_BUDGET = 60
     API_INVALID_KEY_ADDRESSES = 10_000
+    # Gateways (docs/gateways.md): besides `Authorization: Bearer`, /v1/keys/verify/gateway reads the key from
+    # this request header; empty = Authorization only.
+    API_KEY_HEADER = "X-API-Key"
     # Leaked keys (portal/keys/leaks.py, docs/secret-scanning.md): POST /v1/keys/revoke per client address and
     # window, and the secret-scanning partners' public keys (JSON of key id → PEM, inline or a file's path).
     LEAK_REPORT_MAX_PER_IP = 20
@@ -165,6 +168,8 @@ class Config:
         ):
             if os.environ.get(name):
                 values[name] = os.environ[name]
+        if "API_KEY_HEADER" in os.environ:  # set but empty turns the header off
+            values["API_KEY_HEADER"] = os.environ["API_KEY_HEADER"].strip()
         if os.environ.get("MAIL_SENDER_THREAD"):
             values["MAIL_SENDER_THREAD"] = os.environ["MAIL_SENDER_THREAD"] not in ("0", "false", "no")
         if os.environ.get("COOKIE_SECURE", "").lower() in ("0", "false", "no"):
@@ -203,6 +208,11 @@ class Config:
                     f"{' and '.join(short)} must be at least {MIN_SECRET_BYTES} bytes in production "
                     '(generate one with: python -c "import secrets; print(secrets.token_urlsafe(48))").'
                 )
+        header = config.get("API_KEY_HEADER") or ""
+        if header and (
+            not header.replace("-", "").isalnum() or not header.isascii() or header.lower() == "authorization"
+        ):
+            raise ConfigError("API_KEY_HEADER must be a header name such as X-API-Key (letters, digits and '-').")
         if config.get("MAIL_URL") and not config.get("MAIL_FROM"):
             raise ConfigError("MAIL_FROM must be set with MAIL_URL (e.g. 'ProCode <no-reply@example.com>').")
 

@@ -11,6 +11,11 @@ import ipaddress
 from collections.abc import Iterable
 from typing import Any
 
+from werkzeug.http import parse_list_header
+
+# How many proxies' ``X-Forwarded-For`` entries are believed: ProxyFix's ``x_for`` (portal/__init__.py).
+TRUSTED_HOPS = 1
+
 
 def is_ip_address(value: str | None) -> bool:
     try:
@@ -36,3 +41,14 @@ class ValidForwardedFor:
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         return self.proxy_fix(environ, start_response)  # type: ignore[no-any-return]
+
+
+def client_address(environ: dict[str, Any], trusted: bool) -> str | None:
+    """The client address the app's views see (``REMOTE_ADDR`` after ``ProxyFix`` and :class:`ValidForwardedFor`),
+    for WSGI code that runs before them: the verification fast path (portal/api/fastpath.py)."""
+    if trusted:
+        forwarded = environ.get("HTTP_X_FORWARDED_FOR")
+        values = parse_list_header(forwarded) if forwarded else []
+        if len(values) >= TRUSTED_HOPS and is_ip_address(values[-TRUSTED_HOPS]):
+            return values[-TRUSTED_HOPS]
+    return environ.get("REMOTE_ADDR")

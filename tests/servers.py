@@ -1,19 +1,26 @@
-"""A real gunicorn with the shipped settings (gunicorn.conf.py: gevent workers) on a loopback port.
+"""A real gunicorn with the shipped settings (gunicorn.conf.py: gevent workers) on a loopback port, and the
+gateways in front of it (Debian's nginx and Caddy, configured from docs/gateways.md) with a tiny upstream.
 
 For tests that must see the production serving path: the worker class, its hooks and a clean stop.
 """
 
 from __future__ import annotations
 
+import http.server
+import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,3 +77,131 @@ def gunicorn(database_url: str, log_dir: Path, **env: str) -> Iterator[str]:
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(60)
+
+
+# --- Gateways in front of the portal (docs/gateways.md) -------------------------------------------------------
+
+GATEWAYS_DOC = ROOT / "docs" / "gateways.md"
+# The addresses the documented configurations use, replaced by the test's own.
+DOC_GATEWAY_PORT, DOC_PORTAL, DOC_UPSTREAM = "8080", "127.0.0.1:8000", "127.0.0.1:9000"
+GATEWAY_PORTS = range(18200, 18260)
+# Debian installs nginx in /usr/sbin, which a non-root PATH may lack.
+_SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/bin"])
+
+
+def gateway_binary(name: str) -> str | None:
+    """Where the ``nginx`` or ``caddy`` binary is, or None when it is not installed."""
+    return shutil.which(name, path=_SEARCH_PATH)
+
+
+def documented_config(language: str, gateway_port: int, portal: str, upstream: str) -> str:
+    """The one fenced ``language`` block of docs/gateways.md with this test's addresses in place of the doc's."""
+    blocks = re.findall(rf"^```{language}\n(.*?)^```$", GATEWAYS_DOC.read_text(), flags=re.MULTILINE | re.DOTALL)
+    if len(blocks) != 1:
+        raise AssertionError(f"docs/gateways.md must have exactly one ```{language} block, has {len(blocks)}")
+    config: str = blocks[0]
+    for documented, actual in ((DOC_PORTAL, portal), (DOC_UPSTREAM, upstream)):
+        if documented not in config:
+            raise AssertionError(f"the ```{language} block no longer names {documented}")
+        config = config.replace(documented, actual)
+    return re.sub(rf"(?<!\d){DOC_GATEWAY_PORT}(?!\d)", str(gateway_port), config)
+
+
+def _wait_for_port(port: int, process: subprocess.Popen[bytes], log_path: Path) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise AssertionError(log_path.read_text()) from None
+            time.sleep(0.05)
+
+
+@contextmanager
+def _foreground(command: list[str], port: int, log_path: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+    """Run a server in the foreground (no daemon), yield its base URL once it listens, then stop it."""
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)  # noqa: S603
+        try:
+            _wait_for_port(port, process, log_path)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            process.terminate()
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(15)
+
+
+@contextmanager
+def nginx(portal: str, upstream: str, work: Path) -> Iterator[str]:
+    """Debian's nginx with the documented ``server`` block, inside the smallest main configuration."""
+    port = free_port(GATEWAY_PORTS)
+    work.mkdir(parents=True, exist_ok=True)
+    site = documented_config("nginx", port, portal.removeprefix("http://"), upstream.removeprefix("http://"))
+    temp = "\n".join(
+        f"    {kind}_temp_path {work / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    (work / "nginx.conf").write_text(
+        f"daemon off;\nworker_processes 1;\npid {work / 'nginx.pid'};\nerror_log {work / 'error.log'} warn;\n"
+        f"events {{ worker_connections 256; }}\n"
+        f"http {{\n    access_log off;\n{temp}\n{site}}}\n"
+    )
+    command = [
+        gateway_binary("nginx") or "nginx",
+        "-p",
+        str(work),
+        "-c",
+        str(work / "nginx.conf"),
+        "-e",
+        str(work / "error.log"),
+    ]
+    with _foreground(command, port, work / "stdout.log") as base:
+        yield base
+
+
+@contextmanager
+def caddy(portal: str, upstream: str, work: Path) -> Iterator[str]:
+    """Debian's Caddy with the documented site block; no admin endpoint, no automatic HTTPS, state under ``work``."""
+    port = free_port(GATEWAY_PORTS)
+    work.mkdir(parents=True, exist_ok=True)
+    site = documented_config("caddyfile", port, portal.removeprefix("http://"), upstream.removeprefix("http://"))
+    (work / "Caddyfile").write_text("{\n\tadmin off\n\tauto_https off\n}\n\n" + site)
+    env = {**os.environ, "XDG_DATA_HOME": str(work / "data"), "XDG_CONFIG_HOME": str(work / "config")}
+    command = [gateway_binary("caddy") or "caddy", "run", "--config", str(work / "Caddyfile"), "--adapter", "caddyfile"]
+    with _foreground(command, port, work / "caddy.log", env) as base:
+        yield base
+
+
+class _Echo(http.server.BaseHTTPRequestHandler):
+    """An upstream API: answers every call with the method, path and headers it received, as JSON."""
+
+    def _answer(self) -> None:
+        body = json.dumps({"method": self.command, "path": self.path, "headers": dict(self.headers)}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _answer
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's signature
+        pass
+
+
+@contextmanager
+def echo_upstream() -> Iterator[str]:
+    """A tiny upstream in a thread of this process; yields its base URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)

@@ -36,8 +36,8 @@ def test_document_is_valid_openapi_3_1(document):
     validate(document)  # raises on any violation of the OpenAPI 3.1 schema
 
 
-def _check(document: dict[str, Any], response: Any) -> None:
-    answer = document["paths"]["/keys/verify"]["post"]["responses"][str(response.status_code)]
+def _check(document: dict[str, Any], response: Any, path: str = "/keys/verify", method: str = "post") -> None:
+    answer = document["paths"][path][method]["responses"][str(response.status_code)]
     answer = _inline(answer, document)
     schema = answer["content"]["application/json"]["schema"]
     errors = sorted(Draft202012Validator(schema).iter_errors(response.get_json()), key=str)
@@ -92,3 +92,29 @@ def test_documented_endpoint_rule_is_the_enforced_one(client, document, api_key,
     schema = _inline(document["components"]["schemas"]["VerifyRequest"], document)
     assert Draft202012Validator(schema).is_valid({"key": "k", "endpoint": endpoint}) is accepted
     assert (verify(client, api_key.plaintext, endpoint=endpoint).status_code != 400) is accepted
+
+
+def test_real_gateway_answers_match_their_documented_schemas(client, document, org, api_key):
+    from portal.keys import format as keyformat
+
+    def gateway(key: str | None, query: str = "", **headers: str) -> Any:
+        if key is not None:
+            headers["Authorization"] = f"Bearer {key}"
+        return client.get(f"/v1/keys/verify/gateway{query}", headers={"X-Forwarded-Uri": "/x", **headers})
+
+    for response in (
+        gateway(api_key.plaintext),  # 200 with the identity headers
+        gateway(None),  # 401 missing_key
+        gateway(api_key.plaintext, **{"X-API-Key": "pk_test_other"}),  # 401 conflicting_keys
+        gateway(keyformat.generate("test")),  # 401 unknown
+        gateway(api_key.plaintext, "?scope=files:nope"),  # 400
+    ):
+        _check(document, response, "/keys/verify/gateway", "get")
+    api_key.api_key.scopes = ["files:read"]
+    db.session.commit()
+    _check(document, gateway(api_key.plaintext, "?scope=files:write"), "/keys/verify/gateway", "get")  # 403
+    exhaust(org.id, PLANS[org.plan].requests_per_minute)
+    _check(document, gateway(api_key.plaintext), "/keys/verify/gateway", "get")  # 429
+    operations = document["paths"]["/keys/verify/gateway"]
+    assert set(operations) == {"get", "head", "post"}
+    assert set(operations["get"]["responses"]["200"]["headers"]) >= {"X-ProCode-Organization", "X-ProCode-Key-Id"}

@@ -1,6 +1,6 @@
-"""The HTTP answer of ``POST /v1/keys/verify`` as plain status, headers and bytes.
+"""The HTTP answers of ``POST /v1/keys/verify`` and of a gateway's call as plain status, headers and bytes.
 
-Shared by the Flask view and the WSGI fast path (:mod:`portal.api.fastpath`), so both answer identically.
+Shared by the Flask views and the WSGI fast path (:mod:`portal.api.fastpath`), so both answer identically.
 """
 
 from __future__ import annotations
@@ -11,13 +11,34 @@ from collections.abc import Callable
 
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from portal.api.inputs import MAX_BODY_BYTES, BadRequest, RawRequest, parse_verify_request, peer_address
+from portal.api.inputs import (
+    MAX_BODY_BYTES,
+    BadRequest,
+    NoCredential,
+    RawGatewayRequest,
+    RawRequest,
+    parse_gateway_request,
+    parse_verify_request,
+    peer_address,
+)
 from portal.errors import error_body
-from portal.verification.outcomes import DatabaseUnavailable
+from portal.verification.outcomes import DatabaseUnavailable, Verification
 from portal.verification.verifier import Verifier
 
 JSON = "application/json"
 Answer = tuple[int, list[tuple[str, str]], bytes]
+# RFC 6750: a call that carries no key is asked for one.
+CHALLENGE = 'Bearer realm="procode"'
+# What a gateway copies onto the request it lets through (docs/gateways.md): every one on every 200, so a
+# client's own header of the same name is always replaced.
+IDENTITY_HEADERS = (
+    "X-ProCode-Organization",
+    "X-ProCode-Organization-Slug",
+    "X-ProCode-Plan",
+    "X-ProCode-Key-Id",
+    "X-ProCode-Environment",
+    "X-ProCode-Scopes",
+)
 
 
 def error_answer(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Answer:
@@ -53,4 +74,47 @@ def answer_verify(read: Callable[[], RawRequest], verifier: Verifier) -> Answer:
     except DatabaseUnavailable:
         return error_answer(503, "unavailable", "Key verification is unavailable; retry shortly.", {"Retry-After": "1"})
     headers = [("Content-Type", JSON), ("Cache-Control", "no-store"), *result.headers().items()]
+    return result.status_code, headers, json.dumps(result.as_json(), separators=(",", ":")).encode()
+
+
+def identity_headers(result: Verification) -> list[tuple[str, str]]:
+    """The key's identity for the upstream behind a gateway; scopes space-separated, ``*`` for full access."""
+    scopes = "*" if result.scopes is None else " ".join(result.scopes)
+    values = (
+        result.organization_id,
+        result.organization_slug,
+        result.plan,
+        result.key_id,
+        result.environment,
+        scopes,
+    )
+    return [(name, str(value or "")) for name, value in zip(IDENTITY_HEADERS, values, strict=True)]
+
+
+def answer_gateway(read: Callable[[], RawGatewayRequest], verifier: Verifier, key_header: str | None) -> Answer:
+    """A gateway's call (nginx ``auth_request``, Caddy ``forward_auth``): the statuses of
+    :func:`answer_verify`, except that a call without a key is 401 with a ``Bearer`` challenge, and a 200
+    carries the key's identity in :data:`IDENTITY_HEADERS`."""
+    started = time.perf_counter()
+    try:
+        payload = parse_gateway_request(read(), key_header)
+    except NoCredential as exc:
+        challenge = CHALLENGE if exc.code == "missing_key" else f'{CHALLENGE}, error="invalid_request"'
+        return error_answer(401, exc.code, exc.message, {"WWW-Authenticate": challenge})
+    except BadRequest as exc:
+        return error_answer(400, exc.code, exc.message)
+    try:
+        result = verifier.verify(
+            payload.key,
+            payload.endpoint,
+            started,
+            scope=payload.scope,
+            ip=payload.client_ip,
+            user_agent=payload.user_agent,
+        )
+    except DatabaseUnavailable:
+        return error_answer(503, "unavailable", "Key verification is unavailable; retry shortly.", {"Retry-After": "1"})
+    headers = [("Content-Type", JSON), ("Cache-Control", "no-store"), *result.headers().items()]
+    if result.valid:
+        headers += identity_headers(result)
     return result.status_code, headers, json.dumps(result.as_json(), separators=(",", ":")).encode()

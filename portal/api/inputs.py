@@ -5,6 +5,9 @@ string is verified, and answered ``malformed`` if it is not a well-formed ProCod
 JSON, not an object, not a string, too long, control characters, non-ASCII) is not a credential at all: 400.
 An ``endpoint`` is 1–200 printable ASCII characters too: an HTTP path is ASCII (anything else is
 percent-encoded), and a usage row stores nothing a terminal, a CSV export or a log line could misread.
+
+A gateway's call (``/v1/keys/verify/gateway``, docs/gateways.md) is read from headers alone, and a gateway
+cannot relay a 400: a call without a usable credential is 401, and any credential it does carry is verified.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import ipaddress
 import json
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs, quote, urlsplit
 
 from werkzeug.wrappers import Request
 
@@ -198,3 +202,112 @@ def parse_verify_request(raw: RawRequest) -> VerifyRequest:
         client_ip=parse_client_ip(body.get("client_ip")),
         user_agent=parse_user_agent(body.get("user_agent")),
     )
+
+
+# What a gateway may call /v1/keys/verify/gateway with: Caddy always sends GET, nginx the method it is given.
+GATEWAY_METHODS = frozenset({"GET", "HEAD", "POST"})
+MAX_METHOD_CHARS = 16
+_PATH_SAFE = "/%:@!$&'()*+,;=-._~"  # RFC 3986 pchar and "/": everything else is percent-encoded
+
+
+class NoCredential(BadRequest):
+    """A gateway's call without one usable key: answered 401 with ``WWW-Authenticate: Bearer``, not metered."""
+
+
+@dataclass(frozen=True, slots=True)
+class RawGatewayRequest:
+    """What a gateway's call carries: the credentials, the original request's method and URI, the client."""
+
+    authorization: str | None
+    api_key: str | None  # the value of the ``API_KEY_HEADER`` header
+    uri: str | None  # X-Forwarded-Uri, else X-Original-URI
+    method: str | None  # X-Forwarded-Method, else X-Original-Method
+    query: str  # the gateway call's own query string: ``scope=…``
+    client_ip: str | None  # the client's address as the trusted proxy settings give it (portal/proxy.py)
+    user_agent: str | None = None  # the original request's User-Agent (gateways forward its headers)
+
+
+def read_gateway_request(request: Request, key_header: str | None) -> RawGatewayRequest:
+    """From a werkzeug/Flask request (the Flask view); ``remote_addr`` is already the forwarded address."""
+    headers = request.headers
+    return RawGatewayRequest(
+        headers.get("Authorization"),
+        headers.get(key_header) if key_header else None,
+        headers.get("X-Forwarded-Uri") or headers.get("X-Original-URI"),
+        headers.get("X-Forwarded-Method") or headers.get("X-Original-Method"),
+        request.query_string.decode("latin-1"),
+        request.remote_addr,
+        headers.get("User-Agent"),
+    )
+
+
+def read_gateway_environ(environ: dict[str, Any], key_variable: str | None, client_ip: str | None) -> RawGatewayRequest:
+    """From the WSGI environ (the fast path); ``key_variable`` is the header's ``HTTP_…`` name."""
+    return RawGatewayRequest(
+        environ.get("HTTP_AUTHORIZATION"),
+        environ.get(key_variable) if key_variable else None,
+        environ.get("HTTP_X_FORWARDED_URI") or environ.get("HTTP_X_ORIGINAL_URI"),
+        environ.get("HTTP_X_FORWARDED_METHOD") or environ.get("HTTP_X_ORIGINAL_METHOD"),
+        environ.get("QUERY_STRING", ""),
+        client_ip,
+        environ.get("HTTP_USER_AGENT"),
+    )
+
+
+def header_variable(name: str | None) -> str | None:
+    """``X-API-Key`` → ``HTTP_X_API_KEY``, the environ name of a request header."""
+    return "HTTP_" + name.upper().replace("-", "_") if name else None
+
+
+def gateway_endpoint(uri: str | None, method: str | None) -> str | None:
+    """``"GET /orders/7"`` from the original request's method and URI: the path only (a query string can carry
+    secrets and makes every call unique), percent-encoded where it is not printable ASCII, cut to the column."""
+    if not uri:
+        return None
+    path = uri.partition("?")[0].partition("#")[0]
+    if not path.startswith("/"):  # absolute form: http://host/path
+        try:
+            path = urlsplit(path).path or "/"
+        except ValueError:
+            return None
+    path = quote(path.encode("latin-1", "replace"), safe=_PATH_SAFE)
+    verb = method.strip().upper() if method else ""
+    if verb and verb.isascii() and verb.isalpha() and len(verb) <= MAX_METHOD_CHARS:
+        path = f"{verb} {path}"
+    return path[:MAX_ENDPOINT_CHARS]
+
+
+def _gateway_key(raw: RawGatewayRequest, key_header: str | None) -> str:
+    """The key from ``Authorization: Bearer`` or the configured header. Another scheme (``Basic`` for the
+    upstream's own use) is no key; two different keys are refused rather than one picked."""
+    bearer = None
+    if raw.authorization:
+        scheme, _, token = raw.authorization.strip().partition(" ")
+        if scheme.lower() == "bearer":
+            bearer = token.strip() or None
+    header = (raw.api_key or "").strip() or None
+    if bearer and header and bearer != header:
+        raise NoCredential("conflicting_keys", f"'Authorization' and '{key_header}' name different keys.")
+    key = bearer or header
+    if key is None:
+        where = "'Authorization: Bearer <key>'" + (f" or '{key_header}: <key>'" if key_header else "")
+        raise NoCredential("missing_key", f"Send your key as {where}.")
+    return key
+
+
+def parse_gateway_request(raw: RawGatewayRequest, key_header: str | None) -> VerifyRequest:
+    """The key, the metered endpoint, the scope the gateway asks for (``?scope=``) and the client address.
+
+    Raises :class:`NoCredential` (401) without a key, :class:`BadRequest` (400: the gateway's configuration,
+    not the client, is wrong) for an unknown scope."""
+    key = _gateway_key(raw, key_header)
+    scope = None
+    if raw.query:
+        scopes = parse_qs(raw.query).get("scope")
+        scope = parse_scope(scopes[-1] if scopes else None)
+    try:
+        client_ip = parse_client_ip(raw.client_ip)
+    except BadRequest:
+        client_ip = None  # not an IP address (a unix socket peer): a key with an allowlist refuses the call
+    agent = raw.user_agent if raw.user_agent and raw.user_agent.isprintable() else None  # a header, never a 400
+    return VerifyRequest(key, gateway_endpoint(raw.uri, raw.method), scope, client_ip, agent)

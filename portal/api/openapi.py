@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import current_app
 
+from portal.api.answer import IDENTITY_HEADERS
 from portal.api.inputs import (
     MAX_BODY_BYTES,
     MAX_CLIENT_IP_CHARS,
@@ -204,9 +205,24 @@ def _schemas() -> dict[str, Any]:
     }
 
 
+IDENTITY_DESCRIPTIONS = {
+    "X-ProCode-Organization": "The key's organization id (a UUID).",
+    "X-ProCode-Organization-Slug": "The organization's slug.",
+    "X-ProCode-Plan": "The organization's plan.",
+    "X-ProCode-Key-Id": "The key's id (a UUID).",
+    "X-ProCode-Environment": "`test` or `live`.",
+    "X-ProCode-Scopes": "The key's scopes, space-separated; `*` for a full-access key.",
+}
+
+
 def _headers() -> dict[str, Any]:
     integer = {"schema": {"type": "integer"}}
+    identity = {
+        name: {"schema": {"type": "string"}, "required": True, "description": IDENTITY_DESCRIPTIONS[name]}
+        for name in IDENTITY_HEADERS
+    }
     return {
+        **identity,
         "RateLimit-Limit": {**integer, "description": "The organization's calls per minute."},
         "RateLimit-Remaining": {**integer, "description": "Calls left in the current window."},
         "RateLimit-Reset": {**integer, "description": "Seconds until the window resets."},
@@ -231,6 +247,71 @@ def _budget() -> str:
         "The budget is per process: with several processes or servers behind a load balancer an address "
         "may make that many failed calls on each. Other addresses are never affected."
     )
+
+
+def _security_schemes(key_header: str | None) -> dict[str, Any]:
+    schemes: dict[str, Any] = {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "pk_{test|live}_…"}}
+    if key_header:
+        schemes["apiKeyHeader"] = {
+            "type": "apiKey",
+            "in": "header",
+            "name": key_header,
+            "description": "The key in the header named by `API_KEY_HEADER` (gateway calls only).",
+        }
+    return schemes
+
+
+def _header_parameter(name: str, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "header", "required": False, "schema": {"type": "string"}, "description": description}
+
+
+def _gateway_operation(method: str, unavailable: dict[str, Any]) -> dict[str, Any]:
+    """One of the three methods a gateway may call ``/keys/verify/gateway`` with; they answer alike."""
+    return {
+        "operationId": f"verifyKeyForGateway{method.capitalize()}",
+        "summary": f"Verify the key of a call a gateway is forwarding ({method.upper()}; docs/gateways.md)",
+        "description": (
+            "For nginx `auth_request`, Caddy `forward_auth` and the like: GET, HEAD and POST answer alike and any "
+            "body is ignored. The key comes from `Authorization: Bearer` or the header named by `API_KEY_HEADER`; "
+            "the metered endpoint is `METHOD /path` of the forwarded call (no query string). The client address "
+            "for IP allowlists is the last `X-Forwarded-For` entry when the portal runs with "
+            "`PORTAL_TRUST_PROXY=1`. Every answer with a key is one usage row."
+        ),
+        "security": [{"bearer": []}, *([{"apiKeyHeader": []}] if current_app.config.get("API_KEY_HEADER") else [])],
+        "parameters": [
+            {
+                "name": "scope",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "string", "enum": list(SCOPES)},
+                "description": "The permission the forwarded call needs; a restricted key without it is 403.",
+            },
+            _header_parameter("X-Forwarded-Uri", "The forwarded call's URI (Caddy, Traefik)."),
+            _header_parameter("X-Original-URI", "The forwarded call's URI when X-Forwarded-Uri is absent (nginx)."),
+            _header_parameter("X-Forwarded-Method", "The forwarded call's method."),
+            _header_parameter("X-Original-Method", "The forwarded call's method when X-Forwarded-Method is absent."),
+            _header_parameter("X-Forwarded-For", "The client's address, read with `PORTAL_TRUST_PROXY=1`."),
+        ],
+        "responses": {
+            "200": _json(
+                _ref("Valid"),
+                "The key is valid and the call was admitted: copy the `X-ProCode-*` headers onto the forwarded "
+                "request.",
+                (*RATE_HEADERS, *IDENTITY_HEADERS),
+            ),
+            "400": _json(_ref("Error"), "The gateway's configuration is wrong: an unknown `scope`. Not metered."),
+            "401": _json(
+                {"oneOf": [_ref("Invalid"), _ref("Error")]},
+                'No key (`missing_key`, with `WWW-Authenticate: Bearer realm="procode"`; not metered), two '
+                "different keys (`conflicting_keys`; not metered), or a malformed, unknown, revoked or expired key "
+                '(`WWW-Authenticate: Bearer error="invalid_token"`).',
+                RATE_HEADERS,
+            ),
+            "403": _json(_ref("Invalid"), "`insufficient_scope` or `ip_not_allowed`.", RATE_HEADERS),
+            "429": _json(_ref("Invalid"), "Rate limited or over quota.", (*RATE_HEADERS, "Retry-After")),
+            "503": unavailable,
+        },
+    }
 
 
 def openapi_document() -> dict[str, Any]:
@@ -265,7 +346,7 @@ def openapi_document() -> dict[str, Any]:
         "components": {
             "schemas": _schemas(),
             "headers": _headers(),
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "pk_{test|live}_…"}},
+            "securitySchemes": _security_schemes(current_app.config.get("API_KEY_HEADER") or None),
         },
         "paths": {
             "/keys/verify": {
@@ -313,6 +394,9 @@ def openapi_document() -> dict[str, Any]:
                         "503": unavailable,
                     },
                 }
+            },
+            "/keys/verify/gateway": {
+                method: _gateway_operation(method, unavailable) for method in ("get", "head", "post")
             },
             "/whoami": {
                 "get": {

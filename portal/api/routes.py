@@ -7,9 +7,9 @@ from typing import Any
 from flask import Response, current_app, g, jsonify, request
 
 from portal.api import bp, get_verifier
-from portal.api.answer import answer_verify
+from portal.api.answer import answer_gateway, answer_verify
 from portal.api.decorators import require_api_key
-from portal.api.inputs import MAX_BODY_BYTES, read_request
+from portal.api.inputs import MAX_BODY_BYTES, read_gateway_request, read_request
 from portal.api.openapi import openapi_document
 from portal.errors import json_error
 from portal.keys import leaks, scanning
@@ -19,6 +19,16 @@ from portal.keys import leaks, scanning
 def verify() -> Any:
     """Verify a key (see :func:`portal.api.answer.answer_verify`); normally answered by the WSGI fast path."""
     status, headers, body = answer_verify(lambda: read_request(request), get_verifier())
+    return Response(body, status, headers)
+
+
+@bp.route("/keys/verify/gateway", methods=["GET", "HEAD", "POST"])
+def verify_gateway() -> Any:
+    """A gateway's call (docs/gateways.md, :func:`portal.api.answer.answer_gateway`); normally the fast path's."""
+    key_header = current_app.config.get("API_KEY_HEADER") or None
+    status, headers, body = answer_gateway(
+        lambda: read_gateway_request(request, key_header), get_verifier(), key_header
+    )
     return Response(body, status, headers)
 
 
