@@ -187,7 +187,8 @@ def exact_calls(port: int, keys: list[str], calls: int) -> int:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         answered = 0
         for i in range(share):
-            body = json.dumps({"key": keys[(i * 7919 + share) % len(keys)], "endpoint": "/bench/exact"})
+            key = keys[(i * 7919 + share) % len(keys)]
+            body = json.dumps({"key": key, "endpoint": "/bench/exact", "scope": "translate:write", "client_ip": "::1"})
             conn.request("POST", "/v1/keys/verify", body, {"Content-Type": "application/json"})
             conn.getresponse().read()
             answered += 1

@@ -48,6 +48,11 @@ from portal.plans import PLANS  # noqa: E402
 from portal.verification import sql  # noqa: E402
 
 PEPPER = "bench-pepper-" + secrets.token_hex(16)  # production length (32 bytes or more)
+# The policy every benchmark key carries, and what every call asks for (bench/verify.lua sends the same).
+BENCH_KEY_SCOPES = ("translate:write", "translate:read", "files:read")
+BENCH_ALLOWED_IPS = ("127.0.0.0/8", "::1/128", "10.0.0.0/8")
+BENCH_META = {"customer": "bench", "tier": "gold", "region": "eu-west-1"}
+BENCH_SCOPE, BENCH_CLIENT_IP, BENCH_USER_AGENT = "translate:write", "127.0.0.1", "procode-bench/1.0"
 ORGS, KEYS_PER_ORG = 1000, 10
 
 
@@ -81,10 +86,13 @@ def seed(url: str, workdir: Path) -> dict[str, Any]:
                 key = keyformat.generate("live")
                 keys.append(key)
                 rows.append((org_id, f"key {n}", "live", keyformat.hint(key), keyformat.key_hash(key, PEPPER)))
+        # Every key carries policy, as customers' keys do: restricted to scopes, an address allowlist, metadata.
         psycopg2.extras.execute_values(
             cur,
-            "INSERT INTO api_keys (organization_id, name, environment, hint, key_hash) VALUES %s",
-            rows,
+            "INSERT INTO api_keys (organization_id, name, environment, hint, key_hash, scopes, allowed_ips, meta)"
+            " VALUES %s",
+            [(*r, list(BENCH_KEY_SCOPES), list(BENCH_ALLOWED_IPS), psycopg2.extras.Json(BENCH_META)) for r in rows],
+            template="(%s, %s, %s, %s, %s, %s::text[], %s::cidr[], %s)",
             page_size=2000,
         )
         # For pgbench: the same hashes by number (1-10 are the big customer's keys).
@@ -110,11 +118,16 @@ def pgbench(url: str, workdir: Path, *, big: bool, sync_commit: bool, seconds: i
     """(a): the verify statement (hash looked up by number) plus one usage INSERT, as one transaction."""
     upper = KEYS_PER_ORG if big else ORGS * KEYS_PER_ORG
     script = workdir / f"pgbench_{'big' if big else 'all'}.sql"
-    statement = sql.verify_statement("(SELECT key_hash FROM bench_keys WHERE id = :id)", "NULL", "NULL").strip()
+    statement = sql.verify_statement(
+        "(SELECT key_hash FROM bench_keys WHERE id = :id)",
+        "'{}' || chr(58) || '{}'".format(*BENCH_SCOPE.split(":")),  # pgbench would read ':write' as a variable
+        f"'{BENCH_CLIENT_IP}'",
+    ).strip()
     script.write_text(
         f"\\set id random(1, {upper})\nBEGIN;\n{statement};\n"
         "INSERT INTO api_key_usage (key_id, organization_id, occurred_at, endpoint, status_code, latency_ms, "
-        "outcome) VALUES (NULL, NULL, now(), '/bench/pgbench', 200, 0.1, 'ok');\nEND;\n"
+        f"outcome, client_ip, user_agent) VALUES (NULL, NULL, now(), '/bench/pgbench', 200, 0.1, 'ok', "
+        f"'{BENCH_CLIENT_IP}', '{BENCH_USER_AGENT}');\nEND;\n"
     )
     # The session settings of the portal's verification connection (portal/verification/backend.py).
     options = f"-c synchronous_commit={'on' if sync_commit else 'off'} -c plan_cache_mode=force_generic_plan"
