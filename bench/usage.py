@@ -236,7 +236,8 @@ def print_table_sizes(events: int) -> None:
                 "SELECT relname, pg_size_pretty(pg_total_relation_size(oid)) FROM pg_class"
                 " WHERE relname IN"
                 " ('api_key_usage', 'usage_org_hourly', 'usage_key_hourly', 'usage_key_daily',"
-                " 'usage_endpoint_hourly', 'usage_key_endpoint_daily', 'usage_key_clients')"
+                " 'usage_endpoint_hourly', 'usage_key_endpoint_daily', 'usage_key_clients_hourly',"
+                " 'usage_key_clients_daily')"
             )
         ).all()
     )

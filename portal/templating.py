@@ -5,11 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from flask import Flask, g, session
+from flask import Flask, g
 from flask_login import current_user
 
 from portal.models import Membership
 from portal.orgs.context import can, memberships_of
+from portal.orgs.lifecycle import landing_membership
 from portal.roles import may_touch_role, role_allows
 
 
@@ -37,8 +38,7 @@ def register(app: Flask) -> None:
 def _nav_fallback(memberships: list[Membership]) -> Membership | None:
     """On pages outside an organization (account, docs, staff) the nav keeps the last organization's links,
     so a member is never left without a way back to Keys, Members and Audit."""
-    last = session.get("last_org")
-    return next((m for m in memberships if m.organization.slug == last), memberships[0] if memberships else None)
+    return landing_membership(current_user, memberships)
 
 
 def nav_allows(membership: Membership | None, permission: str) -> bool:

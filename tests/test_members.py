@@ -127,7 +127,9 @@ def test_admin_removes_a_member_and_it_is_audited(client, auth, org, owner, memb
     # The removed member no longer sees the organization.
     auth.logout()
     auth.login(member)
-    assert client.get(f"/orgs/{org.slug}/keys/").status_code == 404
+    response = client.get(f"/orgs/{org.slug}/keys/")
+    assert response.status_code == 403
+    assert f"You were removed from {org.name}" in response.get_data(as_text=True)
 
 
 def test_foreign_and_malformed_membership_ids_are_404(client, auth, org, owner):

@@ -33,7 +33,9 @@ def test_the_confirmation_page_lists_the_members_working_keys_only(client, auth,
     factories.api_key(org, owner, name="Owner key")
     auth.login(owner)
     members_page = client.get(f"/orgs/{org.slug}/members").get_data(as_text=True)
-    assert f"/orgs/{org.slug}/offboarding/{member.id}" in members_page
+    confirm = f"/orgs/{org.slug}/members/{_membership(org, member).id}/remove"
+    assert confirm in members_page  # "Remove…" asks first, on a page that links to the off-boarding
+    assert f"/orgs/{org.slug}/offboarding/{member.id}" in client.get(confirm).get_data(as_text=True)
 
     page = _page(client, org, member).get_data(as_text=True)
 

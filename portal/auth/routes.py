@@ -9,6 +9,7 @@ from portal.account import sessions
 from portal.auth import bp, devices, services
 from portal.auth.forms import LoginForm, PasswordChangeForm, SignupForm
 from portal.http import render_form_page, safe_next_url
+from portal.orgs.invites import invitation_for_next
 from portal.twofactor import pending as two_factor
 
 
@@ -25,6 +26,12 @@ def start_session(user: Any, remember: bool = False, *, second_factor: bool = Fa
         second_factor=second_factor,
     )
     login_user(user, remember=remember)
+
+
+def landing_url(user: Any) -> str:
+    """Where signing in leads when no page asked for it: staff to the staff area, members to the organization
+    they used last (``orgs.home`` picks it)."""
+    return url_for("staff.index") if user.is_staff else url_for("orgs.home")
 
 
 @bp.route("/login", methods=["GET", "POST"])
@@ -50,7 +57,7 @@ def login() -> Any:
         if two_factor.required(user):  # not signed in yet: /login/two-factor asks for the second factor
             return two_factor.begin(user, remember=form.remember.data, next_url=request.args.get("next"))
         start_session(user, remember=form.remember.data)
-        return devices.remember(redirect(safe_next_url(request.args.get("next")) or url_for("orgs.home")), user.id)
+        return devices.remember(redirect(safe_next_url(request.args.get("next")) or landing_url(user)), user.id)
     return render_form_page("auth/login.html", form=form)
 
 
@@ -58,10 +65,23 @@ def login() -> Any:
 def signup() -> Any:
     if current_user.is_authenticated:
         return redirect(url_for("orgs.home"))
+    next_url = safe_next_url(request.args.get("next"))
+    invitation = invitation_for_next(next_url)
     form = SignupForm()
+    if request.method == "GET" and invitation is not None and invitation.email:
+        form.email.data = invitation.email  # the address the invitation was sent to
     if form.validate_on_submit():
+        # Signing up to accept an invitation joins that organization instead of creating one; an address other
+        # than the invited one cannot accept it, so that account gets its own organization as usual.
+        joining = invitation is not None and invitation.email in (None, form.email.data)
         try:
-            services.sign_up(form.email.data, form.display_name.data, form.password.data, ip=request.remote_addr)
+            services.sign_up(
+                form.email.data,
+                form.display_name.data,
+                form.password.data,
+                ip=request.remote_addr,
+                personal_org=not joining,
+            )
         except services.WeakPassword as exc:
             form.password.errors.append(str(exc))
         except services.SignupThrottled:
@@ -70,8 +90,8 @@ def signup() -> Any:
         else:
             # The same answer whether or not the address had an account, and nobody is signed in: a signed-in
             # session would tell a new address from one that has an account. The new member signs in next.
-            return redirect(url_for("auth.check_email", next=safe_next_url(request.args.get("next"))))
-    return render_form_page("auth/signup.html", form=form)
+            return redirect(url_for("auth.check_email", next=next_url))
+    return render_form_page("auth/signup.html", form=form, invitation=invitation)
 
 
 @bp.post("/logout")

@@ -115,9 +115,14 @@ def take_or_refuse(buckets: list[tuple[str, int]], window: object) -> list[tuple
     return None if refused else [(bucket, window_start) for bucket, _, _, window_start in taken]
 
 
-def sign_up(email: str, display_name: str, password: str, *, ip: str | None = None) -> SignupResult:
+def sign_up(
+    email: str, display_name: str, password: str, *, ip: str | None = None, personal_org: bool = True
+) -> SignupResult:
     """A new account with a personal organization on the free plan, owned by its creator, and a link to verify
-    its address. An address that already has an account gets a mail instead, and no account changes."""
+    its address. An address that already has an account gets a mail instead, and no account changes.
+
+    ``personal_org=False`` is for someone signing up to accept an invitation: they join that organization, so
+    an empty one of their own would only be in the way (they can create one later)."""
     check_password_policy(password, email=email, name=display_name)
     cfg = current_app.config
     if ip and take_or_refuse([(f"signup:ip:{ip}", cfg["SIGNUP_MAX_PER_IP"])], cfg["SIGNUP_WINDOW"]) is None:
@@ -135,7 +140,7 @@ def sign_up(email: str, display_name: str, password: str, *, ip: str | None = No
             mail.enqueue(existing.email, "signup_existing", name=existing.display_name)
         db.session.commit()
         return SignupResult(None, None)
-    org = create_organization(f"{user.display_name}'s organization", user, ip=ip)
+    org = create_organization(f"{user.display_name}'s organization", user, ip=ip) if personal_org else None
     send_verification(user)
     db.session.commit()
     return SignupResult(user, org)

@@ -19,5 +19,8 @@ def orgs() -> None:
 def set_plan(slug: str, plan: str, reason: str) -> None:
     """Move an organization to another plan (audited)."""
     org = org_or_fail(slug)
-    services.change_plan(org, plan, reason=reason, actor=None, actor_label="CLI")
+    try:
+        services.change_plan(org, plan, reason=reason, actor=None, actor_label="CLI")
+    except services.OrgActionError as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(f"{slug} is now on the {plan} plan")

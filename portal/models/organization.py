@@ -41,10 +41,16 @@ class Organization(Model):
     quota_extension: Mapped[int] = mapped_column(server_default="0")
     quota_extension_month: Mapped[date | None] = mapped_column(sa.Date)
     created_at: Mapped[created_at]
+    # Set when an owner deleted it (portal/orgs/lifecycle.py): the row stays for staff and the audit trail.
+    deleted_at: Mapped[datetime | None] = mapped_column(Timestamp)
 
     memberships: Mapped[list[Membership]] = relationship(
         back_populates="organization", cascade="all, delete-orphan", passive_deletes=True
     )
+
+    @property
+    def is_deleted(self) -> bool:
+        return self.deleted_at is not None
 
     @property
     def plan_info(self) -> Plan:

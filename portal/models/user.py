@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 from flask_login import UserMixin
+from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from portal.extensions import Model
@@ -33,6 +35,10 @@ class User(UserMixin, Model):
     last_login_at: Mapped[datetime | None] = mapped_column(Timestamp)
     # Set when the owner of the address followed a link mailed to it; cleared never, replaced on a change.
     email_verified_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    # The organization this member used last, so signing in again lands there (a session does not survive).
+    last_organization_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), sa.ForeignKey("organizations.id", ondelete="SET NULL")
+    )
 
     memberships: Mapped[list[Membership]] = relationship(
         back_populates="user", cascade="all, delete-orphan", passive_deletes=True

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from flask_wtf import FlaskForm
-from wtforms import EmailField, RadioField, SelectField, StringField
+from wtforms import DateField, EmailField, RadioField, SelectField, StringField
 from wtforms.fields.choices import SelectChoice
-from wtforms.validators import DataRequired, Email, Length, Optional
+from wtforms.validators import DataRequired, Email, Length, Optional, ValidationError
 
 from portal.forms import choices, email_filter, identity_text, no_control_chars, strip_filter
 from portal.roles import ROLES
@@ -56,3 +56,29 @@ class LeakActionForm(FlaskForm):
 
         super().__init__(*args, **kwargs)
         self.action.choices = choices(list(LEAK_ACTION_LABELS.items()))
+
+
+class DeleteOrgForm(FlaskForm):
+    """Deleting an organization asks for its name or slug to be typed, so it is never a slip of the mouse."""
+
+    confirmation = StringField(
+        "Type the organization's name or its address to confirm",
+        validators=[DataRequired(message="Type the name or the address to confirm."), Length(max=100)],
+        filters=[strip_filter],
+    )
+
+
+class AuditFilterForm(FlaskForm):
+    """The audit log's filters, read from the query string (a GET: nothing changes, so no CSRF token)."""
+
+    class Meta:
+        csrf = False
+
+    actor = SelectField("Who", validators=[Optional()], validate_choice=True)
+    action = SelectField("What", validators=[Optional()], validate_choice=True)
+    since = DateField("From (YYYY-MM-DD)", validators=[Optional()])
+    until = DateField("To (YYYY-MM-DD, inclusive)", validators=[Optional()])
+
+    def validate_until(self, field: DateField) -> None:
+        if field.data and self.since.data and field.data < self.since.data:
+            raise ValidationError("The end date is before the start date.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from flask import flash, redirect, render_template, request, url_for
@@ -20,6 +21,18 @@ STATE_MESSAGES = {
         "Each link works once. Ask for a new one if you still need to join.",
     ),
 }
+
+
+INVITE_PATH = re.compile(r"^/invite/([A-Za-z0-9_-]{20,128})$")
+
+
+def invitation_for_next(next_url: str | None) -> Invitation | None:
+    """The pending invitation a sign-up came from (its ``next`` is the invite page), else ``None``."""
+    match = INVITE_PATH.match(next_url or "")
+    if match is None:
+        return None
+    invitation, usable = _lookup(match.group(1))
+    return invitation if usable else None
 
 
 def _unusable(invitation: Invitation | None) -> Any:

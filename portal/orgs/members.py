@@ -14,7 +14,7 @@ from portal.models import Invitation, Membership
 from portal.orgs import bp, services
 from portal.orgs.context import can, org_view
 from portal.orgs.forms import ROLE_LABELS, InviteForm, RoleForm, role_choices
-from portal.roles import grantable_roles, may_change_member
+from portal.roles import grantable_roles, is_last_owner, may_change_member, may_touch_role
 
 
 def _grantable() -> tuple[str, ...]:
@@ -77,13 +77,38 @@ def change_role(slug: str, membership_id: str) -> Any:
     return redirect(url_for("orgs.members", slug=slug))
 
 
+def _removable(membership_id: str) -> Membership:
+    """The membership to remove: one's own (leaving), or one an admin or owner may change; else 404/403."""
+    target = get_org_scoped_or_404(Membership, g.org.id, membership_id)
+    if target.id != g.membership.id and not can("members.manage"):
+        abort(403, f"Your role ({g.membership.role}) cannot manage members.")
+    if target.id != g.membership.id and not _may_change(target):
+        abort(403, "Only an owner can remove an owner.")
+    return target
+
+
+@bp.get("/orgs/<slug>/members/<membership_id>/remove")
+@org_view()
+def confirm_remove_member(slug: str, membership_id: str) -> Any:
+    """What removing (or leaving) does, asked on a page of its own: nothing changes until its form is sent."""
+    target = _removable(membership_id)
+    leaving = target.id == g.membership.id
+    return render_template(
+        "orgs/confirm_remove.html",
+        target=target,
+        leaving=leaving,
+        keys=active_keys_created_by(g.org, target.user_id),
+        invitations=services.pending_invitations_from(g.org, target.user_id),
+        last_owner=is_last_owner(target.role, services.owner_count(g.org)),
+        form=ConfirmForm(formdata=None),
+    )
+
+
 @bp.post("/orgs/<slug>/members/<membership_id>/remove")
 @org_view()
 def remove_member(slug: str, membership_id: str) -> Any:
     """Admins remove others; anyone may remove themselves (leave)."""
-    target = get_org_scoped_or_404(Membership, g.org.id, membership_id)
-    if target.id != g.membership.id and not can("members.manage"):
-        abort(403, f"Your role ({g.membership.role}) cannot manage members.")
+    target = _removable(membership_id)
     if not ConfirmForm().validate_on_submit():
         return _render(400, error="The form expired. Try again.")
     name, leaving = target.user.display_name, target.user_id == current_user.id
@@ -132,6 +157,28 @@ def create_invitation(slug: str) -> Any:
     response = make_response(page)
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+@bp.get("/orgs/<slug>/invitations/<invitation_id>/revoke")
+@org_view("members.manage")
+def confirm_revoke_invitation(slug: str, invitation_id: str) -> Any:
+    """The invitation, and what revoking it does; a link no longer pending says so (409) with nothing to send."""
+    invitation = get_org_scoped_or_404(Invitation, g.org.id, invitation_id)
+    if not _may_change_invitation(invitation):
+        abort(403, "Only an owner can revoke an invitation for an owner.")
+    pending = services.invite_state(invitation) is services.InviteState.PENDING
+    page = render_template(
+        "orgs/confirm_revoke_invitation.html",
+        invitation=invitation,
+        state=services.invite_state(invitation).value,
+        pending=pending,
+        form=ConfirmForm(formdata=None),
+    )
+    return page, 200 if pending else 409
+
+
+def _may_change_invitation(invitation: Invitation) -> bool:
+    return may_touch_role(g.membership.role, invitation.role)
 
 
 @bp.post("/orgs/<slug>/invitations/<invitation_id>/revoke")

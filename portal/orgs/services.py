@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import enum
 import re
-import secrets
 import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -57,6 +57,8 @@ def change_plan(
 ) -> None:
     if plan not in PLANS:
         raise OrgActionError(f"Unknown plan {plan!r}.")
+    if org.deleted_at is not None:
+        raise OrgActionError(f"{org.name} was deleted; its plan no longer changes.")
     old = org.plan
     org.plan = plan
     audit.record(
@@ -79,20 +81,42 @@ def slugify(text: str) -> str:
 
 
 def unique_slug(base: str) -> str:
+    """``base`` as a slug, numbered ``-2``, ``-3`` … when taken (deleted organizations keep theirs), so
+    organizations with the same name stay distinguishable in the switcher and in addresses."""
     slug = slugify(base)
+    taken = set(
+        db.session.scalars(
+            sa.select(Organization.slug).where(sa.or_(Organization.slug == slug, Organization.slug.like(f"{slug}-%")))
+        )
+    )
+    n = 1
     candidate = slug
-    while find_org(candidate) is not None:
-        candidate = f"{slug}-{secrets.token_hex(2)}"
+    while candidate in taken:
+        n += 1
+        candidate = f"{slug}-{n}"
     return candidate
+
+
+SLUG_ATTEMPTS = 5
 
 
 def create_organization(
     name: str, owner: User, *, plan: str = "free", slug: str | None = None, ip: str | None = None
 ) -> Organization:
-    """An organization owned by ``owner``, added to the session uncommitted so a sign-up commits both at once."""
-    org = Organization(name=name.strip(), slug=slug or unique_slug(name), plan=plan)
-    db.session.add(org)
-    db.session.flush()
+    """An organization owned by ``owner``, added to the session uncommitted so a sign-up commits both at once.
+
+    Two organizations named alike at the same moment may pick the same slug; the unique index decides, and the
+    loser takes the next number."""
+    for attempt in range(SLUG_ATTEMPTS):
+        org = Organization(name=name.strip(), slug=slug or unique_slug(name), plan=plan)
+        try:
+            with db.session.begin_nested():
+                db.session.add(org)
+                db.session.flush()
+            break
+        except IntegrityError:
+            if slug is not None or attempt == SLUG_ATTEMPTS - 1:
+                raise
     db.session.add(Membership(user_id=owner.id, organization_id=org.id, role=OWNER))
     audit.record(
         "org.created", organization_id=org.id, actor=owner, target_type="organization", target_id=org.id, ip=ip
@@ -101,7 +125,7 @@ def create_organization(
 
 
 def find_org(slug: str) -> Organization | None:
-    """The one lookup of an organization by its slug."""
+    """The one lookup of an organization by its slug; deleted organizations included (staff see them)."""
     return db.session.scalar(sa.select(Organization).where(Organization.slug == slug))
 
 
@@ -215,8 +239,10 @@ def _revoke_invitations_from(
         )
 
 
-def _member_details(target: Membership) -> dict[str, str]:
-    return {"email": target.user.email, "name": target.user.display_name}
+def member_details(target: Membership) -> dict[str, str]:
+    """What an audit event about a membership keeps: who it was, readable (and findable by the account's
+    departure page) after the membership is gone."""
+    return {"email": target.user.email, "name": target.user.display_name, "user_id": str(target.user_id)}
 
 
 def change_role(
@@ -252,7 +278,7 @@ def change_role(
             actor=actor,
             target_type="membership",
             target_id=target.id,
-            details={**_member_details(target), "from": old, "to": new_role},
+            details={**member_details(target), "from": old, "to": new_role},
             ip=ip,
         )
         db.session.commit()
@@ -272,7 +298,7 @@ def remove_member(
             actor=actor,
             target_type="membership",
             target_id=target.id,
-            details={**_member_details(target), "role": target.role},
+            details={**member_details(target), "role": target.role},
             ip=ip,
         )
         _revoke_invitations_from(org, target, actor, ip)
@@ -376,6 +402,11 @@ def pending_invitations(org: Organization) -> list[Invitation]:
             .order_by(Invitation.created_at.desc())
         )
     )
+
+
+def pending_invitations_from(org: Organization, user_id: object) -> list[Invitation]:
+    """The pending invite links ``user_id`` made, which stop working when they leave or are removed."""
+    return [i for i in pending_invitations(org) if i.created_by_id == user_id]
 
 
 def revoke_invitation(
@@ -485,13 +516,63 @@ def accept_invitation(token: str, user: User, *, ip: str | None = None) -> Membe
 # Audit trail -----------------------------------------------------------------------------------------------
 
 
-def audit_events(org: Organization, *, page: int = 1, per_page: int = 50) -> Page[AuditEvent]:
-    """The organization's audit events, newest first."""
-    query = org_scoped(AuditEvent, org.id)
+@dataclass(frozen=True)
+class AuditFilters:
+    """Which audit events to show: by who (the actor as the log names them), what (the action) and when (UTC
+    days, both ends included). Empty fields do not filter."""
+
+    actor: str | None = None
+    action: str | None = None
+    since: date | None = None
+    until: date | None = None
+
+    def query_args(self) -> dict[str, str]:
+        """The filters as query-string arguments, so the page links keep them."""
+        args = {"actor": self.actor, "action": self.action, "since": self.since, "until": self.until}
+        return {name: str(value) for name, value in args.items() if value}
+
+
+def _filtered(query: sa.Select[Any], filters: AuditFilters) -> sa.Select[Any]:
+    if filters.actor:
+        query = query.where(AuditEvent.actor_label == filters.actor)
+    if filters.action:
+        query = query.where(AuditEvent.action == filters.action)
+    if filters.since:
+        query = query.where(AuditEvent.created_at >= datetime.combine(filters.since, time.min, UTC))
+    if filters.until:
+        query = query.where(AuditEvent.created_at < datetime.combine(filters.until + timedelta(days=1), time.min, UTC))
+    return query
+
+
+def audit_events(
+    org: Organization, *, page: int = 1, per_page: int = 50, filters: AuditFilters | None = None
+) -> Page[AuditEvent]:
+    """The organization's audit events, newest first, narrowed by ``filters``."""
+    query = _filtered(org_scoped(AuditEvent, org.id), filters or AuditFilters())
     ordered = query.order_by(AuditEvent.created_at.desc(), AuditEvent.id)
     return paginate(
         lambda limit, offset: db.session.scalars(ordered.limit(limit).offset(offset)).all(),
         page=page,
         per_page=per_page,
         total=count_rows(query),
+    )
+
+
+def audit_choices(org: Organization) -> tuple[list[str], list[str]]:
+    """The actors and the actions the organization's audit log holds, for its filters (one query)."""
+    rows = db.session.execute(
+        sa.select(AuditEvent.actor_label, AuditEvent.action)
+        .where(AuditEvent.organization_id == org.id)
+        .group_by(AuditEvent.actor_label, AuditEvent.action)
+    ).all()
+    return sorted({r.actor_label for r in rows}, key=str.casefold), sorted({r.action for r in rows})
+
+
+def audit_event(org: Organization, action: str) -> AuditEvent | None:
+    """The latest event of ``action`` in the organization (e.g. who deleted it, for the staff page)."""
+    return db.session.scalar(
+        org_scoped(AuditEvent, org.id)
+        .where(AuditEvent.action == action)
+        .order_by(AuditEvent.created_at.desc())
+        .limit(1)
     )

@@ -13,6 +13,7 @@ from portal.forms import ConfirmForm
 from portal.http import get_org_scoped_or_404, page_arg
 from portal.models import ENVIRONMENTS, Membership, Organization
 from portal.orgs import services as org_services
+from portal.orgs.auditlog import target_names
 from portal.staff import bp, services
 from portal.staff.forms import PlanChangeForm, QuotaExtensionForm
 from portal.timeutil import utcnow
@@ -37,6 +38,7 @@ def _detail(
     if form is None:
         form = PlanChangeForm(formdata=None, data={"plan": org.plan})
     month = services.month_start(utcnow())
+    events = org_services.audit_events(org, per_page=RECENT_EVENTS).items
     return render_template(
         "staff/org_detail.html",
         org=org,
@@ -46,7 +48,9 @@ def _detail(
         counts=services.key_counts(org),
         environments=ENVIRONMENTS,
         statuses=services.KEY_STATUSES,
-        events=org_services.audit_events(org, per_page=RECENT_EVENTS).items,
+        events=events,
+        targets=target_names(events),
+        deletion=org_services.audit_event(org, "org.deleted") if org.deleted_at else None,
         confirm_form=ConfirmForm(formdata=None),
         quota_form=quota_form or QuotaExtensionForm(formdata=None),
         month=month,
@@ -60,9 +64,17 @@ def org_detail(slug: str) -> Any:
     return _detail(org)
 
 
+def _live_org(slug: str) -> Organization:
+    """An organization staff may still change: a deleted one is shown, never changed (409)."""
+    org = org_services.find_org(slug) or abort(404)
+    if org.deleted_at is not None:
+        abort(409, f"{org.name} was deleted on {org.deleted_at:%Y-%m-%d}; it no longer changes.")
+    return org
+
+
 @bp.post("/orgs/<slug>/plan")
 def change_plan(slug: str) -> Any:
-    org = org_services.find_org(slug) or abort(404)
+    org = _live_org(slug)
     form = PlanChangeForm()
     if form.validate_on_submit():
         if form.plan.data == org.plan:
@@ -84,7 +96,7 @@ def change_plan(slug: str) -> Any:
 @bp.post("/orgs/<slug>/quota")
 def extend_quota(slug: str) -> Any:
     """Grant extra calls for this UTC month (raises the Free plan's hard quota for the month)."""
-    org = org_services.find_org(slug) or abort(404)
+    org = _live_org(slug)
     form = QuotaExtensionForm()
     if form.validate_on_submit():
         quota = services.extend_quota(

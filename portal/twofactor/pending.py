@@ -58,7 +58,7 @@ def pending_user() -> User | None:
 def finish(user: User, notice: str | None = None) -> Response:
     """Complete the sign-in the password began, as the sign-in view would have."""
     from portal.auth import devices
-    from portal.auth.routes import start_session
+    from portal.auth.routes import landing_url, start_session
 
     pending = session.get(PENDING) or {}
     start_session(
@@ -66,7 +66,7 @@ def finish(user: User, notice: str | None = None) -> Response:
     )  # clears the pending state with the session
     if notice:
         flash(notice, "warning")
-    return devices.remember(redirect(safe_next_url(pending.get("next")) or url_for("orgs.home")), user.id)
+    return devices.remember(redirect(safe_next_url(pending.get("next")) or landing_url(user)), user.id)
 
 
 def keep_challenge(ceremony: str, challenge: bytes) -> None:

@@ -157,7 +157,8 @@ def vacuum_analyze() -> None:
     vacuum(
         "usage_rollup_pending",
         "usage_client_pending",
-        "usage_key_clients",
+        "usage_key_clients_hourly",
+        "usage_key_clients_daily",
         "usage_org_hourly",
         "usage_key_hourly",
         "usage_key_daily",
