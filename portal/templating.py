@@ -23,6 +23,7 @@ def register(app: Flask) -> None:
     app.jinja_env.globals["can"] = can
     app.jinja_env.globals["nav_allows"] = nav_allows
     app.jinja_env.globals["may_touch_role"] = may_touch_role
+    app.jinja_env.globals["claim_autofocus"] = claim_autofocus
 
     @app.context_processor
     def navigation() -> dict[str, Any]:
@@ -39,6 +40,14 @@ def _nav_fallback(memberships: list[Membership]) -> Membership | None:
     """On pages outside an organization (account, docs, staff) the nav keeps the last organization's links,
     so a member is never left without a way back to Keys, Members and Audit."""
     return landing_membership(current_user, memberships)
+
+
+def claim_autofocus() -> bool:
+    """True the first time a page asks: two ``autofocus`` fields would leave the browser to pick one."""
+    if g.get("autofocus_claimed"):
+        return False
+    g.autofocus_claimed = True
+    return True
 
 
 def nav_allows(membership: Membership | None, permission: str) -> bool:

@@ -36,6 +36,10 @@ def free_port(ports: range = range(18150, 18200)) -> int:
     raise RuntimeError(f"no free port in {ports.start}-{ports.stop - 1}")
 
 
+# What the served app is configured with, so a test can prepare data (sealed secrets, key hashes) it accepts.
+SECRETS = {"SECRET_KEY": "s" * 32, "API_KEY_PEPPER": "test-key-pepper-of-at-least-32-bytes"}
+
+
 @contextmanager
 def gunicorn(database_url: str, log_dir: Path, **env: str) -> Iterator[str]:
     """Serve ``wsgi:app`` in production mode on ``database_url`` and yield its base URL; on exit, stop it with
@@ -44,8 +48,7 @@ def gunicorn(database_url: str, log_dir: Path, **env: str) -> Iterator[str]:
     settings = {
         **os.environ,
         "DATABASE_URL": database_url,
-        "SECRET_KEY": "s" * 32,
-        "API_KEY_PEPPER": "test-key-pepper-of-at-least-32-bytes",
+        **SECRETS,
         "PORTAL_ENV": "production",
         "GUNICORN_BIND": f"127.0.0.1:{port}",
         "GUNICORN_WORKERS": "2",

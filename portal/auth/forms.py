@@ -5,8 +5,14 @@ from wtforms import BooleanField, EmailField, PasswordField, StringField
 from wtforms.validators import DataRequired, Email, EqualTo, Length
 
 from portal.forms import email_filter, identity_text, no_control_chars, strip_filter
+from portal.password_policy import MAX_LENGTH, MIN_LENGTH
 
 PASSWORD_RULES = [DataRequired(), Length(min=10, max=128, message="Use 10 to 128 characters.")]
+# Shown under every new-password field before the first submit, so nobody learns the rules by failing them.
+PASSWORD_HELP = (
+    f"{MIN_LENGTH} to {MAX_LENGTH} characters, hard to guess (a few unrelated words work well),"
+    " without your email address."
+)
 
 
 class LoginForm(FlaskForm):
@@ -25,12 +31,12 @@ class SignupForm(FlaskForm):
         filters=[strip_filter],
     )
     email = EmailField("Email", validators=EMAIL_RULES, filters=[email_filter])
-    password = PasswordField("Password", validators=PASSWORD_RULES)
+    password = PasswordField("Password", validators=PASSWORD_RULES, description=PASSWORD_HELP)
 
 
 class PasswordChangeForm(FlaskForm):
     current_password = PasswordField("Current password", validators=[DataRequired(), Length(max=128)])
-    new_password = PasswordField("New password", validators=PASSWORD_RULES)
+    new_password = PasswordField("New password", validators=PASSWORD_RULES, description=PASSWORD_HELP)
     confirm = PasswordField(
         "Repeat new password", validators=[DataRequired(), EqualTo("new_password", "Passwords do not match.")]
     )
@@ -48,7 +54,7 @@ class ForgotPasswordForm(FlaskForm):
 
 
 class ResetPasswordForm(FlaskForm):
-    new_password = PasswordField("New password", validators=PASSWORD_RULES)
+    new_password = PasswordField("New password", validators=PASSWORD_RULES, description=PASSWORD_HELP)
     confirm = PasswordField(
         "Repeat new password", validators=[DataRequired(), EqualTo("new_password", "Passwords do not match.")]
     )

@@ -119,7 +119,7 @@ class CreateKeyForm(FlaskForm):
         validators=[DataRequired()],
     )
     expires_on = DateField(
-        "Expires on (optional)",
+        "Expires on (optional, YYYY-MM-DD)",
         validators=[Optional(), future_date],
         description="The key stops working at the end of this day, UTC.",
     )
@@ -137,7 +137,9 @@ class RenameKeyForm(FlaskForm):
 
 class ExpiryForm(FlaskForm):
     expires_on = DateField(
-        "Expires on", validators=[Optional(), future_date], description="Leave empty for a key that does not expire."
+        "Expires on (YYYY-MM-DD)",
+        validators=[Optional(), future_date],
+        description="Leave empty for a key that does not expire.",
     )
 
 

@@ -32,18 +32,24 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def live_server(database_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def live_database(database_server: str) -> Iterator[str]:
+    """The live server's database URL, for tests that prepare data the browser then sees."""
     url = make_database(database_server, "browser")
     app = create_app({"SQLALCHEMY_DATABASE_URI": url}, env="testing")
     with app.app_context():
         upgrade()
         db.engine.dispose()
-    logs: Path = tmp_path_factory.mktemp("live-server")
     try:
-        with gunicorn(url, logs, COOKIE_SECURE="false") as base:  # plain http on loopback
-            yield base
+        yield url
     finally:
         drop_database(database_server, url)
+
+
+@pytest.fixture(scope="session")
+def live_server(live_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    logs: Path = tmp_path_factory.mktemp("live-server")
+    with gunicorn(live_database, logs, COOKIE_SECURE="false") as base:  # plain http on loopback
+        yield base
 
 
 @pytest.fixture(scope="session")
