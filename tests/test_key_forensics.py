@@ -171,3 +171,32 @@ def test_hourly_clients_are_kept_two_days_and_daily_ones_stay(org, owner, histor
     assert hourly >= now - timedelta(hours=49)
     recent_days = {(now - timedelta(minutes=5)).date(), (now - timedelta(hours=2)).date()}
     assert daily == len(recent_days) + 2 + 1 + 1  # one client today (and maybe yesterday), two 3 days ago, ...
+
+
+def test_a_live_key_is_revoked_only_with_its_name_typed(client, auth, org, owner):
+    live = factories.api_key(org, owner, name="Checkout live", environment="live").api_key
+    auth.login(owner)
+    url = f"/orgs/{org.slug}/keys/{live.id}/revoke"
+    assert "Type the key" in client.get(url).get_data(as_text=True)
+    for typed in ("", "checkout live", "Checkout"):
+        refused = client.post(url, data={"confirm_name": typed})
+        assert refused.status_code == 422 and "exactly to confirm" in refused.get_data(as_text=True)
+    db.session.refresh(live)
+    assert live.revoked_at is None
+    assert client.post(url, data={"confirm_name": "Checkout live"}).status_code == 302
+    db.session.refresh(live)
+    assert live.revoked_at is not None
+
+
+def test_a_test_key_needs_no_typing_and_a_live_roll_only_when_it_stops_now(client, auth, org, owner):
+    test_key = factories.api_key(org, owner, name="Sandbox").api_key
+    live = factories.api_key(org, owner, name="Payments", environment="live").api_key
+    auth.login(owner)
+    assert "Type the key" not in client.get(f"/orgs/{org.slug}/keys/{test_key.id}/revoke").get_data(as_text=True)
+    roll = f"/orgs/{org.slug}/keys/{live.id}/roll"
+    assert client.post(roll, data={"grace": "now"}).status_code == 422  # stops a live key at once: type its name
+    db.session.refresh(live)
+    assert live.replaced_by_id is None
+    assert client.post(roll, data={"grace": "24h"}).status_code == 200  # with a grace period, no typing
+    db.session.refresh(live)
+    assert live.replaced_by_id is not None

@@ -143,12 +143,39 @@ class ExpiryForm(FlaskForm):
     )
 
 
-class RollKeyForm(FlaskForm):
+def _confirm_name_field() -> StringField:
+    return StringField(
+        "Type the key's name to confirm",
+        filters=[strip_filter],
+        validators=[Optional(), Length(max=200)],
+        description="A live key serves production: type its name exactly as shown above.",
+    )
+
+
+class TypedConfirmation:
+    """A live key's destructive action asks for its name typed (``confirm_name``); test keys do not."""
+
+    confirm_name: StringField
+
+    def confirms(self, api_key_name: str, needed: bool) -> bool:
+        """Whether the action may go ahead; adds the field's error when the typed name is missing or wrong."""
+        if not needed or (self.confirm_name.data or "") == api_key_name:
+            return True
+        self.confirm_name.errors = [f"Type “{api_key_name}” exactly to confirm."]
+        return False
+
+
+class RevokeKeyForm(TypedConfirmation, FlaskForm):
+    confirm_name = _confirm_name_field()
+
+
+class RollKeyForm(TypedConfirmation, FlaskForm):
     grace = SelectField(
         "Keep the old key working for",
         choices=choices([(name, label) for name, (label, _) in ROLL_GRACE_PERIODS.items()]),
         default="24h",
     )
+    confirm_name = _confirm_name_field()
 
 
 class PolicyForm(FlaskForm):

@@ -8,7 +8,6 @@ from typing import Any
 from flask import abort, flash, g, redirect, request, url_for
 from flask_login import current_user
 
-from portal.forms import ConfirmForm
 from portal.http import get_org_scoped_or_404
 from portal.keys import bp, rotation
 from portal.keys.rotation_forms import ExtendGraceForm, QuietHoursForm
@@ -32,7 +31,6 @@ def watch_context(api_key: ApiKey, grace_form: ExtendGraceForm | None = None) ->
         "watch": watch,
         "quiet_form": quiet_form,
         "grace_form": grace_form or ExtendGraceForm(formdata=None),
-        "watch_revoke_form": ConfirmForm(formdata=None),
     }
 
 

@@ -6,7 +6,7 @@ from typing import Any
 from flask import abort, current_app, flash, g, make_response, redirect, render_template, request, url_for
 from flask_login import current_user
 
-from portal.forms import ConfirmForm, choices
+from portal.forms import choices
 from portal.http import get_org_scoped_or_404, page_arg, render_form_page
 from portal.keys import bp, policy, services
 from portal.keys.forms import (
@@ -15,6 +15,7 @@ from portal.keys.forms import (
     ExpiryForm,
     PolicyForm,
     RenameKeyForm,
+    RevokeKeyForm,
     RollKeyForm,
     end_of_day,
 )
@@ -210,30 +211,44 @@ def _confirm_page(api_key: ApiKey, template: str, **forms: Any) -> str:
 @bp.get("/<key_id>/revoke")
 @org_view("keys.manage_test")
 def confirm_revoke(slug: str, key_id: str) -> Any:
-    return _confirm(_managed_key(key_id), "keys/confirm_revoke.html", form=ConfirmForm())
+    api_key = _managed_key(key_id)
+    return _confirm(api_key, "keys/confirm_revoke.html", form=_typed(RevokeKeyForm(formdata=None), api_key))
 
 
 @bp.get("/<key_id>/roll")
 @org_view("keys.manage_test")
 def confirm_roll(slug: str, key_id: str) -> Any:
-    form = RollKeyForm(formdata=None)
+    api_key = _managed_key(key_id)
+    form = _typed(RollKeyForm(formdata=None), api_key)
     if request.args.get("grace") in services.ROLL_GRACE_PERIODS:
         form.grace.data = request.args["grace"]
-    return _confirm(_managed_key(key_id), "keys/confirm_roll.html", form=form)
+    return _confirm(api_key, "keys/confirm_roll.html", form=form)
+
+
+def _typed(form: Any, api_key: ApiKey) -> Any:
+    """A live key's confirmation asks for its name; a test key's form has no such field."""
+    if api_key.environment != "live":
+        del form.confirm_name
+    elif isinstance(form, RollKeyForm):
+        form.confirm_name.description = "Needed when the old key stops now: type its name exactly as shown above."
+    return form
 
 
 @bp.post("/<key_id>/revoke")
 @org_view("keys.manage_test")
 def revoke(slug: str, key_id: str) -> Any:
     api_key = _managed_key(key_id)
-    form = ConfirmForm()
-    if form.validate_on_submit():
-        try:
-            services.revoke_key(g.org, api_key, current_user, ip=request.remote_addr)
-        except services.KeyActionError as exc:
-            flash(str(exc), "error")
-        else:
-            flash(f"Key “{api_key.name}” ({api_key.hint}) is revoked. Calls with it now fail.", "success")
+    form = _typed(RevokeKeyForm(), api_key)
+    if not form.validate_on_submit():
+        return _back(api_key)
+    if not form.confirms(api_key.name, api_key.environment == "live"):
+        return _confirm_page(api_key, "keys/confirm_revoke.html", form=form), 422
+    try:
+        services.revoke_key(g.org, api_key, current_user, ip=request.remote_addr)
+    except services.KeyActionError as exc:
+        flash(str(exc), "error")
+    else:
+        flash(f"Key “{api_key.name}” ({api_key.hint}) is revoked. Calls with it now fail.", "success")
     return _back(api_key)
 
 
@@ -241,8 +256,10 @@ def revoke(slug: str, key_id: str) -> Any:
 @org_view("keys.manage_test")
 def roll(slug: str, key_id: str) -> Any:
     api_key = _managed_key(key_id)
-    form = RollKeyForm()
-    if form.validate_on_submit():
+    form = _typed(RollKeyForm(), api_key)
+    if form.validate_on_submit() and form.confirms(
+        api_key.name, api_key.environment == "live" and form.grace.data == "now"
+    ):
         try:
             _, grace = services.ROLL_GRACE_PERIODS[form.grace.data]
             issued = services.roll_key(g.org, api_key, grace, current_user, ip=request.remote_addr)
