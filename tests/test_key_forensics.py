@@ -200,3 +200,14 @@ def test_a_test_key_needs_no_typing_and_a_live_roll_only_when_it_stops_now(clien
     assert client.post(roll, data={"grace": "24h"}).status_code == 200  # with a grace period, no typing
     db.session.refresh(live)
     assert live.replaced_by_id is not None
+
+
+def test_live_keys_are_marked_on_their_pages_and_test_keys_are_not(client, auth, org, owner):
+    live = factories.api_key(org, owner, environment="live").api_key
+    sandbox = factories.api_key(org, owner).api_key
+    auth.login(owner)
+    for path in ("", "/revoke", "/roll"):
+        assert 'class="live-band"' in client.get(f"/orgs/{org.slug}/keys/{live.id}{path}").get_data(as_text=True)
+        assert 'class="live-band"' not in client.get(f"/orgs/{org.slug}/keys/{sandbox.id}{path}").get_data(as_text=True)
+    created = client.post(f"/orgs/{org.slug}/keys/new", data={"name": "Prod", "environment": "live"})
+    assert created.status_code == 200 and "Live key." in created.get_data(as_text=True)

@@ -117,6 +117,8 @@ class CreateKeyForm(FlaskForm):
         choices=choices([("test", "Test (pk_test_…)"), ("live", "Live (pk_live_…)")]),
         default="test",
         validators=[DataRequired()],
+        description="Test keys are for development: their calls have their own rate limit. A live key serves "
+        "production traffic and real usage; treat it like a password.",
     )
     expires_on = DateField(
         "Expires on (optional, YYYY-MM-DD)",
