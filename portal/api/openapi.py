@@ -14,24 +14,59 @@ from portal.api.inputs import (
     MAX_KEY_CHARS,
     MAX_USER_AGENT_CHARS,
 )
+from portal.errors import error_body
 from portal.keys.policy import MAX_EXTERNAL_ID_CHARS, MAX_META_BYTES
 from portal.plans import PLANS
 from portal.scopes import SCOPES
-from portal.verification.outcomes import CODES
+from portal.verification.outcomes import CODES, RateLimit, Verification
 
 
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _json(schema: dict[str, Any], description: str, headers: tuple[str, ...] = ()) -> dict[str, Any]:
-    answer: dict[str, Any] = {"description": description, "content": {"application/json": {"schema": schema}}}
+def _json(
+    schema: dict[str, Any], description: str, headers: tuple[str, ...] = (), example: Any = None
+) -> dict[str, Any]:
+    media: dict[str, Any] = {"schema": schema}
+    if example is not None:
+        media["example"] = example
+    answer: dict[str, Any] = {"description": description, "content": {"application/json": media}}
     if headers:
         answer["headers"] = {h: {"$ref": f"#/components/headers/{h}"} for h in headers}
     return answer
 
 
 RATE_HEADERS = ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
+
+# Examples are answers the verification code itself renders (Verification.as_json, error_body), so the
+# documentation cannot drift from what the API sends.
+_KEY, _ORG = "5f0c2a4e-8d1b-4c3a-9e7f-2b6d1a0c9e84", "0b7e9d52-3c4f-4a1e-8f6b-7d2c5e9a1f03"
+_LIMIT = RateLimit(limit=1000, remaining=987, reset=42)
+
+
+def _with_example(answer: dict[str, Any], example: Any) -> dict[str, Any]:
+    """``answer`` (a shared response object) with an example of its own."""
+    media = {**answer["content"]["application/json"], "example": example}
+    return {**answer, "content": {"application/json": media}}
+
+
+def _answer(outcome: str, **fields: Any) -> dict[str, Any]:
+    fields.setdefault("ratelimit", _LIMIT)
+    return Verification(outcome, _KEY, _ORG, "acme", "pro", "live", **fields).as_json()
+
+
+def _examples() -> dict[str, Any]:
+    return {
+        "200": _answer("ok", scopes=["translate:write"], meta={"customer": "cus_1042"}, external_id="tenant-7"),
+        "400": error_body("invalid_json", "The body is not valid JSON (UTF-8)."),
+        "401": _answer("revoked"),
+        "403": _answer("forbidden", reason="insufficient_scope", scope="files:write", scopes=["translate:write"]),
+        "429": _answer("rate_limited", ratelimit=RateLimit(limit=1000, remaining=0, reset=17)),
+        "503": error_body("unavailable", "Key verification is unavailable; retry shortly."),
+    }
+
+
 LIMITS = ", ".join(f"{p.label} {p.requests_per_minute}/min" for p in PLANS.values())
 
 
@@ -329,6 +364,7 @@ def openapi_document() -> dict[str, Any]:
     unavailable = _json(
         _ref("Error"), "The database is unreachable; retry after `Retry-After` seconds.", ("Retry-After",)
     )
+    examples = _examples()
     return {
         "openapi": "3.1.0",
         "info": {
@@ -367,13 +403,19 @@ def openapi_document() -> dict[str, Any]:
                         "content": {"application/json": {"schema": _ref("VerifyRequest")}},
                     },
                     "responses": {
-                        "200": _json(_ref("Valid"), "The key is valid and the call was admitted.", RATE_HEADERS),
-                        "400": bad_request,
+                        "200": _json(
+                            _ref("Valid"),
+                            "The key is valid and the call was admitted.",
+                            RATE_HEADERS,
+                            examples["200"],
+                        ),
+                        "400": _with_example(bad_request, examples["400"]),
                         "401": _json(
                             _ref("Invalid"),
                             "Malformed, unknown, revoked or expired key "
                             '(`WWW-Authenticate: Bearer error="invalid_token"`).',
                             RATE_HEADERS,
+                            examples["401"],
                         ),
                         "403": _json(
                             _ref("Invalid"),
@@ -382,6 +424,7 @@ def openapi_document() -> dict[str, Any]:
                             "`ip_not_allowed`. Metered as outcome `forbidden`; nothing is counted against the "
                             "limits.",
                             RATE_HEADERS,
+                            examples["403"],
                         ),
                         "429": _json(
                             _ref("Invalid"),
@@ -390,8 +433,9 @@ def openapi_document() -> dict[str, Any]:
                             "the client's address has spent its budget of malformed or unknown keys "
                             "(`too_many_invalid_keys`, any key, no lookup, no rate-limit headers).",
                             (*RATE_HEADERS, "Retry-After"),
+                            examples["429"],
                         ),
-                        "503": unavailable,
+                        "503": _with_example(unavailable, examples["503"]),
                     },
                 }
             },

@@ -20,7 +20,8 @@ def operations(document: dict[str, Any]) -> list[dict[str, Any]]:
         for method, op in methods.items():
             responses = []
             for status, answer in sorted(op["responses"].items()):
-                schema = answer.get("content", {}).get("application/json", {}).get("schema", {})
+                media = answer.get("content", {}).get("application/json", {})
+                schema = media.get("schema", {})
                 name = schema.get("$ref", "").rsplit("/", 1)[-1]
                 responses.append(
                     {
@@ -28,6 +29,7 @@ def operations(document: dict[str, Any]) -> list[dict[str, Any]]:
                         "description": answer["description"],
                         "schema_name": name,
                         "headers": list(answer.get("headers", {})),
+                        "example": media.get("example"),
                     }
                 )
             body = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {})
