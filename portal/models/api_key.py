@@ -16,6 +16,8 @@ from portal.models.organization import Organization
 from portal.models.user import User
 
 ENVIRONMENTS: tuple[str, ...] = ("test", "live")
+# What a key is at a moment: ``ApiKey.status_at`` in Python and ``ApiKey.status_sql`` in SQL, side by side here.
+KEY_STATUSES: tuple[str, ...] = ("active", "expiring", "expired", "revoked")
 
 
 class CidrList(sa.TypeDecorator[list[str]]):
@@ -88,3 +90,14 @@ class ApiKey(Model):
         if self.replaced_by_id is not None or self.revoked_at is not None:
             return "expiring"
         return "active"
+
+    @classmethod
+    def status_sql(cls, moment: datetime) -> sa.ColumnElement[str]:
+        """:meth:`status_at` as SQL, evaluated at ``moment`` (a parameter, so it matches the Python clock)."""
+        at = sa.literal(moment, sa.DateTime(timezone=True))
+        return sa.case(
+            (sa.and_(cls.revoked_at.is_not(None), cls.revoked_at <= at), "revoked"),
+            (sa.and_(cls.expires_at.is_not(None), cls.expires_at <= at), "expired"),
+            (sa.or_(cls.replaced_by_id.is_not(None), cls.revoked_at.is_not(None)), "expiring"),
+            else_="active",
+        )

@@ -11,7 +11,7 @@ from portal import mail
 from portal.auth import reset
 from portal.forms import ConfirmForm
 from portal.http import get_org_scoped_or_404, page_arg
-from portal.models import ENVIRONMENTS, Membership, Organization
+from portal.models import ENVIRONMENTS, KEY_STATUSES, Membership, Organization
 from portal.orgs import services as org_services
 from portal.staff import bp, services
 from portal.staff.forms import PlanChangeForm, QuotaExtensionForm
@@ -45,7 +45,7 @@ def _detail(
         members=org_services.list_members(org),
         counts=services.key_counts(org),
         environments=ENVIRONMENTS,
-        statuses=services.KEY_STATUSES,
+        statuses=KEY_STATUSES,
         events=org_services.audit_events(org, per_page=RECENT_EVENTS).items,
         confirm_form=ConfirmForm(formdata=None),
         quota_form=quota_form or QuotaExtensionForm(formdata=None),
