@@ -37,7 +37,15 @@ class ApiKey(Model):
     __tablename__ = "api_keys"
     __table_args__ = (
         check_in("environment", ENVIRONMENTS, "ck_api_keys_environment"),
-        sa.Index("ix_api_keys_org_created", "organization_id", sa.text("created_at DESC")),
+        # The key list (portal/keys/listing.py, migration 0012): its sort orders, creator filter and search.
+        sa.Index("ix_api_keys_org_created", "organization_id", sa.text("created_at DESC"), sa.text("id DESC")),
+        sa.Index("ix_api_keys_org_creator", "organization_id", "created_by_id"),
+        *(
+            sa.Index(
+                f"ix_api_keys_{column}_trgm", column, postgresql_using="gin", postgresql_ops={column: "gin_trgm_ops"}
+            )
+            for column in ("name", "hint", "external_id")
+        ),
         # Keys still able to authenticate, for counting against the plan's key limit.
         sa.Index("ix_api_keys_org_unrevoked", "organization_id", postgresql_where=sa.text("revoked_at IS NULL")),
         sa.UniqueConstraint("organization_id", "external_id", name="uq_api_keys_org_external_id"),
