@@ -345,19 +345,18 @@ class Selection:
 
 def selected_ids(values: list[str]) -> tuple[list[uuid.UUID], int]:
     """The well-formed key ids among ``values`` (order kept, duplicates dropped), and how many were not."""
-    ids: list[uuid.UUID] = []
+    if len(values) > 2 * MAX_SELECTION:  # checked before any work, whatever a hand-made form sends
+        raise KeyActionError(f"Select at most {MAX_SELECTION} keys at a time.")
+    ids: dict[uuid.UUID, None] = {}
     malformed = 0
     for value in values:
         try:
-            key_id = uuid.UUID(value)
-        except (ValueError, AttributeError):
+            ids[uuid.UUID(value)] = None
+        except (ValueError, AttributeError, TypeError):
             malformed += 1
-            continue
-        if key_id not in ids:
-            ids.append(key_id)
     if len(ids) > MAX_SELECTION:
         raise KeyActionError(f"Select at most {MAX_SELECTION} keys at a time.")
-    return ids, malformed
+    return list(ids), malformed
 
 
 def select_for_revocation(org: Organization, values: list[str], role: str, *, lock: bool = False) -> Selection:
