@@ -7,7 +7,7 @@ PORT ?= 5000
 SERVE_PORT ?= 8000
 export FLASK_APP := wsgi
 
-.PHONY: install install-dev chromium gateways dev serve seed test test-fast lint db-upgrade db-stop bench-verify bench-usage clean
+.PHONY: install install-dev chromium gateways dev serve seed test test-fast lint db-upgrade db-stop bench-verify bench-usage bench-keys clean
 
 ## What serving needs (make dev, serve, the CLI); the test and lint tools come with install-dev.
 $(VENV)/.installed: pyproject.toml
@@ -98,3 +98,8 @@ clean:
 ## BENCH_ARGS="--events 1000000 --requests 30" for a quicker run.
 bench-usage: install
 	$(BIN)/python bench/usage.py $(BENCH_ARGS)
+
+## make bench-keys: 10,000 keys in one organization: the key list, a deep page, searches and filters (p50/p95),
+## against the same views with 100 keys. BENCH_ARGS="--requests 50 --explain" for a quicker run with query plans.
+bench-keys: install
+	$(BIN)/python bench/keys.py $(BENCH_ARGS)

@@ -90,7 +90,7 @@ def test_admin_can_revoke_a_live_key(client, auth, org, owner):
     admin = factories.member(org, "admin")
     auth.login(admin)
     assert "Revoke key" in client.get(f"/orgs/{org.slug}/keys/{live.id}").get_data(as_text=True)
-    response = client.post(f"/orgs/{org.slug}/keys/{live.id}/revoke")
+    response = client.post(f"/orgs/{org.slug}/keys/{live.id}/revoke", data={"confirm_name": "Production"})
     assert response.status_code == 302
     db.session.refresh(live)
     assert live.status_at(datetime.now(UTC)) == "revoked"

@@ -2,13 +2,14 @@ from __future__ import annotations
 
 import secrets
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import abort, current_app, flash, g, make_response, redirect, render_template, request, url_for
 from flask_login import current_user
 
-from portal.forms import choices
-from portal.http import get_org_scoped_or_404, page_arg, render_form_page
-from portal.keys import bp, policy, services
+from portal.forms import ConfirmForm, choices
+from portal.http import get_org_scoped_or_404, page_arg, render_form_page, safe_next_url
+from portal.keys import bp, listing, policy, services
 from portal.keys.forms import (
     CreateKeyForm,
     DetailsForm,
@@ -20,9 +21,10 @@ from portal.keys.forms import (
     end_of_day,
 )
 from portal.keys.rotation_routes import watch_context
-from portal.models import ApiKey
+from portal.models import ENVIRONMENTS, ApiKey
 from portal.orgs.context import can, org_view
 from portal.roles import key_permission
+from portal.scopes import LABELS as SCOPE_LABELS
 from portal.timeutil import utcnow
 from portal.usage import forensics
 
@@ -50,19 +52,87 @@ def _show_secret(issued: services.IssuedKey, headline: str) -> Any:
 @bp.get("/")
 @org_view()
 def index(slug: str) -> Any:
-    page = page_arg()
-    environment = request.args.get("env")
-    search = request.args.get("q", "").strip()[:128] or None
+    creators = services.key_creators(g.org)
+    filters, problems = listing.parse(request.args, [user.id for user in creators])
     per_page = current_app.config["KEYS_PER_PAGE"]
-    keys = services.list_keys(g.org, page=page, per_page=per_page, environment=environment, search=search)
+    keys = services.list_keys(g.org, filters, page=page_arg(), per_page=per_page)
     return render_template(
         "keys/index.html",
         keys=keys,
-        environment=environment,
-        search=search,
+        filters=filters,
+        problems=problems,
+        creators=creators,
+        statuses=listing.STATUS_LABELS,
+        sorts=listing.SORTS,
+        scope_labels=SCOPE_LABELS,
+        full_access=listing.FULL_ACCESS,
+        revocable_envs=[env for env in ENVIRONMENTS if can(key_permission(env))],
+        bulk_form=ConfirmForm(),
         now=utcnow(),
         usable=services.usable_key_count(g.org.id),
     )
+
+
+def _list_url(slug: str, back: str | None) -> str:
+    """Where a bulk revocation returns: the list as it was filtered (a same-site list URL), else the list."""
+    home = url_for("keys.index", slug=slug)
+    target = safe_next_url(back)
+    return target if target and urlsplit(target).path == home else home
+
+
+@bp.post("/revoke-selected")
+@org_view("keys.manage_test")
+def revoke_selected(slug: str) -> Any:
+    """Show what revoking the keys ticked on the list would do; nothing changes until it is confirmed."""
+    back = _list_url(slug, request.form.get("back"))
+    values = request.form.getlist("key")
+    if not ConfirmForm().validate_on_submit() or not values:
+        flash("Tick the keys to revoke first.", "warning")
+        return redirect(back)
+    try:
+        selection = services.select_for_revocation(g.org, values, g.membership.role)
+    except services.KeyActionError as exc:
+        flash(str(exc), "error")
+        return redirect(back)
+    return render_template(
+        "keys/revoke_selected.html", selection=selection, form=ConfirmForm(), back=back, now=utcnow()
+    )
+
+
+@bp.post("/revoke-selected/confirm")
+@org_view("keys.manage_test")
+def revoke_selected_confirm(slug: str) -> Any:
+    back = _list_url(slug, request.form.get("back"))
+    values = request.form.getlist("key")
+    if not ConfirmForm().validate_on_submit() or not values:
+        flash("Tick the keys to revoke first.", "warning")
+        return redirect(back)
+    try:
+        selection = services.revoke_keys(g.org, values, current_user, g.membership.role, ip=request.remote_addr)
+    except services.KeyActionError as exc:
+        flash(str(exc), "error")
+        return redirect(back)
+    revoked = len(selection.revocable)
+    if revoked:
+        flash(f"{_keys(revoked)} revoked. Calls with {'it' if revoked == 1 else 'them'} now fail.", "success")
+    if selection.left_out:
+        flash(f"{_keys(selection.left_out)} left as they were: {_why_left_out(selection)}.", "warning")
+    return redirect(back)
+
+
+def _keys(n: int) -> str:
+    return f"{n} key" if n == 1 else f"{n} keys"
+
+
+def _why_left_out(selection: services.Selection) -> str:
+    reasons = []
+    if selection.not_working:
+        reasons.append(f"{len(selection.not_working)} already revoked or expired")
+    if selection.not_permitted:
+        reasons.append(f"{len(selection.not_permitted)} live, which your role cannot revoke")
+    if selection.missing:
+        reasons.append(f"{selection.missing} not found in {g.org.name}")
+    return ", ".join(reasons)
 
 
 @bp.route("/new", methods=["GET", "POST"])

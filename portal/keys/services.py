@@ -1,4 +1,5 @@
-"""Key lifecycle: create, rename, set expiry, roll, revoke. Shared by the portal, the CLI and the staff area."""
+"""Key lifecycle: create, list, rename, set expiry, roll, revoke (one key or a selection). Shared by the portal,
+the CLI and the staff area."""
 
 from __future__ import annotations
 
@@ -9,15 +10,17 @@ from typing import Any
 
 import sqlalchemy as sa
 from flask import current_app
+from sqlalchemy.orm import selectinload
 
 from portal import audit
 from portal import scopes as scope_catalogue
 from portal.db import count_rows, org_scoped
 from portal.extensions import db
 from portal.keys import format as keyformat
-from portal.keys import policy
-from portal.models import ApiKey, Organization, User
-from portal.pagination import Page, paginate
+from portal.keys import listing, policy
+from portal.models import ApiKey, Membership, Organization, User
+from portal.pagination import MAX_PER_PAGE, Page, paginate
+from portal.roles import key_permission, role_allows
 from portal.timeutil import utcnow
 
 # How long a rolled key keeps working, by the name the roll form sends: (label, period).
@@ -216,28 +219,39 @@ def find_by_request_token(org: Organization, request_token: str) -> ApiKey | Non
 
 
 def list_keys(
-    org: Organization,
-    *,
-    page: int = 1,
-    per_page: int = 20,
-    environment: str | None = None,
-    search: str | None = None,
+    org: Organization, filters: listing.KeyFilters | None = None, *, page: int = 1, per_page: int = 20
 ) -> Page[ApiKey]:
-    """Usable keys first, newest first; ``search`` matches the name, the hint or the external id (any case)."""
-    query = org_scoped(ApiKey, org.id)
-    if environment in keyformat.PREFIXES:
-        query = query.where(ApiKey.environment == environment)
-    if search:
-        pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        query = query.where(
-            sa.or_(ApiKey.name.ilike(pattern), ApiKey.hint.ilike(pattern), ApiKey.external_id.ilike(pattern))
-        )
-    ordered = query.order_by(ApiKey.revoked_at.is_not(None), ApiKey.created_at.desc(), ApiKey.id)
+    """One page of the organization's keys narrowed by ``filters`` (search, environment, status, creator,
+    scope) in their sort order; ``total`` is how many keys match."""
+    filters = filters or listing.KeyFilters()
+    query = org_scoped(ApiKey, org.id).where(*listing.conditions(filters, utcnow()))
+    order = listing.ordering(filters.sort)
+
+    def fetch(limit: int, offset: int) -> list[ApiKey]:
+        # The page's ids first (narrow rows, an index-only scan in created order), then only those rows: a deep
+        # OFFSET then skips index entries, not whole rows sorted on disk (docs/performance.md).
+        ids = query.with_only_columns(ApiKey.id).order_by(*order).limit(limit).offset(offset)
+        page = org_scoped(ApiKey, org.id).where(ApiKey.id.in_(ids.scalar_subquery()))
+        return list(db.session.scalars(page.options(selectinload(ApiKey.created_by)).order_by(*order)))
+
     return paginate(
-        lambda limit, offset: db.session.scalars(ordered.limit(limit).offset(offset)).all(),
+        fetch,
         page=page,
         per_page=per_page,
         total=count_rows(query),
+    )
+
+
+def key_creators(org: Organization) -> list[User]:
+    """Members of ``org`` who created at least one of its keys: the choices of the list's creator filter."""
+    created = org_scoped(ApiKey, org.id).where(ApiKey.created_by_id == User.id).exists()
+    return list(
+        db.session.scalars(
+            sa.select(User)
+            .join(Membership, Membership.user_id == User.id)
+            .where(Membership.organization_id == org.id, created)
+            .order_by(sa.func.lower(User.display_name), User.id)
+        )
     )
 
 
@@ -280,9 +294,24 @@ def revoke_key(
     org: Organization, api_key: ApiKey, actor: User | None, actor_label: str | None = None, *, ip: str | None = None
 ) -> None:
     """Revoke now; the very next verification of this key fails."""
-    if api_key.revoked_at is not None and api_key.revoked_at <= utcnow():
+    moment = utcnow()
+    if api_key.revoked_at is not None and api_key.revoked_at <= moment:
         raise KeyActionError("This key is already revoked.")
-    api_key.revoked_at = utcnow()
+    _revoke(org, api_key, actor, moment, actor_label=actor_label, ip=ip)
+    db.session.commit()
+
+
+def _revoke(
+    org: Organization,
+    api_key: ApiKey,
+    actor: User | None,
+    moment: datetime,
+    *,
+    actor_label: str | None = None,
+    ip: str | None = None,
+) -> None:
+    """Mark ``api_key`` revoked at ``moment`` and add its ``key.revoked`` event; the caller commits."""
+    api_key.revoked_at = moment
     api_key.revoked_by_id = actor.id if actor else None
     audit.record(
         "key.revoked",
@@ -294,7 +323,74 @@ def revoke_key(
         details={"name": api_key.name, "hint": api_key.hint},
         ip=ip,
     )
+
+
+# A selection comes from one page of the list, which shows at most this many keys.
+MAX_SELECTION = MAX_PER_PAGE
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Keys picked on the list for revocation, sorted into those that will be revoked and those left out."""
+
+    revocable: list[ApiKey]
+    not_working: list[ApiKey]  # already revoked or expired: nothing to revoke
+    not_permitted: list[ApiKey]  # live keys, for a role that manages test keys only
+    missing: int  # ids that are not keys of this organization (malformed, deleted, another organization's)
+
+    @property
+    def left_out(self) -> int:
+        return len(self.not_working) + len(self.not_permitted) + self.missing
+
+
+def selected_ids(values: list[str]) -> tuple[list[uuid.UUID], int]:
+    """The well-formed key ids among ``values`` (order kept, duplicates dropped), and how many were not."""
+    if len(values) > 2 * MAX_SELECTION:  # checked before any work, whatever a hand-made form sends
+        raise KeyActionError(f"Select at most {MAX_SELECTION} keys at a time.")
+    ids: dict[uuid.UUID, None] = {}
+    malformed = 0
+    for value in values:
+        try:
+            ids[uuid.UUID(value)] = None
+        except (ValueError, AttributeError, TypeError):
+            malformed += 1
+    if len(ids) > MAX_SELECTION:
+        raise KeyActionError(f"Select at most {MAX_SELECTION} keys at a time.")
+    return list(ids), malformed
+
+
+def select_for_revocation(org: Organization, values: list[str], role: str, *, lock: bool = False) -> Selection:
+    """Sort the selected ids (raw form values) by what revoking them would do, for the confirmation page and
+    again, with the rows locked, when it is confirmed. Only ``org``'s keys are ever read."""
+    ids, malformed = selected_ids(values)
+    query = org_scoped(ApiKey, org.id).where(ApiKey.id.in_(ids))
+    if lock:  # in id order, so two bulk revocations at once cannot deadlock
+        query = query.order_by(ApiKey.id).with_for_update().execution_options(populate_existing=True)
+    found = {api_key.id: api_key for api_key in db.session.scalars(query)} if ids else {}
+    moment = utcnow()
+    revocable, not_working, not_permitted = [], [], []
+    for key_id in ids:
+        api_key = found.get(key_id)
+        if api_key is None:
+            continue
+        if api_key.status_at(moment) not in ("active", "expiring"):
+            not_working.append(api_key)
+        elif not role_allows(role, key_permission(api_key.environment)):
+            not_permitted.append(api_key)
+        else:
+            revocable.append(api_key)
+    return Selection(revocable, not_working, not_permitted, malformed + len(ids) - len(found))
+
+
+def revoke_keys(org: Organization, values: list[str], actor: User, role: str, *, ip: str | None = None) -> Selection:
+    """Revoke every selected key ``role`` may revoke and that still works, in one transaction, with one
+    ``key.revoked`` event each as :func:`revoke_key` writes; the rest are left alone and reported."""
+    selection = select_for_revocation(org, values, role, lock=True)
+    moment = utcnow()
+    for api_key in selection.revocable:
+        _revoke(org, api_key, actor, moment, ip=ip)
     db.session.commit()
+    return selection
 
 
 def roll_key(

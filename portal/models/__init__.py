@@ -1,7 +1,7 @@
 """Every model, imported here so Alembic's autogenerate sees every table."""
 
 from portal.models.account_token import AccountToken
-from portal.models.api_key import ENVIRONMENTS, ApiKey
+from portal.models.api_key import ENVIRONMENTS, KEY_STATUSES, ApiKey
 from portal.models.audit import AuditEvent
 from portal.models.mail import OutboxMail
 from portal.models.organization import Invitation, Membership, Organization
@@ -23,6 +23,7 @@ from portal.models.user import User
 
 __all__ = [
     "ENVIRONMENTS",
+    "KEY_STATUSES",
     "OUTCOMES",
     "AccountToken",
     "ApiKey",

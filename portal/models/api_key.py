@@ -16,6 +16,8 @@ from portal.models.organization import Organization
 from portal.models.user import User
 
 ENVIRONMENTS: tuple[str, ...] = ("test", "live")
+# What a key is at a moment: ``ApiKey.status_at`` in Python and ``ApiKey.status_sql`` in SQL, side by side here.
+KEY_STATUSES: tuple[str, ...] = ("active", "expiring", "expired", "revoked")
 
 
 class CidrList(sa.TypeDecorator[list[str]]):
@@ -35,7 +37,15 @@ class ApiKey(Model):
     __tablename__ = "api_keys"
     __table_args__ = (
         check_in("environment", ENVIRONMENTS, "ck_api_keys_environment"),
-        sa.Index("ix_api_keys_org_created", "organization_id", sa.text("created_at DESC")),
+        # The key list (portal/keys/listing.py, migration 0012): its sort orders, creator filter and search.
+        sa.Index("ix_api_keys_org_created", "organization_id", sa.text("created_at DESC"), sa.text("id DESC")),
+        sa.Index("ix_api_keys_org_creator", "organization_id", "created_by_id"),
+        *(
+            sa.Index(
+                f"ix_api_keys_{column}_trgm", column, postgresql_using="gin", postgresql_ops={column: "gin_trgm_ops"}
+            )
+            for column in ("name", "hint", "external_id")
+        ),
         # Keys still able to authenticate, for counting against the plan's key limit.
         sa.Index("ix_api_keys_org_unrevoked", "organization_id", postgresql_where=sa.text("revoked_at IS NULL")),
         sa.UniqueConstraint("organization_id", "external_id", name="uq_api_keys_org_external_id"),
@@ -88,3 +98,14 @@ class ApiKey(Model):
         if self.replaced_by_id is not None or self.revoked_at is not None:
             return "expiring"
         return "active"
+
+    @classmethod
+    def status_sql(cls, moment: datetime) -> sa.ColumnElement[str]:
+        """:meth:`status_at` as SQL, evaluated at ``moment`` (a parameter, so it matches the Python clock)."""
+        at = sa.literal(moment, sa.DateTime(timezone=True))
+        return sa.case(
+            (sa.and_(cls.revoked_at.is_not(None), cls.revoked_at <= at), "revoked"),
+            (sa.and_(cls.expires_at.is_not(None), cls.expires_at <= at), "expired"),
+            (sa.or_(cls.replaced_by_id.is_not(None), cls.revoked_at.is_not(None)), "expiring"),
+            else_="active",
+        )

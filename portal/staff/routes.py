@@ -11,7 +11,7 @@ from portal import mail
 from portal.auth import reset
 from portal.forms import ConfirmForm
 from portal.http import get_org_scoped_or_404, page_arg
-from portal.models import ENVIRONMENTS, Membership, Organization
+from portal.models import ENVIRONMENTS, KEY_STATUSES, Membership, Organization
 from portal.orgs import services as org_services
 from portal.orgs.auditlog import target_names
 from portal.staff import bp, services
@@ -47,7 +47,7 @@ def _detail(
         members=org_services.list_members(org),
         counts=services.key_counts(org),
         environments=ENVIRONMENTS,
-        statuses=services.KEY_STATUSES,
+        statuses=KEY_STATUSES,
         events=events,
         targets=target_names(events),
         deletion=org_services.audit_event(org, "org.deleted") if org.deleted_at else None,

@@ -15,7 +15,6 @@ from portal.orgs.services import SUPPORT_LABEL
 from portal.pagination import Page, paginate
 from portal.timeutil import utcnow
 
-KEY_STATUSES: tuple[str, ...] = ("active", "expiring", "expired", "revoked")
 MAX_QUERY_LENGTH = 100
 
 
@@ -52,17 +51,6 @@ def _like_pattern(text: str) -> str:
     return f"%{escaped}%"
 
 
-def key_status(moment: datetime) -> sa.ColumnElement[str]:
-    """``ApiKey.status_at`` as SQL, evaluated at ``moment`` (a parameter, so it matches the Python clock)."""
-    at = sa.literal(moment, sa.DateTime(timezone=True))
-    return sa.case(
-        (sa.and_(ApiKey.revoked_at.is_not(None), ApiKey.revoked_at <= at), "revoked"),
-        (sa.and_(ApiKey.expires_at.is_not(None), ApiKey.expires_at <= at), "expired"),
-        (sa.or_(ApiKey.replaced_by_id.is_not(None), ApiKey.revoked_at.is_not(None)), "expiring"),
-        else_="active",
-    )
-
-
 def search_orgs(query: str | None, *, page: int = 1, per_page: int = 25) -> Page[OrgRow]:
     """Organizations whose name or slug, or one of whose members' email, contains ``query`` (any case)."""
     moment = utcnow()
@@ -81,7 +69,7 @@ def search_orgs(query: str | None, *, page: int = 1, per_page: int = 25) -> Page
     active = (
         sa.select(sa.func.count())
         .select_from(ApiKey)
-        .where(ApiKey.organization_id == Organization.id, key_status(moment) == "active")
+        .where(ApiKey.organization_id == Organization.id, ApiKey.status_sql(moment) == "active")
         .scalar_subquery()
     )
     select = sa.select(Organization, members, keys, active)
@@ -113,7 +101,7 @@ def search_orgs(query: str | None, *, page: int = 1, per_page: int = 25) -> Page
 
 def key_counts(org: Organization) -> KeyCounts:
     """Counts grouped in SQL by environment and status; hashes and hints never leave the database."""
-    status = key_status(utcnow()).label("status")
+    status = ApiKey.status_sql(utcnow()).label("status")
     query = (
         org_scoped(ApiKey, org.id)
         .with_only_columns(ApiKey.environment, status, sa.func.count())

@@ -38,7 +38,15 @@
       announce("Copied to the clipboard.");
     }, function () { selectForCopy(button, source); });
   });
-
+  // A "select all" box ticks every checkbox of its form named by data-select-all; it stays hidden without script.
+  document.querySelectorAll("[data-select-all]").forEach(function (box) {
+    var boxes = box.form ? box.form.querySelectorAll('input[type=checkbox][name="' + box.getAttribute("data-select-all") + '"]') : [];
+    if (!boxes.length) { return; }
+    box.hidden = false;
+    box.addEventListener("change", function () {
+      boxes.forEach(function (each) { each.checked = box.checked; });
+    });
+  });
   document.addEventListener("submit", function (event) {
     var message = event.target.getAttribute("data-confirm");
     if (message && !window.confirm(message)) { event.preventDefault(); }

@@ -85,3 +85,30 @@ def test_phone_width_keeps_the_key_page_usable(browser, live_server):
         assert page.get_by_role("link", name="Create your first key").is_visible()
     finally:
         context.close()
+
+
+def test_select_all_then_revoke_the_selection_after_confirming(page, live_server):
+    sign_up(page, live_server)
+    secrets_by_name = {}
+    for name in ("Batch one", "Batch two"):
+        page.goto(page.url.split("/keys/")[0] + "/keys/new")
+        page.get_by_label("Name").fill(name)
+        page.get_by_role("button", name="Create key").click()
+        secrets_by_name[name] = page.locator("#new-key").inner_text().strip()
+        page.get_by_role("link", name="I have stored it, continue").click()
+    page.goto(page.url.split("/keys/")[0] + "/keys/?sort=oldest")
+
+    page.get_by_label("Select every key on this page").check()  # shown only with script
+    assert page.get_by_label("Select Batch one").is_checked() and page.get_by_label("Select Batch two").is_checked()
+    page.get_by_role("button", name="Revoke selected keys").click()
+    assert page.get_by_role("heading", name="Revoke 2 keys?").is_visible()
+    for secret in secrets_by_name.values():
+        assert page.get_by_text(keyformat.hint(secret)).is_visible()
+
+    page.get_by_role("button", name="Revoke 2 keys").click()
+    assert page.get_by_text("2 keys revoked").is_visible()
+    assert re.search(r"/keys/\?sort=oldest$", page.url)  # back to the list as it was
+    verify = f"{live_server}/v1/keys/verify"
+    for secret in secrets_by_name.values():
+        answer = page.request.post(verify, data={"key": secret, "endpoint": "/browser"})
+        assert answer.status == 401 and answer.json()["code"] == "revoked"
