@@ -110,6 +110,10 @@ class Config:
 
     INVITATION_TTL = timedelta(days=7)
     KEYS_PER_PAGE = 20
+    # Where "upgrade" leads when an organization is at its plan's key limit: a pricing or billing page, else a
+    # mail to support.
+    UPGRADE_URL: str | None = None
+    SUPPORT_EMAIL = "support@procode.dev"
     AUDIT_PER_PAGE = 50
     SECURITY_LOG_PER_PAGE = 50
     STAFF_PER_PAGE = 25
@@ -165,6 +169,8 @@ class Config:
             "MAIL_FROM",
             "WEBAUTHN_RP_ID",
             "SECRET_SCANNING_PUBLIC_KEYS",
+            "UPGRADE_URL",
+            "SUPPORT_EMAIL",
         ):
             if os.environ.get(name):
                 values[name] = os.environ[name]

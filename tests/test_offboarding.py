@@ -41,7 +41,8 @@ def test_the_confirmation_page_lists_the_members_working_keys_only(client, auth,
 
     assert "Worker key" in page and working.api_key.hint in page
     assert "Dead key" not in page and "Owner key" not in page
-    assert f"/offboarding/{member.id}/keys/{working.api_key.id}/revoke" in page
+    assert f"/keys/{working.api_key.id}/revoke" in page  # its confirmation page, with what will break
+    assert "/keys/revoke-selected" in page and "data-confirm" not in page  # all at once: confirmed on a page too
     assert f"/keys/{working.api_key.id}/roll" in page and "Revoke all 1 key" in page
     assert f"/members/{_membership(org, member).id}/remove" in page  # the removal itself, after the keys
 

@@ -64,7 +64,7 @@ def test_forecast_runs_out_before_the_month_ends(client, auth, org, owner, key, 
 
     auth.login(owner)
     text = quota_text(client, org)
-    assert "9,000 of 10,000 calls" in text and "(90.0%)" in text
+    assert "9,000 of 10,000 calls" in text and "(90.0%, nearly used up)" in text
     assert "runs out on 2026-11-21 12:00 (UTC)" in text and "about 19,500 calls" in text
 
 

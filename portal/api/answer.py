@@ -69,7 +69,7 @@ def answer_verify(read: Callable[[], RawRequest], verifier: Verifier) -> Answer:
             scope=payload.scope,
             ip=payload.client_ip,
             user_agent=payload.user_agent,
-            peer=peer_address(raw.remote_addr),
+            peer=peer_address(raw.remote_addr) if payload.client_ip is None else None,  # parsed only if used
         )
     except DatabaseUnavailable:
         return error_answer(503, "unavailable", "Key verification is unavailable; retry shortly.", {"Retry-After": "1"})

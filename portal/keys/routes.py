@@ -69,8 +69,15 @@ def index(slug: str) -> Any:
         revocable_envs=[env for env in ENVIRONMENTS if can(key_permission(env))],
         bulk_form=ConfirmForm(),
         now=utcnow(),
-        usable=services.usable_key_count(g.org.id),
+        allowance=services.key_allowance(g.org),
+        upgrade_url=_upgrade_url(),
     )
+
+
+def _upgrade_url() -> str:
+    """Where an organization at its key limit can go: the configured upgrade page, else a mail to support."""
+    configured = current_app.config.get("UPGRADE_URL")
+    return str(configured) if configured else f"mailto:{current_app.config['SUPPORT_EMAIL']}?subject=More%20API%20keys"
 
 
 def _list_url(slug: str, back: str | None) -> str:
@@ -171,7 +178,9 @@ def create(slug: str) -> Any:
             form.form_errors.append(str(exc))
         else:
             return _show_secret(issued, "Your new key")
-    return render_form_page("keys/new.html", form=form)
+    return render_form_page(
+        "keys/new.html", form=form, allowance=services.key_allowance(g.org), upgrade_url=_upgrade_url()
+    )
 
 
 @bp.get("/<key_id>")

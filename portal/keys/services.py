@@ -108,21 +108,41 @@ def pepper() -> str:
     return str(current_app.config["API_KEY_PEPPER"])
 
 
-def usable_key_count(organization_id: uuid.UUID) -> int:
-    """Keys that can authenticate right now; the plan's ``max_keys`` caps this number for new keys.
+@dataclass(frozen=True)
+class KeyAllowance:
+    """The organization's active keys against its plan's limit, and how many of them are rolled keys in grace."""
 
-    Rolling is always allowed (replacing a leaked key must never be blocked), but the old key counts until its
-    grace period ends."""
-    moment = utcnow()
+    active: int
+    in_grace: int
+    limit: int
+
+    @property
+    def at_limit(self) -> bool:
+        return self.active >= self.limit
+
+
+def key_allowance(org: Organization) -> KeyAllowance:
+    """What the keys page says and the plan check enforces, in one query."""
+    status = ApiKey.status_sql(utcnow())
+    active, in_grace = db.session.execute(
+        sa.select(
+            sa.func.count().filter(status.in_(ApiKey.COUNTED_STATUSES)),
+            sa.func.count().filter(status == "expiring"),
+        ).where(ApiKey.organization_id == org.id)
+    ).one()
+    return KeyAllowance(int(active), int(in_grace), org.plan_info.max_keys)
+
+
+def usable_key_count(organization_id: uuid.UUID) -> int:
+    """The organization's active keys (:meth:`ApiKey.counts_toward_limit`); the plan's ``max_keys`` caps this
+    number for new keys.
+
+    Rolling is always allowed (replacing a leaked key must never be blocked), so a roll at the limit can take
+    the count past it until the old key's grace period ends."""
     query = (
         sa.select(sa.func.count())
         .select_from(ApiKey)
-        .where(
-            ApiKey.organization_id == organization_id,
-            # A rolled key still working through its grace period counts: it can still authenticate.
-            sa.or_(ApiKey.revoked_at.is_(None), ApiKey.revoked_at > moment),
-            sa.or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > moment),
-        )
+        .where(ApiKey.organization_id == organization_id, ApiKey.counts_toward_limit(utcnow()))
     )
     return int(db.session.scalar(query) or 0)
 

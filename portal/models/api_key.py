@@ -99,6 +99,15 @@ class ApiKey(Model):
             return "expiring"
         return "active"
 
+    # "Active keys", the number the plan's max_keys caps, everywhere it is shown or checked: keys that can
+    # authenticate now. A rolled key in its grace period (status ``expiring``) counts until it stops working.
+    COUNTED_STATUSES: tuple[str, ...] = ("active", "expiring")
+
+    @classmethod
+    def counts_toward_limit(cls, moment: datetime) -> sa.ColumnElement[bool]:
+        """Whether a key is one of the organization's active keys at ``moment`` (:data:`COUNTED_STATUSES`)."""
+        return cls.status_sql(moment).in_(cls.COUNTED_STATUSES)
+
     @classmethod
     def status_sql(cls, moment: datetime) -> sa.ColumnElement[str]:
         """:meth:`status_at` as SQL, evaluated at ``moment`` (a parameter, so it matches the Python clock)."""

@@ -45,6 +45,11 @@ class KeyCounts:
     def total(self) -> int:
         return sum(self.cells.values())
 
+    @property
+    def active(self) -> int:
+        """The organization's active keys, as the keys page and the plan check count them."""
+        return sum(self.status_total(status) for status in ApiKey.COUNTED_STATUSES)
+
 
 def _like_pattern(text: str) -> str:
     escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
@@ -69,7 +74,7 @@ def search_orgs(query: str | None, *, page: int = 1, per_page: int = 25) -> Page
     active = (
         sa.select(sa.func.count())
         .select_from(ApiKey)
-        .where(ApiKey.organization_id == Organization.id, ApiKey.status_sql(moment) == "active")
+        .where(ApiKey.organization_id == Organization.id, ApiKey.counts_toward_limit(moment))
         .scalar_subquery()
     )
     select = sa.select(Organization, members, keys, active)

@@ -215,6 +215,9 @@ PACE_WINDOW = timedelta(days=7)
 MIN_PACE_WINDOW = timedelta(hours=1)
 
 
+QUOTA_NEAR_PERCENT = 80.0
+
+
 @dataclass
 class Quota:
     plan: Plan
@@ -228,6 +231,13 @@ class Quota:
     @property
     def percent(self) -> float:
         return min(100.0, 100.0 * self.used / self.plan.monthly_quota) if self.plan.monthly_quota else 0.0
+
+    @property
+    def level(self) -> str:
+        """How near the quota the month is, for the bar's colour: ``ok``, ``near`` (80% or more) or ``over``."""
+        if self.plan.monthly_quota and self.used >= self.plan.monthly_quota:
+            return "over"
+        return "near" if self.percent >= QUOTA_NEAR_PERCENT else "ok"
 
     @property
     def pace_label(self) -> str:
