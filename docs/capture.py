@@ -72,6 +72,7 @@ def rotation_watch(p, page) -> list[str]:
     old_secret = page.locator("#new-key").inner_text().strip()
     page.get_by_role("link", name="I have stored it, continue").click()
     old_url = page.url
+    page.get_by_role("link", name="Roll key…").click()
     page.get_by_role("button", name="Roll key").click()
     page.get_by_role("link", name="I have stored it, continue").click()
     new_url = page.url
@@ -82,7 +83,31 @@ def rotation_watch(p, page) -> list[str]:
     page.wait_for_timeout(1500)  # usage rows are written in batches, a fraction of a second later
     page.goto(old_url)
     page.screenshot(path=OUT / "04-key-rotation.png", full_page=True)
+    page.goto(old_url + "/revoke")  # what revoking the old key would break: its calls and clients of a day
+    page.screenshot(path=OUT / "21-confirm-revoke.png", full_page=True)
     return [old_url, new_url]
+
+
+def live_key_and_phone(p, page) -> str:
+    """A live key: its band, the typed confirmation its revoke asks for, and the key page on a phone."""
+    page.goto(f"{BASE}/orgs/default/keys/new")
+    page.get_by_label("Name").fill("Docs live key")
+    page.get_by_label("Live (pk_live_…)").check()
+    page.get_by_role("button", name="Create key").click()
+    page.get_by_role("link", name="I have stored it, continue").click()
+    url = page.url
+    page.screenshot(path=OUT / "22-live-key.png", full_page=True)
+    page.goto(url + "/revoke")
+    page.screenshot(path=OUT / "23-confirm-revoke-live.png", full_page=True)
+    phone = page.context.new_page()
+    phone.set_viewport_size({"width": 390, "height": 844})
+    phone.goto(url)
+    phone.get_by_text("Menu", exact=True).click()
+    phone.screenshot(path=OUT / "24-phone-key-page.png")
+    phone.goto(f"{BASE}/orgs/default/keys/")
+    phone.screenshot(path=OUT / "25-phone-keys.png", full_page=True)
+    phone.close()
+    return url
 
 
 def account_pages(p, page) -> None:
@@ -157,6 +182,7 @@ def main() -> None:
         page.screenshot(path=OUT / "04-key-detail.png", full_page=True)
         created = [page.url]
         created += rotation_watch(p, page)
+        live_url = live_key_and_phone(p, page)
         for path, name in (
             ("/orgs/default/members", "05-members"),
             ("/orgs/default/audit", "06-audit"),
@@ -185,11 +211,14 @@ def main() -> None:
         sign_out(page)
         # Revoke this run's keys, so that the demo organization stays within its plan's key limit.
         sign_in(page, "demo@procode.dev", "demo-password")
-        page.on("dialog", lambda dialog: dialog.accept())
         for url in created:
-            page.goto(url)
-            page.get_by_role("button", name="Revoke key", exact=True).click()
-            page.wait_for_load_state()
+            page.goto(url + "/revoke")
+            if page.get_by_role("button", name="Revoke key", exact=True).count():
+                page.get_by_role("button", name="Revoke key", exact=True).click()
+                page.wait_for_load_state()
+        page.goto(live_url + "/revoke")
+        page.get_by_label("Type the key's name to confirm").fill("Docs live key")
+        page.get_by_role("button", name="Revoke key", exact=True).click()
         browser.close()
 
 
