@@ -85,3 +85,14 @@ def test_the_quota_bar_turns_near_then_over(client, auth, org, owner):
     record([event(key, at)] * int(quota * 0.2))
     db.session.commit()
     assert level() == "over"
+
+
+def test_the_environment_switch_stays_on_the_keys_page_and_keeps_the_other_filters(client, auth, org, owner):
+    factories.api_key(org, owner, name="Sandbox")
+    factories.api_key(org, owner, name="Production", environment="live")
+    auth.login(owner)
+    page = client.get(f"/orgs/{org.slug}/keys/?env=live&sort=oldest").get_data(as_text=True)
+    switch = page.split('class="tabs env-switch"')[1].split("</nav>")[0]
+    assert 'aria-current="page" class="env-switch-live">Live</a>' in switch
+    assert "env=test" in switch and "sort=oldest" in switch
+    assert "Production" in page and "Sandbox" not in page.split("</nav>", 2)[-1]
