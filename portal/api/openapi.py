@@ -51,6 +51,16 @@ def _with_example(answer: dict[str, Any], example: Any) -> dict[str, Any]:
     return {**answer, "content": {"application/json": media}}
 
 
+def _protected(valid: dict[str, Any]) -> dict[str, Any]:
+    """A protected route's 200 body: the verification's answer without ``valid``."""
+    return {k: v for k, v in valid.items() if k != "valid"}
+
+
+def _error_of(invalid: dict[str, Any]) -> dict[str, Any]:
+    """The ``{"error": {"code", "message"}}`` body a protected route answers for a refused key."""
+    return error_body(invalid["code"], invalid["message"])
+
+
 def _answer(outcome: str, **fields: Any) -> dict[str, Any]:
     fields.setdefault("ratelimit", _LIMIT)
     return Verification(outcome, _KEY, _ORG, "acme", "pro", "live", **fields).as_json()
@@ -302,7 +312,7 @@ def _header_parameter(name: str, description: str) -> dict[str, Any]:
 
 def _gateway_operation(method: str, unavailable: dict[str, Any]) -> dict[str, Any]:
     """One of the three methods a gateway may call ``/keys/verify/gateway`` with; they answer alike."""
-    return {
+    operation: dict[str, Any] = {
         "operationId": f"verifyKeyForGateway{method.capitalize()}",
         "summary": f"Verify the key of a call a gateway is forwarding ({method.upper()}; docs/gateways.md)",
         "description": (
@@ -347,6 +357,11 @@ def _gateway_operation(method: str, unavailable: dict[str, Any]) -> dict[str, An
             "503": unavailable,
         },
     }
+    examples = {**_examples(), "400": error_body("invalid_scope", "'scope' must be one of the ProCode API scopes.")}
+    responses: dict[str, Any] = operation["responses"]
+    for status, answer in responses.items():
+        responses[status] = _with_example(answer, examples[status])
+    return operation
 
 
 def openapi_document() -> dict[str, Any]:
@@ -448,12 +463,25 @@ def openapi_document() -> dict[str, Any]:
                     "summary": "Try a key: a route protected by `@require_api_key`",
                     "security": [{"bearer": []}],
                     "responses": {
-                        "200": _json({"type": "object"}, "Who the key belongs to, and its rate limit.", RATE_HEADERS),
-                        "400": bad_request,
-                        "401": _json(_ref("Error"), "Missing, malformed, unknown, revoked or expired key."),
-                        "403": _json(_ref("Error"), "The key's IP allowlist does not include the caller."),
-                        "429": limited,
-                        "503": unavailable,
+                        "200": _json(
+                            {"type": "object"},
+                            "Who the key belongs to, and its rate limit.",
+                            RATE_HEADERS,
+                            _protected(examples["200"]),
+                        ),
+                        "400": _with_example(bad_request, examples["400"]),
+                        "401": _json(
+                            _ref("Error"),
+                            "Missing, malformed, unknown, revoked or expired key.",
+                            example=_error_of(examples["401"]),
+                        ),
+                        "403": _json(
+                            _ref("Error"),
+                            "The key's IP allowlist does not include the caller.",
+                            example=_error_of(_answer("forbidden", reason="ip_not_allowed")),
+                        ),
+                        "429": _with_example(limited, _error_of(examples["429"])),
+                        "503": _with_example(unavailable, examples["503"]),
                     },
                 }
             },
@@ -463,12 +491,25 @@ def openapi_document() -> dict[str, Any]:
                     "summary": 'Try a scoped key: a route protected by `@require_api_key(scope="files:write")`',
                     "security": [{"bearer": []}],
                     "responses": {
-                        "200": _json({"type": "object"}, "The key may write files.", RATE_HEADERS),
-                        "400": bad_request,
-                        "401": _json(_ref("Error"), "Missing, malformed, unknown, revoked or expired key."),
-                        "403": _json(_ref("Error"), "`insufficient_scope` (no `files:write`) or `ip_not_allowed`."),
-                        "429": limited,
-                        "503": unavailable,
+                        "200": _json(
+                            {"type": "object"},
+                            "The key may write files.",
+                            RATE_HEADERS,
+                            {"accepted": True, **_protected(examples["200"])},
+                        ),
+                        "400": _with_example(bad_request, examples["400"]),
+                        "401": _json(
+                            _ref("Error"),
+                            "Missing, malformed, unknown, revoked or expired key.",
+                            example=_error_of(examples["401"]),
+                        ),
+                        "403": _json(
+                            _ref("Error"),
+                            "`insufficient_scope` (no `files:write`) or `ip_not_allowed`.",
+                            example=_error_of(examples["403"]),
+                        ),
+                        "429": _with_example(limited, _error_of(examples["429"])),
+                        "503": _with_example(unavailable, examples["503"]),
                     },
                 }
             },
@@ -486,10 +527,23 @@ def openapi_document() -> dict[str, Any]:
                         "content": {"application/json": {"schema": _ref("RevokeRequest")}},
                     },
                     "responses": {
-                        "202": _json(_ref("Accepted"), "Taken: if this was a working key, it no longer is."),
-                        "400": _json(_ref("Error"), "The body is not JSON with a `key` that looks like a key."),
+                        "202": _json(
+                            _ref("Accepted"),
+                            "Taken: if this was a working key, it no longer is.",
+                            example={"status": "accepted"},
+                        ),
+                        "400": _json(
+                            _ref("Error"),
+                            "The body is not JSON with a `key` that looks like a key.",
+                            example=error_body(
+                                "invalid_request", 'Send a JSON body {"key": "pk_…"} with the key to revoke.'
+                            ),
+                        ),
                         "429": _json(
-                            _ref("Error"), "Too many requests from this address; retry later.", ("Retry-After",)
+                            _ref("Error"),
+                            "Too many requests from this address; retry later.",
+                            ("Retry-After",),
+                            error_body("rate_limited", "Too many revocation requests from this address; retry later."),
                         ),
                     },
                 }
@@ -526,9 +580,22 @@ def openapi_document() -> dict[str, Any]:
                         "200": _json(
                             {"type": "array", "items": _ref("TokenLabel")},
                             "One label per reported token: `true_positive` for a ProCode key (live or revoked).",
+                            example=[
+                                {"token_raw": "pk_live_…", "token_type": "procode_api_key", "label": "true_positive"}
+                            ],
                         ),
-                        "400": _json(_ref("Error"), "Signed, but not a report."),
-                        "401": _json(_ref("Error"), "Missing, unknown or invalid signature. Nothing changed."),
+                        "400": _json(
+                            _ref("Error"),
+                            "Signed, but not a report.",
+                            example=error_body("invalid_report", "The report must be a JSON array of tokens."),
+                        ),
+                        "401": _json(
+                            _ref("Error"),
+                            "Missing, unknown or invalid signature. Nothing changed.",
+                            example=error_body(
+                                "invalid_signature", "The report's signature does not verify with a configured key."
+                            ),
+                        ),
                     },
                 }
             },
