@@ -17,6 +17,7 @@ from portal.api.inputs import (
     NoCredential,
     RawGatewayRequest,
     RawRequest,
+    VerifyRequest,
     parse_gateway_request,
     parse_verify_request,
     peer_address,
@@ -61,6 +62,15 @@ def answer_verify(read: Callable[[], RawRequest], verifier: Verifier) -> Answer:
         return error_answer(400, exc.code, exc.message)
     except RequestEntityTooLarge:
         return error_answer(400, "body_too_large", f"The request body must be at most {MAX_BODY_BYTES} bytes.")
+    peer = peer_address(raw.remote_addr) if payload.client_ip is None else None  # parsed only when used
+    return _verified(verifier, payload, started, peer)
+
+
+def _verified(
+    verifier: Verifier, payload: VerifyRequest, started: float, peer: str | None, *, identity: bool = False
+) -> Answer:
+    """The answer to a parsed call: 503 when the database cannot answer, else the verification's own status,
+    headers and body (with the key's identity headers for a gateway)."""
     try:
         result = verifier.verify(
             payload.key,
@@ -69,11 +79,13 @@ def answer_verify(read: Callable[[], RawRequest], verifier: Verifier) -> Answer:
             scope=payload.scope,
             ip=payload.client_ip,
             user_agent=payload.user_agent,
-            peer=peer_address(raw.remote_addr) if payload.client_ip is None else None,  # parsed only if used
+            peer=peer,
         )
     except DatabaseUnavailable:
         return error_answer(503, "unavailable", "Key verification is unavailable; retry shortly.", {"Retry-After": "1"})
     headers = [("Content-Type", JSON), ("Cache-Control", "no-store"), *result.headers().items()]
+    if identity and result.valid:
+        headers += identity_headers(result)
     return result.status_code, headers, json.dumps(result.as_json(), separators=(",", ":")).encode()
 
 
@@ -103,18 +115,4 @@ def answer_gateway(read: Callable[[], RawGatewayRequest], verifier: Verifier, ke
         return error_answer(401, exc.code, exc.message, {"WWW-Authenticate": challenge})
     except BadRequest as exc:
         return error_answer(400, exc.code, exc.message)
-    try:
-        result = verifier.verify(
-            payload.key,
-            payload.endpoint,
-            started,
-            scope=payload.scope,
-            ip=payload.client_ip,
-            user_agent=payload.user_agent,
-        )
-    except DatabaseUnavailable:
-        return error_answer(503, "unavailable", "Key verification is unavailable; retry shortly.", {"Retry-After": "1"})
-    headers = [("Content-Type", JSON), ("Cache-Control", "no-store"), *result.headers().items()]
-    if result.valid:
-        headers += identity_headers(result)
-    return result.status_code, headers, json.dumps(result.as_json(), separators=(",", ":")).encode()
+    return _verified(verifier, payload, started, None, identity=True)

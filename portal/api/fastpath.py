@@ -21,7 +21,7 @@ from typing import Any
 from flask import Flask
 
 from portal.api import get_verifier
-from portal.api.answer import answer_gateway, answer_verify, error_answer
+from portal.api.answer import Answer, answer_gateway, answer_verify, error_answer
 from portal.api.inputs import GATEWAY_METHODS, RawGatewayRequest, header_variable, read_environ, read_gateway_environ
 from portal.proxy import client_address
 from portal.security_headers import REQUEST_ID_HEADER, SECURITY_HEADERS, request_id
@@ -50,14 +50,11 @@ class VerifyFastPath:
         if not self.enabled or environ.get("PATH_INFO") != self.path or environ.get("REQUEST_METHOD") != "POST":
             return self._not_verify(environ, start_response)
         try:
-            status, headers, body = answer_verify(lambda: read_environ(environ), get_verifier(self.app))
+            answer = answer_verify(lambda: read_environ(environ), get_verifier(self.app))
         except Exception:
             log.exception("verification failed")
-            status, headers, body = error_answer(500, "internal_error", "Something went wrong on our side.")
-        rid = request_id(environ.get("HTTP_X_REQUEST_ID"))
-        headers += [("Content-Length", str(len(body))), (REQUEST_ID_HEADER, rid), *SECURITY_HEADERS]
-        start_response(STATUS_LINES.get(status) or f"{status} {HTTPStatus(status).phrase}", headers)
-        return [body]
+            answer = error_answer(500, "internal_error", "Something went wrong on our side.")
+        return [_respond(environ, start_response, answer)]
 
     def _not_verify(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         """A gateway's call, answered here too; anything else goes to Flask. Kept out of ``__call__`` so the
@@ -70,11 +67,18 @@ class VerifyFastPath:
             return read_gateway_environ(environ, self.key_variable, client_address(environ, self.trust_proxy))
 
         try:
-            status, headers, body = answer_gateway(read, get_verifier(self.app), self.key_header)
+            answer = answer_gateway(read, get_verifier(self.app), self.key_header)
         except Exception:
             log.exception("gateway verification failed")
-            status, headers, body = error_answer(500, "internal_error", "Something went wrong on our side.")
-        rid = request_id(environ.get("HTTP_X_REQUEST_ID"))
-        headers += [("Content-Length", str(len(body))), (REQUEST_ID_HEADER, rid), *SECURITY_HEADERS]
-        start_response(STATUS_LINES.get(status) or f"{status} {HTTPStatus(status).phrase}", headers)
+            answer = error_answer(500, "internal_error", "Something went wrong on our side.")
+        body = _respond(environ, start_response, answer)
         return [b""] if method == "HEAD" else [body]
+
+
+def _respond(environ: dict[str, Any], start_response: Callable[..., Any], answer: Answer) -> bytes:
+    """Start the response of an answer with the headers every page gets too; the body to send."""
+    status, headers, body = answer
+    rid = request_id(environ.get("HTTP_X_REQUEST_ID"))
+    headers += [("Content-Length", str(len(body))), (REQUEST_ID_HEADER, rid), *SECURITY_HEADERS]
+    start_response(STATUS_LINES.get(status) or f"{status} {HTTPStatus(status).phrase}", headers)
+    return body
