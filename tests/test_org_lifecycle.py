@@ -323,3 +323,19 @@ def test_same_names_get_numbered_slugs_and_the_switcher_shows_them(client, auth)
     page = client.get("/orgs/acme-labs-2/keys/").get_data(as_text=True)
     switcher = page.split('class="org-switcher"', 1)[1].split("</details>", 1)[0]
     assert all(slug in switcher for slug in slugs)
+
+
+def test_no_key_is_created_or_rolled_once_the_organization_is_deleted(org, owner):
+    """What a request that waited on the organization's lock while the deletion committed finds after it."""
+    from portal.timeutil import utcnow
+
+    existing = factories.api_key(org, owner).api_key
+    org.deleted_at = utcnow()
+    db.session.commit()
+    with pytest.raises(key_services.KeyActionError, match="deleted"):
+        key_services.create_key(org, name="late", environment="test", actor=owner)
+    with pytest.raises(key_services.KeyActionError, match="deleted"):
+        key_services.roll_key(org, existing, timedelta(hours=1), owner)
+    assert (
+        db.session.scalar(sa.select(sa.func.count()).select_from(ApiKey).where(ApiKey.organization_id == org.id)) == 1
+    )

@@ -55,6 +55,16 @@ def lock_organization(org: Organization) -> None:
     db.session.execute(sa.select(Organization.id).where(Organization.id == org.id).with_for_update())
 
 
+def _lock_live_organization(org: Organization) -> None:
+    """:func:`lock_organization`, then refuse if the organization was deleted meanwhile: a key created by a
+    request that waited on the lock while the deletion committed would otherwise still verify."""
+    lock_organization(org)
+    deleted_at = db.session.scalar(sa.select(Organization.deleted_at).where(Organization.id == org.id))
+    if deleted_at is not None:
+        db.session.rollback()
+        raise KeyActionError("This organization was deleted; its keys can no longer be created or rolled.")
+
+
 @dataclass(frozen=True)
 class KeyPolicy:
     """What a verification enforces and returns for a key, beyond its status (see :mod:`portal.keys.policy`)."""
@@ -198,7 +208,7 @@ def create_key(
         raise KeyActionError("The expiry date must be in the future.")
     if environment == "live" and actor is not None and not actor.is_verified:
         raise KeyActionError(UNVERIFIED_LIVE)
-    lock_organization(org)
+    _lock_live_organization(org)
     if request_token and (existing := find_by_request_token(org, request_token)) is not None:
         db.session.rollback()
         raise AlreadyCreated(existing)
@@ -417,7 +427,7 @@ def roll_key(
     org: Organization, api_key: ApiKey, grace: timedelta, actor: User | None, *, ip: str | None = None
 ) -> IssuedKey:
     """A new key with the same name; the old one keeps working for ``grace``, then stops."""
-    lock_organization(org)
+    _lock_live_organization(org)
     db.session.refresh(api_key)  # another roll or revoke may have committed while we waited for the lock
     moment = utcnow()
     if api_key.status_at(moment) != "active":
