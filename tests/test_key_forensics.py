@@ -160,7 +160,7 @@ def test_viewers_see_clients_but_cannot_open_a_confirmation(client, auth, org, h
 
 
 def test_hourly_clients_are_kept_two_days_and_daily_ones_stay(org, owner, history):
-    maintenance.fold()
+    maintenance.fold_clients()
     hourly = db.session.execute(
         sa.text("SELECT min(bucket) FROM usage_key_clients_hourly WHERE key_id = :k"), {"k": history.id}
     ).scalar_one()

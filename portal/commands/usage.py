@@ -74,7 +74,9 @@ def prune(older_than: str | None, rollups_older_than: str | None) -> None:
 @usage.command("fold")
 def fold_pending() -> None:
     """Move pending usage sums into the rollups now (pages do this too; handy from cron every minute)."""
-    click.echo(f"Folded {maintenance.fold():,} pending rollup rows.")
+    moved = maintenance.fold()
+    clients = maintenance.fold_clients()
+    click.echo(f"Folded {moved:,} pending rollup rows and {clients:,} pending client rows.")
 
 
 @usage.command("rebuild-rollups")

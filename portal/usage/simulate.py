@@ -20,7 +20,7 @@ from portal.keys import format as keyformat
 from portal.keys.services import pepper
 from portal.models import ApiKey, Organization
 from portal.timeutil import utcnow
-from portal.usage.maintenance import fold
+from portal.usage.maintenance import fold, fold_clients
 
 DAY, WEEK = 86_400, 7 * 86_400
 DAILY_PEAK, WEEKLY_PEAK = (
@@ -122,6 +122,7 @@ def simulate(
         )
         db.session.commit()
         fold()
+        fold_clients()
         if vacuum_pending:  # a bulk chunk leaves many dead pending rows; do not wait for autovacuum
             vacuum("usage_rollup_pending", "usage_client_pending")
         if progress:
