@@ -87,14 +87,23 @@ def _list_url(slug: str, back: str | None) -> str:
     return target if target and urlsplit(target).path == home else home
 
 
-@bp.post("/revoke-selected")
-@org_view("keys.manage_test")
-def revoke_selected(slug: str) -> Any:
-    """Show what revoking the keys ticked on the list would do; nothing changes until it is confirmed."""
+def _ticked(slug: str) -> tuple[str, list[str] | None]:
+    """Where a bulk revocation returns, and the ticked key ids of a CSRF-checked form (``None``, with a message
+    for the page, when the form fails or nothing is ticked)."""
     back = _list_url(slug, request.form.get("back"))
     values = request.form.getlist("key")
     if not ConfirmForm().validate_on_submit() or not values:
         flash("Tick the keys to revoke first.", "warning")
+        return back, None
+    return back, values
+
+
+@bp.post("/revoke-selected")
+@org_view("keys.manage_test")
+def revoke_selected(slug: str) -> Any:
+    """Show what revoking the keys ticked on the list would do; nothing changes until it is confirmed."""
+    back, values = _ticked(slug)
+    if values is None:
         return redirect(back)
     try:
         selection = services.select_for_revocation(g.org, values, g.membership.role)
@@ -109,10 +118,8 @@ def revoke_selected(slug: str) -> Any:
 @bp.post("/revoke-selected/confirm")
 @org_view("keys.manage_test")
 def revoke_selected_confirm(slug: str) -> Any:
-    back = _list_url(slug, request.form.get("back"))
-    values = request.form.getlist("key")
-    if not ConfirmForm().validate_on_submit() or not values:
-        flash("Tick the keys to revoke first.", "warning")
+    back, values = _ticked(slug)
+    if values is None:
         return redirect(back)
     try:
         selection = services.revoke_keys(g.org, values, current_user, g.membership.role, ip=request.remote_addr)
