@@ -129,6 +129,7 @@ def register_blueprints(app: Flask) -> None:
     from portal.auth import bp as auth_bp
     from portal.docs import bp as docs_bp
     from portal.keys import bp as keys_bp
+    from portal.notify import bp as notify_bp
     from portal.orgs import bp as orgs_bp
     from portal.staff import bp as staff_bp
     from portal.twofactor import bp as twofactor_bp
@@ -140,6 +141,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(keys_bp, url_prefix="/orgs/<slug>/keys")
     app.register_blueprint(staff_bp, url_prefix="/staff")
     app.register_blueprint(usage_bp)
+    app.register_blueprint(notify_bp)
     app.register_blueprint(docs_bp, url_prefix="/docs")
     app.register_blueprint(twofactor_bp)  # /login/two-factor, /account/two-factor, an org settings form
     api.init_app(app)  # /v1: CSRF-exempt, with the verifier and its usage writer

@@ -7,6 +7,7 @@ from typing import Any
 
 from portal.extensions import db
 from portal.models import AuditEvent, User
+from portal.notify import events as notify_events
 
 
 def record(
@@ -36,4 +37,5 @@ def record(
         ip=ip,
     )
     db.session.add(event)
+    notify_events.from_audit(event, actor)  # key and member actions are also notifications, in this transaction
     return event

@@ -130,6 +130,9 @@ class Config:
     MAIL_RETRY_BASE = 30.0  # seconds before the first retry, doubling after each failure …
     MAIL_RETRY_CAP = 3600.0  # … up to this
     MAIL_SMTP_TIMEOUT = 20.0  # seconds per SMTP operation
+    # Notifications (portal/notify/): webhooks go to public https addresses only; development and tests (and an
+    # operator who knows why, with WEBHOOK_ALLOW_PRIVATE=1) may send to loopback and private receivers over http.
+    WEBHOOK_ALLOW_PRIVATE = False
     # Usage: raw events are pruned after this many days (flask usage prune), rollups kept far longer.
     USAGE_RAW_RETENTION_DAYS = 90
     USAGE_ROLLUP_RETENTION_DAYS = 400
@@ -191,6 +194,8 @@ class Config:
             values["STAFF_REQUIRE_TWO_FACTOR"] = os.environ["STAFF_REQUIRE_TWO_FACTOR"] not in ("0", "false", "no")
         if os.environ.get("SIGNUP_MAX_PER_IP"):
             values["SIGNUP_MAX_PER_IP"] = int(os.environ["SIGNUP_MAX_PER_IP"])
+        if os.environ.get("WEBHOOK_ALLOW_PRIVATE"):
+            values["WEBHOOK_ALLOW_PRIVATE"] = os.environ["WEBHOOK_ALLOW_PRIVATE"] not in ("0", "false", "no")
         if os.environ.get("PORTAL_WEB_WORKER"):
             values["MIGRATIONS_CLI"] = False
         return values
@@ -234,6 +239,7 @@ class DevConfig(Config):
     MAIL_FROM = "ProCode Portal <no-reply@procode.dev>"
     MAIL_CONSOLE = True
     STAFF_REQUIRE_TWO_FACTOR = False
+    WEBHOOK_ALLOW_PRIVATE = True  # a receiver on this machine
 
     @classmethod
     def from_env(cls) -> dict[str, Any]:
@@ -263,6 +269,7 @@ class TestConfig(Config):
     MAIL_FROM = "ProCode Portal <no-reply@procode.dev>"
     MAIL_SENDER_THREAD = False  # tests call portal.mail.send_due() themselves
     STAFF_REQUIRE_TWO_FACTOR = False  # tests that need it turn it on
+    WEBHOOK_ALLOW_PRIVATE = True  # receivers run on loopback; tests of the refusal turn it off
 
     @classmethod
     def from_env(cls) -> dict[str, Any]:

@@ -13,6 +13,7 @@ PERMISSIONS: dict[str, str] = {
     "keys.manage_test": "developer",
     "keys.manage_live": "admin",
     "members.manage": "admin",
+    "notifications.manage": "admin",
     "org.settings": OWNER,
 }
 

@@ -12,7 +12,7 @@ from portal import roles
     [
         ("viewer", {"read"}),
         ("developer", {"read", "keys.manage_test"}),
-        ("admin", {"read", "keys.manage_test", "keys.manage_live", "members.manage"}),
+        ("admin", {"read", "keys.manage_test", "keys.manage_live", "members.manage", "notifications.manage"}),
         ("owner", set(roles.PERMISSIONS)),
     ],
 )

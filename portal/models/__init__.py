@@ -4,6 +4,13 @@ from portal.models.account_token import AccountToken
 from portal.models.api_key import ENVIRONMENTS, KEY_STATUSES, ApiKey
 from portal.models.audit import AuditEvent
 from portal.models.mail import OutboxMail
+from portal.models.notification import (
+    NotificationEvent,
+    NotificationRule,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 from portal.models.organization import Invitation, Membership, Organization
 from portal.models.rollup import (
     UsageClientPending,
@@ -32,6 +39,8 @@ __all__ = [
     "InvalidKeyCount",
     "Invitation",
     "Membership",
+    "NotificationEvent",
+    "NotificationRule",
     "Organization",
     "OutboxMail",
     "Passkey",
@@ -51,4 +60,7 @@ __all__ = [
     "UsageRollupPending",
     "User",
     "UserSession",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEndpoint",
 ]

@@ -40,6 +40,8 @@ class Organization(Model):
     # Extra calls granted by staff for one UTC month (its first day), on top of the plan's monthly quota.
     quota_extension: Mapped[int] = mapped_column(server_default="0")
     quota_extension_month: Mapped[date | None] = mapped_column(sa.Date)
+    # key.idle fires for a key with no calls for this many days (portal/notify/scheduler.py); None: off.
+    idle_key_days: Mapped[int | None] = mapped_column(sa.SmallInteger)
     created_at: Mapped[created_at]
     # Set when an owner deleted it (portal/orgs/lifecycle.py): the row stays for staff and the audit trail.
     deleted_at: Mapped[datetime | None] = mapped_column(Timestamp)

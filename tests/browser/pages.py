@@ -87,6 +87,7 @@ VISITS = [
     Visit("member", "usage.key", {**ORG, "key_id": "key"}),
     Visit("member", "orgs.members", ORG),
     Visit("member", "orgs.audit", ORG),
+    Visit("member", "notify.events", ORG),
     Visit("member", "orgs.settings", ORG, state="not allowed", status=403),
     Visit("member", "account.index"),
     Visit("member", "account.sessions_page"),
