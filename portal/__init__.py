@@ -174,7 +174,8 @@ def register_request_hooks(app: Flask) -> None:
             response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
         if app.config["SESSION_COOKIE_SECURE"]:
             response.headers.setdefault("Strict-Transport-Security", STRICT_TRANSPORT_SECURITY)
-        signed_in = request.endpoint != "static" and current_user.is_authenticated
+        # During an outage (portal/errors.py) reading current_user would query the database again.
+        signed_in = request.endpoint != "static" and not g.get("database_unavailable") and current_user.is_authenticated
         if signed_in or (not app.debug and response.mimetype in NO_STORE_MIMETYPES):
             response.headers.setdefault("Cache-Control", "no-store")
         return response

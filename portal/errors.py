@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
-from flask import Flask, g, jsonify, render_template, request
+import sqlalchemy.exc
+from flask import Flask, current_app, g, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException, InternalServerError
 
+from portal.security_headers import REQUEST_ID_HEADER
+from portal.security_headers import request_id as new_request_id
+
 log = logging.getLogger("portal.errors")
+OUTAGE_RETRY_AFTER = "30"  # seconds: long enough for a restart or a failover, short enough to feel alive
+
+
+def database_unavailable(error: BaseException) -> bool:
+    """True for the errors of a database that cannot be reached (down, restarting, pool exhausted), as opposed
+    to a bug in a query, which stays a 500."""
+    if isinstance(error, sqlalchemy.exc.TimeoutError | sqlalchemy.exc.InterfaceError):
+        return True
+    if isinstance(error, sqlalchemy.exc.OperationalError):
+        return True
+    return isinstance(error, sqlalchemy.exc.DBAPIError) and error.connection_invalidated
 
 
 def wants_json() -> bool:
@@ -52,6 +68,8 @@ def register(app: Flask) -> None:
     def unexpected_error(error: Exception) -> Any:
         if isinstance(error, HTTPException):
             return http_error(error)
+        if database_unavailable(error):
+            return outage(error)
         log.exception("unhandled error (request id %s)", g.get("request_id", "-"))
         from portal.extensions import db
 
@@ -63,3 +81,33 @@ def register(app: Flask) -> None:
             render_template("errors/error.html", status=500, title=InternalServerError.name, message=message),
             500,
         )
+
+
+def outage(error: BaseException) -> Any:
+    """503 with ``Retry-After`` while the database is away: one log line (no traceback: the cause is known and
+    every request would repeat it), and a page rendered without the database (it would fail again loading the
+    signed-in user for the usual layout)."""
+    if not g.get("request_id"):  # a hook that ran before the request id was given (the user loader) failed
+        g.request_id = new_request_id(request.headers.get(REQUEST_ID_HEADER))
+    request_id = g.request_id
+    g.database_unavailable = True
+    first_line = str(getattr(error, "orig", None) or error).strip().splitlines()[:1]
+    log.warning(
+        "database unavailable (request id %s, %s %s): %s",
+        request_id,
+        request.method,
+        request.path,
+        first_line[0] if first_line else type(error).__name__,
+    )
+    from portal.extensions import db
+
+    with contextlib.suppress(Exception):  # the connection is already gone; there is nothing to roll back
+        db.session.rollback()
+    headers = {"Retry-After": OUTAGE_RETRY_AFTER, "Cache-Control": "no-store"}
+    message = "The service cannot reach its database right now. Try again shortly."
+    if wants_json():
+        return json_error(503, "service_unavailable", message, headers)
+    # Straight from the Jinja environment: render_template would run the context processors, and Flask-Login's
+    # would load the signed-in user from the database again.
+    page = current_app.jinja_env.get_template("errors/unavailable.html").render(request_id=request_id)
+    return page, 503, headers
