@@ -26,6 +26,12 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "mail list": ("flask mail list",),
     "mail test": ("flask mail test --to you@example.com",),
     "mail prune": ("flask mail prune --days 30",),
+    "webhooks add": (
+        "flask webhooks add --org acme --url https://example.com/hooks/procode",
+        "flask webhooks add --org acme --url https://example.com/hooks --event key.revoked --event quota.threshold",
+    ),
+    "webhooks list": ("flask webhooks list --org acme",),
+    "webhooks remove": ("flask webhooks remove 6f1c0c3e-8d6a-4f7e-9a53-2b0f2c1d9e10",),
 }
 
 
@@ -40,7 +46,7 @@ def _with_examples(command: click.Command, path: str = "") -> None:
 
 
 def register(app: Flask) -> None:
-    from portal.commands import keys, mail, orgs, ratelimit, seed, usage, users
+    from portal.commands import keys, mail, orgs, ratelimit, seed, usage, users, webhooks
 
     for group in (
         seed.seed,
@@ -50,6 +56,7 @@ def register(app: Flask) -> None:
         ratelimit.ratelimit_group,
         usage.usage,
         mail.mail_group,
+        webhooks.webhooks,
     ):
         _with_examples(group)
         app.cli.add_command(group)

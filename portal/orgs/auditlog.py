@@ -40,6 +40,16 @@ ACTION_LABELS: dict[str, str] = {
     "user.password_reset": "Password reset",
     "user.password_reset_sent": "Password reset link sent",
     "org.deleted": "Organization deleted",
+    "notifications.changed": "Notification settings changed",
+    "webhook.created": "Webhook endpoint added",
+    "webhook.updated": "Webhook endpoint changed",
+    "webhook.paused": "Webhook endpoint paused",
+    "webhook.resumed": "Webhook endpoint resumed",
+    "webhook.enabled": "Webhook endpoint enabled again",
+    "webhook.secret_rotated": "Webhook signing secret rotated",
+    "webhook.deleted": "Webhook endpoint deleted",
+    "webhook.test_sent": "Webhook test event sent",
+    "webhook.resent": "Webhook delivery resent",
 }
 
 DETAIL_LABELS: dict[str, str] = {
@@ -70,6 +80,15 @@ DETAIL_LABELS: dict[str, str] = {
     "keys_revoked": "Keys revoked",
     "members": "Members removed",
     "created_by": "Created by",
+    "events": "Events",
+    "description": "Description",
+    "previous_url": "Previous URL",
+    "overlap": "Old secret kept signing for",
+    "previous_secret_until": "Old secret signs until",
+    "event_type": "Event",
+    "event_id": "Event id",
+    "previous_status": "Delivery had",
+    "dropped": "Unsent deliveries dropped",
 }
 # Stored codes shown as words.
 VALUE_LABELS: dict[str, str] = {
@@ -131,6 +150,8 @@ def _from_details(event: AuditEvent) -> str | None:
         return f"Invitation for {details['email']}" if details.get("email") else None
     if event.target_type == "organization":
         return str(details["name"]) if details.get("name") else None
+    if event.target_type == "webhook_endpoint":
+        return str(details["url"]) if details.get("url") else None  # the URL as it was then
     return None
 
 
@@ -214,6 +235,8 @@ def detail_pairs(event: AuditEvent) -> list[tuple[str, str]]:
         details.pop("name", None)  # both are in the target column
     if event.target_type in ("membership", "user") and shown == "email":
         details.pop("name", None)
+    if event.target_type == "webhook_endpoint":
+        details.pop("url", None)  # in the target column
     pairs: list[tuple[str, str]] = []
     if "from" in details and "to" in details:
         pairs.append(("Change", f"{_readable(details.pop('from'))} → {_readable(details.pop('to'))}"))

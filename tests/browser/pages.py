@@ -12,14 +12,16 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 import pyotp
+import sqlalchemy as sa
 from flask import Flask
 
 from portal import create_app
 from portal.auth import tokens
 from portal.extensions import db
 from portal.keys import services as key_services
-from portal.models import Membership, User
+from portal.models import Membership, User, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from portal.models.two_factor import Passkey, TotpCredential
+from portal.notify import webhooks
 from portal.orgs import services as org_services
 from portal.timeutil import utcnow
 from portal.twofactor import sealing
@@ -89,6 +91,8 @@ VISITS = [
     Visit("member", "orgs.audit", ORG),
     Visit("member", "notify.events", ORG),
     Visit("member", "orgs.settings", ORG, state="not allowed", status=403),
+    Visit("member", "notify.settings", ORG, state="not allowed", status=403),
+    Visit("member", "notify.webhooks", ORG, state="not allowed", status=403),
     Visit("member", "account.index"),
     Visit("member", "account.sessions_page"),
     Visit("member", "account.security"),
@@ -123,6 +127,14 @@ VISITS = [
     Visit("admin", "orgs.delete", EMPTY),
     Visit("admin", "orgs.audit", ORG),
     Visit("admin", "orgs.settings", ORG),
+    Visit("admin", "notify.settings", ORG),
+    Visit("admin", "notify.webhooks", ORG),
+    Visit("admin", "notify.webhooks", EMPTY, state="no endpoints"),
+    Visit("admin", "notify.new_webhook", ORG),
+    Visit("admin", "notify.new_webhook", ORG, state="empty form sent", submit="Add endpoint", status=422),
+    Visit("admin", "notify.webhook", {**ORG, "endpoint_id": "webhook"}, state="with deliveries and attempts"),
+    Visit("admin", "notify.webhook", {**ORG, "endpoint_id": "disabled_webhook"}, state="disabled by the deliverer"),
+    Visit("admin", "notify.delete_webhook", {**ORG, "endpoint_id": "webhook"}),
     Visit("admin", "orgs.create"),
     Visit("admin", "orgs.create", state="empty form sent", submit="Create organization", status=422),
     Visit("admin", "twofactor.index", state="off"),
@@ -158,6 +170,8 @@ class Seed:
     member_id: str
     member_membership_id: str
     invitation_id: str
+    webhook: str
+    disabled_webhook: str
     passkey_id: str
     reset_token: str
     verify_token: str
@@ -191,6 +205,13 @@ def seed(app: Flask) -> Seed:
         db.session.add(member_membership)
         db.session.commit()
 
+        # Endpoints first, so the keys' events below are queued for the active one.
+        hook = webhooks.create_endpoint(
+            org, url="https://hooks.example.com/procode", events=["*"], description="Pager bridge", actor=admin
+        ).endpoint
+        broken = webhooks.create_endpoint(
+            org, url="https://old.example.com/hooks", events=["key.revoked"], actor=admin
+        ).endpoint
         key = factories.api_key(org, admin, name="Checkout service").api_key
         live = factories.api_key(org, admin, name="Billing", environment="live").api_key
         rolled = factories.api_key(org, admin, name="Search backend").api_key
@@ -215,6 +236,8 @@ def seed(app: Flask) -> Seed:
             actor_membership=admin_membership,
         )
 
+        _delivery_log(hook, broken)
+
         secret = pyotp.random_base32()
         db.session.add(TotpCredential(user_id=staff.id, secret_sealed=sealing.seal(secret)))
         passkey = Passkey(user_id=staff.id, name="Laptop", credential_id=secrets.token_bytes(16), public_key=b"-")
@@ -234,6 +257,8 @@ def seed(app: Flask) -> Seed:
             member_id=str(member.id),
             member_membership_id=str(member_membership.id),
             invitation_id=str(invite.invitation.id),
+            webhook=str(hook.id),
+            disabled_webhook=str(broken.id),
             passkey_id=str(passkey.id),
             reset_token=reset_token,
             verify_token=verify_token,
@@ -243,6 +268,36 @@ def seed(app: Flask) -> Seed:
             emails={"admin": admin.email, "member": member.email, "staff": staff.email},
             totp_secret=secret,
         )
+
+
+def _delivery_log(hook: WebhookEndpoint, broken: WebhookEndpoint) -> None:
+    """Deliveries as the deliverer leaves them: one delivered, one retrying, one failed; the other endpoint
+    disabled after repeated failures."""
+    now = utcnow()
+    deliveries = list(db.session.scalars(sa.select(WebhookDelivery).where(WebhookDelivery.endpoint_id == hook.id)))
+    outcomes = [
+        ("delivered", [(200, None, '{"received": true}')]),
+        ("pending", [(503, None, "Service Unavailable"), (None, "timed out after 10 s", None)]),
+        ("failed", [(500, None, "<h1>Internal Server Error</h1>")] * 3),
+    ]
+    for delivery, (status, attempts) in zip(deliveries, outcomes, strict=False):
+        delivery.status, delivery.attempts = status, len(attempts)
+        delivery.last_attempt_at = now - timedelta(minutes=1)
+        delivery.next_attempt_at = now + timedelta(minutes=5)
+        for n, (code, error, body) in enumerate(attempts):
+            db.session.add(
+                WebhookAttempt(
+                    delivery_id=delivery.id,
+                    attempted_at=now - timedelta(minutes=10 - n),
+                    status_code=code,
+                    duration_ms=240 + n,
+                    error=error,
+                    response_excerpt=body,
+                )
+            )
+    broken.disabled_at = now - timedelta(hours=2)
+    broken.disabled_reason = "Failed 20 times in a row over 24 hours (last: HTTP 502)."
+    db.session.commit()
 
 
 def user_ids(app: Flask, seeded: Seed) -> dict[str, str]:

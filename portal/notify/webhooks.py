@@ -1,0 +1,555 @@
+"""Webhook endpoints' lifecycle: add, edit, pause, resume, enable again, rotate the signing secret, delete, send a
+test event, read the delivery log and resend a delivery. Shared by the pages and ``flask webhooks``; no Flask
+request here. Every change is audited with the endpoint's URL, never its secret.
+
+A signing secret exists in plain text only in the :class:`IssuedSecret` returned when it is made (creation or
+rotation), for the caller to show once; the row keeps it sealed (:mod:`portal.notify.endpoints`).
+
+"Resend" makes a new delivery of the same event (same payload, same ``evt_…`` id) with its own attempts and
+retry schedule; the original stays in the log as it ended.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from flask import current_app
+from sqlalchemy.orm import selectinload
+
+from portal import audit
+from portal.db import count_rows, get_org_scoped, org_scoped
+from portal.extensions import db
+from portal.models import (
+    AuditEvent,
+    NotificationEvent,
+    Organization,
+    User,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
+from portal.notify import endpoints, events
+from portal.notify.catalogue import ALL_EVENTS, EVENTS, TEST_EVENT, UnknownEvent, check_events
+from portal.notify.destinations import DestinationError, check_url
+from portal.pagination import Page, paginate
+from portal.timeutil import utcnow
+
+MAX_ENDPOINTS = 10  # per organization
+MAX_DESCRIPTION = 200
+DELIVERIES_PER_PAGE = 20
+
+# How long the previous signing secret keeps signing after a rotation, by the name the form sends.
+OVERLAPS: dict[str, tuple[str, timedelta]] = {
+    "none": ("No overlap: the old secret stops now", timedelta(0)),
+    "1h": ("1 hour", timedelta(hours=1)),
+    "24h": ("24 hours", timedelta(hours=24)),
+    "7d": ("7 days", timedelta(days=7)),
+}
+DEFAULT_OVERLAP = "24h"
+
+
+class WebhookError(Exception):
+    """A webhook change that cannot be made; the message is shown as is. ``field`` names the form field."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class AlreadyDone(WebhookError):
+    """A form submitted again (a reload of the page that showed a secret): the first submission's endpoint or
+    secret exists, and its secret is not shown again. ``endpoint`` is None when it was deleted since."""
+
+    def __init__(self, message: str, endpoint: WebhookEndpoint | None) -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
+
+
+@dataclass(frozen=True)
+class IssuedSecret:
+    """An endpoint and its new signing secret, which exists in plain text only until this answer is sent."""
+
+    endpoint: WebhookEndpoint
+    secret: str
+
+
+def events_text(names: list[str]) -> str:
+    """An endpoint's events as pages, the CLI and the audit trail name them."""
+    return "all events" if ALL_EVENTS in names else ", ".join(names)
+
+
+def checked_url(url: str) -> str:
+    """The URL a webhook may be sent to (:func:`check_url` under the app's ``WEBHOOK_ALLOW_PRIVATE``)."""
+    try:
+        return check_url(url, allow_private=bool(current_app.config["WEBHOOK_ALLOW_PRIVATE"]))
+    except DestinationError as exc:
+        raise WebhookError(str(exc), "url") from None
+
+
+def checked_events(names: list[str] | tuple[str, ...]) -> list[str]:
+    try:
+        return check_events(list(names))
+    except UnknownEvent as exc:
+        raise WebhookError(str(exc), "events") from None
+
+
+def checked_description(text: str | None) -> str:
+    text = (text or "").strip()
+    if len(text) > MAX_DESCRIPTION:
+        raise WebhookError(f"Keep the description to {MAX_DESCRIPTION} characters.", "description")
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise WebhookError("Control characters are not allowed.", "description")
+    return text
+
+
+def _record(
+    action: str,
+    org: Organization,
+    endpoint: WebhookEndpoint,
+    actor: User | None,
+    actor_label: str | None,
+    ip: str | None,
+    **details: Any,
+) -> None:
+    audit.record(
+        action,
+        organization_id=org.id,
+        actor=actor,
+        actor_label=actor_label,
+        target_type="webhook_endpoint",
+        target_id=endpoint.id,
+        details={"url": endpoint.url, **details},
+        ip=ip,
+    )
+
+
+def _lock_organization(org: Organization) -> datetime | None:
+    """Serialize endpoint creation per organization, so the endpoint limit and resubmission checks hold; returns
+    when the organization was deleted (read under the lock), else None."""
+    return db.session.scalar(sa.select(Organization.deleted_at).where(Organization.id == org.id).with_for_update())
+
+
+def _locked(endpoint: WebhookEndpoint) -> WebhookEndpoint:
+    """The endpoint re-read under a row lock, so two changes (or a change and the deliverer) do not interleave."""
+    db.session.execute(
+        sa.select(WebhookEndpoint)
+        .where(WebhookEndpoint.id == endpoint.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return endpoint
+
+
+def _done_with_token(org: Organization, action: str, token: str, target_id: uuid.UUID | None = None) -> str | None:
+    """The target id of an earlier ``action`` audited with this form token, else None."""
+    query = org_scoped(AuditEvent, org.id).where(
+        AuditEvent.action == action, AuditEvent.details["request_token"].astext == token
+    )
+    if target_id is not None:
+        query = query.where(AuditEvent.target_id == str(target_id))
+    row = db.session.scalar(query.limit(1))
+    return row.target_id if row is not None else None
+
+
+def list_endpoints(org: Organization) -> list[WebhookEndpoint]:
+    return list(db.session.scalars(org_scoped(WebhookEndpoint, org.id).order_by(WebhookEndpoint.created_at)))
+
+
+def find_endpoint(org: Organization, endpoint_id: Any) -> WebhookEndpoint | None:
+    return get_org_scoped(WebhookEndpoint, org.id, endpoint_id)
+
+
+def create_endpoint(
+    org: Organization,
+    *,
+    url: str,
+    events: list[str] | tuple[str, ...],
+    description: str | None = None,
+    actor: User | None,
+    actor_label: str | None = None,
+    request_token: str | None = None,
+    ip: str | None = None,
+) -> IssuedSecret:
+    """Add an endpoint with a new signing secret (returned once). ``request_token`` makes a resubmitted form find
+    its first endpoint (:class:`AlreadyDone`) instead of adding a second."""
+    clean_url = checked_url(url)
+    names = checked_events(events)
+    text = checked_description(description)
+    if _lock_organization(org) is not None:
+        db.session.rollback()
+        raise WebhookError("This organization was deleted.")
+    if request_token and (done := _done_with_token(org, "webhook.created", request_token)) is not None:
+        db.session.rollback()
+        raise AlreadyDone(
+            "This endpoint was already added. Its signing secret is shown only once: rotate it to get a new one.",
+            find_endpoint(org, done),
+        )
+    if count_rows(org_scoped(WebhookEndpoint, org.id)) >= MAX_ENDPOINTS:
+        db.session.rollback()
+        raise WebhookError(f"{org.name} has {MAX_ENDPOINTS} endpoints, the most it can have: delete one first.")
+    secret = endpoints.new_secret()
+    endpoint = WebhookEndpoint(
+        organization_id=org.id,
+        url=clean_url,
+        description=text,
+        events=names,
+        secret_sealed=endpoints.seal_secret(secret),
+        created_by_id=actor.id if actor else None,
+    )
+    db.session.add(endpoint)
+    db.session.flush()
+    details: dict[str, Any] = {"events": events_text(names), "description": text or None}
+    if request_token:
+        details["request_token"] = request_token
+    _record("webhook.created", org, endpoint, actor, actor_label, ip, **details)
+    db.session.commit()
+    return IssuedSecret(endpoint, secret)
+
+
+def update_endpoint(
+    org: Organization,
+    endpoint: WebhookEndpoint,
+    *,
+    url: str,
+    events: list[str] | tuple[str, ...],
+    description: str | None,
+    actor: User | None,
+    actor_label: str | None = None,
+    ip: str | None = None,
+) -> list[str]:
+    """Change the URL, events and description; returns what changed (nothing changed: nothing written)."""
+    clean_url = checked_url(url)
+    names = checked_events(events)
+    text = checked_description(description)
+    _locked(endpoint)
+    changed = []
+    details: dict[str, Any] = {}
+    if clean_url != endpoint.url:
+        changed.append("URL")
+        details["previous_url"] = endpoint.url
+        endpoint.url = clean_url
+    if names != list(endpoint.events):
+        changed.append("events")
+        details["events"] = f"{events_text(list(endpoint.events))} → {events_text(names)}"
+        endpoint.events = names
+    if text != endpoint.description:
+        changed.append("description")
+        details["description"] = text or None
+        endpoint.description = text
+    if not changed:
+        db.session.commit()  # release the lock
+        return []
+    _record("webhook.updated", org, endpoint, actor, actor_label, ip, changed=", ".join(changed), **details)
+    db.session.commit()
+    return changed
+
+
+def pause(
+    org: Organization,
+    endpoint: WebhookEndpoint,
+    *,
+    actor: User | None,
+    actor_label: str | None = None,
+    ip: str | None = None,
+) -> None:
+    """Hold the endpoint's deliveries: they wait, and go out when it is resumed."""
+    _locked(endpoint)
+    if endpoint.paused_at is not None:
+        db.session.commit()
+        raise WebhookError("This endpoint is already paused.")
+    endpoint.paused_at = utcnow()
+    _record("webhook.paused", org, endpoint, actor, actor_label, ip)
+    db.session.commit()
+
+
+def resume(
+    org: Organization,
+    endpoint: WebhookEndpoint,
+    *,
+    actor: User | None,
+    actor_label: str | None = None,
+    ip: str | None = None,
+) -> None:
+    _locked(endpoint)
+    if endpoint.paused_at is None:
+        db.session.commit()
+        raise WebhookError("This endpoint is not paused.")
+    endpoint.paused_at = None
+    _record("webhook.resumed", org, endpoint, actor, actor_label, ip)
+    db.session.info[events.WEBHOOKS_ENQUEUED] = True  # waiting deliveries may go now
+    db.session.commit()
+
+
+def enable(
+    org: Organization,
+    endpoint: WebhookEndpoint,
+    *,
+    actor: User | None,
+    actor_label: str | None = None,
+    ip: str | None = None,
+) -> None:
+    """Take back an endpoint the deliverer disabled after repeated failures: new events are queued for it again
+    (what failed meanwhile can be resent from the delivery log)."""
+    _locked(endpoint)
+    if endpoint.disabled_at is None:
+        db.session.commit()
+        raise WebhookError("This endpoint is not disabled.")
+    reason = endpoint.disabled_reason
+    endpoint.disabled_at = None
+    endpoint.disabled_reason = None
+    endpoint.consecutive_failures = 0
+    _record("webhook.enabled", org, endpoint, actor, actor_label, ip, reason=reason)
+    db.session.commit()
+
+
+def rotate_secret(
+    org: Organization,
+    endpoint: WebhookEndpoint,
+    overlap: str,
+    *,
+    actor: User | None,
+    actor_label: str | None = None,
+    request_token: str | None = None,
+    ip: str | None = None,
+) -> IssuedSecret:
+    """A new signing secret (returned once). With an overlap the old secret also signs until it ends, so a
+    receiver can switch without dropping an event; rotating again during an overlap ends the older one's."""
+    if overlap not in OVERLAPS:
+        raise WebhookError("Choose how long the old secret keeps signing.", "overlap")
+    label, period = OVERLAPS[overlap]
+    _locked(endpoint)
+    if request_token and _done_with_token(org, "webhook.secret_rotated", request_token, endpoint.id):
+        db.session.commit()
+        raise AlreadyDone(
+            "The secret was already rotated. The new one is shown only once: rotate again to get another.", endpoint
+        )
+    now = utcnow()
+    secret = endpoints.new_secret()
+    if period:
+        endpoint.previous_secret_sealed = endpoint.secret_sealed
+        endpoint.previous_secret_until = now + period
+    else:
+        endpoint.previous_secret_sealed = None
+        endpoint.previous_secret_until = None
+    endpoint.secret_sealed = endpoints.seal_secret(secret)
+    details: dict[str, Any] = {
+        "overlap": label if period else "none",
+        "previous_secret_until": endpoint.previous_secret_until.isoformat() if endpoint.previous_secret_until else None,
+    }
+    if request_token:
+        details["request_token"] = request_token
+    _record("webhook.secret_rotated", org, endpoint, actor, actor_label, ip, **details)
+    db.session.commit()
+    return IssuedSecret(endpoint, secret)
+
+
+def pending_deliveries(endpoint: WebhookEndpoint) -> int:
+    return count_rows(
+        sa.select(WebhookDelivery.id).where(
+            WebhookDelivery.endpoint_id == endpoint.id, WebhookDelivery.status == "pending"
+        )
+    )
+
+
+def delete_endpoint(
+    org: Organization,
+    endpoint: WebhookEndpoint,
+    *,
+    actor: User | None,
+    actor_label: str | None = None,
+    ip: str | None = None,
+) -> None:
+    """Remove the endpoint with its delivery log; deliveries not yet sent are dropped."""
+    _locked(endpoint)
+    _record(
+        "webhook.deleted",
+        org,
+        endpoint,
+        actor,
+        actor_label,
+        ip,
+        events=events_text(list(endpoint.events)),
+        dropped=pending_deliveries(endpoint),
+    )
+    db.session.delete(endpoint)
+    db.session.commit()
+
+
+def send_test(
+    org: Organization,
+    endpoint: WebhookEndpoint,
+    *,
+    actor: User | None,
+    actor_label: str | None = None,
+    ip: str | None = None,
+) -> NotificationEvent:
+    """Queue a ``webhook.test`` event for this endpoint alone (``events.emit`` would send it to every endpoint
+    subscribed to all events). Never mailed, never in the organization's feed."""
+    if endpoint.disabled_at is not None:
+        raise WebhookError("Enable this endpoint first: a disabled endpoint gets no deliveries.")
+    now = utcnow()
+    event_id = uuid.uuid4()
+    data = {
+        "message": "A test event from ProCode Portal: this endpoint receives and verifies events.",
+        "endpoint_id": str(endpoint.id),
+    }
+    event = NotificationEvent(
+        id=event_id,
+        organization_id=org.id,
+        type=TEST_EVENT,
+        payload=events.payload_for(event_id, org, TEST_EVENT, data, now),
+        occurred_at=now,
+    )
+    db.session.add(event)
+    db.session.flush()
+    if events.queue_deliveries(event, endpoint_id=endpoint.id) != 1:
+        db.session.rollback()
+        raise WebhookError("This endpoint no longer takes deliveries: reload the page.")
+    _record("webhook.test_sent", org, endpoint, actor, actor_label, ip, event_id=event.payload["id"])
+    db.session.commit()
+    return event
+
+
+@dataclass(frozen=True)
+class LastResult:
+    """The outcome of an endpoint's most recent tried delivery, for the endpoint list."""
+
+    status: str  # the delivery's: delivered, pending (retrying) or failed
+    at: datetime
+    status_code: int | None
+    error: str | None
+
+
+def last_results(endpoint_list: list[WebhookEndpoint]) -> dict[uuid.UUID, LastResult]:
+    """Per endpoint (found through its organization), its newest delivery that was tried and that delivery's last
+    attempt: two index lookups per endpoint, however long the log."""
+    if not endpoint_list:
+        return {}
+    delivery = (
+        sa.select(WebhookDelivery.id, WebhookDelivery.status, WebhookDelivery.last_attempt_at)
+        .where(WebhookDelivery.endpoint_id == WebhookEndpoint.id, WebhookDelivery.last_attempt_at.is_not(None))
+        .order_by(WebhookDelivery.created_at.desc())
+        .limit(1)
+        .lateral("d")
+    )
+    attempt = (
+        sa.select(WebhookAttempt.status_code, WebhookAttempt.error)
+        .where(WebhookAttempt.delivery_id == delivery.c.id)
+        .order_by(WebhookAttempt.attempted_at.desc())
+        .limit(1)
+        .lateral("a")
+    )
+    query = (
+        sa.select(
+            WebhookEndpoint.id, delivery.c.status, delivery.c.last_attempt_at, attempt.c.status_code, attempt.c.error
+        )
+        .select_from(WebhookEndpoint)
+        .join(delivery, sa.true())
+        .outerjoin(attempt, sa.true())
+        .where(WebhookEndpoint.id.in_([e.id for e in endpoint_list]))
+    )
+    return {row[0]: LastResult(*row[1:]) for row in db.session.execute(query)}
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One delivery in an endpoint's log, with its attempts oldest first."""
+
+    delivery: WebhookDelivery
+    attempts: list[WebhookAttempt]
+
+    @property
+    def event_ref(self) -> str:
+        return str(self.delivery.event.payload.get("id", f"evt_{self.delivery.event_id.hex}"))
+
+
+FAILED_FILTER = "failed"
+
+
+def delivery_log(
+    endpoint: WebhookEndpoint, *, page: int = 1, per_page: int = DELIVERIES_PER_PAGE, failed_only: bool = False
+) -> Page[LogEntry]:
+    """The endpoint's deliveries, newest first; ``failed_only``: those that failed or are being retried."""
+    query = sa.select(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint.id)
+    if failed_only:
+        query = query.where(
+            sa.or_(
+                WebhookDelivery.status == "failed",
+                sa.and_(WebhookDelivery.status == "pending", WebhookDelivery.attempts > 0),
+            )
+        )
+    ordered = query.order_by(WebhookDelivery.created_at.desc(), WebhookDelivery.id).options(
+        selectinload(WebhookDelivery.event)
+    )
+
+    def fetch(limit: int, offset: int) -> list[LogEntry]:
+        deliveries = list(db.session.scalars(ordered.limit(limit).offset(offset)))
+        attempts: dict[uuid.UUID, list[WebhookAttempt]] = {d.id: [] for d in deliveries}
+        if deliveries:
+            for attempt in db.session.scalars(
+                sa.select(WebhookAttempt)
+                .where(WebhookAttempt.delivery_id.in_(list(attempts)))
+                .order_by(WebhookAttempt.attempted_at, WebhookAttempt.id)
+            ):
+                attempts[attempt.delivery_id].append(attempt)
+        return [LogEntry(d, attempts[d.id]) for d in deliveries]
+
+    return paginate(fetch, page=page, per_page=per_page, total=count_rows(query))
+
+
+def find_delivery(endpoint: WebhookEndpoint, delivery_id: Any) -> WebhookDelivery | None:
+    """One of the endpoint's deliveries (the endpoint was found within its organization); else None."""
+    try:
+        key = delivery_id if isinstance(delivery_id, uuid.UUID) else uuid.UUID(str(delivery_id))
+    except ValueError:
+        return None
+    return db.session.scalar(
+        sa.select(WebhookDelivery).where(WebhookDelivery.id == key, WebhookDelivery.endpoint_id == endpoint.id)
+    )
+
+
+def resend(
+    org: Organization,
+    endpoint: WebhookEndpoint,
+    delivery: WebhookDelivery,
+    *,
+    actor: User | None,
+    actor_label: str | None = None,
+    ip: str | None = None,
+) -> WebhookDelivery:
+    """Queue the delivery's event again for this endpoint, due now, as a new delivery."""
+    _locked(endpoint)
+    if endpoint.disabled_at is not None:
+        db.session.commit()
+        raise WebhookError("Enable this endpoint first: a disabled endpoint gets no deliveries.")
+    if delivery.status == "pending":
+        db.session.commit()
+        raise WebhookError("This delivery is still being sent: it is retried on its own until it succeeds or fails.")
+    copy = WebhookDelivery(endpoint_id=endpoint.id, event_id=delivery.event_id, next_attempt_at=utcnow())
+    db.session.add(copy)
+    event = delivery.event
+    _record(
+        "webhook.resent",
+        org,
+        endpoint,
+        actor,
+        actor_label,
+        ip,
+        event_type=event.type,
+        event_id=event.payload.get("id"),
+        previous_status=delivery.status,
+    )
+    db.session.info[events.WEBHOOKS_ENQUEUED] = True
+    db.session.commit()
+    return copy
+
+
+def event_label(event_type: str) -> str:
+    if event_type == TEST_EVENT:
+        return "Test event"
+    known = EVENTS.get(event_type)
+    return known.label if known else event_type
