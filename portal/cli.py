@@ -26,6 +26,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "mail list": ("flask mail list",),
     "mail test": ("flask mail test --to you@example.com",),
     "mail prune": ("flask mail prune --days 30",),
+    "notify run": ("flask notify run", "flask notify run -v"),
 }
 
 
@@ -40,7 +41,7 @@ def _with_examples(command: click.Command, path: str = "") -> None:
 
 
 def register(app: Flask) -> None:
-    from portal.commands import keys, mail, orgs, ratelimit, seed, usage, users
+    from portal.commands import keys, mail, notify, orgs, ratelimit, seed, usage, users
 
     for group in (
         seed.seed,
@@ -50,6 +51,7 @@ def register(app: Flask) -> None:
         ratelimit.ratelimit_group,
         usage.usage,
         mail.mail_group,
+        notify.notify_group,
     ):
         _with_examples(group)
         app.cli.add_command(group)
