@@ -50,6 +50,7 @@ def create_app(config: dict[str, Any] | None = None, env: str | None = None) -> 
     register_body_check(app)
     register_extensions(app)
     register_mail(app)
+    register_notify(app)
     register_blueprints(app)
     register_error_handlers(app)
     register_request_hooks(app)
@@ -121,6 +122,12 @@ def register_mail(app: Flask) -> None:
     from portal import mail
 
     mail.init_app(app)
+
+
+def register_notify(app: Flask) -> None:
+    from portal.notify import scheduler_thread
+
+    scheduler_thread.init_app(app)
 
 
 def register_blueprints(app: Flask) -> None:

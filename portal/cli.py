@@ -32,6 +32,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     ),
     "webhooks list": ("flask webhooks list --org acme",),
     "webhooks remove": ("flask webhooks remove 6f1c0c3e-8d6a-4f7e-9a53-2b0f2c1d9e10",),
+    "notify run": ("flask notify run", "flask notify run -v"),
 }
 
 
@@ -46,7 +47,7 @@ def _with_examples(command: click.Command, path: str = "") -> None:
 
 
 def register(app: Flask) -> None:
-    from portal.commands import keys, mail, orgs, ratelimit, seed, usage, users, webhooks
+    from portal.commands import keys, mail, notify, orgs, ratelimit, seed, usage, users, webhooks
 
     for group in (
         seed.seed,
@@ -57,6 +58,7 @@ def register(app: Flask) -> None:
         usage.usage,
         mail.mail_group,
         webhooks.webhooks,
+        notify.notify_group,
     ):
         _with_examples(group)
         app.cli.add_command(group)

@@ -133,6 +133,10 @@ class Config:
     # Notifications (portal/notify/): webhooks go to public https addresses only; development and tests (and an
     # operator who knows why, with WEBHOOK_ALLOW_PRIVATE=1) may send to loopback and private receivers over http.
     WEBHOOK_ALLOW_PRIVATE = False
+    # Scheduled events (portal/notify/scheduler.py): a thread per web process; one pass per interval among all
+    # processes and servers. Off: run `flask notify run` from cron instead.
+    NOTIFY_SCHEDULER_THREAD = True
+    NOTIFY_INTERVAL = 60.0  # seconds between passes
     # Usage: raw events are pruned after this many days (flask usage prune), rollups kept far longer.
     USAGE_RAW_RETENTION_DAYS = 90
     USAGE_ROLLUP_RETENTION_DAYS = 400
@@ -194,6 +198,10 @@ class Config:
             values["STAFF_REQUIRE_TWO_FACTOR"] = os.environ["STAFF_REQUIRE_TWO_FACTOR"] not in ("0", "false", "no")
         if os.environ.get("SIGNUP_MAX_PER_IP"):
             values["SIGNUP_MAX_PER_IP"] = int(os.environ["SIGNUP_MAX_PER_IP"])
+        if os.environ.get("NOTIFY_SCHEDULER_THREAD"):
+            values["NOTIFY_SCHEDULER_THREAD"] = os.environ["NOTIFY_SCHEDULER_THREAD"] not in ("0", "false", "no")
+        if os.environ.get("NOTIFY_INTERVAL"):
+            values["NOTIFY_INTERVAL"] = float(os.environ["NOTIFY_INTERVAL"])
         if os.environ.get("WEBHOOK_ALLOW_PRIVATE"):
             values["WEBHOOK_ALLOW_PRIVATE"] = os.environ["WEBHOOK_ALLOW_PRIVATE"] not in ("0", "false", "no")
         if os.environ.get("PORTAL_WEB_WORKER"):
@@ -226,6 +234,8 @@ class Config:
             raise ConfigError("API_KEY_HEADER must be a header name such as X-API-Key (letters, digits and '-').")
         if config.get("MAIL_URL") and not config.get("MAIL_FROM"):
             raise ConfigError("MAIL_FROM must be set with MAIL_URL (e.g. 'ProCode <no-reply@example.com>').")
+        if float(config.get("NOTIFY_INTERVAL", 60)) < 1:
+            raise ConfigError("NOTIFY_INTERVAL must be at least 1 (seconds between scheduled-event passes).")
 
 
 class DevConfig(Config):
@@ -268,6 +278,7 @@ class TestConfig(Config):
     PUBLIC_BASE_URL = "http://127.0.0.1:5000"
     MAIL_FROM = "ProCode Portal <no-reply@procode.dev>"
     MAIL_SENDER_THREAD = False  # tests call portal.mail.send_due() themselves
+    NOTIFY_SCHEDULER_THREAD = False  # tests call portal.notify.scheduler.run_once() themselves
     STAFF_REQUIRE_TWO_FACTOR = False  # tests that need it turn it on
     WEBHOOK_ALLOW_PRIVATE = True  # receivers run on loopback; tests of the refusal turn it off
 

@@ -24,6 +24,12 @@ EXTENSION = "portal.mail_sender"
 
 
 class SenderThread:
+    """A daemon thread per process that calls :meth:`run_once` every ``interval`` seconds (and when woken).
+
+    The notification scheduler's thread (portal/notify/scheduler_thread.py) is one too, with its own pass."""
+
+    thread_name = "mail-sender"
+
     def __init__(self, app: Flask, *, interval: float) -> None:
         self.app = app
         self.interval = interval
@@ -42,7 +48,7 @@ class SenderThread:
             # After a fork the parent's thread is not ours: start afresh.
             self._pid = os.getpid()
             self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="mail-sender", daemon=True)
+            self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
             self._thread.start()
 
     def wake(self) -> None:

@@ -48,6 +48,8 @@ class ApiKey(Model):
         ),
         # Keys still able to authenticate, for counting against the plan's key limit.
         sa.Index("ix_api_keys_org_unrevoked", "organization_id", postgresql_where=sa.text("revoked_at IS NULL")),
+        # Keys whose expiry is near or just passed, for the scheduler's key.expiring and key.expired.
+        sa.Index("ix_api_keys_expires_at", "expires_at", postgresql_where=sa.text("expires_at IS NOT NULL")),
         sa.UniqueConstraint("organization_id", "external_id", name="uq_api_keys_org_external_id"),
         sa.CheckConstraint("rate_limit > 0", name="ck_api_keys_rate_limit"),
         sa.CheckConstraint("jsonb_typeof(meta) = 'object'", name="ck_api_keys_meta_object"),

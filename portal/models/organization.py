@@ -63,6 +63,13 @@ class Organization(Model):
         extra = self.quota_extension if self.quota_extension_month == month else 0
         return self.plan_info.monthly_quota + extra
 
+    @classmethod
+    def quota_sql(cls, month: date) -> sa.ColumnElement[int]:
+        """:meth:`quota_for` as SQL, for queries over many organizations at once."""
+        plan_quota = sa.case({p.name: p.monthly_quota for p in PLANS.values()}, value=cls.plan, else_=0)
+        extra = sa.case((cls.quota_extension_month == month, cls.quota_extension), else_=0)
+        return plan_quota + extra
+
 
 class Membership(Model):
     __tablename__ = "memberships"

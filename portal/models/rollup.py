@@ -68,6 +68,8 @@ class UsageOrgHourly(OutcomeCounts, Model):
     """Per organization, UTC hour and environment: the dashboard chart, its totals and the month's quota."""
 
     __tablename__ = "usage_org_hourly"
+    # Organizations with calls in the last hours, for the scheduler's rate-limit and quota events.
+    __table_args__ = (sa.Index("ix_usage_org_hourly_bucket", "bucket"),)
 
     organization_id: Mapped[uuid.UUID] = mapped_column(
         UUID(as_uuid=True), sa.ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True

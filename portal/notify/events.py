@@ -205,8 +205,12 @@ def from_audit(record: AuditEvent, actor: User | None) -> None:
             "name": details.get("name"),
             "role": details.get("role"),
         }
+        # A member who removed themselves left, and the mail says so rather than "removed by" themselves.
+        left = record.action == "member.removed" and str(record.actor_id or "") == details.get("user_id")
         if details.get("reason"):
             data["reason"] = details["reason"]
+        elif left:
+            data["reason"] = "left"
     emit(org, record.action, data, skip_mail_to=skip)
 
 

@@ -9,7 +9,8 @@ receiver gets cannot drift apart. The ``data`` of each event type:
   ``last_used_at`` (None: never used).
 - ``quota.threshold``: ``percent`` (80 or 100), ``used``, ``quota``, ``month`` (YYYY-MM), ``hard`` (calls stop).
 - ``ratelimit.exceeded``: ``hour`` (ISO start of the hour), ``refused`` (refusals counted so far that hour).
-- ``member.*``: ``member`` {user_id, email, name, role}; ``actor``; ``member.removed`` may add ``reason``.
+- ``member.*``: ``member`` {user_id, email, name, role}; ``actor``; ``member.removed`` may add ``reason``
+  (``left`` when they removed themselves).
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from portal.notify.catalogue import EVENTS
 
 
 def _key(data: dict[str, Any], field: str = "key") -> str:
+    """The key, opening a sentence, with its name and hint as they are (``str.capitalize`` would lowercase them)."""
     key = data.get(field) or {}
-    return f"the {key.get('environment', '')} key “{key.get('name', '?')}” ({key.get('hint', '')})".replace("  ", " ")
+    return f"The {key.get('environment', '')} key “{key.get('name', '?')}” ({key.get('hint', '')})".replace("  ", " ")
 
 
 def _by(data: dict[str, Any]) -> str:
@@ -33,26 +35,26 @@ def describe(payload: dict[str, Any]) -> str:
     kind = payload.get("type", "")
     data = payload.get("data") or {}
     if kind == "key.created":
-        return f"{_key(data).capitalize()} was created{_by(data)}."
+        return f"{_key(data)} was created{_by(data)}."
     if kind == "key.rolled":
         return (
-            f"{_key(data).capitalize()} was rolled{_by(data)}; it stops working at {data.get('old_key_stops_at')}, "
+            f"{_key(data)} was rolled{_by(data)}; it stops working at {data.get('old_key_stops_at')}, "
             f"replaced by {(data.get('new_key') or {}).get('hint', 'a new key')}."
         )
     if kind == "key.revoked":
         why = " after it was reported leaked" if data.get("reason") == "reported_leaked" else ""
-        return f"{_key(data).capitalize()} was revoked{_by(data)}{why}; calls with it now fail."
+        return f"{_key(data)} was revoked{_by(data)}{why}; calls with it now fail."
     if kind == "key.leak_reported":
-        return f"{_key(data).capitalize()} was reported found in public. It still works: roll or revoke it."
+        return f"{_key(data)} was reported found in public. It still works: roll or revoke it."
     if kind == "key.expiring":
         days = data.get("days")
         when = "tomorrow" if days == 1 else f"in {days} days"
-        return f"{_key(data).capitalize()} expires {when} ({(data.get('key') or {}).get('expires_at')})."
+        return f"{_key(data)} expires {when} ({(data.get('key') or {}).get('expires_at')})."
     if kind == "key.expired":
-        return f"{_key(data).capitalize()} expired; calls with it now fail."
+        return f"{_key(data)} expired; calls with it now fail."
     if kind == "key.idle":
         last = data.get("last_used_at") or "never"
-        return f"{_key(data).capitalize()} has had no calls for {data.get('idle_days')} days (last used: {last})."
+        return f"{_key(data)} has had no calls for {data.get('idle_days')} days (last used: {last})."
     if kind == "quota.threshold":
         stop = (
             " Further calls are refused until the month ends."
@@ -70,6 +72,8 @@ def describe(payload: dict[str, Any]) -> str:
         return f"{member.get('name')} <{member.get('email')}> joined as {member.get('role')}."
     if kind == "member.removed":
         member = data.get("member") or {}
+        if data.get("reason") == "left":
+            return f"{member.get('name')} <{member.get('email')}> left."
         return f"{member.get('name')} <{member.get('email')}> was removed{_by(data)}."
     event = EVENTS.get(kind)
     return event.label if event else kind
