@@ -1,11 +1,12 @@
 """Notifications: organization events mailed to the people chosen and sent to signed webhooks.
 
 ``events.emit()`` writes an event with its mails and webhook deliveries in the caller's transaction;
-``catalogue`` lists the events; ``feed`` reads them back for the organization's pages.
+``catalogue`` lists the events; ``feed`` reads them back for the organization's pages; ``bell`` is the header's
+count of new events and the events page; ``banners`` the quota and expiry warnings on the keys and usage pages.
 """
 
 from flask import Blueprint
 
 bp = Blueprint("notify", __name__)
 
-from portal.notify import routes  # noqa: E402,F401
+from portal.notify import bell, routes  # noqa: E402,F401

@@ -24,6 +24,11 @@ def _key(data: dict[str, Any], field: str = "key") -> str:
     return f"the {key.get('environment', '')} key “{key.get('name', '?')}” ({key.get('hint', '')})".replace("  ", " ")
 
 
+def _upper(text: str) -> str:
+    """The first letter upper case, the rest as it was (``str.capitalize`` would lower a key's name and hint)."""
+    return text[:1].upper() + text[1:]
+
+
 def _by(data: dict[str, Any]) -> str:
     return f" by {data['actor']}" if data.get("actor") else ""
 
@@ -33,26 +38,26 @@ def describe(payload: dict[str, Any]) -> str:
     kind = payload.get("type", "")
     data = payload.get("data") or {}
     if kind == "key.created":
-        return f"{_key(data).capitalize()} was created{_by(data)}."
+        return f"{_upper(_key(data))} was created{_by(data)}."
     if kind == "key.rolled":
         return (
-            f"{_key(data).capitalize()} was rolled{_by(data)}; it stops working at {data.get('old_key_stops_at')}, "
+            f"{_upper(_key(data))} was rolled{_by(data)}; it stops working at {data.get('old_key_stops_at')}, "
             f"replaced by {(data.get('new_key') or {}).get('hint', 'a new key')}."
         )
     if kind == "key.revoked":
         why = " after it was reported leaked" if data.get("reason") == "reported_leaked" else ""
-        return f"{_key(data).capitalize()} was revoked{_by(data)}{why}; calls with it now fail."
+        return f"{_upper(_key(data))} was revoked{_by(data)}{why}; calls with it now fail."
     if kind == "key.leak_reported":
-        return f"{_key(data).capitalize()} was reported found in public. It still works: roll or revoke it."
+        return f"{_upper(_key(data))} was reported found in public. It still works: roll or revoke it."
     if kind == "key.expiring":
         days = data.get("days")
         when = "tomorrow" if days == 1 else f"in {days} days"
-        return f"{_key(data).capitalize()} expires {when} ({(data.get('key') or {}).get('expires_at')})."
+        return f"{_upper(_key(data))} expires {when} ({(data.get('key') or {}).get('expires_at')})."
     if kind == "key.expired":
-        return f"{_key(data).capitalize()} expired; calls with it now fail."
+        return f"{_upper(_key(data))} expired; calls with it now fail."
     if kind == "key.idle":
         last = data.get("last_used_at") or "never"
-        return f"{_key(data).capitalize()} has had no calls for {data.get('idle_days')} days (last used: {last})."
+        return f"{_upper(_key(data))} has had no calls for {data.get('idle_days')} days (last used: {last})."
     if kind == "quota.threshold":
         stop = (
             " Further calls are refused until the month ends."

@@ -122,6 +122,7 @@ VISITS = [
     Visit("admin", "orgs.confirm_revoke_invitation", {**ORG, "invitation_id": "invitation_id"}),
     Visit("admin", "orgs.delete", EMPTY),
     Visit("admin", "orgs.audit", ORG),
+    Visit("admin", "notify.events", ORG, state="new events, linked to their keys and people"),
     Visit("admin", "orgs.settings", ORG),
     Visit("admin", "orgs.create"),
     Visit("admin", "orgs.create", state="empty form sent", submit="Create organization", status=422),
@@ -192,7 +193,10 @@ def seed(app: Flask) -> Seed:
         db.session.commit()
 
         key = factories.api_key(org, admin, name="Checkout service").api_key
-        live = factories.api_key(org, admin, name="Billing", environment="live").api_key
+        # Expires within the week: the keys list and the usage dashboard show the expiry banner.
+        live = factories.api_key(
+            org, admin, name="Billing", environment="live", expires_at=utcnow() + timedelta(days=3)
+        ).api_key
         rolled = factories.api_key(org, admin, name="Search backend").api_key
         key_services.roll_key(org, rolled, timedelta(hours=24), admin)
         revoked = factories.api_key(org, member, name="Old prototype").api_key
