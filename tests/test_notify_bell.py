@@ -177,3 +177,23 @@ def test_a_member_event_links_to_the_person_page_for_those_who_manage_members(cl
     page = client.get(f"/orgs/{org.slug}/events").get_data(as_text=True)
     link = f'<a href="/orgs/{org.slug}/offboarding/{newcomer.id}">Nia Newcomer</a>'
     assert (link in page) is linked
+
+
+@pytest.mark.parametrize(
+    ("age", "said"),
+    [
+        (timedelta(seconds=59), "just now"),
+        (timedelta(minutes=1), "1 minute ago"),
+        (timedelta(minutes=59), "59 minutes ago"),
+        (timedelta(hours=2, minutes=59), "2 hours ago"),
+        (timedelta(days=1), "1 day ago"),
+        (timedelta(days=44), "44 days ago"),
+        (timedelta(days=61), "2 months ago"),
+        (timedelta(days=800), "2 years ago"),
+    ],
+)
+def test_relative_times_read_in_the_largest_whole_unit(age, said):
+    from portal.templating import time_ago
+
+    now = utcnow()
+    assert time_ago(now - age, now) == said
