@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import uuid
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
-from flask import abort, render_template, request
+from flask import abort, current_app, render_template, request
 
 from portal.db import get_org_scoped
 from portal.pagination import clamp_page
@@ -38,6 +38,15 @@ def safe_next_url(target: str | None) -> str | None:
     if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
         return None
     return target
+
+
+def upgrade_url(subject: str) -> str:
+    """Where an organization that needs more (keys, calls) can go: the configured upgrade page, else a mail to
+    support about ``subject``."""
+    configured = current_app.config.get("UPGRADE_URL")
+    if configured:
+        return str(configured)
+    return f"mailto:{current_app.config['SUPPORT_EMAIL']}?subject={quote(subject)}"
 
 
 def page_arg(name: str = "page") -> int:

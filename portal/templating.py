@@ -12,14 +12,31 @@ from portal.models import Membership
 from portal.orgs.context import can, memberships_of
 from portal.orgs.lifecycle import landing_membership
 from portal.roles import may_touch_role, role_allows
+from portal.timeutil import utcnow
 
 
 def format_dt(value: datetime | None, fmt: str = "%Y-%m-%d %H:%M UTC") -> str:
     return value.strftime(fmt) if value else "—"
 
 
+def time_ago(value: datetime | None, now: datetime | None = None) -> str:
+    """How long ago, in the largest whole unit ("5 minutes ago"); shown beside the exact time, never instead."""
+    if value is None:
+        return "—"
+    seconds = ((now or utcnow()) - value).total_seconds()
+    if seconds < 60:
+        return "just now"
+    for unit, size in (("year", 365 * 86400), ("month", 30 * 86400), ("day", 86400), ("hour", 3600)):
+        if seconds >= size and (unit != "month" or seconds >= 45 * 86400):
+            n = int(seconds // size)
+            return f"{n} {unit}{'s' if n != 1 else ''} ago"
+    n = int(seconds // 60)
+    return f"{n} minute{'s' if n != 1 else ''} ago"
+
+
 def register(app: Flask) -> None:
     app.jinja_env.filters["dt"] = format_dt
+    app.jinja_env.filters["ago"] = time_ago
     app.jinja_env.globals["can"] = can
     app.jinja_env.globals["nav_allows"] = nav_allows
     app.jinja_env.globals["may_touch_role"] = may_touch_role

@@ -135,3 +135,71 @@ def test_every_answer_of_every_route_has_an_example_that_fits_its_schema_and_is_
     page = client.get("/docs/api").get_data(as_text=True)
     assert page.count('<details class="example">') >= len(responses)
     assert "insufficient_scope" in page and "cus_1042" in page
+
+
+def _payload_schema(document: dict[str, Any], event_type: str) -> Draft202012Validator:
+    media = document["webhooks"][event_type]["post"]["requestBody"]["content"]["application/json"]
+    return Draft202012Validator(_inline(media["schema"], document), format_checker=Draft202012Validator.FORMAT_CHECKER)
+
+
+def test_every_event_is_a_webhook_with_signature_headers_and_an_example_that_fits(client, document):
+    from portal.notify.catalogue import EVENTS, PAYLOAD_VERSION, TEST_EVENT
+
+    assert set(document["webhooks"]) == {*EVENTS, TEST_EVENT}
+    for name, item in document["webhooks"].items():
+        operation = item["post"]
+        headers = [_inline(p, document) for p in operation["parameters"]]
+        assert [(h["name"], h["in"], h["required"]) for h in headers] == [
+            ("webhook-id", "header", True),
+            ("webhook-timestamp", "header", True),
+            ("webhook-signature", "header", True),
+        ]
+        assert list(operation["responses"]) == ["2XX"], name
+        example = operation["requestBody"]["content"]["application/json"]["example"]
+        assert (example["type"], example["version"]) == (name, PAYLOAD_VERSION)
+        validator = _payload_schema(document, name)
+        errors = list(validator.iter_errors(example))
+        assert not errors, (name, [e.message for e in errors])
+        assert not validator.is_valid({**example, "type": "key.other"})  # each entry is its own event's body
+        assert not validator.is_valid({k: v for k, v in example.items() if k != "data"})
+    page = client.get("/docs/api").get_data(as_text=True)
+    assert all(f'id="webhook-{name}"' in page for name in document["webhooks"])
+
+
+def test_the_events_the_portal_sends_fit_their_documented_webhook_schemas(document, org, owner):
+    from datetime import timedelta
+
+    from portal.keys import leaks
+    from portal.keys import services as key_services
+    from portal.models import NotificationEvent
+    from portal.orgs import services as org_services
+    from portal.timeutil import utcnow
+    from tests import factories
+
+    issued = factories.api_key(org, owner, name="Checkout", expires_at=utcnow() + timedelta(days=30))
+    key_services.roll_key(org, issued.api_key, timedelta(hours=1), owner)
+    key_services.revoke_key(org, factories.api_key(org, owner).api_key, owner)
+    reported = factories.api_key(org, owner, name="Pasted in a gist").api_key
+    for revoke in (False, True):
+        leaks.handle_leak(reported, revoke=revoke, source=leaks.SOURCE_SECRET_SCANNING, url=None, ip=None, now=utcnow())
+        db.session.commit()
+    owner_membership = org_services.membership_of(org.id, owner)
+    invite = org_services.create_invitation(
+        org, role="viewer", email=None, ttl=timedelta(days=1), actor=owner, actor_membership=owner_membership
+    )
+    newcomer = factories.user()
+    membership = org_services.accept_invitation(invite.token, newcomer)
+    org_services.remove_member(org, membership, actor=owner, actor_membership=owner_membership)
+
+    sent = db.session.scalars(db.select(NotificationEvent).filter_by(organization_id=org.id)).all()
+    assert {e.type for e in sent} == {
+        "key.created",
+        "key.rolled",
+        "key.revoked",
+        "key.leak_reported",
+        "member.joined",
+        "member.removed",
+    }
+    for event in sent:
+        errors = list(_payload_schema(document, event.type).iter_errors(event.payload))
+        assert not errors, (event.type, [e.message for e in errors])

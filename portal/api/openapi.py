@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import current_app
 
+from portal.api import openapi_webhooks
 from portal.api.answer import IDENTITY_HEADERS
 from portal.api.inputs import (
     MAX_BODY_BYTES,
@@ -395,10 +396,13 @@ def openapi_document() -> dict[str, Any]:
         },
         "servers": [{"url": f"{current_app.config.get('PUBLIC_API_BASE', '')}/v1"}],
         "components": {
-            "schemas": _schemas(),
+            "schemas": {**_schemas(), **openapi_webhooks.schemas()},
             "headers": _headers(),
+            "parameters": openapi_webhooks.parameters(),
             "securitySchemes": _security_schemes(current_app.config.get("API_KEY_HEADER") or None),
         },
+        # What the portal POSTs to an organization's webhook endpoints (portal/api/openapi_webhooks.py).
+        "webhooks": openapi_webhooks.webhooks(),
         "paths": {
             "/keys/verify": {
                 "post": {

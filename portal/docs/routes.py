@@ -64,5 +64,6 @@ def api() -> Any:
         operations=operations(document),
         schemas=document["components"]["schemas"],
         headers=document["components"]["headers"],
+        webhook_headers=list(document["components"]["parameters"].values()),
         api_base=current_app.config.get("PUBLIC_API_BASE", ""),
     )

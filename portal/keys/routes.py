@@ -8,7 +8,7 @@ from flask import abort, current_app, flash, g, make_response, redirect, render_
 from flask_login import current_user
 
 from portal.forms import ConfirmForm, choices
-from portal.http import get_org_scoped_or_404, page_arg, render_form_page, safe_next_url
+from portal.http import get_org_scoped_or_404, page_arg, render_form_page, safe_next_url, upgrade_url
 from portal.keys import bp, listing, policy, services
 from portal.keys.forms import (
     CreateKeyForm,
@@ -22,6 +22,7 @@ from portal.keys.forms import (
 )
 from portal.keys.rotation_routes import watch_context
 from portal.models import ENVIRONMENTS, ApiKey
+from portal.notify import banners
 from portal.orgs.context import can, org_view
 from portal.roles import key_permission
 from portal.scopes import LABELS as SCOPE_LABELS
@@ -56,6 +57,7 @@ def index(slug: str) -> Any:
     filters, problems = listing.parse(request.args, [user.id for user in creators])
     per_page = current_app.config["KEYS_PER_PAGE"]
     keys = services.list_keys(g.org, filters, page=page_arg(), per_page=per_page)
+    now = utcnow()
     return render_template(
         "keys/index.html",
         keys=keys,
@@ -68,16 +70,17 @@ def index(slug: str) -> Any:
         full_access=listing.FULL_ACCESS,
         revocable_envs=[env for env in ENVIRONMENTS if can(key_permission(env))],
         bulk_form=ConfirmForm(),
-        now=utcnow(),
+        now=now,
         allowance=services.key_allowance(g.org),
         upgrade_url=_upgrade_url(),
+        banners=banners.for_org(g.org, now),
+        quota_upgrade_url=upgrade_url(banners.UPGRADE_SUBJECT),
     )
 
 
 def _upgrade_url() -> str:
     """Where an organization at its key limit can go: the configured upgrade page, else a mail to support."""
-    configured = current_app.config.get("UPGRADE_URL")
-    return str(configured) if configured else f"mailto:{current_app.config['SUPPORT_EMAIL']}?subject=More%20API%20keys"
+    return upgrade_url("More API keys")
 
 
 def _list_url(slug: str, back: str | None) -> str:

@@ -86,6 +86,8 @@ class Membership(Model):
     )
     role: Mapped[str] = mapped_column(sa.String(20))
     created_at: Mapped[created_at]
+    # The newest organization event this member has seen on the events page; the bell counts those after it.
+    events_seen_at: Mapped[datetime | None] = mapped_column(Timestamp)
 
     user: Mapped[User] = relationship(back_populates="memberships")
     organization: Mapped[Organization] = relationship(back_populates="memberships")

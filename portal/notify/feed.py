@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -23,12 +24,18 @@ class FeedItem:
     label: str
     summary: str
     occurred_at: datetime
+    data: dict[str, Any] = field(default_factory=dict)  # the payload's ``data``: what the event names
 
 
 def _item(event: NotificationEvent) -> FeedItem:
     known = EVENTS.get(event.type)
     return FeedItem(
-        event.id, event.type, known.label if known else event.type, describe(event.payload), event.occurred_at
+        event.id,
+        event.type,
+        known.label if known else event.type,
+        describe(event.payload),
+        event.occurred_at,
+        event.payload.get("data") or {},
     )
 
 

@@ -6,9 +6,11 @@ from typing import Any
 
 from flask import current_app, g, request, url_for
 
-from portal.http import get_org_scoped_or_404, page_arg
+from portal.http import get_org_scoped_or_404, page_arg, upgrade_url
 from portal.models import ApiKey
+from portal.notify import banners
 from portal.orgs.context import org_view
+from portal.timeutil import utcnow
 from portal.usage import bp, pages, services
 
 
@@ -26,7 +28,14 @@ def _member_key_link(slug: str) -> Any:
 def dashboard(slug: str) -> Any:
     page = pages.org_page(g.org, _member_key_link(slug))
     return pages.render(
-        "usage/dashboard.html", page, "usage.dashboard_csv", {"slug": slug}, org=g.org, staff_view=False
+        "usage/dashboard.html",
+        page,
+        "usage.dashboard_csv",
+        {"slug": slug},
+        org=g.org,
+        staff_view=False,
+        banners=banners.for_org(g.org, utcnow(), quota=page.extra["quota"]),
+        quota_upgrade_url=upgrade_url(banners.UPGRADE_SUBJECT),
     )
 
 

@@ -126,6 +126,7 @@ VISITS = [
     Visit("admin", "orgs.confirm_revoke_invitation", {**ORG, "invitation_id": "invitation_id"}),
     Visit("admin", "orgs.delete", EMPTY),
     Visit("admin", "orgs.audit", ORG),
+    Visit("admin", "notify.events", ORG, state="new events, linked to their keys and people"),
     Visit("admin", "orgs.settings", ORG),
     Visit("admin", "notify.settings", ORG),
     Visit("admin", "notify.webhooks", ORG),
@@ -213,7 +214,10 @@ def seed(app: Flask) -> Seed:
             org, url="https://old.example.com/hooks", events=["key.revoked"], actor=admin
         ).endpoint
         key = factories.api_key(org, admin, name="Checkout service").api_key
-        live = factories.api_key(org, admin, name="Billing", environment="live").api_key
+        # Expires within the week: the keys list and the usage dashboard show the expiry banner.
+        live = factories.api_key(
+            org, admin, name="Billing", environment="live", expires_at=utcnow() + timedelta(days=3)
+        ).api_key
         rolled = factories.api_key(org, admin, name="Search backend").api_key
         key_services.roll_key(org, rolled, timedelta(hours=24), admin)
         revoked = factories.api_key(org, member, name="Old prototype").api_key
