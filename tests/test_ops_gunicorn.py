@@ -22,7 +22,6 @@ import pytest
 import sqlalchemy as sa
 
 from portal.extensions import db
-from portal.models import ApiKeyUsage, Organization
 from tests import factories
 from tests.metrics_helpers import METRICS_TOKEN, parse, value
 from tests.servers import ROOT, gunicorn
@@ -35,15 +34,28 @@ RESET_TOKEN = "reset-token-that-must-stay-private"
 
 @pytest.fixture
 def committed(app: Any) -> Iterator[dict[str, Any]]:
-    """A pro-plan organization with one key and a member, committed; deleted with its usage rows afterwards."""
+    """A pro-plan organization with one key and its owner, committed; removed afterwards with everything its calls
+    left (usage rows, pending rollup sums, the invalid-key counts of this test's client address), so no other
+    test reads them."""
     org = factories.org(plan="pro")
     owner = factories.member(org, "owner")
     key = factories.api_key(org, owner).plaintext
-    data = {"org": org, "owner": owner, "key": key, "tag": f"/ops/{uuid.uuid4().hex}"}
+    client_ip = f"2001:db8::{uuid.uuid4().hex[:4]}:{uuid.uuid4().hex[:4]}"
+    data = {"org": org, "owner": owner, "key": key, "tag": f"/ops/{uuid.uuid4().hex}", "client_ip": client_ip}
+    org_id, user_id = org.id, owner.id
     yield data
     db.session.rollback()
-    db.session.execute(sa.delete(ApiKeyUsage).where(ApiKeyUsage.organization_id == org.id))
-    db.session.execute(sa.delete(Organization).where(Organization.id == org.id))
+    for statement in (
+        "DELETE FROM api_key_usage WHERE organization_id = :o",
+        "DELETE FROM usage_rollup_pending WHERE organization_id = :o",
+        "DELETE FROM usage_client_pending WHERE organization_id = :o",
+        "DELETE FROM audit_events WHERE organization_id = :o",
+        "DELETE FROM notification_events WHERE organization_id = :o",
+        "DELETE FROM organizations WHERE id = :o",  # cascades to keys, members and rollups
+        "DELETE FROM api_invalid_key_counts WHERE client_ip = :ip",
+        "DELETE FROM users WHERE id = :u",
+    ):
+        db.session.execute(sa.text(statement), {"o": org_id, "ip": client_ip, "u": user_id})
     db.session.commit()
 
 
@@ -68,9 +80,9 @@ def _worker(headers: Any) -> str:
 
 
 def test_metrics_add_up_across_workers_and_logs_are_json_without_secrets(app, committed, tmp_path):
-    key, tag = committed["key"], committed["tag"]
-    verify = json.dumps({"key": key, "endpoint": tag}).encode()
-    malformed = json.dumps({"key": "pk_test_nope", "endpoint": tag}).encode()
+    key, tag, client_ip = committed["key"], committed["tag"], committed["client_ip"]
+    verify = json.dumps({"key": key, "endpoint": tag, "client_ip": client_ip}).encode()
+    malformed = json.dumps({"key": "pk_test_nope", "endpoint": tag, "client_ip": client_ip}).encode()
     json_headers = {"Content-Type": "application/json"}
     with gunicorn(
         app.config["SQLALCHEMY_DATABASE_URI"],
@@ -113,7 +125,8 @@ def test_metrics_add_up_across_workers_and_logs_are_json_without_secrets(app, co
         assert value(after, "procode_usage_flush_failures_total") == 0
 
         # Pages and calls carrying secrets, for the log check below.
-        _call(base, "/login", f"email={committed['owner'].email}&password={SECRET_WORDS}".encode())
+        signin = _call(base, "/login", f"email={committed['owner'].email}&password={SECRET_WORDS}".encode())
+        assert signin[0] == 400  # no CSRF token: refused before the password is read, so no throttle is spent
         _call(base, f"/password/reset/{RESET_TOKEN}?token={RESET_TOKEN}")
         _call(base, "/v1/keys/verify/gateway", headers={"Authorization": f"Bearer {key}"})
         health = {path: _call(base, path)[0] for path in ("/healthz", "/readyz")}
