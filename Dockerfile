@@ -7,4 +7,8 @@ COPY . .
 RUN useradd --system portal && chown -R portal /app
 USER portal
 EXPOSE 8000
+# Liveness: the process answers (/healthz needs no database, so an outage of PostgreSQL restarts nothing);
+# docker-compose.yml checks readiness (/readyz) instead. Reads the port from GUNICORN_BIND.
+HEALTHCHECK --interval=15s --timeout=6s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import os, sys, urllib.request as u; port = os.environ.get('GUNICORN_BIND', '0.0.0.0:8000').rsplit(':', 1)[-1]; sys.exit(u.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=5).status != 200)"]
 CMD ["gunicorn", "--config", "gunicorn.conf.py", "wsgi:app"]

@@ -5,9 +5,16 @@ waits on PostgreSQL costs a switch between greenlets instead of a hand-off betwe
 connections from gateways cost nothing while idle. The app makes psycopg2 and argon2 cooperative under gevent
 (portal/green.py). ``GUNICORN_WORKER_CLASS=gthread`` (with ``GUNICORN_THREADS``) runs the same app on threads.
 The ``worker_exit`` hook flushes buffered usage rows when a worker stops.
+
+Metrics (portal/metrics.py) are kept in prometheus_client's multiprocess mode, so a scrape of ``/metrics``
+answered by any worker shows all of them: each master start gets a fresh ``PROMETHEUS_MULTIPROC_DIR`` (a new
+temporary directory, removed when the master exits; or the operator's own directory, emptied), set before any
+worker starts, and a worker that exits is marked dead there so its gauges leave the sums.
 """
 
 import os
+import shutil
+import tempfile
 
 bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
 # One process per core: measured on 2 cores, 3 or 4 gevent workers did less per second than 2.
@@ -39,3 +46,35 @@ def on_starting(server):
     from portal.config import check_environment
 
     check_environment()  # a missing or weak secret stops the master with one line, before any worker starts
+    _fresh_metrics_dir()
+
+
+_metrics_dirs = []  # the directory this master made for metrics, removed at exit
+_MADE = "PROCODE_METRICS_DIR_MADE"  # marks a directory a master made, so a re-exec'd master (USR2) makes its own
+
+
+def _fresh_metrics_dir():
+    """Point this master's workers at an empty multiprocess directory (before any of them imports
+    prometheus_client, which reads the variable at import): values from a previous run would be summed in."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if path and path != os.environ.get(_MADE):
+        os.makedirs(path, exist_ok=True)
+        for name in os.listdir(path):
+            if name.endswith(".db"):
+                os.remove(os.path.join(path, name))
+    else:
+        path = tempfile.mkdtemp(prefix="procode-metrics-")
+        _metrics_dirs.append(path)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ[_MADE] = path
+
+
+def child_exit(server, worker):  # noqa: ARG001 - gunicorn's hook signature
+    """In the master, after a worker exited (cleanly or not): its live gauges leave the sums."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):  # noqa: ARG001 - gunicorn's hook signature
+    for path in _metrics_dirs:
+        shutil.rmtree(path, ignore_errors=True)

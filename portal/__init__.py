@@ -54,6 +54,7 @@ def create_app(config: dict[str, Any] | None = None, env: str | None = None) -> 
     register_blueprints(app)
     register_error_handlers(app)
     register_request_hooks(app)
+    register_operations(app)
     register_template_helpers(app)
     register_commands(app)
     if os.environ.get("PORTAL_TRUST_PROXY"):
@@ -186,6 +187,13 @@ def register_request_hooks(app: Flask) -> None:
         if signed_in or (not app.debug and response.mimetype in NO_STORE_MIMETYPES):
             response.headers.setdefault("Cache-Control", "no-store")
         return response
+
+
+def register_operations(app: Flask) -> None:
+    """/healthz, /readyz, /metrics, and each request's log line and latency (docs/operations.md)."""
+    from portal import ops
+
+    ops.init_app(app)
 
 
 def register_template_helpers(app: Flask) -> None:

@@ -158,6 +158,11 @@ class Config:
     LEAK_REPORT_MAX_PER_IP = 20
     LEAK_REPORT_WINDOW = timedelta(hours=1)
     SECRET_SCANNING_PUBLIC_KEYS: str | None = None
+    # Operations (docs/operations.md): request log lines as text or JSON, whether /v1 calls get one too, and the
+    # bearer token that /metrics asks for (unset: /metrics answers 404 "metrics disabled").
+    LOG_FORMAT = "text"
+    LOG_API_REQUESTS = True
+    METRICS_TOKEN: str | None = None
     # `flask db …` (Flask-Migrate, Alembic). gunicorn.conf.py turns it off in web workers, which never
     # migrate: Alembic alone is ≈ 10 MB of each worker's memory.
     MIGRATIONS_CLI = True
@@ -178,6 +183,7 @@ class Config:
             "SECRET_SCANNING_PUBLIC_KEYS",
             "UPGRADE_URL",
             "SUPPORT_EMAIL",
+            "METRICS_TOKEN",
         ):
             if os.environ.get(name):
                 values[name] = os.environ[name]
@@ -204,6 +210,10 @@ class Config:
             values["NOTIFY_INTERVAL"] = float(os.environ["NOTIFY_INTERVAL"])
         if os.environ.get("WEBHOOK_ALLOW_PRIVATE"):
             values["WEBHOOK_ALLOW_PRIVATE"] = os.environ["WEBHOOK_ALLOW_PRIVATE"] not in ("0", "false", "no")
+        if os.environ.get("LOG_FORMAT"):
+            values["LOG_FORMAT"] = os.environ["LOG_FORMAT"].strip().lower()
+        if os.environ.get("LOG_API_REQUESTS"):
+            values["LOG_API_REQUESTS"] = os.environ["LOG_API_REQUESTS"] not in ("0", "false", "no")
         if os.environ.get("PORTAL_WEB_WORKER"):
             values["MIGRATIONS_CLI"] = False
         return values
@@ -219,9 +229,8 @@ class Config:
         if config.get("REMEMBER_COOKIE_DURATION") != config.get("REMEMBER_MAX_AGE"):
             raise ConfigError("REMEMBER_COOKIE_DURATION must equal REMEMBER_MAX_AGE (see portal/config.py).")
         if config.get("ENV_NAME", "production") == "production":
-            short = [
-                name for name in ("SECRET_KEY", "API_KEY_PEPPER") if len(str(config[name]).encode()) < MIN_SECRET_BYTES
-            ]
+            secrets = ("SECRET_KEY", "API_KEY_PEPPER", *(("METRICS_TOKEN",) if config.get("METRICS_TOKEN") else ()))
+            short = [name for name in secrets if len(str(config[name]).encode()) < MIN_SECRET_BYTES]
             if short:
                 raise ConfigError(
                     f"{' and '.join(short)} must be at least {MIN_SECRET_BYTES} bytes in production "
@@ -232,6 +241,8 @@ class Config:
             not header.replace("-", "").isalnum() or not header.isascii() or header.lower() == "authorization"
         ):
             raise ConfigError("API_KEY_HEADER must be a header name such as X-API-Key (letters, digits and '-').")
+        if config.get("LOG_FORMAT", "text") not in ("text", "json"):
+            raise ConfigError(f"LOG_FORMAT must be text or json (got {config.get('LOG_FORMAT')!r}).")
         if config.get("MAIL_URL") and not config.get("MAIL_FROM"):
             raise ConfigError("MAIL_FROM must be set with MAIL_URL (e.g. 'ProCode <no-reply@example.com>').")
         if float(config.get("NOTIFY_INTERVAL", 60)) < 1:

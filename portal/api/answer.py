@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 from werkzeug.exceptions import RequestEntityTooLarge
 
@@ -27,7 +28,17 @@ from portal.verification.outcomes import DatabaseUnavailable, Verification
 from portal.verification.verifier import Verifier
 
 JSON = "application/json"
-Answer = tuple[int, list[tuple[str, str]], bytes]
+
+
+class Answer(NamedTuple):
+    """What to send, and the organization of the key when the answer knows it (for the request's log line)."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    organization_id: str | None = None
+
+
 # RFC 6750: a call that carries no key is asked for one.
 CHALLENGE = 'Bearer realm="procode"'
 # What a gateway copies onto the request it lets through (docs/gateways.md): every one on every 200, so a
@@ -45,7 +56,7 @@ IDENTITY_HEADERS = (
 def error_answer(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Answer:
     """``{"error": {"code", "message"}}`` with ``status``: the shape of every /v1 error."""
     body = json.dumps(error_body(code, message), separators=(",", ":")).encode()
-    return status, [("Content-Type", JSON), ("Cache-Control", "no-store"), *(headers or {}).items()], body
+    return Answer(status, [("Content-Type", JSON), ("Cache-Control", "no-store"), *(headers or {}).items()], body)
 
 
 def answer_verify(read: Callable[[], RawRequest], verifier: Verifier) -> Answer:
@@ -86,7 +97,8 @@ def _verified(
     headers = [("Content-Type", JSON), ("Cache-Control", "no-store"), *result.headers().items()]
     if identity and result.valid:
         headers += identity_headers(result)
-    return result.status_code, headers, json.dumps(result.as_json(), separators=(",", ":")).encode()
+    body = json.dumps(result.as_json(), separators=(",", ":")).encode()
+    return Answer(result.status_code, headers, body, result.organization_id)
 
 
 def identity_headers(result: Verification) -> list[tuple[str, str]]:

@@ -5,7 +5,9 @@ opening and saving a cookie session, CSRF and sign-in hooks, teardown) than in i
 applies to this endpoint: it has no session, no CSRF, no user. This middleware answers exactly that method and
 path with :func:`portal.api.answer.answer_verify`, the same function the Flask view calls, reading the environ
 directly and writing the status line and headers itself (no werkzeug request or response objects), and adds
-the same security headers the app's ``after_request`` hook adds; every other request goes to Flask untouched.
+the same security headers the app's ``after_request`` hook adds, and logs the request's line as the app does for
+its own (portal/logs.py; ``LOG_API_REQUESTS = False`` leaves /v1 calls out); every other request goes to Flask
+untouched.
 A gateway's call (``GET``/``HEAD``/``POST /v1/keys/verify/gateway``, docs/gateways.md) is answered here too,
 with :func:`portal.api.answer.answer_gateway`. ``API_VERIFY_FAST_PATH = False`` turns it off (the Flask views
 then answer).
@@ -14,6 +16,7 @@ then answer).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Any
@@ -23,6 +26,7 @@ from flask import Flask
 from portal.api import get_verifier
 from portal.api.answer import Answer, answer_gateway, answer_verify, error_answer
 from portal.api.inputs import GATEWAY_METHODS, RawGatewayRequest, header_variable, read_environ, read_gateway_environ
+from portal.logs import log_request
 from portal.proxy import client_address
 from portal.security_headers import REQUEST_ID_HEADER, SECURITY_HEADERS, request_id
 
@@ -44,17 +48,23 @@ class VerifyFastPath:
         self.key_variable = header_variable(self.key_header)
         # ProxyFix runs inside this middleware: the gateway's client address is read as it would read it.
         self.trust_proxy = bool(app.config.get("PORTAL_TRUST_PROXY"))
+        self.log_requests = bool(app.config.get("LOG_API_REQUESTS", True))
         self.enabled = True
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if not self.enabled or environ.get("PATH_INFO") != self.path or environ.get("REQUEST_METHOD") != "POST":
             return self._not_verify(environ, start_response)
+        started = time.perf_counter()
         try:
             answer = answer_verify(lambda: read_environ(environ), get_verifier(self.app))
         except Exception:
             log.exception("verification failed")
             answer = error_answer(500, "internal_error", "Something went wrong on our side.")
-        return [_respond(environ, start_response, answer)]
+        rid = _respond(environ, start_response, answer)
+        if self.log_requests:
+            duration = time.perf_counter() - started
+            log_request(rid, "POST", "api.verify", answer.status, duration, None, answer.organization_id)
+        return [answer.body]
 
     def _not_verify(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         """A gateway's call, answered here too; anything else goes to Flask. Kept out of ``__call__`` so the
@@ -62,6 +72,7 @@ class VerifyFastPath:
         method = environ.get("REQUEST_METHOD")
         if not self.enabled or environ.get("PATH_INFO") != self.gateway_path or method not in GATEWAY_METHODS:
             return self.wsgi_app(environ, start_response)
+        started = time.perf_counter()
 
         def read() -> RawGatewayRequest:
             return read_gateway_environ(environ, self.key_variable, client_address(environ, self.trust_proxy))
@@ -71,14 +82,17 @@ class VerifyFastPath:
         except Exception:
             log.exception("gateway verification failed")
             answer = error_answer(500, "internal_error", "Something went wrong on our side.")
-        body = _respond(environ, start_response, answer)
-        return [b""] if method == "HEAD" else [body]
+        rid = _respond(environ, start_response, answer)
+        if self.log_requests:
+            duration = time.perf_counter() - started
+            log_request(rid, method, "api.verify_gateway", answer.status, duration, None, answer.organization_id)
+        return [b""] if method == "HEAD" else [answer.body]
 
 
-def _respond(environ: dict[str, Any], start_response: Callable[..., Any], answer: Answer) -> bytes:
-    """Start the response of an answer with the headers every page gets too; the body to send."""
-    status, headers, body = answer
+def _respond(environ: dict[str, Any], start_response: Callable[..., Any], answer: Answer) -> str:
+    """Start the response of an answer with the headers every page gets too; returns the request id."""
+    status, headers, body = answer.status, answer.headers, answer.body
     rid = request_id(environ.get("HTTP_X_REQUEST_ID"))
     headers += [("Content-Length", str(len(body))), (REQUEST_ID_HEADER, rid), *SECURITY_HEADERS]
     start_response(STATUS_LINES.get(status) or f"{status} {HTTPStatus(status).phrase}", headers)
-    return body
+    return rid

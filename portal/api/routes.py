@@ -18,18 +18,18 @@ from portal.keys import leaks, scanning
 @bp.post("/keys/verify")
 def verify() -> Any:
     """Verify a key (see :func:`portal.api.answer.answer_verify`); normally answered by the WSGI fast path."""
-    status, headers, body = answer_verify(lambda: read_request(request), get_verifier())
-    return Response(body, status, headers)
+    answer = answer_verify(lambda: read_request(request), get_verifier())
+    g.organization_id = answer.organization_id  # for the request's log line
+    return Response(answer.body, answer.status, answer.headers)
 
 
 @bp.route("/keys/verify/gateway", methods=["GET", "HEAD", "POST"])
 def verify_gateway() -> Any:
     """A gateway's call (docs/gateways.md, :func:`portal.api.answer.answer_gateway`); normally the fast path's."""
     key_header = current_app.config.get("API_KEY_HEADER") or None
-    status, headers, body = answer_gateway(
-        lambda: read_gateway_request(request, key_header), get_verifier(), key_header
-    )
-    return Response(body, status, headers)
+    answer = answer_gateway(lambda: read_gateway_request(request, key_header), get_verifier(), key_header)
+    g.organization_id = answer.organization_id
+    return Response(answer.body, answer.status, answer.headers)
 
 
 @bp.get("/whoami")

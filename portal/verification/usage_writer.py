@@ -9,8 +9,9 @@ sooner when ``batch`` rows wait) as one INSERT of column arrays on its own conne
 ``synchronous_commit`` on, so a flushed row is on disk. ``close()`` stops the thread and flushes the rest; it
 runs when a gunicorn worker exits and at interpreter exit, so a clean stop loses nothing. A worker killed with
 SIGKILL loses at most ``interval`` seconds of its answered calls (rows the database refuses are kept and
-retried). The writer also vacuums the tables verification churns (docs/performance.md, "Vacuum the churned
-tables often; fold rarely").
+retried). Each flush also updates this process's metrics (portal/metrics.py): the rows still buffered, failed
+flushes, and the verifications counted since the last flush. The writer also vacuums the tables verification
+churns (docs/performance.md, "Vacuum the churned tables often; fold rarely").
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any, Protocol
 
 import psycopg2
 
+from portal import metrics
 from portal.verification import sql
 from portal.verification.backend import Row
 
@@ -214,7 +216,18 @@ class BufferedRecorder:
                         next_maintain = time.monotonic() + self.maintain_every
             except Exception:  # noqa: BLE001 - the writer must survive anything; rows stay buffered
                 log.exception("usage writer failed; %d rows kept for the next attempt", self.pending())
+                self.report()
                 time.sleep(min(1.0, self.interval * 5))
+            else:
+                self.report()
+
+    def report(self) -> None:
+        """Fold this process's verification counts into the metrics and set its buffered rows."""
+        try:
+            metrics.verification_tally.fold()
+            metrics.USAGE_ROWS_BUFFERED.set(self.pending())
+        except Exception:  # noqa: BLE001 - metrics never stop the writer
+            log.exception("usage writer: updating the metrics failed")
 
     def _connection(self) -> Any:
         if self._conn is None or self._conn.closed:
@@ -244,6 +257,8 @@ class BufferedRecorder:
                     for key, calls in counts.items():
                         self._counts[key] = self._counts.get(key, 0) + calls
                 self._reset_connection()
+                with contextlib.suppress(Exception):
+                    metrics.USAGE_FLUSH_FAILURES.inc()
                 raise
             self.written += len(rows)
             self.counted += sum(counts.values())
@@ -359,6 +374,7 @@ class BufferedRecorder:
                     log.error("usage flush at shutdown failed, %d rows lost: %s", self.pending(), exc)
                     break
                 time.sleep(0.2)
+        self.report()
         if self._conn is not None:
             self._conn.close()
             self._conn = None

@@ -14,10 +14,17 @@ import time
 from typing import Any
 
 from portal.keys import format as keyformat
+from portal.metrics import VerificationTally, verification_tally
 from portal.timeutil import utcnow
 from portal.verification.backend import Backend, DirectBackend, libpq_dsn
 from portal.verification.budget import InvalidKeyBudget
-from portal.verification.outcomes import REASONS, TOO_MANY_INVALID_KEYS, RateLimit, Verification
+from portal.verification.outcomes import (
+    REASONS,
+    TOO_MANY_INVALID_KEYS,
+    DatabaseUnavailable,
+    RateLimit,
+    Verification,
+)
 from portal.verification.usage_writer import BufferedRecorder, UsageRecorder
 
 MAX_USER_AGENT_CHARS = 256  # what a usage row keeps of a client's user agent
@@ -27,12 +34,18 @@ class Verifier:
     """A process's verification engine: where the statement runs and where usage rows go."""
 
     def __init__(
-        self, backend: Backend, recorder: UsageRecorder, pepper: str, budget: InvalidKeyBudget | None = None
+        self,
+        backend: Backend,
+        recorder: UsageRecorder,
+        pepper: str,
+        budget: InvalidKeyBudget | None = None,
+        tally: VerificationTally = verification_tally,
     ) -> None:
         self.backend = backend
         self.recorder = recorder
         self.pepper = pepper
         self.budget = budget if budget is not None else InvalidKeyBudget(0)
+        self.tally = tally  # the metrics' count of outcomes and latencies, in plain ints (portal/metrics.py)
 
     def verify(
         self,
@@ -54,10 +67,28 @@ class Verifier:
         ``peer`` the address that made the call, which stands in for ``ip`` in the budget of invalid keys and
         their counts when ``ip`` is not given (never in a key's allowlist check).
 
-        Raises :class:`~portal.verification.outcomes.DatabaseUnavailable` (nothing recorded) when PostgreSQL
-        cannot answer in time.
+        Raises :class:`~portal.verification.outcomes.DatabaseUnavailable` (nothing recorded but the metrics'
+        ``unavailable`` count) when PostgreSQL cannot answer in time.
         """
         started = time.perf_counter() if started is None else started
+        try:
+            result = self._verify(candidate, endpoint, started, scope, ip, user_agent, peer)
+        except DatabaseUnavailable:
+            self.tally.record("unavailable", time.perf_counter() - started)
+            raise
+        self.tally.record(result.outcome, time.perf_counter() - started)
+        return result
+
+    def _verify(
+        self,
+        candidate: object,
+        endpoint: str | None,
+        started: float,
+        scope: str | None,
+        ip: str | None,
+        user_agent: str | None,
+        peer: str | None,
+    ) -> Verification:
         address = ip if ip is not None else peer
         wait = self.budget.retry_after(address)
         if wait is not None:

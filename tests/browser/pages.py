@@ -38,6 +38,9 @@ EXCLUDED = {
     "usage.key_csv": "a CSV download",
     "usage.dashboard_csv": "a CSV download",
     "staff.org_usage_csv": "a CSV download",
+    "ops.healthz": "a probe for container health checks, JSON",
+    "ops.readyz": "a probe for container health checks and load balancers, JSON",
+    "ops.metrics": "Prometheus' scrape, text for programs, behind a bearer token",
 }
 
 

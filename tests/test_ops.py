@@ -1,0 +1,371 @@
+"""Health probes, metrics and request logs, in-process (a real gunicorn: tests/test_ops_gunicorn.py)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+from portal import create_app, metrics
+from portal.extensions import db
+from portal.logs import JsonFormatter, TextFormatter
+from portal.models import NotificationEvent, OutboxMail, WebhookDelivery, WebhookEndpoint
+from portal.timeutil import utcnow
+from portal.verification.usage_writer import BufferedRecorder
+from tests.conftest import drop_database, make_database
+from tests.metrics_helpers import METRICS_TOKEN, parse, value
+
+UNREACHABLE = "postgresql://nobody@127.0.0.1:1/nothing"  # nothing listens on port 1: refused at once
+
+
+@pytest.fixture
+def metrics_on(app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(app.config, "METRICS_TOKEN", METRICS_TOKEN)
+
+
+def scrape(client: Any) -> dict[Any, float]:
+    response = client.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+    assert response.status_code == 200, response.data
+    assert response.headers["Content-Type"].startswith("text/plain")
+    return parse(response.get_data(as_text=True))
+
+
+# --- Health ----------------------------------------------------------------------------------------------------
+
+
+def test_healthz_says_the_process_answers(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ok"}
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+def test_readyz_is_ready_when_the_database_is_at_the_newest_migration(client, app):
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ready", "migration": app.config["MIGRATIONS_HEAD"]}
+    assert app.config["MIGRATIONS_HEAD"]  # read from migrations/versions
+
+
+@pytest.fixture(scope="module")
+def unmigrated_database(database_server: str) -> Iterator[str]:
+    url = make_database(database_server, "unmigrated")
+    yield url
+    drop_database(database_server, url)
+
+
+def test_readyz_is_503_with_the_reason_before_migrations(unmigrated_database):
+    other = create_app({"SQLALCHEMY_DATABASE_URI": unmigrated_database}, env="testing")
+    response = other.test_client().get("/readyz")
+    assert response.status_code == 503
+    error = response.get_json()["error"]
+    assert error["code"] == "migrations_not_at_head"
+    assert "flask db upgrade" in error["message"] and other.config["MIGRATIONS_HEAD"] in error["message"]
+
+
+def test_without_a_database_healthz_answers_and_readyz_does_not(caplog):
+    other = create_app({"SQLALCHEMY_DATABASE_URI": UNREACHABLE}, env="testing")
+    client = other.test_client()
+    assert client.get("/healthz").status_code == 200
+    with caplog.at_level(logging.WARNING, logger="portal.ops"):
+        response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.get_json() == {
+        "error": {"code": "database_unavailable", "message": "The database does not answer."}
+    }
+    assert "127.0.0.1" not in response.get_data(as_text=True)  # where the database is stays in the log
+    assert any("did not answer" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.concurrency  # no test transaction: the session must be the unreachable app's own
+def test_without_a_database_the_scrape_still_shows_the_process_metrics():
+    other = create_app({"SQLALCHEMY_DATABASE_URI": UNREACHABLE, "METRICS_TOKEN": METRICS_TOKEN}, env="testing")
+    samples = scrape(other.test_client())
+    assert value(samples, "procode_metrics_database_up") == 0
+    assert not [name for name, _ in samples if name.startswith(("procode_mail", "procode_webhook"))]
+    assert [name for name, _ in samples if name.startswith("procode_verification_duration_seconds")]
+
+
+# --- Metrics: access -------------------------------------------------------------------------------------------
+
+
+def test_metrics_are_off_without_a_token(client):
+    response = client.get("/metrics", headers={"Authorization": "Bearer anything"})
+    assert response.status_code == 404
+    assert response.get_json()["error"]["code"] == "metrics_disabled"
+
+
+@pytest.mark.usefixtures("metrics_on")
+@pytest.mark.parametrize(
+    ("authorization", "status", "code"),
+    [
+        (None, 401, "missing_token"),
+        (f"Basic {METRICS_TOKEN}", 401, "missing_token"),
+        ("Bearer ", 403, "invalid_token"),
+        (f"Bearer {METRICS_TOKEN[:-1]}", 403, "invalid_token"),
+        (f"Bearer {METRICS_TOKEN}x", 403, "invalid_token"),
+    ],
+)
+def test_metrics_need_the_bearer_token(client, authorization, status, code):
+    headers = {"Authorization": authorization} if authorization else {}
+    response = client.get("/metrics", headers=headers)
+    assert response.status_code == status
+    assert response.get_json()["error"]["code"] == code
+    assert METRICS_TOKEN not in response.get_data(as_text=True)
+    if status == 401:
+        assert response.headers["WWW-Authenticate"] == 'Bearer realm="metrics"'
+
+
+def test_a_short_metrics_token_is_refused_in_production():
+    from portal.config import Config, ConfigError
+
+    values = {"SECRET_KEY": "s" * 32, "API_KEY_PEPPER": "p" * 32, "METRICS_TOKEN": "short"}
+    with pytest.raises(ConfigError, match="METRICS_TOKEN"):
+        Config.validate({**{k: getattr(Config, k) for k in dir(Config) if k.isupper()}, **values})
+
+
+# --- Metrics: what they count ----------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("metrics_on")
+def test_verifications_are_counted_by_outcome_with_their_latency(client, api_key):
+    before = scrape(client)
+    for _ in range(3):
+        assert client.post("/v1/keys/verify", json={"key": api_key.plaintext}).status_code == 200
+    assert client.post("/v1/keys/verify", json={"key": "pk_test_nope"}).status_code == 401
+    assert client.post("/v1/keys/verify", json={"key": 5}).status_code == 400  # not a verification
+    after = scrape(client)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("procode_verifications_total", outcome="ok") == 3
+    assert delta("procode_verifications_total", outcome="malformed") == 1
+    assert delta("procode_verifications_total") == 4
+    assert delta("procode_verification_duration_seconds_count") == 4
+    assert delta("procode_verification_duration_seconds_bucket", le="+Inf") == 4
+    assert delta("procode_verification_duration_seconds_sum") > 0
+
+
+def test_a_folded_tally_exposes_what_observing_each_call_would():
+    """The tally adds whole batches to the histogram; the exposition must equal one observe() per call."""
+    seconds = [0.0001, 0.0005, 0.0005001, 0.001, 0.003, 0.05, 0.7, 4.9, 9.0]  # on, around and past the bounds
+    registry = CollectorRegistry()
+    reference = Histogram("reference_seconds", "", buckets=metrics.VERIFICATION_BUCKETS, registry=registry)
+    for s in seconds:
+        reference.observe(s)
+    expected = {
+        dict(labels)["le"]: v
+        for (name, labels), v in parse(generate_latest(registry).decode()).items()
+        if "_bucket" in name
+    }
+    before = parse(metrics.exposition().decode())
+    tally = metrics.VerificationTally()
+    for s in seconds:
+        tally.record("ok", s)
+    assert tally.fold() == len(seconds)
+    after = parse(metrics.exposition().decode())
+    got = {
+        le: value(after, "procode_verification_duration_seconds_bucket", le=le)
+        - value(before, "procode_verification_duration_seconds_bucket", le=le)
+        for le in expected
+    }
+    assert got == expected
+    total = value(after, "procode_verification_duration_seconds_sum") - value(
+        before, "procode_verification_duration_seconds_sum"
+    )
+    assert total == pytest.approx(sum(seconds))
+    assert tally.fold() == 0  # each call is folded once
+
+
+@pytest.mark.usefixtures("metrics_on")
+def test_pages_are_timed_by_endpoint_never_by_path(client, auth, org, owner):
+    auth.login(owner)
+    before = scrape(client)
+    for _ in range(2):
+        assert client.get(f"/orgs/{org.slug}/keys/").status_code == 200
+    assert client.get("/password/reset/not-a-real-token?token=also-secret").status_code == 410
+    assert client.get("/no-such-page").status_code == 404
+    after = scrape(client)
+
+    def delta(**labels: str) -> float:
+        name = "procode_page_duration_seconds_count"
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta(endpoint="keys.index", method="GET") == 2
+    assert delta(endpoint="auth.reset_password", method="GET") == 1
+    assert delta(endpoint="unmatched", method="GET") == 1
+    endpoints = {dict(labels).get("endpoint", "") for _, labels in after}
+    assert not [e for e in endpoints if "/" in e or "token" in e]
+
+
+@pytest.mark.usefixtures("metrics_on")
+def test_mail_and_webhook_backlogs_are_read_at_scrape_time(client, org):
+    before = scrape(client)
+    long_ago = utcnow() - timedelta(minutes=10)
+    db.session.add(
+        OutboxMail(to_address="a@example.com", subject="s", body_text="b", template="t", created_at=long_ago)
+    )
+    event = NotificationEvent(organization_id=org.id, type="key.created", payload={})
+    endpoint = WebhookEndpoint(
+        organization_id=org.id, url="https://hooks.example.com/x", events=["*"], secret_sealed=b"x"
+    )
+    db.session.add_all([event, endpoint])
+    db.session.flush()
+    db.session.add(WebhookDelivery(endpoint_id=endpoint.id, event_id=event.id, next_attempt_at=long_ago))
+    db.session.flush()
+    after = scrape(client)
+    assert value(after, "procode_metrics_database_up") == 1
+    assert value(after, "procode_mail_outbox_pending") - value(before, "procode_mail_outbox_pending") == 1
+    assert value(after, "procode_mail_outbox_oldest_pending_age_seconds") >= 500
+    assert value(after, "procode_webhook_deliveries_pending") - value(before, "procode_webhook_deliveries_pending") == 1
+    assert value(after, "procode_webhook_deliveries_oldest_due_age_seconds") >= 500
+
+
+@pytest.mark.usefixtures("metrics_on")
+def test_the_pool_gauge_follows_checked_out_connections(client):
+    before = value(scrape(client), "procode_db_pool_connections_in_use")
+    with db.engine.connect():
+        during = value(scrape(client), "procode_db_pool_connections_in_use")
+    after = value(scrape(client), "procode_db_pool_connections_in_use")
+    assert during == before + 1
+    assert after == before
+
+
+@pytest.mark.usefixtures("metrics_on")
+def test_failed_usage_flushes_are_counted_and_their_rows_stay_buffered(client):
+    recorder = BufferedRecorder("host=127.0.0.1 port=1 dbname=nothing user=nobody", interval=3600, close_timeout=0.1)
+    before = scrape(client)
+    try:
+        recorder.add((None, None, utcnow(), "/x", 401, 1.0, "revoked", None, None))
+        with pytest.raises(Exception, match="127.0.0.1|port 1|refused"):
+            recorder.flush()
+        recorder.report()
+        after = scrape(client)
+    finally:
+        recorder.close()
+    assert value(after, "procode_usage_flush_failures_total") - value(before, "procode_usage_flush_failures_total") == 1
+    assert value(after, "procode_usage_rows_buffered") == 1
+
+
+# --- Request logs ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def request_lines(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.INFO, logger="portal.requests")
+    return caplog
+
+
+def _lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "portal.requests"]
+
+
+def test_a_page_gets_one_line_with_its_route_user_and_organization(client, auth, org, owner, request_lines):
+    auth.login(owner)
+    request_lines.clear()
+    response = client.get(f"/orgs/{org.slug}/keys/", headers={"X-Request-ID": "trace-42"})
+    (line,) = _lines(request_lines)
+    assert response.headers["X-Request-ID"] == "trace-42"
+    assert (line.request_id, line.method, line.route, line.status) == ("trace-42", "GET", "keys.index", 200)
+    assert (line.user_id, line.organization_id) == (str(owner.id), str(org.id))
+    assert line.duration_ms >= 0
+    text = TextFormatter().format(line)
+    assert "[trace-42]" in text and f"GET keys.index 200 {line.duration_ms:.2f}ms user={owner.id} org={org.id}" in text
+
+
+def test_a_change_that_commits_still_logs_who_made_it(client, auth, owner, request_lines):
+    auth.login(owner)
+    request_lines.clear()
+    assert client.post("/orgs/new", data={"name": "Side Project"}).status_code == 302
+    (line,) = _lines(request_lines)
+    assert (line.route, line.status, line.user_id) == ("orgs.create", 302, str(owner.id))
+
+
+def test_a_verification_gets_one_line_with_its_organization_and_never_the_key(client, org, api_key, request_lines):
+    response = client.post("/v1/keys/verify", json={"key": api_key.plaintext, "endpoint": "/x"})
+    gateway = client.get("/v1/keys/verify/gateway", headers={"Authorization": f"Bearer {api_key.plaintext}"})
+    lines = _lines(request_lines)
+    assert [(r.method, r.route, r.status) for r in lines] == [
+        ("POST", "api.verify", 200),
+        ("GET", "api.verify_gateway", 200),
+    ]
+    assert [r.request_id for r in lines] == [response.headers["X-Request-ID"], gateway.headers["X-Request-ID"]]
+    assert {r.organization_id for r in lines} == {str(org.id)}
+    assert all(r.user_id is None for r in lines)
+    _assert_nothing_secret(lines, api_key.plaintext)
+
+
+def test_a_verification_through_the_flask_view_gets_the_same_line(app, client, org, api_key, request_lines):
+    fast_path = app.extensions["portal.verify_fast_path"]
+    fast_path.enabled = False
+    try:
+        client.post("/v1/keys/verify", json={"key": api_key.plaintext})
+    finally:
+        fast_path.enabled = True
+    (line,) = _lines(request_lines)
+    assert (line.route, line.status, line.organization_id) == ("api.verify", 200, str(org.id))
+
+
+def test_secrets_sent_to_pages_never_reach_the_log(client, owner, request_lines):
+    password, token = "correct horse battery staple 9", "reset-token-that-must-stay-private"
+    client.post("/login", data={"email": owner.email, "password": password})
+    client.get(f"/password/reset/{token}?next={token}")
+    client.get("/v1/whoami", headers={"Authorization": f"Bearer pk_test_{token}"})
+    lines = _lines(request_lines)
+    assert [line.route for line in lines] == ["auth.login", "auth.reset_password", "api.whoami"]
+    _assert_nothing_secret(lines, password, token, owner.email)
+
+
+def test_json_lines_are_json_with_every_field(client, api_key, request_lines):
+    client.post("/v1/keys/verify", json={"key": api_key.plaintext})
+    client.get("/healthz")
+    for record in _lines(request_lines):
+        line = json.loads(JsonFormatter().format(record))
+        assert set(line) == {
+            "time",
+            "level",
+            "logger",
+            "request_id",
+            "message",
+            "method",
+            "route",
+            "status",
+            "duration_ms",
+            "user_id",
+            "organization_id",
+        }
+        assert line["level"] == "INFO" and line["logger"] == "portal.requests" and line["time"].endswith("Z")
+        assert api_key.plaintext not in json.dumps(line)
+
+
+def test_an_error_logged_as_json_keeps_its_traceback():
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = logging.getLogger("portal.errors").makeRecord(
+            "portal.errors", logging.ERROR, __file__, 1, "unhandled error", (), exc_info=__import__("sys").exc_info()
+        )
+    line = json.loads(JsonFormatter().format(record))
+    assert line["level"] == "ERROR" and "ValueError: boom" in line["exception"] and line["request_id"] == "-"
+
+
+def test_api_lines_can_be_turned_off(app, client, api_key, request_lines, monkeypatch):
+    monkeypatch.setitem(app.config, "LOG_API_REQUESTS", False)
+    monkeypatch.setattr(app.extensions["portal.verify_fast_path"], "log_requests", False)
+    client.post("/v1/keys/verify", json={"key": api_key.plaintext})
+    client.get("/v1/openapi.json")
+    client.get("/healthz")
+    assert [line.route for line in _lines(request_lines)] == ["ops.healthz"]
+
+
+def _assert_nothing_secret(lines: list[logging.LogRecord], *secrets: str) -> None:
+    for record in lines:
+        for formatted in (TextFormatter().format(record), JsonFormatter().format(record)):
+            for secret in secrets:
+                assert secret not in formatted
