@@ -397,6 +397,28 @@ def test_the_totp_secret_is_sealed_with_a_key_from_secret_key(app: Flask):
         app.config["SECRET_KEY"] = saved
 
 
+def test_after_secret_key_changes_app_codes_are_refused_and_a_recovery_code_lets_the_owner_set_it_up_again(
+    app: Flask, client, auth, owner
+):
+    auth.login(owner)
+    secret, codes = enrol(client)
+    auth.logout()
+    saved = app.config["SECRET_KEY"]
+    app.config["SECRET_KEY"] = "a-rotated-secret-key-of-enough-bytes"
+    try:
+        _sign_in_with_password(client, owner)
+        refused = client.post(CHALLENGE, data={"code": next_step_code(secret)})
+        assert refused.status_code == 401
+        assert "That code is not valid" in refused.get_data(as_text=True)
+        assert client.post(CHALLENGE, data={"code": codes[0]}).status_code == 302
+        removed = client.post("/account/two-factor/app/remove", data={"confirmation": factories.PASSWORD})
+        assert removed.status_code == 302
+        assert db.session.get(TotpCredential, owner.id) is None
+        assert client.get("/account/two-factor/app").status_code == 200  # set up again, under the new key
+    finally:
+        app.config["SECRET_KEY"] = saved
+
+
 def test_keep_me_signed_in_carries_over_the_second_step(client, auth, owner):
     auth.login(owner)
     secret, _ = enrol(client)

@@ -7,6 +7,7 @@ An account has two-factor on while it has an authenticator app (TOTP) or at leas
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import uuid
 from collections.abc import Iterator
@@ -32,6 +33,8 @@ from portal.security import verify_password
 from portal.timeutil import utcnow
 from portal.twofactor import hooks, passkeys, sealing, totp
 from portal.twofactor.passkeys import PasskeyError, RelyingParty
+
+log = logging.getLogger("portal.twofactor")
 
 RECOVERY_CODE_COUNT = 10
 # No 0/o, 1/i/l: codes are read off paper. 12 characters of 31 ≈ 59 bits, so a plain SHA-256 is enough.
@@ -122,7 +125,14 @@ def _use_totp_code(user: User, code: str) -> bool:
     credential = db.session.get(TotpCredential, user.id, with_for_update=True, populate_existing=True)
     if credential is None:
         return False
-    step = totp.matching_step(sealing.unseal(credential.secret_sealed), code, utcnow())
+    try:
+        secret = sealing.unseal(credential.secret_sealed)
+    except sealing.Unsealable:
+        # Sealed under another SECRET_KEY (rotated, or a restore without the old one): the app cannot work
+        # again; its owner signs in with a recovery code or a passkey and sets it up anew.
+        log.warning("authenticator app of user %s sealed under another SECRET_KEY: its codes are refused", user.id)
+        return False
+    step = totp.matching_step(secret, code, utcnow())
     if step is None or (credential.last_used_step is not None and step <= credential.last_used_step):
         return False
     credential.last_used_step = step
