@@ -5,11 +5,13 @@ production statements)."""
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
 
 from portal.extensions import db
+from portal.keys import services as key_services
 from portal.models import ApiKey, AuditEvent
 from portal.plans import PLANS
 from tests import factories
@@ -339,3 +341,28 @@ def test_require_api_key_refuses_an_unknown_scope_at_definition():
 
     with pytest.raises(ValueError, match="unknown scope"):
         require_api_key(scope="files:delete")
+
+
+def test_a_rolled_key_keeps_its_policy_and_its_external_id_moves_to_the_new_key(client, org, owner):
+    old = factories.api_key(
+        org,
+        owner,
+        key_policy=key_services.KeyPolicy(
+            scopes=["files:read"],
+            allowed_ips=["203.0.113.0/24"],
+            rate_limit=5,
+            meta={"team": "billing"},
+            external_id="billing-worker",
+        ),
+    )
+    new = key_services.roll_key(org, old.api_key, timedelta(hours=1), owner)
+    rolled = new.api_key
+    assert rolled.scopes == ["files:read"]
+    assert rolled.allowed_ips == ["203.0.113.0/24"]
+    assert (rolled.rate_limit, rolled.meta, rolled.external_id) == (5, {"team": "billing"}, "billing-worker")
+    assert old.api_key.external_id is None
+    # Enforced on the new key as on the old: a scope it lacks and an address outside its list are refused.
+    ok = verify(client, new.plaintext, scope="files:read", client_ip="203.0.113.9")
+    assert ok.status_code == 200 and ok.get_json()["external_id"] == "billing-worker"
+    assert verify(client, new.plaintext, scope="files:write", client_ip="203.0.113.9").status_code == 403
+    assert verify(client, new.plaintext, scope="files:read", client_ip="198.51.100.1").status_code == 403

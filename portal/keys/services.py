@@ -433,7 +433,20 @@ def roll_key(
     if api_key.status_at(moment) != "active":
         db.session.rollback()
         raise KeyActionError("Only an active key can be rolled.")
-    issued = _issue(org, api_key.name, api_key.environment, actor, api_key.expires_at, {"rolled_from": str(api_key.id)})
+    # The new key carries the old one's policy (a roll must not widen what a key may do) and takes over its
+    # external id: the customer's reference follows the key in use, and ids are unique per organization.
+    external_id, api_key.external_id = api_key.external_id, None
+    db.session.flush()
+    inherited = KeyPolicy(
+        scopes=list(api_key.scopes) if api_key.scopes is not None else None,
+        allowed_ips=list(api_key.allowed_ips or []),
+        rate_limit=api_key.rate_limit,
+        meta=dict(api_key.meta or {}),
+        external_id=external_id,
+    )
+    issued = _issue(
+        org, api_key.name, api_key.environment, actor, api_key.expires_at, {"rolled_from": str(api_key.id)}, inherited
+    )
     api_key.replaced_by_id = issued.api_key.id
     api_key.revoked_at = moment + grace
     api_key.revoked_by_id = actor.id if actor else None
