@@ -56,6 +56,8 @@ def committed(app: Any) -> Iterator[dict[str, Any]]:
         )
     )
     db.session.execute(sa.text("DELETE FROM api_invalid_key_counts WHERE client_ip = :ip"), {"ip": data["client_ip"]})
+    for pending in ("usage_rollup_pending", "usage_client_pending"):  # the queues other tests fold
+        db.session.execute(sa.text(f"DELETE FROM {pending} WHERE organization_id = :o"), {"o": org.id})  # noqa: S608
     db.session.execute(sa.delete(Organization).where(Organization.id == org.id))
     db.session.commit()
 
