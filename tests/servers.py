@@ -1,5 +1,6 @@
-"""A real gunicorn with the shipped settings (gunicorn.conf.py: gevent workers) on a loopback port, and the
-gateways in front of it (Debian's nginx and Caddy, configured from docs/gateways.md) with a tiny upstream.
+"""A real gunicorn with the shipped settings (gunicorn.conf.py: gevent workers) on a loopback port, the proxy
+docker-compose.yml puts in front of it (Debian's nginx with docs/deploy/nginx.conf), and the gateways in front
+of it (Debian's nginx and Caddy, configured from docs/gateways.md) with a tiny upstream.
 
 For tests that must see the production serving path: the worker class, its hooks and a clean stop.
 """
@@ -176,6 +177,53 @@ def caddy(portal: str, upstream: str, work: Path) -> Iterator[str]:
     env = {**os.environ, "XDG_DATA_HOME": str(work / "data"), "XDG_CONFIG_HOME": str(work / "config")}
     command = [gateway_binary("caddy") or "caddy", "run", "--config", str(work / "Caddyfile"), "--adapter", "caddyfile"]
     with _foreground(command, port, work / "caddy.log", env) as base:
+        yield base
+
+
+# --- The compose file's reverse proxy (docs/deploy/nginx.conf) -------------------------------------------------
+
+PROXY_CONFIG = ROOT / "docs" / "deploy" / "nginx.conf"
+# What the shipped file listens on and proxies to inside docker compose, replaced by the test's own addresses.
+DOC_PROXY_LISTEN, DOC_PROXY_UPSTREAM = "listen 80;", "server web:8000"
+
+
+def shipped_proxy_config(port: int, portal: str, work: Path) -> str:
+    """docs/deploy/nginx.conf listening on 127.0.0.1:``port`` in front of ``portal`` (host:port), with its
+    temporary files under ``work`` (Debian's defaults are root's)."""
+    config = PROXY_CONFIG.read_text()
+    temp = "".join(
+        f"    {kind}_temp_path {work / kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    replacements = (
+        (DOC_PROXY_LISTEN, f"listen 127.0.0.1:{port};"),
+        (DOC_PROXY_UPSTREAM, f"server {portal}"),
+        ("\nhttp {\n", "\nhttp {\n" + temp),
+    )
+    for documented, actual in replacements:
+        if config.count(documented) != 1:
+            raise AssertionError(f"docs/deploy/nginx.conf must name {documented.strip()!r} exactly once")
+        config = config.replace(documented, actual)
+    return config
+
+
+@contextmanager
+def proxy(portal: str, work: Path) -> Iterator[str]:
+    """Debian's nginx running docs/deploy/nginx.conf in front of ``portal``; yields the proxy's base URL."""
+    port = free_port(GATEWAY_PORTS)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "nginx.conf").write_text(shipped_proxy_config(port, portal.removeprefix("http://"), work))
+    command = [
+        gateway_binary("nginx") or "nginx",
+        "-p",
+        str(work),
+        "-c",
+        str(work / "nginx.conf"),
+        "-e",
+        str(work / "error.log"),
+        "-g",
+        f"daemon off; pid {work / 'nginx.pid'};",
+    ]
+    with _foreground(command, port, work / "nginx.log") as base:
         yield base
 
 
