@@ -44,7 +44,30 @@ SECRETS = {"SECRET_KEY": "s" * 32, "API_KEY_PEPPER": "test-key-pepper-of-at-leas
 @contextmanager
 def gunicorn(database_url: str, log_dir: Path, **env: str) -> Iterator[str]:
     """Serve ``wsgi:app`` in production mode on ``database_url`` and yield its base URL; on exit, stop it with
-    SIGTERM (the graceful stop during which workers flush their buffered usage rows) and wait for it."""
+    SIGTERM (the graceful stop during which workers flush their buffered usage rows) and wait for it.
+
+    Ready once its own log says it listens: a free port can be taken by another server (another test process on
+    the machine) before gunicorn binds it, and that server would answer a plain connection; gunicorn then gives
+    up, and it starts again on another port."""
+    for _attempt in range(3):
+        server, base, log_path = _start_gunicorn(database_url, log_dir, env)
+        if base is not None:
+            break
+        if "Connection in use" not in log_path.read_text():
+            raise AssertionError(log_path.read_text())
+    else:
+        raise AssertionError(log_path.read_text())
+    try:
+        yield base
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(60)
+
+
+def _start_gunicorn(
+    database_url: str, log_dir: Path, env: dict[str, str]
+) -> tuple[subprocess.Popen[bytes], str | None, Path]:
+    """Start gunicorn on a free port; its base URL once it listens there, or None if it exited first."""
     port = free_port()
     settings = {
         **os.environ,
@@ -67,20 +90,17 @@ def gunicorn(database_url: str, log_dir: Path, **env: str) -> Iterator[str]:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        try:
-            deadline = time.monotonic() + 90  # generous: CI may be busy
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline or server.poll() is not None:
-                        raise AssertionError(log_path.read_text()) from None
-                    time.sleep(0.1)
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            server.send_signal(signal.SIGTERM)
+    listening = f"Listening at: http://127.0.0.1:{port} ({server.pid})"
+    deadline = time.monotonic() + 90  # generous: CI may be busy
+    while listening not in log_path.read_text():
+        if server.poll() is not None:
+            return server, None, log_path
+        if time.monotonic() > deadline:
+            server.kill()
             server.wait(60)
+            raise AssertionError(log_path.read_text())
+        time.sleep(0.1)
+    return server, f"http://127.0.0.1:{port}", log_path
 
 
 # --- Gateways in front of the portal (docs/gateways.md) -------------------------------------------------------
@@ -111,10 +131,14 @@ def documented_config(language: str, gateway_port: int, portal: str, upstream: s
     return re.sub(rf"(?<!\d){DOC_GATEWAY_PORT}(?!\d)", str(gateway_port), config)
 
 
-def _wait_for_port(port: int, process: subprocess.Popen[bytes], log_path: Path) -> None:
+def _wait_for_port(port: int, process: subprocess.Popen[bytes], log_path: Path, pid_file: Path | None = None) -> None:
+    """Until ``port`` takes connections; with ``pid_file`` (nginx writes it once its sockets are bound), not
+    before it names ``process``, so another server that took the port first is never mistaken for this one."""
     deadline = time.monotonic() + 30
     while True:
         try:
+            if pid_file is not None and pid_file.read_text().strip() != str(process.pid):
+                raise OSError("not written yet")
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return
         except OSError:
@@ -124,12 +148,14 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes], log_path: Path) 
 
 
 @contextmanager
-def _foreground(command: list[str], port: int, log_path: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+def _foreground(
+    command: list[str], port: int, log_path: Path, env: dict[str, str] | None = None, pid_file: Path | None = None
+) -> Iterator[str]:
     """Run a server in the foreground (no daemon), yield its base URL once it listens, then stop it."""
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)  # noqa: S603
         try:
-            _wait_for_port(port, process, log_path)
+            _wait_for_port(port, process, log_path, pid_file)
             yield f"http://127.0.0.1:{port}"
         finally:
             process.terminate()
@@ -163,7 +189,7 @@ def nginx(portal: str, upstream: str, work: Path) -> Iterator[str]:
         "-e",
         str(work / "error.log"),
     ]
-    with _foreground(command, port, work / "stdout.log") as base:
+    with _foreground(command, port, work / "stdout.log", pid_file=work / "nginx.pid") as base:
         yield base
 
 
@@ -223,7 +249,7 @@ def proxy(portal: str, work: Path) -> Iterator[str]:
         "-g",
         f"daemon off; pid {work / 'nginx.pid'};",
     ]
-    with _foreground(command, port, work / "nginx.log") as base:
+    with _foreground(command, port, work / "nginx.log", pid_file=work / "nginx.pid") as base:
         yield base
 
 
