@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -27,7 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def free_port(ports: range = range(18150, 18200)) -> int:
-    for port in ports:
+    """A port of ``ports`` that is free now, picked at random: test processes starting servers at the same
+    time then rarely pick the same one."""
+    for port in random.sample(ports, len(ports)):
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
@@ -49,7 +52,7 @@ def gunicorn(database_url: str, log_dir: Path, **env: str) -> Iterator[str]:
     Ready once its own log says it listens: a free port can be taken by another server (another test process on
     the machine) before gunicorn binds it, and that server would answer a plain connection; gunicorn then gives
     up, and it starts again on another port."""
-    for _attempt in range(3):
+    for _attempt in range(5):
         server, base, log_path = _start_gunicorn(database_url, log_dir, env)
         if base is not None:
             break
