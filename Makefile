@@ -52,8 +52,9 @@ chromium:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	else echo "chromium missing and not root: browser tests will be skipped"; fi; }
 
-## Debian's nginx (auth_request) and Caddy (forward_auth) for tests/test_gateways.py (docs/gateways.md);
-## installed when missing and we are root, else those tests are skipped
+## Debian's nginx (auth_request) and Caddy (forward_auth) for tests/test_gateways.py (docs/gateways.md), and
+## nginx for tests/test_slow_clients.py (docs/deploy/nginx.conf); installed when missing and we are root, else
+## those tests are skipped
 gateways:
 	@{ command -v nginx || test -x /usr/sbin/nginx; } >/dev/null && command -v caddy >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \

@@ -10,6 +10,21 @@ Metrics (portal/metrics.py) are kept in prometheus_client's multiprocess mode, s
 answered by any worker shows all of them: each master start gets a fresh ``PROMETHEUS_MULTIPROC_DIR`` (a new
 temporary directory, removed when the master exits; or the operator's own directory, emptied), set before any
 worker starts, and a worker that exits is marked dead there so its gauges leave the sums.
+
+Both are gunicorn's workers with one addition (portal/serving.py): every request must arrive, line, headers
+and body, within ``GUNICORN_REQUEST_READ_TIMEOUT`` (10 s) of the moment the worker starts waiting for it, or
+its connection is closed (a late body is answered 408). gunicorn's ``timeout`` does not do this: it restarts a
+worker that stops answering its master, and a gevent worker otherwise waits for a body as long as the client
+takes. The worker reads the body itself, whole and under that deadline, before it calls the app, so nothing in
+the app (Flask's form parser, the /v1 fast path) ever waits on a slow client. That is the robust place: a
+middleware reading ``wsgi.input`` would leave the wait for headers unbounded and every other reader of the
+body unguarded. A gevent worker near ``worker_connections`` also closes the connection that has waited longest
+for its request, so a flood of slow clients cannot keep a new one out. The gthread worker bounds bodies only
+(gunicorn gives it 5 s for a request's first bytes, outside its threads).
+
+gunicorn is not meant to face the internet on its own: docker-compose.yml puts nginx in front of it
+(docs/deploy/nginx.conf: buffered requests, a body size limit, connections per client address), and
+docs/operations.md explains both.
 """
 
 import os
@@ -19,7 +34,10 @@ import tempfile
 bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
 # One process per core: measured on 2 cores, 3 or 4 gevent workers did less per second than 2.
 workers = int(os.environ.get("GUNICORN_WORKERS", str(max(2, os.cpu_count() or 2))))
-worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gevent")
+# gunicorn's names for its workers mean ours (portal/serving.py); any other class is taken as given.
+WORKER_CLASSES = {"gevent": "portal.serving.GeventWorker", "gthread": "portal.serving.ThreadWorker"}
+_worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gevent")
+worker_class = WORKER_CLASSES.get(_worker_class, _worker_class)
 worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000"))  # per gevent worker
 threads = int(os.environ.get("GUNICORN_THREADS", "8"))  # per gthread worker
 raw_env = ["PORTAL_WEB_WORKER=1"]  # no `flask db` commands (nor Alembic's memory) in web workers
@@ -41,11 +59,16 @@ def worker_exit(server, worker):  # noqa: ARG001 - gunicorn's hook signature
 def on_starting(server):
     """Refuse --preload with gevent: the app would be built before gevent patches the process, so psycopg2
     and the usage writer would block each worker's event loop instead of yielding."""
-    if server.cfg.preload_app and server.cfg.worker_class_str == "gevent":
+    if server.cfg.preload_app and server.cfg.worker_class_str in ("gevent", WORKER_CLASSES["gevent"]):
         raise RuntimeError("--preload is not supported with gevent workers (see gunicorn.conf.py)")
     from portal.config import check_environment
+    from portal.serving import read_timeout
 
     check_environment()  # a missing or weak secret stops the master with one line, before any worker starts
+    try:
+        read_timeout()
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
     _fresh_metrics_dir()
 
 

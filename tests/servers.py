@@ -1,5 +1,6 @@
-"""A real gunicorn with the shipped settings (gunicorn.conf.py: gevent workers) on a loopback port, and the
-gateways in front of it (Debian's nginx and Caddy, configured from docs/gateways.md) with a tiny upstream.
+"""A real gunicorn with the shipped settings (gunicorn.conf.py: gevent workers) on a loopback port, the proxy
+docker-compose.yml puts in front of it (Debian's nginx with docs/deploy/nginx.conf), and the gateways in front
+of it (Debian's nginx and Caddy, configured from docs/gateways.md) with a tiny upstream.
 
 For tests that must see the production serving path: the worker class, its hooks and a clean stop.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -26,7 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def free_port(ports: range = range(18150, 18200)) -> int:
-    for port in ports:
+    """A port of ``ports`` that is free now, picked at random: test processes starting servers at the same
+    time then rarely pick the same one."""
+    for port in random.sample(ports, len(ports)):
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
@@ -43,7 +47,30 @@ SECRETS = {"SECRET_KEY": "s" * 32, "API_KEY_PEPPER": "test-key-pepper-of-at-leas
 @contextmanager
 def gunicorn(database_url: str, log_dir: Path, **env: str) -> Iterator[str]:
     """Serve ``wsgi:app`` in production mode on ``database_url`` and yield its base URL; on exit, stop it with
-    SIGTERM (the graceful stop during which workers flush their buffered usage rows) and wait for it."""
+    SIGTERM (the graceful stop during which workers flush their buffered usage rows) and wait for it.
+
+    Ready once its own log says it listens: a free port can be taken by another server (another test process on
+    the machine) before gunicorn binds it, and that server would answer a plain connection; gunicorn then gives
+    up, and it starts again on another port."""
+    for _attempt in range(5):
+        server, base, log_path = _start_gunicorn(database_url, log_dir, env)
+        if base is not None:
+            break
+        if "Connection in use" not in log_path.read_text():
+            raise AssertionError(log_path.read_text())
+    else:
+        raise AssertionError(log_path.read_text())
+    try:
+        yield base
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(60)
+
+
+def _start_gunicorn(
+    database_url: str, log_dir: Path, env: dict[str, str]
+) -> tuple[subprocess.Popen[bytes], str | None, Path]:
+    """Start gunicorn on a free port; its base URL once it listens there, or None if it exited first."""
     port = free_port()
     settings = {
         **os.environ,
@@ -66,20 +93,17 @@ def gunicorn(database_url: str, log_dir: Path, **env: str) -> Iterator[str]:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        try:
-            deadline = time.monotonic() + 90  # generous: CI may be busy
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline or server.poll() is not None:
-                        raise AssertionError(log_path.read_text()) from None
-                    time.sleep(0.1)
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            server.send_signal(signal.SIGTERM)
+    listening = f"Listening at: http://127.0.0.1:{port} ({server.pid})"
+    deadline = time.monotonic() + 90  # generous: CI may be busy
+    while listening not in log_path.read_text():
+        if server.poll() is not None:
+            return server, None, log_path
+        if time.monotonic() > deadline:
+            server.kill()
             server.wait(60)
+            raise AssertionError(log_path.read_text())
+        time.sleep(0.1)
+    return server, f"http://127.0.0.1:{port}", log_path
 
 
 # --- Gateways in front of the portal (docs/gateways.md) -------------------------------------------------------
@@ -110,10 +134,14 @@ def documented_config(language: str, gateway_port: int, portal: str, upstream: s
     return re.sub(rf"(?<!\d){DOC_GATEWAY_PORT}(?!\d)", str(gateway_port), config)
 
 
-def _wait_for_port(port: int, process: subprocess.Popen[bytes], log_path: Path) -> None:
+def _wait_for_port(port: int, process: subprocess.Popen[bytes], log_path: Path, pid_file: Path | None = None) -> None:
+    """Until ``port`` takes connections; with ``pid_file`` (nginx writes it once its sockets are bound), not
+    before it names ``process``, so another server that took the port first is never mistaken for this one."""
     deadline = time.monotonic() + 30
     while True:
         try:
+            if pid_file is not None and pid_file.read_text().strip() != str(process.pid):
+                raise OSError("not written yet")
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return
         except OSError:
@@ -123,12 +151,14 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes], log_path: Path) 
 
 
 @contextmanager
-def _foreground(command: list[str], port: int, log_path: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+def _foreground(
+    command: list[str], port: int, log_path: Path, env: dict[str, str] | None = None, pid_file: Path | None = None
+) -> Iterator[str]:
     """Run a server in the foreground (no daemon), yield its base URL once it listens, then stop it."""
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)  # noqa: S603
         try:
-            _wait_for_port(port, process, log_path)
+            _wait_for_port(port, process, log_path, pid_file)
             yield f"http://127.0.0.1:{port}"
         finally:
             process.terminate()
@@ -162,7 +192,7 @@ def nginx(portal: str, upstream: str, work: Path) -> Iterator[str]:
         "-e",
         str(work / "error.log"),
     ]
-    with _foreground(command, port, work / "stdout.log") as base:
+    with _foreground(command, port, work / "stdout.log", pid_file=work / "nginx.pid") as base:
         yield base
 
 
@@ -176,6 +206,53 @@ def caddy(portal: str, upstream: str, work: Path) -> Iterator[str]:
     env = {**os.environ, "XDG_DATA_HOME": str(work / "data"), "XDG_CONFIG_HOME": str(work / "config")}
     command = [gateway_binary("caddy") or "caddy", "run", "--config", str(work / "Caddyfile"), "--adapter", "caddyfile"]
     with _foreground(command, port, work / "caddy.log", env) as base:
+        yield base
+
+
+# --- The compose file's reverse proxy (docs/deploy/nginx.conf) -------------------------------------------------
+
+PROXY_CONFIG = ROOT / "docs" / "deploy" / "nginx.conf"
+# What the shipped file listens on and proxies to inside docker compose, replaced by the test's own addresses.
+DOC_PROXY_LISTEN, DOC_PROXY_UPSTREAM = "listen 80;", "server web:8000"
+
+
+def shipped_proxy_config(port: int, portal: str, work: Path) -> str:
+    """docs/deploy/nginx.conf listening on 127.0.0.1:``port`` in front of ``portal`` (host:port), with its
+    temporary files under ``work`` (Debian's defaults are root's)."""
+    config = PROXY_CONFIG.read_text()
+    temp = "".join(
+        f"    {kind}_temp_path {work / kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    replacements = (
+        (DOC_PROXY_LISTEN, f"listen 127.0.0.1:{port};"),
+        (DOC_PROXY_UPSTREAM, f"server {portal}"),
+        ("\nhttp {\n", "\nhttp {\n" + temp),
+    )
+    for documented, actual in replacements:
+        if config.count(documented) != 1:
+            raise AssertionError(f"docs/deploy/nginx.conf must name {documented.strip()!r} exactly once")
+        config = config.replace(documented, actual)
+    return config
+
+
+@contextmanager
+def proxy(portal: str, work: Path) -> Iterator[str]:
+    """Debian's nginx running docs/deploy/nginx.conf in front of ``portal``; yields the proxy's base URL."""
+    port = free_port(GATEWAY_PORTS)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "nginx.conf").write_text(shipped_proxy_config(port, portal.removeprefix("http://"), work))
+    command = [
+        gateway_binary("nginx") or "nginx",
+        "-p",
+        str(work),
+        "-c",
+        str(work / "nginx.conf"),
+        "-e",
+        str(work / "error.log"),
+        "-g",
+        f"daemon off; pid {work / 'nginx.pid'};",
+    ]
+    with _foreground(command, port, work / "nginx.log", pid_file=work / "nginx.pid") as base:
         yield base
 
 
