@@ -50,6 +50,7 @@ def create_app(config: dict[str, Any] | None = None, env: str | None = None) -> 
     register_body_check(app)
     register_extensions(app)
     register_mail(app)
+    register_webhooks(app)
     register_blueprints(app)
     register_error_handlers(app)
     register_request_hooks(app)
@@ -121,6 +122,12 @@ def register_mail(app: Flask) -> None:
     from portal import mail
 
     mail.init_app(app)
+
+
+def register_webhooks(app: Flask) -> None:
+    from portal.notify import worker
+
+    worker.init_app(app)
 
 
 def register_blueprints(app: Flask) -> None:

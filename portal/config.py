@@ -133,6 +133,16 @@ class Config:
     # Notifications (portal/notify/): webhooks go to public https addresses only; development and tests (and an
     # operator who knows why, with WEBHOOK_ALLOW_PRIVATE=1) may send to loopback and private receivers over http.
     WEBHOOK_ALLOW_PRIVATE = False
+    # Delivery (portal/notify/delivery.py): a deliverer thread per web process, like the mail sender's, else
+    # `flask webhooks deliver` from cron. Each attempt has WEBHOOK_TIMEOUT seconds, connection included; up to
+    # WEBHOOK_CONCURRENCY endpoints are sent to at once per process. A failed delivery is retried after a random
+    # delay of up to each step of WEBHOOK_RETRY_SCHEDULE in turn (seconds; about a day in all on average), then
+    # given up; an endpoint with nothing delivered over a whole schedule is disabled and its owners mailed.
+    WEBHOOK_DELIVERER_THREAD = True
+    WEBHOOK_POLL_INTERVAL = 5.0  # seconds between the deliverer's passes (a commit that queued deliveries wakes it)
+    WEBHOOK_TIMEOUT = 5.0
+    WEBHOOK_CONCURRENCY = 10
+    WEBHOOK_RETRY_SCHEDULE: tuple[float, ...] = (5, 60, 300, 1800, 7200, 18000, 36000, 36000, 36000, 36000)
     # Usage: raw events are pruned after this many days (flask usage prune), rollups kept far longer.
     USAGE_RAW_RETENTION_DAYS = 90
     USAGE_ROLLUP_RETENTION_DAYS = 400
@@ -196,6 +206,15 @@ class Config:
             values["SIGNUP_MAX_PER_IP"] = int(os.environ["SIGNUP_MAX_PER_IP"])
         if os.environ.get("WEBHOOK_ALLOW_PRIVATE"):
             values["WEBHOOK_ALLOW_PRIVATE"] = os.environ["WEBHOOK_ALLOW_PRIVATE"] not in ("0", "false", "no")
+        if os.environ.get("WEBHOOK_DELIVERER_THREAD"):
+            values["WEBHOOK_DELIVERER_THREAD"] = os.environ["WEBHOOK_DELIVERER_THREAD"] not in ("0", "false", "no")
+        for name in ("WEBHOOK_TIMEOUT", "WEBHOOK_POLL_INTERVAL"):
+            if os.environ.get(name):
+                values[name] = float(os.environ[name])
+        if os.environ.get("WEBHOOK_CONCURRENCY"):
+            values["WEBHOOK_CONCURRENCY"] = int(os.environ["WEBHOOK_CONCURRENCY"])
+        if os.environ.get("WEBHOOK_RETRY_SCHEDULE"):  # seconds, comma-separated: "5,60,300,1800"
+            values["WEBHOOK_RETRY_SCHEDULE"] = tuple(float(s) for s in os.environ["WEBHOOK_RETRY_SCHEDULE"].split(","))
         if os.environ.get("PORTAL_WEB_WORKER"):
             values["MIGRATIONS_CLI"] = False
         return values
@@ -270,6 +289,7 @@ class TestConfig(Config):
     MAIL_SENDER_THREAD = False  # tests call portal.mail.send_due() themselves
     STAFF_REQUIRE_TWO_FACTOR = False  # tests that need it turn it on
     WEBHOOK_ALLOW_PRIVATE = True  # receivers run on loopback; tests of the refusal turn it off
+    WEBHOOK_DELIVERER_THREAD = False  # tests call portal.notify.delivery.deliver_due() themselves
 
     @classmethod
     def from_env(cls) -> dict[str, Any]:
