@@ -142,6 +142,9 @@ class Config:
     WEBHOOK_POLL_INTERVAL = 5.0  # seconds between the deliverer's passes (a commit that queued deliveries wakes it)
     WEBHOOK_TIMEOUT = 5.0
     WEBHOOK_CONCURRENCY = 10
+    # Sends per second per process, at most (0: no limit): a burst of events takes a bounded share of a web
+    # worker's CPU from its pages and verifications (docs/performance.md), and is delivered over a little longer.
+    WEBHOOK_MAX_PER_SECOND = 50.0
     WEBHOOK_RETRY_SCHEDULE: tuple[float, ...] = (5, 60, 300, 1800, 7200, 18000, 36000, 36000, 36000, 36000)
     # Usage: raw events are pruned after this many days (flask usage prune), rollups kept far longer.
     USAGE_RAW_RETENTION_DAYS = 90
@@ -208,7 +211,7 @@ class Config:
             values["WEBHOOK_ALLOW_PRIVATE"] = os.environ["WEBHOOK_ALLOW_PRIVATE"] not in ("0", "false", "no")
         if os.environ.get("WEBHOOK_DELIVERER_THREAD"):
             values["WEBHOOK_DELIVERER_THREAD"] = os.environ["WEBHOOK_DELIVERER_THREAD"] not in ("0", "false", "no")
-        for name in ("WEBHOOK_TIMEOUT", "WEBHOOK_POLL_INTERVAL"):
+        for name in ("WEBHOOK_TIMEOUT", "WEBHOOK_POLL_INTERVAL", "WEBHOOK_MAX_PER_SECOND"):
             if os.environ.get(name):
                 values[name] = float(os.environ[name])
         if os.environ.get("WEBHOOK_CONCURRENCY"):
@@ -290,6 +293,7 @@ class TestConfig(Config):
     STAFF_REQUIRE_TWO_FACTOR = False  # tests that need it turn it on
     WEBHOOK_ALLOW_PRIVATE = True  # receivers run on loopback; tests of the refusal turn it off
     WEBHOOK_DELIVERER_THREAD = False  # tests call portal.notify.delivery.deliver_due() themselves
+    WEBHOOK_MAX_PER_SECOND = 0.0  # unpaced: tests wait on no clock
 
     @classmethod
     def from_env(cls) -> dict[str, Any]:

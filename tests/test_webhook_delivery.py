@@ -394,13 +394,14 @@ def test_a_redirect_is_not_followed(org, owner):
     assert delivery.status == "pending"
 
 
-def test_more_deliveries_than_a_lane_takes_all_go_out_in_one_pass(org, owner):
+def test_more_deliveries_than_a_lane_takes_all_go_out_in_one_pass_over_few_connections(org, owner):
     with receiving() as receiver:
         endpoint, secret = add_endpoint(org, receiver.url)
         emitted = emit(org, PER_LANE + 5)
         result = deliver_due()
     assert result.delivered == PER_LANE + 5
     assert sorted(p["id"] for p in receiver.payloads(secret)) == sorted(e.payload["id"] for e in emitted)
+    assert len({r.client_port for r in receiver.requests}) == 2  # one kept-alive connection per lane
 
 
 def test_flask_webhooks_deliver_sends_what_is_due(app, org, owner):

@@ -25,6 +25,7 @@ class Request:
     path: str
     headers: dict[str, str]
     body: bytes
+    client_port: int  # which connection it came over
 
     def verify(self, secret: str) -> Any:
         """The payload, when the signature verifies with ``secret`` (else WebhookVerificationError)."""
@@ -47,7 +48,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             receiver.released.wait(60)
             mode = "ok"
         with receiver.lock:
-            receiver.requests.append(Request(self.path, dict(self.headers), body))
+            receiver.requests.append(Request(self.path, dict(self.headers), body, self.client_address[1]))
         if mode == "error":
             self._answer(500, b"receiver is broken: try again later")
         else:

@@ -159,9 +159,10 @@ class EndpointClient:
         except BaseException:
             conn.close()
             raise
-        if response.will_close or not response.isclosed():
+        if response.will_close or not (response.isclosed() or response.length == 0):
             conn.close()  # the receiver closes it, or sent more than we read
         else:
+            response.close()  # read to its end: the connection is ready for the lane's next delivery
             self._conn = conn
         return response.status, excerpt
 

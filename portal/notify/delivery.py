@@ -47,10 +47,13 @@ from portal.twofactor.sealing import Unsealable
 
 log = logging.getLogger("portal.notify")
 
-BATCH = 500  # deliveries a pass claims at most; the deliverer thread starts another pass at once after a full one
-PER_LANE = 20  # deliveries of one endpoint claimed together and sent in turn over one connection
+BATCH = (
+    2000  # deliveries a pass claims (about) at most; the deliverer thread starts another pass at once after a full one
+)
+PER_LANE = 50  # deliveries of one endpoint claimed together and sent in turn over one connection
 LEASE = timedelta(minutes=10)  # a claimed row is not claimed again before this, unless its outcome is recorded
 ACTOR = "ProCode Portal"  # how the audit trail names the deliverer
+RECORD_EVERY = 0.2  # seconds: the outcomes that arrive within this are recorded in one transaction
 
 
 @dataclass
@@ -65,6 +68,14 @@ class DeliveryResult:
     @property
     def attempted(self) -> int:
         return self.delivered + self.retrying + self.failed
+
+    def add(self, other: DeliveryResult) -> None:
+        self.delivered += other.delivered
+        self.retrying += other.retrying
+        self.failed += other.failed
+        self.released += other.released
+        self.disabled += other.disabled
+        self.claimed += other.claimed
 
 
 def retry_delay(attempts: int, schedule: Sequence[float], rng: random.Random | None = None) -> timedelta | None:
@@ -139,8 +150,11 @@ def deliver_due(*, now: datetime | None = None, limit: int = BATCH) -> DeliveryR
     busy: set[uuid.UUID] = set()
     left_alone: set[uuid.UUID] = set()  # unreachable this pass
     stop = threading.Event()
-    # A lane ends within PER_LANE timeouts; waiting longer than that for news means a lane died silently.
-    patience = PER_LANE * timeout + 60
+    keys: dict[Any, SigningKeys | None] = {}
+    rate = float(config["WEBHOOK_MAX_PER_SECOND"])
+    pacer = _Pacer(rate)
+    # A lane ends within PER_LANE timeouts and paced turns; waiting longer than that means a lane died silently.
+    patience = PER_LANE * (timeout + (concurrency / rate if rate > 0 else 0)) + 60
 
     def at(started: float) -> datetime:
         return moment + timedelta(seconds=started - began)
@@ -150,11 +164,18 @@ def deliver_due(*, now: datetime | None = None, limit: int = BATCH) -> DeliveryR
         while True:
             free = concurrency - len(busy)
             if free > 0 and result.claimed < limit:
-                lanes = _claim(moment, exclude=busy | left_alone, lanes=free, rows=limit - result.claimed)
+                per_lane = min(PER_LANE, limit - result.claimed)
+                lanes = _claim(
+                    moment,
+                    exclude=busy | left_alone,
+                    lanes=min(free, -(-(limit - result.claimed) // per_lane)),
+                    per_lane=per_lane,
+                    keys=keys,
+                )
                 for lane in lanes:
                     busy.add(lane.endpoint_id)
                     result.claimed += len(lane.jobs)
-                    pool.submit(_run_lane, lane, inbox, stop, timeout, allow_private)
+                    pool.submit(_run_lane, lane, inbox, stop, pacer, timeout, allow_private)
             if not busy:
                 break
             try:
@@ -162,12 +183,21 @@ def deliver_due(*, now: datetime | None = None, limit: int = BATCH) -> DeliveryR
             except queue.Empty:
                 log.error("webhook lanes for %d endpoints gave no news in %.0f s; leaving them", len(busy), patience)
                 break
-            while True:
+            # What else arrives within RECORD_EVERY is written in the same transaction.
+            window_ends = time.monotonic() + RECORD_EVERY
+            while (wait := window_ends - time.monotonic()) > 0:
                 try:
-                    messages.append(inbox.get_nowait())
+                    messages.append(inbox.get(timeout=wait))
                 except queue.Empty:
                     break
-            _record(messages, at, schedule, result)
+                if sum(isinstance(m, _LaneDone) for m in messages) >= len(busy):
+                    break  # every lane is done: nothing more will come
+            try:
+                result.add(_record(messages, at, schedule))
+            except sa.exc.OperationalError:  # a deadlock or a dropped connection: once more, then give up the pass
+                db.session.rollback()
+                log.warning("recording webhook attempts failed; trying again", exc_info=True)
+                result.add(_record(messages, at, schedule))
             for message in messages:
                 if isinstance(message, _LaneDone):
                     busy.discard(message.endpoint_id)
@@ -182,34 +212,39 @@ def deliver_due(*, now: datetime | None = None, limit: int = BATCH) -> DeliveryR
     return result
 
 
-def _claim(moment: datetime, *, exclude: set[uuid.UUID], lanes: int, rows: int) -> list[_Lane]:
-    """Lease the due deliveries of up to ``lanes`` endpoints (oldest first, at most PER_LANE each) and commit."""
+def _claim(
+    moment: datetime, *, exclude: set[uuid.UUID], lanes: int, per_lane: int, keys: dict[Any, SigningKeys | None]
+) -> list[_Lane]:
+    """Lease the next due deliveries (at most ``per_lane`` each) of the ``lanes`` endpoints whose oldest due
+    delivery is oldest, and commit. Both steps read ``ix_webhook_deliveries_pending_endpoint``: a claim costs the
+    rows it takes, not the whole backlog."""
     claimed = db.session.execute(
         sa.text(
             """
-            WITH due AS (
-                SELECT d.id, d.endpoint_id, d.next_attempt_at, d.created_at,
-                       row_number() OVER (PARTITION BY d.endpoint_id ORDER BY d.next_attempt_at, d.created_at) AS n
-                FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id
-                WHERE d.status = 'pending' AND d.next_attempt_at <= :now
-                  AND e.paused_at IS NULL AND e.disabled_at IS NULL
-                  AND d.endpoint_id <> ALL(CAST(:exclude AS uuid[]))
-            ), lanes AS (
-                SELECT endpoint_id FROM due WHERE n = 1 ORDER BY next_attempt_at, created_at LIMIT :lanes
+            WITH lanes AS (
+                SELECT e.id FROM webhook_endpoints e
+                CROSS JOIN LATERAL (
+                    SELECT d.next_attempt_at FROM webhook_deliveries d
+                    WHERE d.endpoint_id = e.id AND d.status = 'pending' AND d.next_attempt_at <= :now
+                    ORDER BY d.next_attempt_at LIMIT 1
+                ) oldest
+                WHERE e.paused_at IS NULL AND e.disabled_at IS NULL AND e.id <> ALL(CAST(:exclude AS uuid[]))
+                ORDER BY oldest.next_attempt_at
+                LIMIT :lanes
             ), picked AS (
-                SELECT d.id, d.next_attempt_at AS due_at, due.n
-                FROM webhook_deliveries d
-                JOIN due ON due.id = d.id
-                JOIN lanes ON lanes.endpoint_id = due.endpoint_id
-                WHERE due.n <= :per_lane AND d.status = 'pending' AND d.next_attempt_at <= :now
-                ORDER BY due.n
-                LIMIT :rows
-                FOR UPDATE OF d SKIP LOCKED
+                SELECT p.id, p.next_attempt_at AS due_at FROM lanes
+                CROSS JOIN LATERAL (
+                    SELECT d.id, d.next_attempt_at FROM webhook_deliveries d
+                    WHERE d.endpoint_id = lanes.id AND d.status = 'pending' AND d.next_attempt_at <= :now
+                    ORDER BY d.next_attempt_at
+                    LIMIT :per_lane
+                    FOR UPDATE SKIP LOCKED
+                ) p
             )
             UPDATE webhook_deliveries d SET next_attempt_at = :lease
             FROM picked, notification_events ev, webhook_endpoints e
             WHERE d.id = picked.id AND ev.id = d.event_id AND e.id = d.endpoint_id
-            RETURNING d.id, d.endpoint_id, d.attempts, picked.due_at, picked.n, ev.payload,
+            RETURNING d.id, d.endpoint_id, d.attempts, d.created_at, picked.due_at, ev.payload,
                       e.url, e.secret_sealed, e.previous_secret_sealed, e.previous_secret_until
             """
         ),
@@ -217,36 +252,59 @@ def _claim(moment: datetime, *, exclude: set[uuid.UUID], lanes: int, rows: int) 
             "now": moment,
             "exclude": [str(e) for e in exclude],
             "lanes": lanes,
-            "per_lane": PER_LANE,
-            "rows": rows,
+            "per_lane": per_lane,
             "lease": moment + LEASE,
         },
     ).all()
     db.session.commit()
     by_endpoint: dict[uuid.UUID, _Lane] = {}
-    for row in sorted(claimed, key=lambda r: r.n):
+    for row in sorted(claimed, key=lambda r: (r.due_at, r.created_at)):
         lane = by_endpoint.get(row.endpoint_id)
         if lane is None:
-            lane = by_endpoint[row.endpoint_id] = _Lane(row.endpoint_id, row.url, _keys(row, moment), [])
+            lane = by_endpoint[row.endpoint_id] = _Lane(row.endpoint_id, row.url, _keys(row, moment, keys), [])
         payload = row.payload
         lane.jobs.append(_Job(row.id, row.attempts, row.due_at, str(payload["id"]), signing.body(payload)))
     return list(by_endpoint.values())
 
 
-def _keys(row: Any, moment: datetime) -> SigningKeys | None:
+def _keys(row: Any, moment: datetime, cache: dict[Any, SigningKeys | None]) -> SigningKeys | None:
+    """The endpoint's signing keys, unsealed once per pass (unsealing derives a key: not free)."""
+    sealed = (bytes(row.secret_sealed), bytes(row.previous_secret_sealed or b""), row.previous_secret_until)
+    if sealed in cache:
+        return cache[sealed]
     endpoint = WebhookEndpoint(
-        secret_sealed=bytes(row.secret_sealed),  # psycopg2 reads bytea as a memoryview
-        previous_secret_sealed=bytes(row.previous_secret_sealed) if row.previous_secret_sealed else None,
-        previous_secret_until=row.previous_secret_until,
+        secret_sealed=sealed[0], previous_secret_sealed=sealed[1] or None, previous_secret_until=sealed[2]
     )
     try:
-        return signing_keys(endpoint, now=moment)
+        cache[sealed] = signing_keys(endpoint, now=moment)
     except Unsealable:
         log.error("webhook endpoint %s: its signing secret cannot be unsealed (was SECRET_KEY changed?)", row[1])
-        return None
+        cache[sealed] = None
+    return cache[sealed]
 
 
-def _run_lane(lane: _Lane, inbox: queue.Queue[_Message], stop: threading.Event, timeout: float, private: bool) -> None:
+class _Pacer:
+    """Spaces the sends of a pass at least 1/rate seconds apart (no limit for a rate of 0)."""
+
+    def __init__(self, rate: float) -> None:
+        self.interval = 1 / rate if rate > 0 else 0.0
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        if not self.interval:
+            return
+        with self._lock:
+            now = time.monotonic()
+            slot = max(now, self._next)
+            self._next = slot + self.interval
+        if slot > now:
+            time.sleep(slot - now)  # under gevent: yields to the worker's requests
+
+
+def _run_lane(
+    lane: _Lane, inbox: queue.Queue[_Message], stop: threading.Event, pacer: _Pacer, timeout: float, private: bool
+) -> None:
     """Send one endpoint's jobs in turn (in a pool thread: HTTP only, no database)."""
     client = EndpointClient(lane.url, timeout=timeout, allow_private=private)
     unreachable = False
@@ -255,6 +313,7 @@ def _run_lane(lane: _Lane, inbox: queue.Queue[_Message], stop: threading.Event, 
         for job in lane.jobs:
             if stop.is_set():
                 break
+            pacer.wait()
             started = time.monotonic()
             if lane.keys is None:
                 answer = Answer(None, 0, "Not sent: the signing secret cannot be read; rotate it", unreachable=True)
@@ -278,8 +337,9 @@ def _run_lane(lane: _Lane, inbox: queue.Queue[_Message], stop: threading.Event, 
 # --- Recording outcomes ----------------------------------------------------------------------------------------
 
 
-def _record(messages: list[_Message], at: Any, schedule: Sequence[float], result: DeliveryResult) -> None:
-    """Write the attempts and hand-backs of ``messages`` in one transaction and commit it."""
+def _record(messages: list[_Message], at: Any, schedule: Sequence[float]) -> DeliveryResult:
+    """Write the attempts and hand-backs of ``messages`` in one transaction and commit it; what it recorded."""
+    result = DeliveryResult()
     attempted = [m for m in messages if isinstance(m, _Attempted)]
     released = [job for m in messages if isinstance(m, _Released) for job in m.jobs]
     if released:
@@ -288,12 +348,12 @@ def _record(messages: list[_Message], at: Any, schedule: Sequence[float], result
                 "UPDATE webhook_deliveries SET next_attempt_at = :due "
                 "WHERE id = :id AND status = 'pending' AND next_attempt_at > :due"
             ),
-            [{"id": job.delivery_id, "due": job.due_at} for job in released],
+            [{"id": job.delivery_id, "due": job.due_at} for job in sorted(released, key=lambda j: j.delivery_id)],
         )
         result.released += len(released)
     if not attempted:
         db.session.commit()
-        return
+        return result
     # Lock the rows first: one whose endpoint was deleted meanwhile is gone, and its attempt is not logged.
     present = set(
         db.session.scalars(
@@ -301,8 +361,9 @@ def _record(messages: list[_Message], at: Any, schedule: Sequence[float], result
             {"ids": [str(m.job.delivery_id) for m in attempted]},
         )
     )
-    attempts: list[dict[str, Any]] = []
-    outcomes: list[dict[str, Any]] = []
+    rows: dict[str, list[Any]] = {
+        k: [] for k in ("ids", "ats", "codes", "ms", "errors", "excerpts", "statuses", "nexts")
+    }
     given_up: list[tuple[uuid.UUID, uuid.UUID]] = []
     streaks: dict[uuid.UUID, tuple[bool, int]] = {}  # endpoint -> (had a success, failures since the last one)
     for message in attempted:
@@ -310,68 +371,80 @@ def _record(messages: list[_Message], at: Any, schedule: Sequence[float], result
         if job.delivery_id not in present:
             continue
         when = at(message.started)
-        attempts.append(
-            {
-                "delivery_id": job.delivery_id,
-                "attempted_at": when,
-                "status_code": answer.status_code,
-                "duration_ms": answer.duration_ms,
-                "error": answer.error,
-                "response_excerpt": answer.excerpt,
-            }
-        )
+        status, retry_at = "delivered", None
         reset, failures = streaks.get(message.endpoint_id, (False, 0))
         if answer.ok:
             streaks[message.endpoint_id] = (True, 0)
-            outcomes.append({"id": job.delivery_id, "status": "delivered", "at": when, "next": None})
             result.delivered += 1
-            continue
-        streaks[message.endpoint_id] = (reset, failures + 1)
-        delay = retry_delay(job.attempts + 1, schedule)
-        if delay is None:
-            outcomes.append({"id": job.delivery_id, "status": "failed", "at": when, "next": None})
-            given_up.append((message.endpoint_id, job.delivery_id))
-            result.failed += 1
-            log.warning(
-                "webhook delivery %s given up after %d attempts: %s", job.delivery_id, job.attempts + 1, answer.error
-            )
         else:
-            outcomes.append({"id": job.delivery_id, "status": "pending", "at": when, "next": when + delay})
-            result.retrying += 1
-    if attempts:
-        db.session.execute(
-            sa.text(
-                "INSERT INTO webhook_attempts "
-                "(delivery_id, attempted_at, status_code, duration_ms, error, response_excerpt) "
-                "VALUES (:delivery_id, :attempted_at, :status_code, :duration_ms, :error, :response_excerpt)"
-            ),
-            attempts,
-        )
+            streaks[message.endpoint_id] = (reset, failures + 1)
+            delay = retry_delay(job.attempts + 1, schedule)
+            if delay is None:
+                status = "failed"
+                given_up.append((message.endpoint_id, job.delivery_id))
+                result.failed += 1
+                log.warning(
+                    "webhook delivery %s given up after %d attempts: %s",
+                    job.delivery_id,
+                    job.attempts + 1,
+                    answer.error,
+                )
+            else:
+                status, retry_at = "pending", when + delay
+                result.retrying += 1
+        for name, value in (
+            ("ids", str(job.delivery_id)),
+            ("ats", when),
+            ("codes", answer.status_code),
+            ("ms", answer.duration_ms),
+            ("errors", answer.error),
+            ("excerpts", answer.excerpt),
+            ("statuses", status),
+            ("nexts", retry_at),
+        ):
+            rows[name].append(value)
+    if rows["ids"]:
+        # One statement for the whole batch: the attempts logged, the deliveries updated.
         db.session.execute(
             sa.text(
                 """
-                UPDATE webhook_deliveries SET
-                    attempts = attempts + 1,
-                    status = :status,
-                    last_attempt_at = :at,
-                    delivered_at = CASE WHEN :status = 'delivered' THEN CAST(:at AS timestamptz) END,
-                    next_attempt_at = COALESCE(CAST(:next AS timestamptz), next_attempt_at)
-                WHERE id = :id
+                WITH v AS (
+                    SELECT * FROM unnest(
+                        CAST(:ids AS uuid[]), CAST(:ats AS timestamptz[]), CAST(:codes AS smallint[]),
+                        CAST(:ms AS int[]), CAST(:errors AS text[]), CAST(:excerpts AS text[]),
+                        CAST(:statuses AS text[]), CAST(:nexts AS timestamptz[])
+                    ) AS v(id, at, code, ms, error, excerpt, status, next)
+                ), logged AS (
+                    INSERT INTO webhook_attempts
+                        (delivery_id, attempted_at, status_code, duration_ms, error, response_excerpt)
+                    SELECT id, at, code, ms, error, excerpt FROM v
+                )
+                UPDATE webhook_deliveries d SET
+                    attempts = d.attempts + 1,
+                    status = v.status,
+                    last_attempt_at = v.at,
+                    delivered_at = CASE WHEN v.status = 'delivered' THEN v.at END,
+                    next_attempt_at = COALESCE(v.next, d.next_attempt_at)
+                FROM v WHERE d.id = v.id
                 """
             ),
-            outcomes,
+            rows,
         )
+        # In id order, as every deliverer does, so two of them never wait on each other; a count that stays
+        # 0 is not written (no row lock, no dead tuple for every healthy batch).
         db.session.execute(
             sa.text(
                 "UPDATE webhook_endpoints SET consecutive_failures = "
-                "CASE WHEN :reset THEN 0 ELSE consecutive_failures END + :failures WHERE id = :id"
+                "CASE WHEN :reset THEN 0 ELSE consecutive_failures END + :failures "
+                "WHERE id = :id AND (:failures > 0 OR consecutive_failures <> 0)"
             ),
-            [{"id": e, "reset": reset, "failures": n} for e, (reset, n) in streaks.items()],
+            [{"id": e, "reset": reset, "failures": n} for e, (reset, n) in sorted(streaks.items())],
         )
     for endpoint_id, delivery_id in given_up:
         if _disable_if_failing(endpoint_id, delivery_id, at(time.monotonic())):
             result.disabled.append(endpoint_id)
     db.session.commit()
+    return result
 
 
 def _disable_if_failing(endpoint_id: uuid.UUID, delivery_id: uuid.UUID, moment: datetime) -> bool:

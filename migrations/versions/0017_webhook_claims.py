@@ -1,0 +1,28 @@
+"""webhook claims: each endpoint's pending deliveries in due order, so a deliverer takes one endpoint's next rows
+without reading every due row of every endpoint
+
+Revision ID: 0017
+Revises: 0016
+Create Date: 2026-12-02 16:00:00.000000
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0017"
+down_revision = "0016"
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    op.create_index(
+        "ix_webhook_deliveries_pending_endpoint",
+        "webhook_deliveries",
+        ["endpoint_id", "next_attempt_at"],
+        postgresql_where=sa.text("status = 'pending'"),
+    )
+
+
+def downgrade():
+    op.drop_index("ix_webhook_deliveries_pending_endpoint", table_name="webhook_deliveries")
