@@ -1,5 +1,6 @@
 """webhook claims: each endpoint's pending deliveries in due order, so a deliverer takes one endpoint's next rows
-without reading every due row of every endpoint
+without reading every due row of every endpoint. It replaces the index of all pending rows by due time, which the
+planner would otherwise walk, filtering by endpoint, through a whole backlog.
 
 Revision ID: 0017
 Revises: 0016
@@ -16,6 +17,7 @@ depends_on = None
 
 
 def upgrade():
+    op.drop_index("ix_webhook_deliveries_due", table_name="webhook_deliveries")
     op.create_index(
         "ix_webhook_deliveries_pending_endpoint",
         "webhook_deliveries",
@@ -26,3 +28,9 @@ def upgrade():
 
 def downgrade():
     op.drop_index("ix_webhook_deliveries_pending_endpoint", table_name="webhook_deliveries")
+    op.create_index(
+        "ix_webhook_deliveries_due",
+        "webhook_deliveries",
+        ["next_attempt_at"],
+        postgresql_where=sa.text("status = 'pending'"),
+    )

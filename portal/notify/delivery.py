@@ -226,7 +226,7 @@ def _claim(
                 CROSS JOIN LATERAL (
                     SELECT d.next_attempt_at FROM webhook_deliveries d
                     WHERE d.endpoint_id = e.id AND d.status = 'pending' AND d.next_attempt_at <= :now
-                    ORDER BY d.next_attempt_at LIMIT 1
+                    ORDER BY d.endpoint_id, d.next_attempt_at LIMIT 1
                 ) oldest
                 WHERE e.paused_at IS NULL AND e.disabled_at IS NULL AND e.id <> ALL(CAST(:exclude AS uuid[]))
                 ORDER BY oldest.next_attempt_at
@@ -236,7 +236,7 @@ def _claim(
                 CROSS JOIN LATERAL (
                     SELECT d.id, d.next_attempt_at FROM webhook_deliveries d
                     WHERE d.endpoint_id = lanes.id AND d.status = 'pending' AND d.next_attempt_at <= :now
-                    ORDER BY d.next_attempt_at
+                    ORDER BY d.endpoint_id, d.next_attempt_at  -- the index's order: no backlog is sorted
                     LIMIT :per_lane
                     FOR UPDATE SKIP LOCKED
                 ) p
