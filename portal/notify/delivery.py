@@ -128,6 +128,7 @@ class _Released:
 class _LaneDone:
     endpoint_id: uuid.UUID
     unreachable: bool
+    full: bool  # it had as many rows as a claim takes: its endpoint may have more
 
 
 _Message = _Attempted | _Released | _LaneDone
@@ -160,18 +161,21 @@ def deliver_due(*, now: datetime | None = None, limit: int = BATCH) -> DeliveryR
         return moment + timedelta(seconds=started - began)
 
     pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="webhook")
+    more = True  # whether a claim may find rows: not after one that found fewer lanes than it asked for
     try:
         while True:
             free = concurrency - len(busy)
-            if free > 0 and result.claimed < limit:
+            if free > 0 and more and result.claimed < limit:
                 per_lane = min(PER_LANE, limit - result.claimed)
+                wanted = min(free, -(-(limit - result.claimed) // per_lane))
                 lanes = _claim(
-                    moment,
+                    at(time.monotonic()),  # a long pass also takes what came due since it began
                     exclude=busy | left_alone,
-                    lanes=min(free, -(-(limit - result.claimed) // per_lane)),
+                    lanes=wanted,
                     per_lane=per_lane,
                     keys=keys,
                 )
+                more = len(lanes) == wanted
                 for lane in lanes:
                     busy.add(lane.endpoint_id)
                     result.claimed += len(lane.jobs)
@@ -203,6 +207,8 @@ def deliver_due(*, now: datetime | None = None, limit: int = BATCH) -> DeliveryR
                     busy.discard(message.endpoint_id)
                     if message.unreachable:
                         left_alone.add(message.endpoint_id)
+                    elif message.full:
+                        more = True  # its endpoint may have more rows due
     except BaseException:
         db.session.rollback()
         stop.set()  # lanes hand their unsent rows back; the leases cover the rows already in flight
@@ -331,7 +337,7 @@ def _run_lane(
         client.close()
         if sent < len(lane.jobs):
             inbox.put(_Released(lane.jobs[sent:]))
-        inbox.put(_LaneDone(lane.endpoint_id, unreachable))
+        inbox.put(_LaneDone(lane.endpoint_id, unreachable, full=len(lane.jobs) >= PER_LANE))
 
 
 # --- Recording outcomes ----------------------------------------------------------------------------------------
