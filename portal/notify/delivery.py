@@ -189,13 +189,13 @@ def deliver_due(*, now: datetime | None = None, limit: int = BATCH) -> DeliveryR
                 break
             # What else arrives within RECORD_EVERY is written in the same transaction.
             window_ends = time.monotonic() + RECORD_EVERY
-            while (wait := window_ends - time.monotonic()) > 0:
+            lanes_done = int(isinstance(messages[0], _LaneDone))
+            while lanes_done < len(busy) and (wait := window_ends - time.monotonic()) > 0:
                 try:
                     messages.append(inbox.get(timeout=wait))
                 except queue.Empty:
                     break
-                if sum(isinstance(m, _LaneDone) for m in messages) >= len(busy):
-                    break  # every lane is done: nothing more will come
+                lanes_done += isinstance(messages[-1], _LaneDone)
             try:
                 result.add(_record(messages, at, schedule))
             except sa.exc.OperationalError:  # a deadlock or a dropped connection: once more, then give up the pass
