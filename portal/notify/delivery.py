@@ -152,6 +152,7 @@ def deliver_due(*, now: datetime | None = None, limit: int = BATCH) -> DeliveryR
     left_alone: set[uuid.UUID] = set()  # unreachable this pass
     stop = threading.Event()
     keys: dict[Any, SigningKeys | None] = {}
+    failing: set[uuid.UUID] = set()  # endpoints whose consecutive_failures may not be 0
     rate = float(config["WEBHOOK_MAX_PER_SECOND"])
     pacer = _Pacer(rate)
     # A lane ends within PER_LANE timeouts and paced turns; waiting longer than that means a lane died silently.
@@ -174,6 +175,7 @@ def deliver_due(*, now: datetime | None = None, limit: int = BATCH) -> DeliveryR
                     lanes=wanted,
                     per_lane=per_lane,
                     keys=keys,
+                    failing=failing,
                 )
                 more = len(lanes) == wanted
                 for lane in lanes:
@@ -197,11 +199,11 @@ def deliver_due(*, now: datetime | None = None, limit: int = BATCH) -> DeliveryR
                     break
                 lanes_done += isinstance(messages[-1], _LaneDone)
             try:
-                result.add(_record(messages, at, schedule))
+                result.add(_record(messages, at, schedule, failing))
             except sa.exc.OperationalError:  # a deadlock or a dropped connection: once more, then give up the pass
                 db.session.rollback()
                 log.warning("recording webhook attempts failed; trying again", exc_info=True)
-                result.add(_record(messages, at, schedule))
+                result.add(_record(messages, at, schedule, failing))
             for message in messages:
                 if isinstance(message, _LaneDone):
                     busy.discard(message.endpoint_id)
@@ -219,7 +221,13 @@ def deliver_due(*, now: datetime | None = None, limit: int = BATCH) -> DeliveryR
 
 
 def _claim(
-    moment: datetime, *, exclude: set[uuid.UUID], lanes: int, per_lane: int, keys: dict[Any, SigningKeys | None]
+    moment: datetime,
+    *,
+    exclude: set[uuid.UUID],
+    lanes: int,
+    per_lane: int,
+    keys: dict[Any, SigningKeys | None],
+    failing: set[uuid.UUID],
 ) -> list[_Lane]:
     """Lease the next due deliveries (at most ``per_lane`` each) of the ``lanes`` endpoints whose oldest due
     delivery is oldest, and commit. Both steps read ``ix_webhook_deliveries_pending_endpoint``: a claim costs the
@@ -251,7 +259,8 @@ def _claim(
             FROM picked, notification_events ev, webhook_endpoints e
             WHERE d.id = picked.id AND ev.id = d.event_id AND e.id = d.endpoint_id
             RETURNING d.id, d.endpoint_id, d.attempts, d.created_at, picked.due_at, ev.payload,
-                      e.url, e.secret_sealed, e.previous_secret_sealed, e.previous_secret_until
+                      e.url, e.secret_sealed, e.previous_secret_sealed, e.previous_secret_until,
+                      e.consecutive_failures
             """
         ),
         {
@@ -265,6 +274,8 @@ def _claim(
     db.session.commit()
     by_endpoint: dict[uuid.UUID, _Lane] = {}
     for row in sorted(claimed, key=lambda r: (r.due_at, r.created_at)):
+        if row.consecutive_failures:
+            failing.add(row.endpoint_id)
         lane = by_endpoint.get(row.endpoint_id)
         if lane is None:
             lane = by_endpoint[row.endpoint_id] = _Lane(row.endpoint_id, row.url, _keys(row, moment, keys), [])
@@ -343,7 +354,7 @@ def _run_lane(
 # --- Recording outcomes ----------------------------------------------------------------------------------------
 
 
-def _record(messages: list[_Message], at: Any, schedule: Sequence[float]) -> DeliveryResult:
+def _record(messages: list[_Message], at: Any, schedule: Sequence[float], failing: set[uuid.UUID]) -> DeliveryResult:
     """Write the attempts and hand-backs of ``messages`` in one transaction and commit it; what it recorded."""
     result = DeliveryResult()
     attempted = [m for m in messages if isinstance(m, _Attempted)]
@@ -436,16 +447,27 @@ def _record(messages: list[_Message], at: Any, schedule: Sequence[float]) -> Del
             ),
             rows,
         )
-        # In id order, as every deliverer does, so two of them never wait on each other; a count that stays
-        # 0 is not written (no row lock, no dead tuple for every healthy batch).
-        db.session.execute(
-            sa.text(
-                "UPDATE webhook_endpoints SET consecutive_failures = "
-                "CASE WHEN :reset THEN 0 ELSE consecutive_failures END + :failures "
-                "WHERE id = :id AND (:failures > 0 OR consecutive_failures <> 0)"
-            ),
-            [{"id": e, "reset": reset, "failures": n} for e, (reset, n) in sorted(streaks.items())],
-        )
+        # Only counts that change, in id order as every deliverer writes them, so two never wait on each other
+        # (and a healthy endpoint's batch writes no endpoint row at all).
+        changes = [
+            {"id": e, "reset": reset, "failures": n}
+            for e, (reset, n) in sorted(streaks.items())
+            if n > 0 or e in failing
+        ]
+        if changes:
+            db.session.execute(
+                sa.text(
+                    "UPDATE webhook_endpoints SET consecutive_failures = "
+                    "CASE WHEN :reset THEN 0 ELSE consecutive_failures END + :failures "
+                    "WHERE id = :id AND (:failures > 0 OR consecutive_failures <> 0)"
+                ),
+                changes,
+            )
+        for e, (_reset, n) in streaks.items():
+            if n > 0:
+                failing.add(e)
+            elif e in failing:
+                failing.discard(e)  # reset to 0 above
     for endpoint_id, delivery_id in given_up:
         if _disable_if_failing(endpoint_id, delivery_id, at(time.monotonic())):
             result.disabled.append(endpoint_id)
@@ -458,6 +480,8 @@ def _disable_if_failing(endpoint_id: uuid.UUID, delivery_id: uuid.UUID, moment: 
     first = db.session.scalar(
         sa.text("SELECT min(attempted_at) FROM webhook_attempts WHERE delivery_id = :id"), {"id": delivery_id}
     )
+    if first is None:  # the delivery is gone (its endpoint deleted meanwhile)
+        return False
     succeeded = db.session.scalar(
         sa.text(
             "SELECT EXISTS (SELECT 1 FROM webhook_deliveries WHERE endpoint_id = :endpoint AND delivered_at >= :first)"
