@@ -7,7 +7,7 @@ PORT ?= 5000
 SERVE_PORT ?= 8000
 export FLASK_APP := wsgi
 
-.PHONY: install install-dev chromium gateways dev serve seed test test-fast lint db-upgrade db-stop bench-verify bench-usage bench-keys clean
+.PHONY: install install-dev chromium gateways dev serve seed test test-fast lint db-upgrade db-stop bench-verify bench-usage bench-keys bench-notify clean
 
 ## What serving needs (make dev, serve, the CLI); the test and lint tools come with install-dev.
 $(VENV)/.installed: pyproject.toml
@@ -104,3 +104,10 @@ bench-usage: install
 ## against the same views with 100 keys. BENCH_ARGS="--requests 50 --explain" for a quicker run with query plans.
 bench-keys: install
 	$(BIN)/python bench/keys.py $(BENCH_ARGS)
+
+## make bench-notify: 1,000 events fanned out to 10 webhook endpoints on loopback (one hanging) through gunicorn's
+## deliverer threads, while wrk drives verifications; interleaved with the same load without webhooks.
+## BENCH_ARGS="--rounds 1 --seconds 8" for a quicker run.
+bench-notify: install
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python bench/notify.py $(BENCH_ARGS)

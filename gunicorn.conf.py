@@ -56,6 +56,16 @@ def worker_exit(server, worker):  # noqa: ARG001 - gunicorn's hook signature
         close()
 
 
+def post_worker_init(worker):
+    """Start the worker's background threads (mail sender, webhook deliverer) now rather than at its first page
+    request: a worker that only answers verifications sends mail and webhooks too."""
+    extensions = getattr(getattr(worker, "wsgi", None), "extensions", {})
+    for name in ("portal.mail_sender", "portal.webhook_deliverer"):
+        thread = extensions.get(name)
+        if thread is not None:
+            thread.ensure_started()
+
+
 def on_starting(server):
     """Refuse --preload with gevent: the app would be built before gevent patches the process, so psycopg2
     and the usage writer would block each worker's event loop instead of yielding."""

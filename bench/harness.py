@@ -77,19 +77,22 @@ class Gunicorn:
         workdir: Path,
         pepper: str,
         worker_class: str = "gevent",
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.port = port
         self.log_path = workdir / f"gunicorn-{port}.log"
+        self.secret_key = secrets.token_hex(16)  # to seal what the served app must unseal (webhook secrets)
         env = {
             **os.environ,
             "DATABASE_URL": url,
-            "SECRET_KEY": secrets.token_hex(16),
+            "SECRET_KEY": self.secret_key,
             "API_KEY_PEPPER": pepper,
             "PORTAL_ENV": "production",
             "GUNICORN_BIND": f"127.0.0.1:{port}",
             "GUNICORN_WORKERS": str(workers),
             "GUNICORN_THREADS": str(threads),
             "GUNICORN_WORKER_CLASS": worker_class,
+            **(extra_env or {}),
         }
         self.log_file = self.log_path.open("wb")
         self.proc = subprocess.Popen(

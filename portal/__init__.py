@@ -51,6 +51,7 @@ def create_app(config: dict[str, Any] | None = None, env: str | None = None) -> 
     register_extensions(app)
     register_mail(app)
     register_notify(app)
+    register_webhooks(app)
     register_blueprints(app)
     register_error_handlers(app)
     register_request_hooks(app)
@@ -129,6 +130,12 @@ def register_notify(app: Flask) -> None:
     from portal.notify import scheduler_thread
 
     scheduler_thread.init_app(app)
+
+
+def register_webhooks(app: Flask) -> None:
+    from portal.notify import worker
+
+    worker.init_app(app)
 
 
 def register_blueprints(app: Flask) -> None:

@@ -32,6 +32,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     ),
     "webhooks list": ("flask webhooks list --org acme",),
     "webhooks remove": ("flask webhooks remove 6f1c0c3e-8d6a-4f7e-9a53-2b0f2c1d9e10",),
+    "webhooks deliver": ("flask webhooks deliver", "flask webhooks deliver --limit 1000"),
     "notify run": ("flask notify run", "flask notify run -v"),
 }
 

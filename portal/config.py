@@ -137,6 +137,19 @@ class Config:
     # processes and servers. Off: run `flask notify run` from cron instead.
     NOTIFY_SCHEDULER_THREAD = True
     NOTIFY_INTERVAL = 60.0  # seconds between passes
+    # Delivery (portal/notify/delivery.py): a deliverer thread per web process, like the mail sender's, else
+    # `flask webhooks deliver` from cron. Each attempt has WEBHOOK_TIMEOUT seconds, connection included; up to
+    # WEBHOOK_CONCURRENCY endpoints are sent to at once per process. A failed delivery is retried after a random
+    # delay of up to each step of WEBHOOK_RETRY_SCHEDULE in turn (seconds; about a day in all on average), then
+    # given up; an endpoint with nothing delivered over a whole schedule is disabled and its owners mailed.
+    WEBHOOK_DELIVERER_THREAD = True
+    WEBHOOK_POLL_INTERVAL = 5.0  # seconds between the deliverer's passes (a commit that queued deliveries wakes it)
+    WEBHOOK_TIMEOUT = 5.0
+    WEBHOOK_CONCURRENCY = 10
+    # Sends per second per process, at most (0: no limit): a burst of events takes a bounded share of a web
+    # worker's CPU from its pages and verifications (docs/performance.md), and is delivered over a little longer.
+    WEBHOOK_MAX_PER_SECOND = 50.0
+    WEBHOOK_RETRY_SCHEDULE: tuple[float, ...] = (5, 60, 300, 1800, 7200, 18000, 36000, 36000, 36000, 36000)
     # Usage: raw events are pruned after this many days (flask usage prune), rollups kept far longer.
     USAGE_RAW_RETENTION_DAYS = 90
     USAGE_ROLLUP_RETENTION_DAYS = 400
@@ -214,6 +227,15 @@ class Config:
             values["LOG_FORMAT"] = os.environ["LOG_FORMAT"].strip().lower()
         if os.environ.get("LOG_API_REQUESTS"):
             values["LOG_API_REQUESTS"] = os.environ["LOG_API_REQUESTS"] not in ("0", "false", "no")
+        if os.environ.get("WEBHOOK_DELIVERER_THREAD"):
+            values["WEBHOOK_DELIVERER_THREAD"] = os.environ["WEBHOOK_DELIVERER_THREAD"] not in ("0", "false", "no")
+        for name in ("WEBHOOK_TIMEOUT", "WEBHOOK_POLL_INTERVAL", "WEBHOOK_MAX_PER_SECOND"):
+            if os.environ.get(name):
+                values[name] = float(os.environ[name])
+        if os.environ.get("WEBHOOK_CONCURRENCY"):
+            values["WEBHOOK_CONCURRENCY"] = int(os.environ["WEBHOOK_CONCURRENCY"])
+        if os.environ.get("WEBHOOK_RETRY_SCHEDULE"):  # seconds, comma-separated: "5,60,300,1800"
+            values["WEBHOOK_RETRY_SCHEDULE"] = tuple(float(s) for s in os.environ["WEBHOOK_RETRY_SCHEDULE"].split(","))
         if os.environ.get("PORTAL_WEB_WORKER"):
             values["MIGRATIONS_CLI"] = False
         return values
@@ -292,6 +314,8 @@ class TestConfig(Config):
     NOTIFY_SCHEDULER_THREAD = False  # tests call portal.notify.scheduler.run_once() themselves
     STAFF_REQUIRE_TWO_FACTOR = False  # tests that need it turn it on
     WEBHOOK_ALLOW_PRIVATE = True  # receivers run on loopback; tests of the refusal turn it off
+    WEBHOOK_DELIVERER_THREAD = False  # tests call portal.notify.delivery.deliver_due() themselves
+    WEBHOOK_MAX_PER_SECOND = 0.0  # unpaced: tests wait on no clock
 
     @classmethod
     def from_env(cls) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import uuid
 
 import click
 
-from portal.commands import org_or_fail
+from portal.commands import deliveries, org_or_fail
 from portal.extensions import db
 from portal.models import Organization, WebhookEndpoint
 from portal.notify import webhooks as services
@@ -85,3 +85,6 @@ def remove(endpoint_id: str) -> None:
     url = endpoint.url
     services.delete_endpoint(org, endpoint, actor=None, actor_label=CLI)
     click.echo(f"removed {url} from {org.slug}")
+
+
+deliveries.register(webhooks)  # flask webhooks deliver

@@ -109,7 +109,14 @@ class WebhookDelivery(Model):
     __tablename__ = "webhook_deliveries"
     __table_args__ = (
         check_in("status", DELIVERY_STATUSES, "ck_webhook_deliveries_status"),
-        sa.Index("ix_webhook_deliveries_due", "next_attempt_at", postgresql_where=sa.text("status = 'pending'")),
+        # The deliverer's claim: an endpoint's next pending rows (migration 0017, which replaced an index of all
+        # pending rows by due time).
+        sa.Index(
+            "ix_webhook_deliveries_pending_endpoint",
+            "endpoint_id",
+            "next_attempt_at",
+            postgresql_where=sa.text("status = 'pending'"),
+        ),
         sa.Index("ix_webhook_deliveries_endpoint", "endpoint_id", sa.text("created_at DESC")),
         sa.Index("ix_webhook_deliveries_event", "event_id"),
     )

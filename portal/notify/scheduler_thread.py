@@ -11,30 +11,24 @@ import logging
 
 from flask import Flask
 
-from portal.extensions import db
-from portal.mail.worker import SenderThread
+from portal.background import PassThread
 from portal.notify import scheduler
 
 log = logging.getLogger("portal.notify")
 EXTENSION = "portal.notify_scheduler"
 
 
-class SchedulerThread(SenderThread):
-    thread_name = "notify-scheduler"
+class SchedulerThread(PassThread):
+    def __init__(self, app: Flask, *, interval: float) -> None:
+        super().__init__(app, name="notify-scheduler", interval=interval, work=self.turn)
 
-    def run_once(self) -> int:
-        """One turn in its own app context: a pass if this process got the interval's turn."""
-        with self.app.app_context():
-            try:
-                if scheduler.claim_turn(self.interval):
-                    fired = scheduler.run_once()
-                    if any(fired.values()):
-                        log.info("scheduled events fired: %s", {k: v for k, v in fired.items() if v})
-            except Exception:  # the database may be away; the next interval tries again
-                log.exception("notification scheduler pass failed")
-            finally:
-                db.session.remove()
-        return 0
+    def turn(self) -> bool:
+        """A pass if this process got the interval's turn; never another at once (the next interval's)."""
+        if scheduler.claim_turn(self.interval):
+            fired = scheduler.run_once()
+            if any(fired.values()):
+                log.info("scheduled events fired: %s", {k: v for k, v in fired.items() if v})
+        return False
 
 
 def init_app(app: Flask) -> None:
