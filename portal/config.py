@@ -148,7 +148,7 @@ class Config:
     WEBHOOK_CONCURRENCY = 10
     # Sends per second per process, at most (0: no limit): a burst of events takes a bounded share of a web
     # worker's CPU from its pages and verifications (docs/performance.md), and is delivered over a little longer.
-    WEBHOOK_MAX_PER_SECOND = 50.0
+    WEBHOOK_MAX_PER_SECOND = 30.0
     WEBHOOK_RETRY_SCHEDULE: tuple[float, ...] = (5, 60, 300, 1800, 7200, 18000, 36000, 36000, 36000, 36000)
     # Usage: raw events are pruned after this many days (flask usage prune), rollups kept far longer.
     USAGE_RAW_RETENTION_DAYS = 90

@@ -8,9 +8,10 @@ receiver is awaited.
 
 Deliveries are grouped per endpoint into *lanes*: one endpoint's claimed rows go out in turn over one connection
 while up to ``WEBHOOK_CONCURRENCY`` endpoints are served at once, and a lane that finishes makes room for the
-next claim. A receiver that cannot be reached (refused destination, no connection, no answer within
-``WEBHOOK_TIMEOUT``) costs its lane one attempt: the lane's other rows are handed back untouched and the endpoint
-is left alone for the rest of the pass, so a hanging receiver delays only its own events.
+next claim; sends are paced to ``WEBHOOK_MAX_PER_SECOND`` per process, so a burst takes a bounded share of a web
+worker's CPU (docs/performance.md). A receiver that cannot be reached (refused destination, no connection, no
+answer within ``WEBHOOK_TIMEOUT``) costs its lane one attempt: the lane's other rows are handed back untouched
+and the endpoint is left alone for the rest of the pass, so a hanging receiver delays only its own events.
 
 Any 2xx answer delivers. Every attempt is logged in ``webhook_attempts``. A failed delivery is tried again after
 a delay drawn at random between 0 and the next step of ``WEBHOOK_RETRY_SCHEDULE`` ("full jitter": a burst of
@@ -47,9 +48,8 @@ from portal.twofactor.sealing import Unsealable
 
 log = logging.getLogger("portal.notify")
 
-BATCH = (
-    2000  # deliveries a pass claims (about) at most; the deliverer thread starts another pass at once after a full one
-)
+# Deliveries a pass claims (about) at most; the deliverer thread starts another pass at once after a full one.
+BATCH = 2000
 PER_LANE = 50  # deliveries of one endpoint claimed together and sent in turn over one connection
 LEASE = timedelta(minutes=10)  # a claimed row is not claimed again before this, unless its outcome is recorded
 ACTOR = "ProCode Portal"  # how the audit trail names the deliverer
