@@ -86,7 +86,7 @@ def _verified(
     headers = [("Content-Type", JSON), ("Cache-Control", "no-store"), *result.headers().items()]
     if identity and result.valid:
         headers += identity_headers(result)
-    return result.status_code, headers, json.dumps(result.as_json(), separators=(",", ":")).encode()
+    return result.status_code, headers, result.answer_json().encode()
 
 
 def identity_headers(result: Verification) -> list[tuple[str, str]]:
