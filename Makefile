@@ -7,7 +7,7 @@ PORT ?= 5000
 SERVE_PORT ?= 8000
 export FLASK_APP := wsgi
 
-.PHONY: install install-dev chromium gateways dev serve seed test test-fast lint db-upgrade db-stop bench-verify bench-usage bench-keys bench-notify clean
+.PHONY: install install-dev chromium gateways dev serve seed test test-fast lint db-upgrade db-stop bench-verify bench-usage bench-keys bench-notify bench-verify-cpu clean
 
 ## What serving needs (make dev, serve, the CLI); the test and lint tools come with install-dev.
 $(VENV)/.installed: pyproject.toml
@@ -87,6 +87,13 @@ bench-verify: install
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	command -v pgbench >/dev/null || (apt-get update -qq && apt-get install -y -qq postgresql-client)
 	$(BIN)/python bench/verify.py $(BENCH_ARGS)
+
+## make bench-verify-cpu: the worker's instructions per verification, counted by valgrind (deterministic, unlike
+## CPU seconds on a shared machine); ~3 minutes. BENCH_ARGS="--baseline ../main-before" compares with another
+## checkout and fails above 1.10 times its count.
+bench-verify-cpu: install
+	command -v valgrind >/dev/null || (apt-get update -qq && apt-get install -y -qq valgrind)
+	$(BIN)/python bench/verify_cpu.py $(BENCH_ARGS)
 
 ## Stop the embedded development server (its data stays under instance/pgdata).
 db-stop: install

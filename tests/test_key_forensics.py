@@ -7,9 +7,11 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
+from portal.api import get_verifier
 from portal.extensions import db
 from portal.timeutil import utcnow
 from portal.usage import maintenance
+from portal.verification.usage_writer import BufferedRecorder
 from tests import factories
 from tests.api_helpers import usage_rows, verify
 from tests.usage_helpers import event, html_tables, record
@@ -32,6 +34,30 @@ def test_verification_records_the_callers_address_and_user_agent(client, api_key
     assert (str(row.client_ip), row.user_agent, row.endpoint) == ("203.0.113.7", PY, "/v1/embed")
     verify(client, api_key.plaintext)  # neither given: recorded as unknown, not guessed
     assert (usage_rows()[1].client_ip, usage_rows()[1].user_agent) == (None, None)
+
+
+def test_one_flush_of_many_calls_stores_each_calls_text_verbatim(app, api_key):
+    """The usage writer renders a batch column by column: text that needs escaping, or a missing value, in one
+    row must not change what any row of the batch records."""
+    recorder = get_verifier(app).recorder
+    key = api_key.api_key
+    at = utcnow()
+    calls = [
+        ("/v1/plain", "203.0.113.7", PY),
+        ('/it\'s "quoted"', None, 'agent "with" quotes \\ and a backslash'),
+        ("NULL", "2001:db8::5", "ünïcode-agent/1.0"),
+        ("/v1/x", "203.0.113.8", None),
+        ("{a,b}", "203.0.113.9", "\\N"),
+    ]
+    ids = (str(key.id), str(key.organization_id))
+    for n, (endpoint, ip, agent) in enumerate(calls):
+        row = (*ids, at + timedelta(microseconds=n), endpoint, 200, 1.5, "ok", ip, agent)
+        BufferedRecorder.add(recorder, row)  # buffered, not flushed one by one
+    assert recorder.flush() == len(calls)
+    stored = [(r.endpoint, None if r.client_ip is None else str(r.client_ip), r.user_agent) for r in usage_rows()]
+    assert stored == calls
+    db.session.refresh(key)
+    assert key.last_used_at == at + timedelta(microseconds=len(calls) - 1)
 
 
 def test_a_long_user_agent_is_kept_to_256_characters_and_bad_ones_are_refused(client, api_key):

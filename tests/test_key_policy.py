@@ -14,6 +14,7 @@ from portal.extensions import db
 from portal.keys import services as key_services
 from portal.models import ApiKey, AuditEvent
 from portal.plans import PLANS
+from portal.verification.outcomes import RateLimit, Verification
 from tests import factories
 from tests.api_helpers import away_from_a_window_boundary, usage_rows, verify
 
@@ -173,6 +174,42 @@ def test_valid_answer_lists_scopes_meta_and_external_id(client, org, owner):
     assert (body["scopes"], body["meta"], body["external_id"]) == (None, {}, None)
     body = verify(client, restricted.plaintext).get_json()
     assert (body["scopes"], body["meta"], body["external_id"]) == (["search:read"], {"a": 1}, "e-1")
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        {"name": 'Zoë "quoted" \\ back\tslash', "n": [1, 2.5, None, True, -0.001], "nested": {"k": "ü€😀"}},
+        {"big": 12345678901234567890, "small": 1e-7, "empty": {}, "list": []},
+        {"long": "y" * 600},
+    ],
+)
+def test_valid_answer_is_compact_ascii_json_in_the_documented_order(client, org, owner, meta):
+    issued = factories.api_key(
+        org, owner, name="m", key_policy=_kp(scopes=["search:read", "files:read"], meta=meta, external_id="ëxt-1")
+    )
+    for _ in range(2):  # the second answer too: a key's metadata is remembered between calls
+        raw = verify(client, issued.plaintext).get_data()
+        body = json.loads(raw)
+        assert raw == json.dumps(body, separators=(",", ":")).encode()  # compact, non-ASCII escaped
+        assert list(body) == [
+            "valid", "key_id", "organization", "environment", "scopes", "meta", "external_id", "ratelimit"
+        ]  # fmt: skip
+        assert (body["scopes"], body["meta"], body["external_id"]) == (["search:read", "files:read"], meta, "ëxt-1")
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        Verification("ok", "k", "o", "acme", "pro", "live", RateLimit(1000, 999, 60)),
+        Verification("ok", "k", "o", 'ac"me', "pro", "live", None, scopes=["a:b"], meta_json='{"x":"\\u00e9"}'),
+        Verification("ok", "k", "o", "acme", "pro", "live", RateLimit(1, 0, 1), external_id='é "x" \\'),
+        Verification("forbidden", "k", "o", "acme", "pro", "live", RateLimit(5, 4, 3), reason="ip_not_allowed"),
+        Verification("unknown"),
+    ],
+)
+def test_an_answer_body_is_its_documented_shape_as_compact_json(answer):
+    assert answer.answer_json() == json.dumps(answer.as_json(), separators=(",", ":"))
 
 
 def test_missing_scope_is_403_insufficient_scope_and_metered_forbidden(client, org, api_key):

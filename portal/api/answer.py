@@ -97,8 +97,7 @@ def _verified(
     headers = [("Content-Type", JSON), ("Cache-Control", "no-store"), *result.headers().items()]
     if identity and result.valid:
         headers += identity_headers(result)
-    body = json.dumps(result.as_json(), separators=(",", ":")).encode()
-    return Answer(result.status_code, headers, body, result.organization_id)
+    return Answer(result.status_code, headers, result.answer_json().encode(), result.organization_id)
 
 
 def identity_headers(result: Verification) -> list[tuple[str, str]]:

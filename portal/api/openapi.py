@@ -69,7 +69,7 @@ def _answer(outcome: str, **fields: Any) -> dict[str, Any]:
 
 def _examples() -> dict[str, Any]:
     return {
-        "200": _answer("ok", scopes=["translate:write"], meta={"customer": "cus_1042"}, external_id="tenant-7"),
+        "200": _answer("ok", scopes=["translate:write"], meta_json='{"customer":"cus_1042"}', external_id="tenant-7"),
         "400": error_body("invalid_json", "The body is not valid JSON (UTF-8)."),
         "401": _answer("revoked"),
         "403": _answer("forbidden", reason="insufficient_scope", scope="files:write", scopes=["translate:write"]),

@@ -25,6 +25,7 @@ from portal.verification.outcomes import DatabaseUnavailable
 log = logging.getLogger("portal.verification")
 
 Row = tuple[Any, ...]
+STATUS = 5  # where a row of the verification statements (without ``ord``) has the call's status
 
 
 class Backend(Protocol):
@@ -94,6 +95,7 @@ class DirectBackend:
             cur.execute("SET plan_cache_mode = force_generic_plan")
             # A statement stuck on a lock or an overloaded server gives up (503) instead of holding the queue.
             cur.execute(f"SET statement_timeout = {int(self.timeout * 1000)}")
+            cur.execute(sql.SESSION_SETTINGS_SQL)
             for prepare in (
                 sql.PREPARE_SQL,
                 sql.PREPARE_GROUP_SQL,
@@ -181,6 +183,8 @@ class DirectBackend:
         decided by a second statement for them alone (:func:`portal.verification.sql._first`); the first
         touched no counter for them.
         """
+        if len(key_hashes) == 1:  # a lone call: the same statements, without a group's bookkeeping
+            return [self._verify_one(key_hashes[0], scopes[0] if scopes else None, ips[0] if ips else None)]
         scopes = list(scopes) if scopes is not None else [None] * len(key_hashes)
         ips = list(ips) if ips is not None else [None] * len(key_hashes)
         # Keys deferred before go straight to the second statement. It decides any call exactly, so a key
@@ -191,26 +195,22 @@ class DirectBackend:
         found: dict[int, Row] = {}
         rest = [o for o, h in enumerate(key_hashes, 1) if h not in counted]
         if rest:
-            first = self._run(
-                sql.EXECUTE_SQL,
-                sql.EXECUTE_GROUP_SQL,
+            first = self._run_group(
+                sql.GROUP_STATEMENT_NAME,
                 [key_hashes[o - 1] for o in rest],
                 [scopes[o - 1] for o in rest],
                 [ips[o - 1] for o in rest],
             )
             for o, row in first.items():
-                if row[0]:  # deferred: no counter was touched for it
+                if row[STATUS] == sql.DEFERRED:  # no counter was touched for it
                     deferred.append(rest[o - 1])
-                    if len(counted) >= self.max_counted:
-                        counted.clear()
-                    counted.add(key_hashes[rest[o - 1] - 1])
+                    self._remember_deferred(key_hashes[rest[o - 1] - 1])
                 else:
-                    found[rest[o - 1]] = row[1:]  # without the deferred flag
+                    found[rest[o - 1]] = row
         if deferred:
             deferred.sort()
-            second = self._run(
-                sql.EXECUTE_COUNTERS_SQL,
-                sql.EXECUTE_COUNTERS_GROUP_SQL,
+            second = self._run_group(
+                sql.COUNTERS_GROUP_STATEMENT_NAME,
                 [key_hashes[o - 1] for o in deferred],
                 [scopes[o - 1] for o in deferred],
                 [ips[o - 1] for o in deferred],
@@ -220,10 +220,30 @@ class DirectBackend:
             self.groups += 1
         return [found.get(ord_) for ord_ in range(1, len(key_hashes) + 1)]
 
-    def _run(
-        self, one: str, many: str, key_hashes: list[bytes], scopes: list[str | None], ips: list[str | None]
+    def _verify_one(self, key_hash: bytes, scope: str | None, ip: str | None) -> Row | None:
+        """:meth:`verify_many` for one call."""
+        if key_hash not in self._counted:
+            rows = self._run(sql.execute_sql(sql.STATEMENT_NAME, key_hash, scope, ip))
+            if not rows or rows[0][STATUS] != sql.DEFERRED:
+                return rows[0] if rows else None
+            self._remember_deferred(key_hash)
+        rows = self._run(sql.execute_sql(sql.COUNTERS_STATEMENT_NAME, key_hash, scope, ip))
+        return rows[0] if rows else None
+
+    def _remember_deferred(self, key_hash: bytes) -> None:
+        if len(self._counted) >= self.max_counted:
+            self._counted.clear()
+        self._counted.add(key_hash)
+
+    def _run_group(
+        self, name: str, key_hashes: list[bytes], scopes: list[str | None], ips: list[str | None]
     ) -> dict[int, Row]:
-        """Run the single-call (``one``) or grouped (``many``) statement: each row, by call position, without it."""
+        """Run a grouped statement: each row by its call's position, without it."""
+        rows = self._run(sql.execute_group_sql(name, key_hashes, scopes, ips))
+        return {row[0]: row[1:] for row in rows}
+
+    def _run(self, statement: str) -> list[Row]:
+        """Run one ``EXECUTE`` of a verification statement: its rows."""
         attempt = 0
         while True:
             attempt += 1
@@ -233,11 +253,8 @@ class DirectBackend:
                 # and every call of the worker with it. Not retried: the next call tries a fresh connection.
                 with green.deadline(self.timeout + 1):
                     cur = self._cursor()
-                    if len(key_hashes) == 1:
-                        cur.execute(one, (key_hashes[0], scopes[0], ips[0]))
-                    else:
-                        cur.execute(many, (key_hashes, scopes, ips))
-                    return {row[0]: row[1:] for row in cur.fetchall()}
+                    cur.execute(statement)
+                    return cur.fetchall()  # type: ignore[no-any-return]
             except SerializationFailure:
                 # A key or quota counter row was opened by another statement after this one's snapshot: the
                 # statement undid itself (sql._verify, step 3); run it again, now seeing that row.

@@ -11,9 +11,13 @@ time when the statement runs inside a longer transaction (as in the test suite).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from portal.plans import PLANS
 
 WINDOW_SECONDS = 60
+# The status the first statement gives a usable call it leaves to the second (:func:`_first`).
+DEFERRED = "deferred"
 BUCKET_PREFIX = "org:"  # an organization's minute per environment: org:<id>:test and org:<id>:live
 KEY_BUCKET_PREFIX = "key:"
 QUOTA_BUCKET_PREFIX = "quota:"
@@ -61,8 +65,8 @@ def _first(calls: str) -> str:
     """The statement every verification runs first: the organization's minute alone, for the calls that need
     nothing else (columns ``ord``, ``key_hash``, ``scope``, ``ip`` in ``calls``).
 
-    One row per call whose key exists: its position ``ord``, whether it is **deferred**, then the columns of
-    :func:`_verify`. A deferred call is a usable one (status ``ok``) whose key has its own limit or whose
+    One row per call whose key exists, with the columns of :func:`_verify`; a **deferred** call has the status
+    :data:`DEFERRED`. A deferred call is a usable one whose key has its own limit or whose
     organization's plan stops calls at its quota: it needs the buckets of :func:`_verify`, so this statement
     leaves every counter alone for it (its other columns mean nothing) and the backend runs
     :func:`_verify` for the deferred calls alone. Every other call is decided here, exactly as :func:`_verify`
@@ -85,7 +89,7 @@ WITH c AS ({calls}
            {_key_columns()},
            {ORG_BUCKET} AS bucket,
            {WINDOW_START} AS window_start, {MONTH_START} AS month_start,
-           k.scopes, nullif(k.meta, '{{}}'::jsonb) AS meta, k.external_id
+           k.scopes, nullif(k.meta, '{{}}'::jsonb)::text AS meta, k.external_id
     FROM c JOIN api_keys k ON k.key_hash = c.key_hash
     JOIN organizations o ON o.id = k.organization_id
 ), d AS (
@@ -106,8 +110,9 @@ WITH c AS ({calls}
     ON CONFLICT (bucket, window_start) DO UPDATE SET count = r.count + excluded.count
     RETURNING r.bucket, r.count
 )
-SELECT d.ord, d.deferred, d.id::text, d.organization_id::text, d.slug, d.plan, d.environment,
-       CASE WHEN d.status <> 'ok' OR h.count - a.n + a.rank <= d.lim THEN d.status
+SELECT d.ord, d.id::text, d.organization_id::text, d.slug, d.plan, d.environment,
+       CASE WHEN d.deferred THEN '{DEFERRED}'
+            WHEN d.status <> 'ok' OR h.count - a.n + a.rank <= d.lim THEN d.status
             ELSE 'rate_limited' END AS status,
        least(d.lim, d.key_lim) AS lim,
        greatest(0, CASE WHEN d.status <> 'ok' THEN d.lim - seen.count
@@ -124,14 +129,15 @@ LEFT JOIN hit h ON h.bucket = d.bucket
 
 def _first_one(param: str, scope: str, ip: str) -> str:
     """:func:`_first` for one call, in the shape PostgreSQL runs fastest for one key (no call list, rank or
-    window: the counter is read by a scalar subquery and moved by 1); the same columns and decisions."""
+    window: the counter is read by a scalar subquery and moved by 1); the same decisions and columns, but for
+    ``ord``."""
     return f"""
 WITH k AS (
     SELECT k.id, k.organization_id, k.environment, o.slug, o.plan,
            {_key_columns()},
            {ORG_BUCKET} AS bucket,
            {WINDOW_START} AS window_start, {MONTH_START} AS month_start,
-           k.scopes, nullif(k.meta, '{{}}'::jsonb) AS meta, k.external_id
+           k.scopes, nullif(k.meta, '{{}}'::jsonb)::text AS meta, k.external_id
     FROM api_keys k JOIN organizations o ON o.id = k.organization_id,
          (SELECT {scope}::text AS scope, {ip}::inet AS ip) c
     WHERE k.key_hash = {param}::bytea
@@ -147,8 +153,9 @@ WITH k AS (
     ON CONFLICT (bucket, window_start) DO UPDATE SET count = r.count + 1
     RETURNING r.count
 )
-SELECT 1::bigint AS ord, d.deferred, d.id::text, d.organization_id::text, d.slug, d.plan, d.environment,
-       CASE WHEN d.status <> 'ok' OR (SELECT count FROM hit) <= d.lim THEN d.status
+SELECT d.id::text, d.organization_id::text, d.slug, d.plan, d.environment,
+       CASE WHEN d.deferred THEN '{DEFERRED}'
+            WHEN d.status <> 'ok' OR (SELECT count FROM hit) <= d.lim THEN d.status
             ELSE 'rate_limited' END AS status,
        least(d.lim, d.key_lim) AS lim,
        greatest(0, CASE WHEN d.status <> 'ok' THEN d.lim - seen.count
@@ -160,14 +167,14 @@ FROM d, seen
 """  # noqa: S608 - only our own constants and the plan table are interpolated
 
 
-def _verify(calls: str) -> str:
+def _verify(calls: str, *, ordered: bool = True) -> str:
     """The verification of the calls in ``calls`` (columns ``ord``, ``key_hash``, ``scope``, ``ip``).
 
-    One row per call whose key exists: its position ``ord``, key id, organization id, slug, plan, environment,
-    status (``ok``, ``revoked``, ``expired``, ``ip_not_allowed``, ``insufficient_scope``, ``rate_limited``,
-    ``quota_exceeded``), the per-minute limit that applies to the key and what is left of it, seconds until
-    the minute's window resets, the database's time of the call, the key's scopes, metadata and external id,
-    and seconds until the month's quota resets.
+    One row per call whose key exists: its position ``ord`` (only if ``ordered``), key id, organization id,
+    slug, plan, environment, status (``ok``, ``revoked``, ``expired``, ``ip_not_allowed``,
+    ``insufficient_scope``, ``rate_limited``, ``quota_exceeded``), the per-minute limit that applies to the key
+    and what is left of it, seconds until the minute's window resets, the database's time of the call, the
+    key's scopes, metadata (as text) and external id, and seconds until the month's quota resets.
 
     **Buckets.** A usable call needs the organization's minute (``org:<id>``, the plan's limit), the key's
     minute (``key:<id>``, only for a key with its own limit) and the organization's month (``quota:<id>``,
@@ -206,7 +213,7 @@ WITH c AS ({calls}
            '{KEY_BUCKET_PREFIX}' || k.id::text AS key_bucket,
            '{QUOTA_BUCKET_PREFIX}' || k.organization_id::text AS quota_bucket,
            {WINDOW_START} AS window_start, {MONTH_START} AS month_start,
-           k.scopes, nullif(k.meta, '{{}}'::jsonb) AS meta, k.external_id
+           k.scopes, nullif(k.meta, '{{}}'::jsonb)::text AS meta, k.external_id
     FROM c JOIN api_keys k ON k.key_hash = c.key_hash
     JOIN organizations o ON o.id = k.organization_id
 ), seen AS (
@@ -280,7 +287,7 @@ WITH c AS ({calls}
     SELECT CASE WHEN (SELECT count(*) FROM opened) + (SELECT count(*) FROM bumped)
                      < (SELECT count(*) FROM spent) THEN portal_limiter_race() END AS failed
 )
-SELECT d.ord, d.id::text, d.organization_id::text, d.slug, d.plan, d.environment,
+SELECT {"d.ord, " if ordered else ""}d.id::text, d.organization_id::text, d.slug, d.plan, d.environment,
        CASE WHEN d.status <> 'ok' OR d.admitted THEN d.status
             WHEN d.quota_lim IS NOT NULL AND (d.quota_seen >= d.quota_lim OR (d.may AND d.key_ok AND NOT d.quota_ok))
                 THEN 'quota_exceeded'
@@ -330,8 +337,9 @@ def verify_group_statement(param: str = "$1", scopes: str = "$2", ips: str = "$3
 
 
 def verify_counters_statement(param: str = "$1", scope: str = "$2", ip: str = "$3") -> str:
-    """:func:`_verify` for one deferred call (its key has its own limit, or its plan a hard quota)."""
-    return _verify(_one(param, scope, ip))
+    """:func:`_verify` for one deferred call (its key has its own limit, or its plan a hard quota), without
+    ``ord`` like :func:`verify_statement`."""
+    return _verify(_one(param, scope, ip), ordered=False)
 
 
 def verify_counters_group_statement(param: str = "$1", scopes: str = "$2", ips: str = "$3") -> str:
@@ -339,19 +347,49 @@ def verify_counters_group_statement(param: str = "$1", scopes: str = "$2", ips: 
     return _verify(_many(param, scopes, ips))
 
 
-STATEMENT_NAME = "portal_verify_v3"
-GROUP_STATEMENT_NAME = "portal_verify_group_v3"
-COUNTERS_STATEMENT_NAME = "portal_verify_counters_v3"
-COUNTERS_GROUP_STATEMENT_NAME = "portal_verify_counters_group_v3"
+STATEMENT_NAME = "portal_verify_v4"
+GROUP_STATEMENT_NAME = "portal_verify_group_v4"
+COUNTERS_STATEMENT_NAME = "portal_verify_counters_v4"
+COUNTERS_GROUP_STATEMENT_NAME = "portal_verify_counters_group_v4"
 ONE, MANY = "(bytea, text, inet)", "(bytea[], text[], inet[])"
 PREPARE_SQL = f"PREPARE {STATEMENT_NAME} {ONE} AS {verify_statement()}"
 PREPARE_GROUP_SQL = f"PREPARE {GROUP_STATEMENT_NAME} {MANY} AS {verify_group_statement()}"
 PREPARE_COUNTERS_SQL = f"PREPARE {COUNTERS_STATEMENT_NAME} {ONE} AS {verify_counters_statement()}"
 PREPARE_COUNTERS_GROUP_SQL = f"PREPARE {COUNTERS_GROUP_STATEMENT_NAME} {MANY} AS {verify_counters_group_statement()}"
-EXECUTE_SQL = f"EXECUTE {STATEMENT_NAME} (%s, %s, %s::inet)"
-EXECUTE_GROUP_SQL = f"EXECUTE {GROUP_STATEMENT_NAME} (%s, %s::text[], %s::inet[])"
-EXECUTE_COUNTERS_SQL = f"EXECUTE {COUNTERS_STATEMENT_NAME} (%s, %s, %s::inet)"
-EXECUTE_COUNTERS_GROUP_SQL = f"EXECUTE {COUNTERS_GROUP_STATEMENT_NAME} (%s, %s::text[], %s::inet[])"
+# The session setting the literals below are written for (PostgreSQL's default): only ``'`` is special in them.
+SESSION_SETTINGS_SQL = "SET standard_conforming_strings = on"
+
+
+def _literal(value: str | None) -> str:
+    if value is None:
+        return "NULL"
+    if "\x00" in value:
+        raise ValueError("A string literal cannot contain NUL (0x00) characters.")
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _bytea(value: bytes) -> str:
+    return "'\\x" + value.hex() + "'::bytea"
+
+
+# The EXECUTE of a prepared statement, its arguments written out as psycopg2 would write them (the same text
+# reaches PostgreSQL) in a third of the instructions psycopg2's adaptation takes (docs/performance.md).
+
+
+def execute_sql(name: str, key_hash: bytes, scope: str | None, ip: str | None) -> str:
+    """``EXECUTE`` of a single-call statement (:data:`STATEMENT_NAME`, :data:`COUNTERS_STATEMENT_NAME`)."""
+    return f"EXECUTE {name} ({_bytea(key_hash)}, {_literal(scope)}, {_literal(ip)}::inet)"
+
+
+def execute_group_sql(
+    name: str, key_hashes: Sequence[bytes], scopes: Sequence[str | None], ips: Sequence[str | None]
+) -> str:
+    """``EXECUTE`` of a grouped statement, its arguments as arrays in call order."""
+    return (
+        f"EXECUTE {name} (ARRAY[{','.join(map(_bytea, key_hashes))}], "
+        f"ARRAY[{','.join(map(_literal, scopes))}]::text[], ARRAY[{','.join(map(_literal, ips))}]::inet[])"
+    )
+
 
 # Usage rows are written in batches: one INSERT per flush, each column an array literal (a statement-level
 # trigger runs once per batch), then ``last_used_at`` for the keys in the batch, only where it is more than a

@@ -9,6 +9,8 @@ address is answered 429 without a lookup. Requests that are not verifications (b
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 import time
 from typing import Any
@@ -24,10 +26,12 @@ from portal.verification.outcomes import (
     DatabaseUnavailable,
     RateLimit,
     Verification,
+    compact_json,
 )
 from portal.verification.usage_writer import BufferedRecorder, UsageRecorder
 
 MAX_USER_AGENT_CHARS = 256  # what a usage row keeps of a client's user agent
+MAX_CACHED_META_CHARS = 512
 
 
 class Verifier:
@@ -131,7 +135,6 @@ def _from_row(row: tuple[Any, ...], scope: str | None) -> tuple[Verification, An
     """A row of :func:`portal.verification.sql.verify_statement` as the answer and the time of the call."""
     key_id, org_id, slug, plan, environment, status, limit, remaining, reset_in, at, scopes, meta, ext, q_reset = row
     reason = status if status in REASONS else None
-    ratelimit = RateLimit(limit=limit, remaining=remaining, reset=max(1, math.ceil(reset_in)))
     result = Verification(
         "forbidden" if reason else status,
         key_id,
@@ -139,15 +142,28 @@ def _from_row(row: tuple[Any, ...], scope: str | None) -> tuple[Verification, An
         slug,
         plan,
         environment,
-        ratelimit,
-        reason=reason,
-        scope=scope,
-        scopes=scopes,
-        meta=meta,
-        external_id=ext,
-        quota_reset=max(1, math.ceil(q_reset)) if status == "quota_exceeded" else None,
+        RateLimit(limit, remaining, max(1, math.ceil(reset_in))),
+        reason,
+        scope,
+        scopes,
+        None if meta is None else answer_meta(meta),
+        ext,
+        max(1, math.ceil(q_reset)) if status == "quota_exceeded" else None,
     )
     return result, at
+
+
+def answer_meta(text: str) -> str:
+    """A key's metadata as PostgreSQL prints it, in the answer's compact JSON. The same text comes back on every
+    call of the key, so a short one's is remembered: parsing and encoding it again took 15 times the
+    instructions of looking it up (docs/performance.md). Metadata may hold 4 KB; only short texts are kept, so
+    the cache stays within a few MB."""
+    return _answer_meta(text) if len(text) <= MAX_CACHED_META_CHARS else compact_json(json.loads(text))
+
+
+@functools.lru_cache(maxsize=1024)
+def _answer_meta(text: str) -> str:
+    return compact_json(json.loads(text))
 
 
 def build_verifier(
