@@ -231,7 +231,7 @@ def test_giving_up_marks_the_delivery_failed_disables_the_endpoint_and_mails_the
     assert "HTTP 500" in endpoint.disabled_reason and start.strftime("%Y-%m-%d %H:%M") in endpoint.disabled_reason
     (record,) = db.session.scalars(sa.select(AuditEvent).filter_by(organization_id=org.id, action="webhook.disabled"))
     assert record.actor_label == "ProCode Portal" and record.target_id == str(endpoint.id)
-    assert record.details["endpoint_url"] == receiver.url
+    assert record.details["url"] == receiver.url
 
     received = deliver_mail(mail_server)
     assert sorted(r.rcpt_tos[0] for r in received) == sorted([owner.email, other_owner.email])

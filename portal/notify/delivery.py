@@ -507,7 +507,7 @@ def _disable_if_failing(endpoint_id: uuid.UUID, delivery_id: uuid.UUID, moment: 
         actor_label=ACTOR,
         target_type="webhook_endpoint",
         target_id=endpoint.id,
-        details={"endpoint_url": endpoint.url, "reason": reason},
+        details={"url": endpoint.url, "reason": reason},
     )
     for address in _owner_addresses(org):
         try:

@@ -50,6 +50,7 @@ ACTION_LABELS: dict[str, str] = {
     "webhook.deleted": "Webhook endpoint deleted",
     "webhook.test_sent": "Webhook test event sent",
     "webhook.resent": "Webhook delivery resent",
+    "webhook.disabled": "Webhook endpoint disabled after failing deliveries",
 }
 
 DETAIL_LABELS: dict[str, str] = {
