@@ -22,9 +22,9 @@ from portal import audit, mail, ratelimit
 from portal.extensions import db
 from portal.keys import format as keyformat
 from portal.keys.services import pepper
-from portal.models import ApiKey, Membership, Organization, User
+from portal.models import ApiKey, Organization, User
 from portal.models.organization import LEAK_ACTIONS
-from portal.roles import OWNER
+from portal.notify.events import member_addresses
 from portal.timeutil import utcnow
 
 REPORTED_LEAKED = "reported_leaked"  # the ``reason`` of the audit event
@@ -84,17 +84,6 @@ def find_keys(candidates: Iterable[str]) -> dict[str, ApiKey]:
     return {hashes[bytes(row.key_hash)]: row for row in rows}
 
 
-def owners(org: Organization) -> list[User]:
-    return list(
-        db.session.scalars(
-            sa.select(User)
-            .join(Membership, Membership.user_id == User.id)
-            .where(Membership.organization_id == org.id, Membership.role == OWNER)
-            .order_by(User.email)
-        )
-    )
-
-
 def _clean_url(url: object) -> str | None:
     """A public URL from a report, kept only when it is a plain http(s) link of sane length."""
     if not isinstance(url, str) or len(url) > MAX_URL_CHARS or any(ord(c) < 32 for c in url):
@@ -137,9 +126,9 @@ def handle_leak(
         details=details,
         ip=ip,
     )
-    for owner in owners(org):
+    for address in member_addresses(org):
         mail.enqueue(
-            owner.email,
+            address,
             "key_reported_leaked",
             org=org,
             api_key=api_key,

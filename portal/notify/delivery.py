@@ -39,10 +39,11 @@ from flask import current_app
 
 from portal import audit, mail
 from portal.extensions import db
-from portal.models import Membership, Organization, User, WebhookEndpoint
+from portal.models import Organization, WebhookEndpoint
 from portal.notify import signing
 from portal.notify.client import Answer, EndpointClient
 from portal.notify.endpoints import SigningKeys, signing_keys
+from portal.notify.events import member_addresses
 from portal.timeutil import utcnow
 from portal.twofactor.sealing import Unsealable
 
@@ -509,7 +510,7 @@ def _disable_if_failing(endpoint_id: uuid.UUID, delivery_id: uuid.UUID, moment: 
         target_id=endpoint.id,
         details={"url": endpoint.url, "reason": reason},
     )
-    for address in _owner_addresses(org):
+    for address in member_addresses(org):
         try:
             mail.enqueue(address, "webhook_disabled", org=org, endpoint=endpoint, reason=reason, since=since)
         except mail.MailConfigError as exc:
@@ -527,14 +528,3 @@ def _last_error(delivery_id: uuid.UUID) -> str:
         {"id": delivery_id},
     )
     return str(error or "unknown")
-
-
-def _owner_addresses(org: Organization) -> list[str]:
-    return list(
-        db.session.scalars(
-            sa.select(User.email)
-            .join(Membership, Membership.user_id == User.id)
-            .where(Membership.organization_id == org.id, Membership.role == "owner")
-            .order_by(User.email)
-        )
-    )

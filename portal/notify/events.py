@@ -158,12 +158,7 @@ def mail_recipients(org: Organization, event_type: str) -> list[str]:
     addresses: list[str] = list(rule.addresses) if rule else []
     roles = _AUDIENCE_ROLES[audience]
     if roles:
-        addresses += db.session.scalars(
-            sa.select(User.email)
-            .join(Membership, Membership.user_id == User.id)
-            .where(Membership.organization_id == org.id, Membership.role.in_(roles))
-            .order_by(User.email)
-        ).all()
+        addresses += member_addresses(org, roles)
     seen: set[str] = set()
     unique = []
     for address in addresses:
@@ -197,7 +192,7 @@ def from_audit(record: AuditEvent, actor: User | None) -> None:
             data["old_key_stops_at"] = details.get("old_key_stops_at")
         if details.get("reason") == "reported_leaked" or record.action == "key.leak_reported":
             data["source"] = details.get("source")
-            skip += _owner_addresses(org)  # they got the leak report's own mail
+            skip += member_addresses(org)  # they got the leak report's own mail
     else:
         data["member"] = {
             "user_id": details.get("user_id") or (str(record.actor_id) if record.actor_id else None),
@@ -214,11 +209,13 @@ def from_audit(record: AuditEvent, actor: User | None) -> None:
     emit(org, record.action, data, skip_mail_to=skip)
 
 
-def _owner_addresses(org: Organization) -> list[str]:
+def member_addresses(org: Organization, roles: tuple[str, ...] = ("owner",)) -> list[str]:
+    """The mail addresses of the organization's members with one of ``roles`` (its owners by default)."""
     return list(
         db.session.scalars(
             sa.select(User.email)
             .join(Membership, Membership.user_id == User.id)
-            .where(Membership.organization_id == org.id, Membership.role == "owner")
+            .where(Membership.organization_id == org.id, Membership.role.in_(roles))
+            .order_by(User.email)
         )
     )
