@@ -133,6 +133,16 @@ def client(app: Flask) -> FlaskClient:
 
 
 @pytest.fixture
+def public_only(app: Flask) -> Iterator[None]:
+    """Production's webhook rule for this test: https to public addresses only."""
+    app.config["WEBHOOK_ALLOW_PRIVATE"] = False
+    try:
+        yield
+    finally:
+        app.config["WEBHOOK_ALLOW_PRIVATE"] = True
+
+
+@pytest.fixture
 def csrf_app(app: Flask) -> Iterator[Flask]:
     """CSRF protection switched on, for the test that proves it."""
     app.config["WTF_CSRF_ENABLED"] = True

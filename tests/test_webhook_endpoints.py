@@ -21,16 +21,6 @@ from tests import factories
 URL = "https://hooks.example.com/procode"
 
 
-@pytest.fixture
-def public_only(app):
-    """Production's rule: https to public addresses only."""
-    app.config["WEBHOOK_ALLOW_PRIVATE"] = False
-    try:
-        yield
-    finally:
-        app.config["WEBHOOK_ALLOW_PRIVATE"] = True
-
-
 def _base(org):
     return f"/orgs/{org.slug}/webhooks"
 

@@ -18,15 +18,6 @@ def cli(app):
     return lambda *args: runner.invoke(args=list(args))
 
 
-@pytest.fixture
-def public_only(app):
-    app.config["WEBHOOK_ALLOW_PRIVATE"] = False
-    try:
-        yield
-    finally:
-        app.config["WEBHOOK_ALLOW_PRIVATE"] = True
-
-
 def _endpoints(org):
     return list(db.session.scalars(sa.select(WebhookEndpoint).filter_by(organization_id=org.id)))
 
