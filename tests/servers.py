@@ -183,17 +183,14 @@ def nginx(portal: str, upstream: str, work: Path) -> Iterator[str]:
         f"events {{ worker_connections 256; }}\n"
         f"http {{\n    access_log off;\n{temp}\n{site}}}\n"
     )
-    command = [
-        gateway_binary("nginx") or "nginx",
-        "-p",
-        str(work),
-        "-c",
-        str(work / "nginx.conf"),
-        "-e",
-        str(work / "error.log"),
-    ]
-    with _foreground(command, port, work / "stdout.log", pid_file=work / "nginx.pid") as base:
+    with _foreground(_nginx_command(work), port, work / "stdout.log", pid_file=work / "nginx.pid") as base:
         yield base
+
+
+def _nginx_command(work: Path, *extra: str) -> list[str]:
+    """Debian's nginx with ``work`` as its prefix, ``work/nginx.conf`` and its error log there."""
+    binary = gateway_binary("nginx") or "nginx"
+    return [binary, "-p", str(work), "-c", str(work / "nginx.conf"), "-e", str(work / "error.log"), *extra]
 
 
 @contextmanager
@@ -241,17 +238,7 @@ def proxy(portal: str, work: Path) -> Iterator[str]:
     port = free_port(GATEWAY_PORTS)
     work.mkdir(parents=True, exist_ok=True)
     (work / "nginx.conf").write_text(shipped_proxy_config(port, portal.removeprefix("http://"), work))
-    command = [
-        gateway_binary("nginx") or "nginx",
-        "-p",
-        str(work),
-        "-c",
-        str(work / "nginx.conf"),
-        "-e",
-        str(work / "error.log"),
-        "-g",
-        f"daemon off; pid {work / 'nginx.pid'};",
-    ]
+    command = _nginx_command(work, "-g", f"daemon off; pid {work / 'nginx.pid'};")
     with _foreground(command, port, work / "nginx.log", pid_file=work / "nginx.pid") as base:
         yield base
 
