@@ -124,7 +124,9 @@ def test_metrics_add_up_across_workers_and_logs_are_json_without_secrets(app, co
             def delta(name: str, _after: Any = after, **labels: str) -> float:
                 return value(_after, name, **labels) - value(before, name, **labels)
 
-            if delta("procode_verifications_total") >= len(answers) or time.monotonic() > deadline:
+            # The counter and the histogram are separate files, written one after the other: wait for both.
+            folded = min(delta("procode_verifications_total"), delta("procode_verification_duration_seconds_count"))
+            if folded >= len(answers) or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
         assert delta("procode_verifications_total", outcome="ok") == valid
