@@ -22,7 +22,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -192,6 +192,8 @@ class BufferedRecorder:
         self._thread: threading.Thread | None = None
         self._pid = 0
         self._conn: Any = None
+        # Written on every flush besides the rows, never failing it: the /v1 request lines (portal/logs.py).
+        self.companions: list[Callable[[], object]] = []
 
     def add(self, row: Row) -> None:
         with self._lock:
@@ -274,6 +276,11 @@ class BufferedRecorder:
 
     def flush(self) -> int:
         """Write every buffered row and count (put back on failure); returns how many usage rows were written."""
+        for companion in self.companions:
+            try:
+                companion()
+            except Exception:  # noqa: BLE001 - a log write never costs a usage row
+                log.exception("usage writer: %r failed", companion)
         with self._flush_lock:
             with self._lock:
                 rows, self._rows = self._rows, []
