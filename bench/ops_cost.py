@@ -4,7 +4,8 @@ Runs in a fresh interpreter, patched by gevent like a worker and with a multipro
 gunicorn.conf.py sets up, and prints the cost per call of: updating prometheus_client's multiprocess metrics
 directly (what the verification path avoids), the plain-int tally it uses instead, the tally's fold (once per
 usage flush, per verification folded), a request's log line as text and as JSON written at once (as pages
-write theirs) and buffered for the usage writer's flush (as /v1 calls write theirs), and when /v1 lines are off. Usage: ``python bench/ops_cost.py [--calls N]``.
+write theirs) and buffered for the usage writer's flush (as /v1 calls write theirs), and when /v1 lines are off.
+Usage: ``python bench/ops_cost.py [--calls N]``.
 """
 
 from __future__ import annotations
