@@ -17,10 +17,11 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterable
 from pathlib import Path
 
-CONNECTION_LINE = re.compile(r"^(\d+) connection authorized: user=\S+ database=(\S+)", re.MULTILINE)
+CONNECTION_LINE = re.compile(
+    r"^(\d+) LOG:\s+connection authorized: user=\S+ database=(\S+)(?: application_name=(\S+))?", re.MULTILINE
+)
 
 
 def postgres_bindir() -> Path:
@@ -76,12 +77,14 @@ class ValgrindCluster:
         with (self.data / "postgresql.conf").open("a") as conf:
             conf.writelines(f"{name} = {value}\n" for name, value in settings.items())
 
-    def start(self, *, counted: bool) -> None:
-        """Start the server, plainly or with the postmaster (and so every backend) under cachegrind."""
+    def start(self, *, counted: bool, tool: str = "cachegrind") -> None:
+        """Start the server, plainly or with the postmaster (and so every backend) under valgrind: cachegrind
+        counts, callgrind also profiles (``callgrind_annotate`` reads each backend's file)."""
         command = [str(self.bindir / "postgres"), "-D", str(self.data)]
         if counted:
             out = str(self.counts / "backend.%p")
-            command = ["valgrind", "--tool=cachegrind", "--cache-sim=no", f"--cachegrind-out-file={out}", *command]
+            options = ["--cache-sim=no"] if tool == "cachegrind" else []
+            command = ["valgrind", f"--tool={tool}", *options, f"--{tool}-out-file={out}", *command]
         with self.log.open("ab") as log:
             self._server = subprocess.Popen([*self._as, *command], stdout=log, stderr=subprocess.STDOUT)
         self._wait_ready(180 if counted else 30)
@@ -112,31 +115,33 @@ class ValgrindCluster:
             self._server.wait()
         self._server = None
 
-    def backends(self, database: str) -> set[int]:
-        """Pids of every backend that connected to ``database`` so far."""
+    def backends(self, database: str) -> dict[int, str]:
+        """Every backend that connected to ``database`` so far: pid -> its client's application name."""
         text = self.log.read_text(errors="replace")
-        return {int(pid) for pid, name in CONNECTION_LINE.findall(text) if name == database}
+        return {int(pid): app or "-" for pid, name, app in CONNECTION_LINE.findall(text) if name == database}
 
-    def instructions(self, pids: Iterable[int], wait: float = 120.0) -> int:
-        """The Ir total of those backends, waiting for each to exit and write its count."""
-        total = 0
-        for pid in sorted(pids):
+    def instructions(self, backends: dict[int, str], wait: float = 120.0) -> dict[str, int]:
+        """The Ir totals of those backends by application name, waiting for each to exit and write its count."""
+        totals: dict[str, int] = {}
+        for pid, app in sorted(backends.items()):
             path = self.counts / f"backend.{pid}"
             deadline = time.monotonic() + wait
             while not _complete(path):
                 if time.monotonic() > deadline:
                     raise SystemExit(f"backend {pid} wrote no instruction count into {path}")
                 time.sleep(0.2)
-            total += _summary(path)
-        return total
+            totals[app] = totals.get(app, 0) + _summary(path)
+        return totals
 
 
 def _complete(path: Path) -> bool:
-    return path.exists() and "\nsummary:" in path.read_text(errors="replace")
+    return (
+        path.exists() and re.search(r"^(?:summary|totals):", path.read_text(errors="replace"), re.MULTILINE) is not None
+    )
 
 
 def _summary(path: Path) -> int:
-    match = re.search(r"^summary:\s+(\d+)", path.read_text(), re.MULTILINE)
+    match = re.search(r"^(?:summary|totals):\s+(\d+)", path.read_text(), re.MULTILINE)
     if match is None:
         raise SystemExit(f"no instruction total in {path}")
     return int(match.group(1))

@@ -236,14 +236,17 @@ class Side:
             raise SystemExit(f"{self.label}: not every call was answered 200: {result['statuses']}")
         return result
 
-    def instructions(self, calls: int, tool: str, cluster: ValgrindCluster | None) -> tuple[int, int]:
-        """Instructions of the worker and (with a counted cluster) of the backends that served it."""
+    def instructions(self, calls: int, tool: str, cluster: ValgrindCluster | None) -> dict[str, int]:
+        """Instructions of the worker and (with a counted cluster) of the backends that served it, by their
+        application name (the verification connection, the usage writer's)."""
         out = self.workdir / f"{tool}.{self.label}.{calls}.out"
-        before = cluster.backends(self.database) if cluster else set()
+        before = cluster.backends(self.database) if cluster else {}
         self.run(calls, tool, out)
-        if cluster is None:
-            return _total_ir(out), 0
-        return _total_ir(out), cluster.instructions(cluster.backends(self.database) - before)
+        counts = {"worker": _total_ir(out)}
+        if cluster is not None:
+            new = {pid: app for pid, app in cluster.backends(self.database).items() if pid not in before}
+            counts.update(cluster.instructions(new))
+        return counts
 
     def drop(self) -> None:
         from bench.harness import admin
@@ -329,7 +332,7 @@ def main() -> None:
     trees = [("now", ROOT)] + ([("baseline", args.baseline.resolve())] if args.baseline else [])
     sides: list[Side] = []
     started = time.monotonic()
-    results: dict[str, tuple[int, int]] = {}
+    results: dict[str, dict[str, int]] = {}
     try:
         for label, tree in trees:
             sides.append(Side(label, tree, admin_url, workdir, spec))
@@ -339,18 +342,15 @@ def main() -> None:
         if cluster is not None:
             log("restarting PostgreSQL with its backends under valgrind")
             cluster.stop()
-            cluster.start(counted=True)
+            cluster.start(counted=True, tool=tool)
         # Interleaved and in parallel (valgrind runs a process on one core): each side W calls, then W + N.
         for calls in (args.warmup, args.warmup + args.calls):
             log(f"{tool}: {calls} calls on each side")
             with ThreadPoolExecutor(len(sides)) as pool:
                 counts = list(pool.map(lambda s, c=calls: s.instructions(c, tool, cluster), sides))  # type: ignore[misc]
-            for side, (worker, backends) in zip(sides, counts, strict=True):
-                if calls > args.warmup:
-                    first = results[side.label]
-                    results[side.label] = (worker - first[0], backends - first[1])
-                else:
-                    results[side.label] = (worker, backends)
+            for side, count in zip(sides, counts, strict=True):
+                first = results.get(side.label, {}) if calls > args.warmup else {}
+                results[side.label] = {name: count.get(name, 0) - first.get(name, 0) for name in count | first}
     finally:
         for side in sides:
             if not args.keep:
@@ -369,18 +369,23 @@ def main() -> None:
         f"ProCode verification: instructions per call (valgrind {tool}, in-process WSGI driver, "
         f"{args.calls} calls after {args.warmup}, usage flushed every {FLUSH_EVERY})"
     )
-    worker = {label: results[label][0] / args.calls for label in results}
-    backend = {label: results[label][1] / args.calls for label in results}
+    worker = {label: results[label]["worker"] / args.calls for label in results}
+    backend = {label: sum(v for k, v in results[label].items() if k != "worker") / args.calls for label in results}
     for side in reversed(sides):
         calls_are = "scope, client_ip, user_agent; keys with policy" if side.policy else "key and endpoint only"
         pg = "" if cluster is None else f"  PostgreSQL {backend[side.label]:>10,.0f}"
         described = f"{side.label:9} {_describe(side.tree):24}"
         print(f"  {described} worker {worker[side.label]:>10,.0f}{pg} Ir/call   ({calls_are})")
+        if cluster is not None:
+            apps = sorted((k, v) for k, v in results[side.label].items() if k != "worker")
+            print(" " * 46 + "PostgreSQL by client: " + ", ".join(f"{k} {v / args.calls:,.0f}" for k, v in apps))
     print(f"  total time {time.monotonic() - started:.0f} s")
     if "baseline" in worker:
         verdicts = [("worker", worker)] + ([("PostgreSQL", backend)] if cluster is not None else [])
         failed = False
         for name, counts in verdicts:
+            if not counts["baseline"]:
+                raise SystemExit(f"no {name} instructions counted for the baseline")
             ratio = counts["now"] / counts["baseline"]
             ok = ratio <= args.max_ratio
             failed |= not ok
