@@ -35,7 +35,9 @@ class Call:
     answered: float | None = None
     status: int | None = None
     promised: bool = False  # an answer that promises a usage row
-    error: str | None = None  # no answer: refused, closed, timeout
+    # No answer: ``refused``, ``closed``, ``timeout``, or ``dropped`` (a kept-alive connection closed without an
+    # answer, retried at once on a new connection, as HTTP clients do).
+    error: str | None = None
 
     @property
     def wait(self) -> float | None:
@@ -99,7 +101,7 @@ class _Connection:
         except (OSError, http.client.HTTPException) as exc:
             call.error = _error_kind(exc)
             if reused and call.error == "closed":
-                call.error = "closed-idle"  # the server closed a kept-alive connection: a client retries
+                call.error = "dropped"
             self.close()
         return call
 
@@ -160,7 +162,7 @@ class Load:
                 seq += 1
                 call = connection.call(key, f"/f/{self.tag}/c{n:02d}/{seq:06d}", first)
                 self.calls.append(call)
-                if call.error != "closed-idle":
+                if call.error != "dropped":
                     break
                 first = call.sent
             if call.error in ("refused", "closed"):

@@ -96,14 +96,16 @@ def _exchange(host: str, port: int, data: bytes, timeout: float) -> str:
     return "none"
 
 
-def send_malformed(host: str, port: int, count: int, *, parallel: int = 8, timeout: float = 15.0) -> dict[str, Counter]:
+def send_malformed(
+    host: str, port: int, count: int, *, parallel: int = 8, timeout: float = 15.0
+) -> dict[str, Counter[str]]:
     """``count`` malformed requests, the kinds in turn, ``parallel`` at a time: the statuses by kind."""
     kinds = list(MALFORMED.items())
     jobs = [kinds[i % len(kinds)] for i in range(count)]
     address = f"{host}:{port}"
     with ThreadPoolExecutor(parallel) as pool:
         statuses = pool.map(lambda job: _exchange(host, port, job[1](address), timeout), jobs)
-        found: dict[str, Counter] = {}
+        found: dict[str, Counter[str]] = {}
         for (name, _), status in zip(jobs, statuses, strict=True):
             found.setdefault(name, Counter())[status] += 1
     return found

@@ -100,9 +100,9 @@ def tally(result: Result, calls: Sequence[Call]) -> None:
     result.longest_wait = max((c.wait for c in calls if c.wait is not None), default=0.0)
 
 
-def first_200_after(calls: Sequence[Call], moment: float) -> float | None:
-    """Seconds from ``moment`` to the first 200 answered after it."""
-    times = [c.answered for c in calls if c.status == 200 and c.answered is not None and c.answered >= moment]
+def first_answer_after(calls: Sequence[Call], moment: float, status: int = 200) -> float | None:
+    """Seconds from ``moment`` to the first ``status`` answered after it."""
+    times = [c.answered for c in calls if c.status == status and c.answered is not None and c.answered >= moment]
     return min(times) - moment if times else None
 
 

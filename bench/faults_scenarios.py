@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from bench.faults_client import Call, Flood, Load, Probe, idle, slow_body
 from bench.faults_malformed import send_malformed
-from bench.faults_report import Result, account, every_client_back, first_200_after, settled_rows, tally
+from bench.faults_report import Result, account, every_client_back, first_answer_after, settled_rows, tally
 from bench.faults_rig import HOST, Rig
 
 Moments = dict[str, float]
@@ -88,7 +89,7 @@ def judge(
 
 
 def recovery(result: Result, calls: list[Call], moment: float, what: str, limit: float) -> None:
-    first, every = first_200_after(calls, moment), every_client_back(calls, moment)
+    first, every = first_answer_after(calls, moment), every_client_back(calls, moment)
     shown = "never" if first is None else f"{first:.2f} s"
     result.recover = f"first 200 {shown}, every client {'never' if every is None else f'{every:.2f} s'} after {what}"
     result.check(f"first 200 within {limit:g} s after {what}", first is not None and first <= limit, shown)
@@ -111,7 +112,9 @@ def database_fault(name: str, act: Callable[[Rig], str], limit: float = 2.0) -> 
 
         calls, _, at = traced(rig, name, fault)
         result = judge(rig, name, calls, max_wait=rig.settings.deadline + 1)
-        result.notes.append(f"{outage[0]}: {at['back'] - at['started']:.1f} s")
+        first_503 = first_answer_after(calls, at["started"], 503)
+        shown = "none" if first_503 is None else f"after {first_503:.2f} s"
+        result.notes.append(f"{outage[0]}: {at['back'] - at['started']:.1f} s; first 503 {shown}")
         recovery(result, calls, at["back"], "the database was back", limit)
         return result
 
@@ -242,6 +245,7 @@ def flood_of(kind: str, via_proxy: bool) -> Callable[[Rig], Result]:
             f"{len(closed)} closed (last after {max(closed, default=0):.1f} s), {flood.failed} failed to open",
         )
         result.notes.append(f"flood answers: {flood.statuses()}")
+        result.recover = f"flood closed by the server within {max(closed, default=0):.1f} s"
         return result
 
     return run
@@ -249,7 +253,7 @@ def flood_of(kind: str, via_proxy: bool) -> Callable[[Rig], Result]:
 
 def malformed(rig: Rig) -> Result:
     name = "malformed-2000"
-    found: list[dict] = []
+    found: list[dict[str, Counter[str]]] = []
 
     def fault() -> Moments:
         found.append(send_malformed(HOST, rig.port, rig.settings.malformed))
@@ -265,6 +269,9 @@ def malformed(rig: Rig) -> Result:
             total[status] = total.get(status, 0) + n
     result.check("no 5xx to a malformed request", not bad, str(bad) if bad else f"{sum(total.values())} sent")
     result.notes.append(f"malformed answers: {dict(sorted(total.items()))}")
+    silent = sorted(kind for kind, counts in by_kind.items() if "none" in counts)
+    if silent:
+        result.notes.append(f"closed without an answer: {', '.join(silent)}")
     return result
 
 
