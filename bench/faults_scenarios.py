@@ -198,7 +198,8 @@ def master_stopped(database_down: bool) -> Callable[[Rig], Result]:
         result.check(f"stop within {limit:g} s (half the graceful timeout)", took[0] <= limit, f"{took[0]:.1f} s")
         lost_lines = [line for line in stop_log[0].splitlines() if "rows lost" in line]
         if lost_lines:
-            result.notes.append(f"log at the stop: {len(lost_lines)} lines like {lost_lines[0][-90:]!r}")
+            line = lost_lines[0]
+            result.notes.append(f"log at the stop: {len(lost_lines)} lines like {line[line.find('usage flush') :]!r}")
         recovery(result, calls, at["up"], "gunicorn was back", 2.0)
         result.recover = f"stopped in {took[0]:.1f} s; " + result.recover
         return result
@@ -245,6 +246,12 @@ def flood_of(kind: str, via_proxy: bool) -> Callable[[Rig], Result]:
             f"{len(closed)} closed (last after {max(closed, default=0):.1f} s), {flood.failed} failed to open",
         )
         result.notes.append(f"flood answers: {flood.statuses()}")
+        dropped = sorted(c.sent - at["opened"] for c in calls + probes if c.error == "dropped")
+        if dropped:
+            result.notes.append(
+                f"{len(dropped)} kept-alive connections of the traced clients closed between calls (retried), "
+                f"{dropped[0]:.1f} to {dropped[-1]:.1f} s after the flood was opened"
+            )
         result.recover = f"flood closed by the server within {max(closed, default=0):.1f} s"
         return result
 
