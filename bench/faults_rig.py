@@ -9,6 +9,7 @@ import http.client
 import os
 import shutil
 import signal
+import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
@@ -75,12 +76,16 @@ class Rig:
         self.runs = 0
         self._proxy: contextlib.ExitStack | None = None
         self.proxy_base: str | None = None
-        self.cluster.start()
-        admin(self.cluster.url, 'CREATE DATABASE "procode_faults"')
         self.url = with_db(self.cluster.url, "procode_faults")
-        log(f"private PostgreSQL on 127.0.0.1:{pg_port} ({self.cluster.bin}); migrating, seeding 10,000 keys")
-        migrate(self.url)
-        self.keys: list[str] = seed(self.url, self.workdir)["keys"]
+        try:
+            self.cluster.start()
+            admin(self.cluster.url, 'CREATE DATABASE "procode_faults"')
+            log(f"private PostgreSQL on 127.0.0.1:{pg_port} ({self.cluster.bin}); migrating, seeding 10,000 keys")
+            migrate(self.url)
+            self.keys: list[str] = seed(self.url, self.workdir)["keys"]
+        except BaseException:
+            self.close()
+            raise
 
     # --- gunicorn -------------------------------------------------------------------------------------------
 
@@ -154,8 +159,15 @@ class Rig:
         if self._proxy is not None:
             self._proxy.close()
         if self.server is not None and self.server.proc.poll() is None:
-            self.server.proc.kill()
-            self.server.proc.wait(30)
+            workers = self.server.worker_pids()
+            self.server.proc.send_signal(signal.SIGQUIT)  # gunicorn's quick stop: its workers go at once
+            try:
+                self.server.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                for pid in [self.server.proc.pid, *map(int, workers)]:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                self.server.proc.wait(30)
         self.cluster.close()
         if keep:
             log(f"logs kept in {self.workdir}")

@@ -246,6 +246,11 @@ def flood_of(kind: str, via_proxy: bool) -> Callable[[Rig], Result]:
             f"{len(closed)} closed (last after {max(closed, default=0):.1f} s), {flood.failed} failed to open",
         )
         result.notes.append(f"flood answers: {flood.statuses()}")
+        slowest = max((c for c in calls + probes if c.wait is not None), key=lambda c: c.wait or 0.0, default=None)
+        if slowest is not None:
+            result.notes.append(
+                f"the longest wait began {slowest.sent - at['opened']:.1f} s after the flood was opened"
+            )
         dropped = sorted(c.sent - at["opened"] for c in calls + probes if c.error == "dropped")
         if dropped:
             result.notes.append(
