@@ -122,7 +122,7 @@ bench-notify: install
 ## make faults: the fault matrix (docs/operations.md, "Fault matrix"): a private PostgreSQL cluster it starts and
 ## breaks (restarts, a crash, a 20 s stop, a 15 s freeze), a worker SIGKILLed, the master SIGTERMed with the
 ## database up and down, 2,000 idle, slow-body (gunicorn alone, and through docs/deploy/nginx.conf) and malformed
-## connections, under 32 traced clients; PASS/FAIL per scenario; ~7 minutes. BENCH_ARGS="--quick" (~4 minutes),
+## connections, under 32 traced clients; PASS/FAIL per scenario; ~6 minutes. BENCH_ARGS="--quick" (~4 minutes),
 ## "--only pg-frozen", "--list".
 faults: install gateways
 	$(BIN)/python bench/faults.py $(BENCH_ARGS)

@@ -1,8 +1,8 @@
 """The fault matrix (``make faults``): the key service under a broken database, dying processes and hostile
 clients, judged against what the README promises. Not part of the test suite (it takes minutes).
 
-    make faults                                       # every scenario, ~8 minutes
-    .venv/bin/python bench/faults.py --quick          # shorter outages, ~5 minutes
+    make faults                                       # every scenario, ~6 minutes
+    .venv/bin/python bench/faults.py --quick          # shorter outages, ~4 minutes
     .venv/bin/python bench/faults.py --only pg-frozen --only worker-sigkill
     .venv/bin/python bench/faults.py --list
 
