@@ -21,6 +21,7 @@ from flask import Flask, g, has_app_context
 LOG_FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"
 requests_log = logging.getLogger("portal.requests")
+_quote = json.encoder.encode_basestring_ascii  # a JSON string literal, as the JSON formatter's encoder writes it
 _LOGGING_STARTED: float = getattr(logging, "_startTime", time.time())  # what LogRecord.relativeCreated counts from
 # What a request's line carries besides the request id, in this order (JSON keys; ``key=value`` in text).
 REQUEST_FIELDS = ("method", "route", "status", "duration_ms", "user_id", "organization_id")
@@ -95,22 +96,15 @@ class JsonFormatter(logging.Formatter):
         return self._encoder.encode(line)
 
     def request_line(self, line: BufferedLine) -> str:
-        """What :meth:`format` writes for that request's record, without building the record."""
+        """What :meth:`format` writes for that request's record, without building the record or a dict (the
+        caller's request id and the message are the only strings that need quoting)."""
         created, rid, method, route, status, ms, org = line
-        return self._encoder.encode(
-            {
-                "time": f"{self._seconds(created)}.{int((created - int(created)) * 1000.0):03d}Z",
-                "level": "INFO",
-                "logger": requests_log.name,
-                "request_id": rid,
-                "message": REQUEST_MESSAGE % (method, route or "-", status, ms, "-", org or "-"),
-                "method": method,
-                "route": route,
-                "status": status,
-                "duration_ms": ms,
-                "user_id": None,
-                "organization_id": org,
-            }
+        message = REQUEST_MESSAGE % (method, route or "-", status, ms, "-", org or "-")
+        return (
+            f'{{"time":"{self._seconds(created)}.{int((created - int(created)) * 1000.0):03d}Z","level":"INFO",'
+            f'"logger":"{requests_log.name}","request_id":{_quote(rid)},"message":{_quote(message)},'
+            f'"method":{_quote(method)},"route":{_quote(route)},"status":{status},"duration_ms":{ms!r},'
+            f'"user_id":null,"organization_id":{"null" if org is None else _quote(org)}}}'
         )
 
 

@@ -399,6 +399,7 @@ def test_a_buffered_verification_line_reads_as_its_record_would(formatter):
     for line in [
         (1_764_700_000.0417, "trace-1", "POST", "api.verify", 200, 0.31, "3f0c6a52-8d8e-4a5e-9c43-0f5f5c0b1a11"),
         (1_764_700_001.9999, "a" * 64, "HEAD", "api.verify_gateway", 401, 12.5, None),
+        (1_764_700_002.5, 'caller\'s "id" \\ ü\u2028', "GET", "api.verify_gateway", 429, 1e-05, None),
     ]:
         assert formatter.request_line(line) == formatter.format(_buffered_record(line))
 
