@@ -101,7 +101,15 @@ class Gunicorn:
         self.log_file = self.log_path.open("wb")
         self.proc = subprocess.Popen(
             # `nice` lowers the whole process group's CPU priority (it execs gunicorn, so the pid stays the master's).
-            [*(["nice", "-n", str(nice)] if nice else []), sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", app],
+            [
+                *(["nice", "-n", str(nice)] if nice else []),
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-c",
+                "gunicorn.conf.py",
+                app,
+            ],
             cwd=ROOT,
             env=env,
             stdout=self.log_file,

@@ -39,7 +39,19 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import usage  # noqa: E402
-from bench.harness import Browser, Gunicorn, admin, free_ports, log, pct, server_url, with_db, wrk  # noqa: E402
+from bench.harness import (  # noqa: E402
+    Browser,
+    Gunicorn,
+    admin,
+    backend_pids,
+    cpu_seconds,
+    free_ports,
+    log,
+    pct,
+    server_url,
+    with_db,
+    wrk,
+)
 from bench.verify import PEPPER, migrate, seed  # noqa: E402
 
 TARGET_P99_MS, TARGET_RATIO = 10.0, 0.90
@@ -65,7 +77,9 @@ class Dashboards:
     def start(self) -> None:
         self.stop.clear()
         self.samples, self.failures = [], []
-        self.threads = [threading.Thread(target=self._loop, args=(b, i), daemon=True) for i, b in enumerate(self.browsers)]
+        self.threads = [
+            threading.Thread(target=self._loop, args=(b, i), daemon=True) for i, b in enumerate(self.browsers)
+        ]
         for thread in self.threads:
             thread.start()
 
@@ -107,7 +121,17 @@ def start_shape(shape: str, url: str, ports: list[int], args: argparse.Namespace
         server = Gunicorn("wsgi:app", url, ports[0], args.workers, 8, workdir, PEPPER)
         return [server, server]
     api = Gunicorn("wsgi:app", url, ports[0], args.workers, 8, workdir, PEPPER, extra_env=API_ONLY)
-    pages = Gunicorn("wsgi:app", url, ports[1], args.pages_workers, 8, workdir, PEPPER, nice=args.pages_nice)
+    pages = Gunicorn(
+        "wsgi:app",
+        url,
+        ports[1],
+        args.pages_workers,
+        args.pages_threads,
+        workdir,
+        PEPPER,
+        worker_class=args.pages_class,
+        nice=args.pages_nice,
+    )
     return [api, pages]
 
 
@@ -133,7 +157,19 @@ def measure_shape(
                     time.sleep(1)  # every client has a page in flight
                 started = time.monotonic()
                 file = workdir / f"latency-{shape}-{kind}-{n}.txt"
-                run = wrk(api.port, keys, f"/bench/{shape}/{kind}", args.seconds, args.connections, rate=rate, latency_file=file)
+                groups = cpu_groups(api, pages, url)
+                before = {name: cpu_seconds(pids) for name, pids in groups.items()}
+                run = wrk(
+                    api.port,
+                    keys,
+                    f"/bench/{shape}/{kind}",
+                    args.seconds,
+                    args.connections,
+                    rate=rate,
+                    latency_file=file,
+                )
+                spent = time.monotonic() - started
+                run["cpu"] = {name: (cpu_seconds(pids) - before[name]) / spent for name, pids in groups.items()}
                 if kind == "mixed":
                     run["dashboards"] = dashboards.finish(time.monotonic() - started)
                 latencies[kind] += read_latencies(file)
@@ -148,10 +184,19 @@ def measure_shape(
     return {"runs": runs, "latencies": latencies}
 
 
+def cpu_groups(api: Gunicorn, pages: Gunicorn, url: str) -> dict[str, list[str]]:
+    """Where the CPU goes: the /v1 workers, the page workers (the same in single), PostgreSQL, the machine."""
+    groups = {"api": api.worker_pids(), "pg": backend_pids(url)}
+    if pages is not api:
+        groups["pages"] = pages.worker_pids()
+    return groups
+
+
 def describe(run: dict[str, Any]) -> str:
     text = (
         f"{run['rate']:7.0f}/s  p50 {run['p50_ms']:6.2f}  p99 {run['p99_ms']:7.2f}  p99.9 {run['p999_ms']:7.2f} ms"
-        f"  (unanswered {run['missing']}, non-200 {run['non_200']})"
+        f"  (unanswered {run['missing']}, non-200 {run['non_200']});"
+        " cores: " + ", ".join(f"{name} {used:.2f}" for name, used in run["cpu"].items())
     )
     if "dashboards" in run:
         d = run["dashboards"]
@@ -180,7 +225,9 @@ def report(args: argparse.Namespace, full: dict[str, Any], rate: float, results:
         f"ProCode mixed benchmark: {os.cpu_count()} CPUs, {args.events:,} events in the dashboards' organization, "
         f"{args.clients} dashboard clients, {args.rounds} rounds of {args.seconds} s"
     )
-    print(f"  full load (wrk, {args.connections} connections, single): {full['rate']:.0f}/s; half load sent: {rate:.0f}/s")
+    print(
+        f"  full load (wrk, {args.connections} connections, single): {full['rate']:.0f}/s; half load sent: {rate:.0f}/s"
+    )
     ok = True
     for shape, result in results.items():
         lat, runs = result["latencies"], result["runs"]
@@ -189,8 +236,10 @@ def report(args: argparse.Namespace, full: dict[str, Any], rate: float, results:
             rates = ", ".join(f"{r['rate']:.0f}" for r in runs[kind])
             values = lat[kind]
             print(
-                f"    {kind:5}  calls/s {rates:24}  p50 {percentile(values, 0.5):6.2f}  p99 {percentile(values, 0.99):7.2f}"
-                f"  p99.9 {percentile(values, 0.999):7.2f}  max {max(values, default=0):7.1f} ms  ({len(values)} calls)"
+                f"    {kind:5}  calls/s {rates:24}  p50 {percentile(values, 0.5):6.2f}"
+                f"  p99 {percentile(values, 0.99):7.2f}  p99.9 {percentile(values, 0.999):7.2f}"
+                f"  max {max(values, default=0):7.1f} ms"
+                f"  ({len(values)} calls)"
             )
         pages = [r["dashboards"] for r in runs["mixed"]]
         print(
@@ -217,6 +266,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=int(os.environ.get("GUNICORN_WORKERS", "2")))
     parser.add_argument("--pages-workers", type=int, default=2, help="split: workers of the pages' gunicorn")
     parser.add_argument("--pages-nice", type=int, default=10, help="split: nice value of the pages' gunicorn")
+    parser.add_argument("--pages-class", default="gevent", choices=("gevent", "gthread"), help="split: its workers")
+    parser.add_argument("--pages-threads", type=int, default=8, help="split: threads per gthread pages worker")
     parser.add_argument("--shapes", default="single,split", help="comma-separated: single, split")
     parser.add_argument("--rate", type=float, default=0, help="calls/s to send (default: half the measured full load)")
     parser.add_argument("--port-base", type=int, default=18400, help="loopback ports used: this and the next 99")

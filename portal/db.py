@@ -11,6 +11,7 @@ from typing import Any, TypeVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.util.typing import TupleAny
 
 from portal.extensions import db
 
@@ -93,6 +94,38 @@ def resolve_database_url(config: dict[str, Any], instance_path: str) -> str:
     if url:
         return normalize_url(url)
     return embedded_server_url(Path(instance_path) / "pgdata")
+
+
+REPLICA_BIND = "replica"
+
+
+def replica_binds(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Flask-SQLAlchemy's bind for ``DATABASE_REPLICA_URL`` (none when it is unset): the pages' pool settings,
+    and every transaction read-only, so a write sent there by mistake fails instead of landing on a server that
+    is not the primary."""
+    url = config.get("DATABASE_REPLICA_URL")
+    if not url:
+        return {}
+    options = {**config.get("SQLALCHEMY_ENGINE_OPTIONS", {}), "url": normalize_url(url)}
+    options["execution_options"] = {**options.get("execution_options", {}), "postgresql_readonly": True}
+    return {REPLICA_BIND: options}
+
+
+def replica_reads() -> dict[str, Any]:
+    """``bind_arguments`` for a read that a streaming replica may answer, which may lag the primary by a moment:
+    the replica's engine when ``DATABASE_REPLICA_URL`` is set, else none (the read goes where writes go)."""
+    engine = db.engines.get(REPLICA_BIND)
+    return {"bind": engine} if engine is not None else {}
+
+
+def read(statement: sa.Executable, params: dict[str, Any] | None = None) -> sa.Result[*TupleAny]:
+    """Run a read-only statement where :func:`replica_reads` sends it (the usage pages' reads)."""
+    return db.session.execute(statement, params, bind_arguments=replica_reads())
+
+
+def read_scalar(statement: sa.Executable, params: dict[str, Any] | None = None) -> Any:
+    """The first column of the first row of :func:`read`."""
+    return db.session.scalar(statement, params, bind_arguments=replica_reads())
 
 
 def check_connection(url: str) -> str | None:
