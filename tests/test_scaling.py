@@ -4,13 +4,16 @@ exactly, and the usage pages read a real streaming replica when ``DATABASE_REPLI
 from __future__ import annotations
 
 import http.cookiejar
+import http.server
 import json
 import re
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -28,7 +31,7 @@ from portal.plans import PLANS
 from portal.timeutil import utcnow
 from portal.usage import maintenance
 from tests import factories, replica
-from tests.servers import gunicorn
+from tests.servers import gateway_binary, gunicorn, proxy
 from tests.test_api_concurrency import committed  # noqa: F401 - the committed organization fixture
 from tests.usage_helpers import csv_rows, event, record
 
@@ -140,6 +143,53 @@ def test_a_session_opened_on_one_node_works_and_ends_on_the_other(app, tmp_path)
         db.session.rollback()
         db.session.execute(sa.delete(User).where(User.id == user_id))
         db.session.commit()
+
+
+@contextmanager
+def _named_upstream(name: str) -> Iterator[str]:
+    """A stand-in gunicorn that answers every GET with its name and the path it received."""
+
+    class Named(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            body = json.dumps({"upstream": name, "path": self.path}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's signature
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Named)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def test_the_shipped_proxy_sends_v1_to_its_own_gunicorn(tmp_path):
+    """docs/deploy/nginx.conf, as docker-compose.yml runs it: /v1 goes to the `api` service's gunicorn, every
+    other path to `web`'s."""
+    if gateway_binary("nginx") is None:
+        pytest.skip("nginx is not installed (make test installs Debian's nginx-light when run as root)")
+    paths = ("/v1/keys/verify", "/v1/openapi.json", "/orgs/acme/usage", "/login", "/docs/api")
+    with _named_upstream("web") as web, _named_upstream("api") as api, proxy(web, tmp_path, api=api) as base:
+        answers = []
+        for path in paths:
+            with urllib.request.urlopen(f"{base}{path}", timeout=30) as answer:  # noqa: S310 - loopback
+                answers.append(json.loads(answer.read()))
+    assert [(a["path"], a["upstream"]) for a in answers] == [
+        ("/v1/keys/verify", "api"),
+        ("/v1/openapi.json", "api"),
+        ("/orgs/acme/usage", "web"),
+        ("/login", "web"),
+        ("/docs/api", "web"),
+    ]
 
 
 # --- Dashboards from a streaming replica -----------------------------------------------------------------------
