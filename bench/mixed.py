@@ -110,11 +110,6 @@ def read_latencies(path: Path) -> list[float]:
     return [v / 1000 if v >= 0 else float("inf") for v in values]
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[max(0, min(len(ordered) - 1, int(-(-q * len(ordered) // 1)) - 1))] if ordered else float("inf")
-
-
 def start_shape(shape: str, url: str, ports: list[int], args: argparse.Namespace, workdir: Path) -> list[Gunicorn]:
     """The shape's gunicorn(s): [the one answering /v1, the one answering pages] (the same server for single)."""
     if shape == "single":
@@ -206,7 +201,7 @@ def describe(run: dict[str, Any]) -> str:
 
 def targets(result: dict[str, Any]) -> list[tuple[str, bool, str]]:
     runs, lat = result["runs"], result["latencies"]
-    p99 = percentile(lat["mixed"], 0.99)
+    p99 = pct(lat["mixed"], 0.99)
     alone = statistics.mean(r["rate"] for r in runs["alone"])
     mixed = statistics.mean(r["rate"] for r in runs["mixed"])
     return [
@@ -236,8 +231,8 @@ def report(args: argparse.Namespace, full: dict[str, Any], rate: float, results:
             rates = ", ".join(f"{r['rate']:.0f}" for r in runs[kind])
             values = lat[kind]
             print(
-                f"    {kind:5}  calls/s {rates:24}  p50 {percentile(values, 0.5):6.2f}"
-                f"  p99 {percentile(values, 0.99):7.2f}  p99.9 {percentile(values, 0.999):7.2f}"
+                f"    {kind:5}  calls/s {rates:24}  p50 {pct(values, 0.5):6.2f}"
+                f"  p99 {pct(values, 0.99):7.2f}  p99.9 {pct(values, 0.999):7.2f}"
                 f"  max {max(values, default=0):7.1f} ms"
                 f"  ({len(values)} calls)"
             )
