@@ -169,7 +169,8 @@ def measure_shape(
                     run["dashboards"] = dashboards.finish(time.monotonic() - started)
                 latencies[kind] += read_latencies(file)
                 runs[kind].append(run)
-                log(f"{shape} round {n} {kind:5}: {describe(run)}")
+                run["load"] = os.getloadavg()[0]  # the machine's other work, for reading the figures
+                log(f"{shape} round {n} {kind:5}: {describe(run)}; load average {run['load']:.1f}")
     finally:
         stopped = set()
         for server in servers:
@@ -237,6 +238,8 @@ def report(args: argparse.Namespace, full: dict[str, Any], rate: float, results:
                 f"  ({len(values)} calls)"
             )
         pages = [r["dashboards"] for r in runs["mixed"]]
+        loads = [r["load"] for kind in ("alone", "mixed") for r in runs[kind]]
+        print(f"    load average during the runs: {min(loads):.1f}-{max(loads):.1f}")
         print(
             f"    dashboards: {statistics.mean(d['per_s'] for d in pages):.1f} pages/s, "
             f"p50 {statistics.median(d['p50_ms'] for d in pages):.0f} ms, "
