@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import time
 import uuid
 import warnings
 from pathlib import Path
@@ -16,6 +18,7 @@ from sqlalchemy.util.typing import TupleAny
 from portal.extensions import db
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 # libpq settings every connection of the app gets unless the URL sets them: give up connecting after 5 s,
@@ -111,21 +114,33 @@ def replica_binds(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {REPLICA_BIND: options}
 
 
-def replica_reads() -> dict[str, Any]:
-    """``bind_arguments`` for a read that a streaming replica may answer, which may lag the primary by a moment:
-    the replica's engine when ``DATABASE_REPLICA_URL`` is set, else none (the read goes where writes go)."""
-    engine = db.engines.get(REPLICA_BIND)
-    return {"bind": engine} if engine is not None else {}
+# After the replica fails to answer, this process reads the primary for this long before trying it again, so an
+# unreachable replica costs one failed attempt per interval, not a connect timeout per query.
+REPLICA_RETRY_SECONDS = 30.0
+_replica_retry_at = [0.0]  # monotonic time from which this process tries the replica again
 
 
 def read(statement: sa.Executable, params: dict[str, Any] | None = None) -> sa.Result[*TupleAny]:
-    """Run a read-only statement where :func:`replica_reads` sends it (the usage pages' reads)."""
-    return db.session.execute(statement, params, bind_arguments=replica_reads())
+    """Run a read-only statement (the usage pages' reads) on the streaming replica when ``DATABASE_REPLICA_URL``
+    names one, which may lag the primary by a moment; else, or while the replica does not answer, on the
+    session's own connection to the primary."""
+    engine = db.engines.get(REPLICA_BIND)
+    if engine is not None and time.monotonic() >= _replica_retry_at[0]:
+        try:
+            with engine.connect() as connection:
+                return connection.execute(statement, params).freeze()()
+        except sa.exc.OperationalError as exc:
+            _replica_retry_at[0] = time.monotonic() + REPLICA_RETRY_SECONDS
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+            log.warning(
+                "the read replica did not answer (%s): reading the primary for %.0f s", reason, REPLICA_RETRY_SECONDS
+            )
+    return db.session.execute(statement, params)
 
 
 def read_scalar(statement: sa.Executable, params: dict[str, Any] | None = None) -> Any:
     """The first column of the first row of :func:`read`."""
-    return db.session.scalar(statement, params, bind_arguments=replica_reads())
+    return read(statement, params).scalar()
 
 
 def check_connection(url: str) -> str | None:

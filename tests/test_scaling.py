@@ -7,6 +7,7 @@ import http.cookiejar
 import http.server
 import json
 import re
+import socket
 import threading
 import urllib.error
 import urllib.parse
@@ -23,6 +24,7 @@ from flask import Flask
 from flask_migrate import upgrade
 
 from portal import create_app
+from portal import db as db_module
 from portal.db import ensure_database
 from portal.extensions import db
 from portal.keys.services import KeyPolicy
@@ -263,3 +265,38 @@ def test_usage_pages_read_the_streaming_replica(pair, replica_app):
         pair.resume_replay()
     pair.wait_for_replay()
     assert _calls(client, dashboard) == _calls(client, key_page) == 5
+
+
+def test_the_usage_pages_read_the_primary_while_the_replica_is_away(database_url, caplog):
+    """A replica that refuses connections costs the pages nothing but a log line: the dashboard, its key page and
+    the key list answer 200 with the primary's numbers, and the replica is tried again only later."""
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        nowhere = f"postgresql://postgres@127.0.0.1:{unused.getsockname()[1]}/procode"
+        app = create_app({"SQLALCHEMY_DATABASE_URI": database_url, "DATABASE_REPLICA_URL": nowhere}, env="testing")
+        client = app.test_client()
+        with app.app_context():
+            org = factories.org(plan="free")  # a monthly quota: the key list reads this month's calls too
+            owner = factories.member(org, "owner")
+            key = factories.api_key(org, owner).api_key
+            record([event(key, utcnow() - timedelta(minutes=m)) for m in range(1, 5)])
+            db.session.commit()
+            org_id, slug, key_id, email = org.id, org.slug, key.id, owner.email
+        try:
+            client.post("/login", data={"email": email, "password": factories.PASSWORD})
+            assert _calls(client, f"/orgs/{slug}/usage.csv") == 4
+            assert _calls(client, f"/orgs/{slug}/keys/{key_id}/usage.csv") == 4
+            assert client.get(f"/orgs/{slug}/keys/").status_code == 200
+            assert client.get(f"/orgs/{slug}/keys/{key_id}").status_code == 200
+        finally:
+            with app.app_context():
+                db.session.execute(sa.delete(Organization).where(Organization.id == org_id))
+                db.session.execute(sa.delete(User).where(User.email == email))
+                for table in ("api_key_usage", "usage_rollup_pending", "usage_client_pending"):  # what others fold
+                    db.session.execute(sa.text(f"DELETE FROM {table} WHERE organization_id = :o"), {"o": org_id})  # noqa: S608
+                db.session.commit()
+                for engine in db.engines.values():
+                    engine.dispose()
+            db_module._replica_retry_at[0] = 0.0
+    warnings = [r.getMessage() for r in caplog.records if "read replica did not answer" in r.getMessage()]
+    assert len(warnings) == 1  # tried once, then the primary for the next REPLICA_RETRY_SECONDS
