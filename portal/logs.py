@@ -235,6 +235,8 @@ class RequestLineBuffer:
                 record.msecs = (created - int(created)) * 1000.0
                 requests_log.handle(record)
             return len(taken)
+        if getattr(handler.stream, "closed", False):  # the interpreter is exiting and has closed it already
+            return 0
         formatter: TextFormatter | JsonFormatter = handler.formatter  # type: ignore[assignment]
         text = "".join([formatter.request_line(line) + handler.terminator for line in taken])
         handler.acquire()
