@@ -24,6 +24,7 @@ def init_app(app: Flask) -> None:
         app.config["SQLALCHEMY_DATABASE_URI"],
         str(app.config["API_KEY_PEPPER"]),
         flush_interval=float(app.config["API_USAGE_FLUSH_INTERVAL"]),
+        timeout=float(app.config["API_VERIFY_DEADLINE"]),
         invalid_key_budget=int(app.config["API_INVALID_KEY_BUDGET"]),
         budget_addresses=int(app.config["API_INVALID_KEY_ADDRESSES"]),
     )
