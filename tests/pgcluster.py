@@ -99,6 +99,31 @@ class Cluster:
             self.thaw()
 
 
+def portal_database(cluster: Cluster, name: str = "procode") -> tuple[str, str]:
+    """A migrated portal database on ``cluster`` with a Pro organization and one of its keys, committed: the
+    database's URL and the key (valid under :data:`tests.servers.SECRETS`)."""
+    from flask_migrate import upgrade
+
+    from portal import create_app
+    from portal.api import get_verifier
+    from portal.db import ensure_database, normalize_url
+    from portal.extensions import db
+    from tests import factories
+    from tests.servers import SECRETS
+
+    ensure_database(cluster.url, name)
+    url = normalize_url(cluster.database_url(name))
+    app = create_app({"SQLALCHEMY_DATABASE_URI": url, **SECRETS}, env="testing")
+    with app.app_context():
+        upgrade()
+        org = factories.org(plan="pro")
+        key = factories.api_key(org, factories.member(org, "owner")).plaintext
+        db.session.remove()
+        db.engine.dispose()
+    get_verifier(app).close()
+    return url, key
+
+
 @contextmanager
 def private_cluster() -> Iterator[Cluster]:
     """A fresh cluster (trust authentication, no fsync), running; stopped and removed afterwards."""

@@ -23,15 +23,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from flask_migrate import upgrade
 
-from portal import create_app
-from portal.api import get_verifier
-from portal.db import ensure_database, normalize_url
-from portal.extensions import db
 from portal.verification.outcomes import DatabaseUnavailable
 from portal.verification.verifier import build_verifier
-from tests import factories, pgcluster
+from tests import pgcluster
 from tests.scripts import run_python
 from tests.servers import ROOT, SECRETS, gunicorn
 
@@ -50,16 +45,7 @@ def hung() -> Iterator[SimpleNamespace]:
     if not pgcluster.available():
         pytest.skip("needs PostgreSQL 15's server binaries (Debian's postgresql-15)")
     with pgcluster.private_cluster() as cluster:
-        ensure_database(cluster.url, "procode")
-        url = normalize_url(cluster.database_url("procode"))
-        app = create_app({"SQLALCHEMY_DATABASE_URI": url, **SECRETS}, env="testing")
-        with app.app_context():
-            upgrade()
-            org = factories.org(plan="pro")
-            key = factories.api_key(org, factories.member(org, "owner")).plaintext
-            db.session.remove()
-            db.engine.dispose()
-        get_verifier(app).close()
+        url, key = pgcluster.portal_database(cluster)
         yield SimpleNamespace(cluster=cluster, url=url, key=key)
 
 
