@@ -302,6 +302,7 @@ def test_a_commit_whose_answer_was_lost_is_settled_exactly_once(key, tmp_path, a
         app.config["API_USAGE_SPILL_DIR"] = ""
         recorder.close()
     assert counted(key) == (7, 0)
+    assert f"{0 if reaches else 7} usage rows and 0 invalid-key calls written" in result.output
     assert spill.pending(tmp_path) == []
 
 

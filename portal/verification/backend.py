@@ -219,10 +219,11 @@ class DirectBackend:
                     self._queue[0].event.set()  # the next leader (its call is not done)
                 else:
                     self._leading = False
-            for call in behind:
-                call.error = group[0].error
-            for call in group + behind:
+            for call in group:
                 call.done = True
+                call.event.set()
+            for call in behind:
+                call.error, call.done = group[0].error, True
                 call.event.set()
 
     def verify_many(

@@ -14,6 +14,7 @@ worker and never holds up the files after it. The files hold client addresses an
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -38,6 +39,7 @@ CLAIM_SQL = (
     "INSERT INTO usage_spill_replays (id, usage_rows, invalid_key_calls) VALUES (%s, %s, %s) "
     "ON CONFLICT (id) DO NOTHING RETURNING id"
 )
+RECORD_SQL = "UPDATE usage_spill_replays SET usage_rows = %s, invalid_key_calls = %s WHERE id = %s"
 
 
 @dataclass
@@ -219,14 +221,12 @@ def replay(conn: Any, directory: Path) -> Replayed:
 
 
 def _replay_file(conn: Any, spill: SpillFile, report: Replayed) -> None:
-    rows = sum(len(batch.rows) for batch in spill.batches)
-    calls = sum(batch.calls()[1] for batch in spill.batches)
-    refused = 0
+    rows = calls = refused = 0
     try:
         with conn.cursor() as cur:
             # Waits for another replayer's transaction holding the same id, then finds it taken (or free, had
             # that one rolled back): the rows below are written by one transaction only.
-            cur.execute(CLAIM_SQL, (str(spill.id), rows, calls))
+            cur.execute(CLAIM_SQL, (str(spill.id), 0, 0))
             if cur.fetchone() is None:
                 conn.rollback()
                 report.already += 1
@@ -242,10 +242,13 @@ def _replay_file(conn: Any, spill: SpillFile, report: Replayed) -> None:
                         conn.rollback()
                         report.waiting.append(spill.path.name)
                         return
+                    # "aborted", or NULL (too old to know): written, as losing them would be worse than twice
                 refused += _write_batch(cur, batch)
+                rows, calls = rows + len(batch.rows), calls + batch.calls()[1]
+            cur.execute(RECORD_SQL, (rows - refused, calls, str(spill.id)))
         conn.commit()
     except BaseException:
-        if not conn.closed:
+        with contextlib.suppress(psycopg2.Error):
             conn.rollback()
         raise
     _remove(spill.path)
@@ -253,7 +256,7 @@ def _replay_file(conn: Any, spill: SpillFile, report: Replayed) -> None:
     report.rows += rows - refused
     report.invalid_key_calls += calls
     report.refused += refused
-    log.info("usage spill file %s written: %d usage rows, %d invalid-key calls", spill.path.name, rows, calls)
+    log.info("usage spill file %s written: %d usage rows, %d invalid-key calls", spill.path.name, rows - refused, calls)
 
 
 def _write_batch(cur: Any, batch: Batch) -> int:

@@ -166,6 +166,8 @@ class BufferedRecorder:
         while not self._stop.is_set():
             self._wake.wait(self.interval)
             self._wake.clear()
+            if self._stop.is_set():
+                break  # straight to the last flush: no maintenance while the worker stops
             try:
                 self.flush()
                 now = time.monotonic()
@@ -179,6 +181,8 @@ class BufferedRecorder:
                         self.maintain(prune=prune)
                     finally:  # counted from the end: a slow or failing vacuum is not rerun at once
                         next_maintain = time.monotonic() + self.maintain_every
+            except _Abandoned:
+                return  # closed while this flush waited on the database: its rows are in a spill file
             except Exception:  # noqa: BLE001 - the writer must survive anything; rows stay buffered
                 log.exception("usage writer failed; %d rows kept for the next attempt", self.pending())
                 self.report()
@@ -192,6 +196,8 @@ class BufferedRecorder:
         while True:
             try:
                 self.flush()
+                return
+            except _Abandoned:
                 return
             except Exception as exc:  # noqa: BLE001 - what is left goes to a spill file
                 self._last_error = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -235,17 +241,18 @@ class BufferedRecorder:
                 with contextlib.suppress(Exception):
                     metrics.USAGE_FLUSH_FAILURES.inc()
                 raise
-            finally:
-                with self._lock:
-                    self._inflight = None
+            with self._lock:
+                self._inflight = None
             self.written += len(flight.rows)
             self.counted += sum(flight.counts.values())
             return len(flight.rows)
 
     def _failed(self, flight: _InFlight, exc: BaseException) -> None:
         """A batch that was not written goes back to the buffer; one whose COMMIT was sent and its answer lost
-        (only the database knows whether it was written) goes to a spill file, which settles it exactly once."""
+        (only the database knows whether it was written) goes to a spill file, which settles it exactly once.
+        Decided under the lock :meth:`close` takes, so a batch is never both in the buffer and in flight."""
         with self._lock:
+            self._inflight = None
             if self._abandoned:
                 return  # closed meanwhile: the closer spilled it
             in_doubt = flight.committing and getattr(exc, "pgcode", None) is None
@@ -365,14 +372,18 @@ class BufferedRecorder:
         self._stop_by = time.monotonic() + self.close_timeout
         self._stop.set()
         self._wake.set()
-        thread = self._thread
-        ours = self._pid == os.getpid()
-        if ours and thread is not None and thread.is_alive() and thread is not threading.current_thread():
+        thread = self._thread if self._pid == os.getpid() else None
+        if (thread is None or not thread.is_alive()) and self.pending():
+            # No writer (never started in this process): the last flush still gets a thread of its own, so a hung
+            # database cannot hold the caller past the timeout.
+            thread = threading.Thread(target=self._last_flushes, name="usage-writer-close", daemon=True)
+            thread.start()
+        stuck = False
+        if thread is threading.current_thread():
+            self._last_flushes()
+        elif thread is not None and thread.is_alive():
             thread.join(max(0.0, self._stop_by - time.monotonic()) + 0.5)
             stuck = thread.is_alive()  # waiting on a database that does not answer
-        else:
-            stuck = False
-            self._last_flushes()
         with self._lock:
             self._abandoned = True  # from here on, nothing commits: whatever is left is the spill's
             flight, rows, counts = self._inflight, self._rows, self._counts
