@@ -171,17 +171,20 @@ def call(base: str, path: str, key: str, timeout: float) -> tuple[int, dict[str,
         return exc.code, dict(exc.headers), json.loads(exc.read())
 
 
-def test_gunicorn_answers_every_call_503_within_the_deadline(hung, tmp_path):
-    """The shipped server: both gevent workers, the verification API and a ``@require_api_key`` route. Every call
-    made while the database is frozen is answered 503 with Retry-After and the JSON error within the deadline
-    (+1 s: the client gives up after that), while the database stays frozen; the next call after the thaw is 200."""
-    with gunicorn(hung.url, tmp_path, API_VERIFY_DEADLINE=str(DEADLINE)) as base:
+@pytest.mark.parametrize(("worker_class", "deadline"), [("gevent", DEADLINE), ("gthread", THREAD_DEADLINE)])
+def test_gunicorn_answers_every_call_503_within_the_deadline(hung, tmp_path, worker_class, deadline):
+    """The shipped server (two gevent workers; gthread too): the verification API and a ``@require_api_key``
+    route. Every call made while the database is frozen is answered 503 with Retry-After and the JSON error within
+    the deadline (+1 s: the client gives up after that), while the database stays frozen; the next call after the
+    thaw is 200."""
+    settings = {"API_VERIFY_DEADLINE": str(deadline), "GUNICORN_WORKER_CLASS": worker_class}
+    with gunicorn(hung.url, tmp_path, **settings) as base:
         for path in ("/v1/keys/verify", "/v1/whoami") * 4:  # both workers connected to the database
             assert call(base, path, hung.key, timeout=30)[0] == 200
         paths = ["/v1/keys/verify", "/v1/whoami"] * (CALLS // 2)
         with hung.cluster.frozen_for_a_while(), ThreadPoolExecutor(CALLS) as pool:
-            answers = list(pool.map(lambda path: call(base, path, hung.key, timeout=DEADLINE + SLACK), paths))
-            lone = call(base, "/v1/keys/verify", hung.key, timeout=DEADLINE + SLACK)
+            answers = list(pool.map(lambda path: call(base, path, hung.key, timeout=deadline + SLACK), paths))
+            lone = call(base, "/v1/keys/verify", hung.key, timeout=deadline + SLACK)
         for status, headers, body in [*answers, lone]:
             assert status == 503
             assert headers["Retry-After"] == "1"

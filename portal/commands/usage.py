@@ -106,10 +106,6 @@ def replay() -> None:
 
     Workers starting do this on their own; this is for when none will start soon. Files that cannot be read
     whole are set aside as *.rejected, and the command then fails.
-
-    \b
-    Example:
-      flask usage replay
     """
     directory = spill_directory(current_app)
     if directory is None:
