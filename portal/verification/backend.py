@@ -22,7 +22,7 @@ from psycopg2.extensions import parse_dsn
 
 from portal import green
 from portal.verification import sql
-from portal.verification.deadlines import WATCHDOG, connect_options
+from portal.verification.deadlines import WATCHDOG, Watched, connect_options
 from portal.verification.outcomes import DatabaseUnavailable
 
 log = logging.getLogger("portal.verification")
@@ -103,6 +103,7 @@ class DirectBackend:
         # a connection borrowed from someone else (``watch=False``), whose socket is not ours to shut.
         self._watch = watch
         self._watched = False  # whether this process's statements are watched (threads, not gevent)
+        self._guard = Watched()
         # Hashes of keys the first statement deferred (own limit or hard quota), run by the second one at once.
         self._counted: set[bytes] = set()
         self.max_counted = 10_000
@@ -131,6 +132,8 @@ class DirectBackend:
                 cur.execute(prepare)
             self._cur, self._pid = cur, os.getpid()
             self._watched = self._watch and not green.active()
+            if self._watched:
+                WATCHDOG.watch(self._guard, conn.fileno())
         return cur
 
     def connect(self, deadline: float | None = None) -> Any:
@@ -143,6 +146,8 @@ class DirectBackend:
     def _drop(self) -> None:
         cur, self._cur = self._cur, None
         if cur is not None and self._pid == os.getpid():
+            if self._watched:
+                WATCHDOG.unwatch(self._guard)  # before its descriptor can be reused
             with contextlib.suppress(psycopg2.Error):
                 cur.connection.close()
 
@@ -316,12 +321,13 @@ class DirectBackend:
                     if not self._watched:
                         cur.execute(statement)
                         return cur.fetchall()  # type: ignore[no-any-return]
-                    WATCHDOG.arm(id(self), cur.connection.fileno(), deadline)
+                    guard = self._guard
+                    guard.deadline = deadline
                     try:
                         cur.execute(statement)
                         return cur.fetchall()  # type: ignore[no-any-return]
                     finally:
-                        WATCHDOG.disarm(id(self))
+                        guard.deadline = None
             except SerializationFailure:
                 # A key or quota counter row was opened by another statement after this one's snapshot: the
                 # statement undid itself (sql._verify, step 3); run it again, now seeing that row.

@@ -54,40 +54,49 @@ def _positive(text: str | None) -> int | None:
     return value if value > 0 else None
 
 
-class Watchdog:
-    """Ends statements that outlive their deadline, for every backend of the process: one thread, started at the
-    first statement it watches, that looks every :data:`WATCH_TICK` seconds.
+class Watched:
+    """A connection the watchdog looks after: its socket, and the deadline of the statement in flight (``None``:
+    none). Setting and clearing the deadline around a statement are two attribute writes, nothing more."""
 
-    Arming and disarming take an uncontended lock (no system call); the socket is shut down under the same
-    lock, so a connection disarmed, then closed and its descriptor reused, is never touched.
+    __slots__ = ("deadline", "fileno")
+
+    def __init__(self) -> None:
+        self.deadline: float | None = None
+        self.fileno = -1
+
+
+class Watchdog:
+    """Ends statements that outlive their deadline, for every backend of the process: one thread, started with the
+    first connection it watches, that looks every :data:`WATCH_TICK` seconds.
+
+    A socket is shut down under the same lock that :meth:`unwatch` takes, and a connection is unwatched before it
+    is closed, so a descriptor closed and reused by someone else is never touched. A statement that ends just as
+    the watchdog looks may lose its connection anyway: the next statement then runs on a fresh one.
     """
 
     def __init__(self, tick: float = WATCH_TICK) -> None:
         self.tick = tick
         self._lock = threading.Lock()
-        self._armed: dict[int, tuple[float, int]] = {}  # watcher id -> (deadline, socket descriptor)
+        self._watched: set[Watched] = set()
         self._thread: threading.Thread | None = None
         self.ended = 0  # statements ended at their deadline (observability and tests)
 
-    def arm(self, key: int, fileno: int, deadline: float) -> None:
+    def watch(self, watched: Watched, fileno: int) -> None:
         with self._lock:
-            self._armed[key] = (deadline, fileno)
-        if self._thread is None:
-            self._start()
-
-    def disarm(self, key: int) -> None:
-        with self._lock:
-            self._armed.pop(key, None)
-
-    def _start(self) -> None:
-        with self._lock:
+            watched.fileno, watched.deadline = fileno, None
+            self._watched.add(watched)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="verification-watchdog", daemon=True)
                 self._thread.start()
 
+    def unwatch(self, watched: Watched) -> None:
+        with self._lock:
+            self._watched.discard(watched)
+            watched.fileno, watched.deadline = -1, None
+
     def _after_fork(self) -> None:
         self._lock = threading.Lock()
-        self._armed = {}
+        self._watched = set()
         self._thread = None
 
     def _run(self) -> None:
@@ -95,11 +104,12 @@ class Watchdog:
             time.sleep(self.tick)
             now = time.monotonic()
             with self._lock:
-                late = [key for key, (deadline, _) in self._armed.items() if deadline <= now]
-                for key in late:
-                    _, fileno = self._armed.pop(key)
-                    _shut_down(fileno)
-                    self.ended += 1
+                for watched in self._watched:
+                    deadline = watched.deadline
+                    if deadline is not None and deadline <= now:
+                        watched.deadline = None
+                        _shut_down(watched.fileno)
+                        self.ended += 1
 
 
 def _shut_down(fileno: int) -> None:
