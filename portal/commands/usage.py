@@ -122,6 +122,9 @@ def replay() -> None:
         raise click.ClickException(f"cannot connect to the database at {redacted(url)}: {reason}") from None
     try:
         done = spill.replay(conn, directory)
+    except psycopg2.Error as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise click.ClickException(f"the database stopped answering ({reason}); the files not written stay") from None
     finally:
         conn.close()
     click.echo(
