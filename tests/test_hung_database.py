@@ -37,6 +37,7 @@ DEADLINE = 1.0  # seconds: the deadline the tests configure, short to keep them 
 THREAD_DEADLINE = 2.0
 SLACK = 1.0  # what an answer may take beyond the deadline
 CALLS = 12  # concurrent calls while the database is frozen
+STREAM = 40  # then calls arriving every 50 ms while it stays frozen
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +99,8 @@ def test_in_process_every_call_answers_503_within_the_deadline(hung):
 
 
 def test_under_gevent_every_call_answers_503_within_the_deadline(hung):
-    """The shipped worker's way: greenlets, psycopg2 made cooperative, the deadline cutting the socket wait."""
+    """The shipped worker's way: greenlets, psycopg2 made cooperative, the deadline cutting the socket wait. Once
+    the database has not answered, only one call at a time tries it, and the calls arriving meanwhile do not wait."""
     script = textwrap.dedent(
         """
         from gevent import monkey
@@ -122,19 +124,37 @@ def test_under_gevent_every_call_answers_503_within_the_deadline(hung):
                 outcome = "unavailable"
             return outcome, time.monotonic() - started
 
+        connecting, most = [0], [0]  # connection attempts in flight, and the most at once
+        connect = verifier.backend.connect
+
+        def counted_connect(*args):
+            connecting[0] += 1
+            most[0] = max(most[0], connecting[0])
+            try:
+                return connect(*args)
+            finally:
+                connecting[0] -= 1
+
+        verifier.backend.connect = counted_connect
         warm = timed("/warm-up")[0]
         cluster.freeze()
-        cluster.frozen = True
         try:
             calls = [gevent.spawn(timed, "/frozen") for _ in range(CALLS)]
             gevent.joinall(calls, timeout=DEADLINE + 10)
             answers = [call.value for call in calls]
             lone = timed("/frozen")
+            stream = []  # a steady stream while it stays frozen
+            for _ in range(STREAM):
+                stream.append(gevent.spawn(timed, "/frozen"))
+                gevent.sleep(0.05)
+            gevent.joinall(stream, timeout=DEADLINE + 10)
+            streamed = [call.value for call in stream]
         finally:
             cluster.thaw()
         after = gevent.spawn(timed, "/thawed")
         after.join(timeout=10)
-        print(json.dumps({"warm": warm, "answers": answers, "lone": lone, "after": after.value}))
+        print(json.dumps({"warm": warm, "answers": answers, "lone": lone, "streamed": streamed,
+                          "most_connecting": most[0], "after": after.value}))
         """
     )
     for name, value in {
@@ -145,6 +165,7 @@ def test_under_gevent_every_call_answers_503_within_the_deadline(hung):
         "KEY": repr(hung.key),
         "DEADLINE": repr(DEADLINE),
         "CALLS": str(CALLS),
+        "STREAM": str(STREAM),
     }.items():
         script = script.replace(name, value)
     result = run_python(script)
@@ -153,6 +174,12 @@ def test_under_gevent_every_call_answers_503_within_the_deadline(hung):
     assert [outcome for outcome, _ in result["answers"]] == ["unavailable"] * CALLS
     assert max(seconds for _, seconds in result["answers"]) <= DEADLINE + SLACK, result["answers"]
     assert result["lone"][0] == "unavailable" and result["lone"][1] <= DEADLINE + SLACK
+    # While it stays frozen, one call at a time tries a connection; the others answer 503 at once.
+    assert None not in result["streamed"]
+    assert [outcome for outcome, _ in result["streamed"]] == ["unavailable"] * STREAM
+    assert max(seconds for _, seconds in result["streamed"]) <= DEADLINE + SLACK
+    assert result["most_connecting"] == 1
+    assert sum(seconds < 0.1 for _, seconds in result["streamed"]) >= STREAM // 2
     assert result["after"] is not None and result["after"][0] == "ok"
 
 
