@@ -7,7 +7,7 @@ PORT ?= 5000
 SERVE_PORT ?= 8000
 export FLASK_APP := wsgi
 
-.PHONY: install install-dev chromium gateways dev serve seed test test-fast lint db-upgrade db-stop bench-verify bench-usage bench-keys bench-notify bench-verify-cpu clean
+.PHONY: install install-dev chromium gateways dev serve seed test test-fast lint db-upgrade db-stop bench-verify bench-usage bench-keys bench-notify bench-verify-cpu faults clean
 
 ## What serving needs (make dev, serve, the CLI); the test and lint tools come with install-dev.
 $(VENV)/.installed: pyproject.toml
@@ -118,3 +118,11 @@ bench-keys: install
 bench-notify: install
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python bench/notify.py $(BENCH_ARGS)
+
+## make faults: the fault matrix (docs/operations.md, "Fault matrix"): a private PostgreSQL cluster it starts and
+## breaks (restarts, a crash, a 20 s stop, a 15 s freeze), a worker SIGKILLed, the master SIGTERMed with the
+## database up and down, 2,000 idle, slow-body (gunicorn alone, and through docs/deploy/nginx.conf) and malformed
+## connections, under 32 traced clients; PASS/FAIL per scenario; ~6 minutes. BENCH_ARGS="--quick" (~4 minutes),
+## "--only pg-frozen", "--list".
+faults: install gateways
+	$(BIN)/python bench/faults.py $(BENCH_ARGS)

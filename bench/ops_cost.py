@@ -3,8 +3,9 @@
 Runs in a fresh interpreter, patched by gevent like a worker and with a multiprocess metrics directory like
 gunicorn.conf.py sets up, and prints the cost per call of: updating prometheus_client's multiprocess metrics
 directly (what the verification path avoids), the plain-int tally it uses instead, the tally's fold (once per
-usage flush, per verification folded), and a request's log line as text and as JSON (and when /v1 lines are
-off). Usage: ``python bench/ops_cost.py [--calls N]``.
+usage flush, per verification folded), a request's log line as text and as JSON written at once (as pages
+write theirs) and buffered for the usage writer's flush (as /v1 calls write theirs), and when /v1 lines are off.
+Usage: ``python bench/ops_cost.py [--calls N]``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ PROBE = r"""
 from gevent import monkey; monkey.patch_all()
 import io, logging, sys, time
 from portal import metrics
-from portal.logs import JsonFormatter, RequestIdFilter, TextFormatter, log_request
+from portal.logs import JsonFormatter, RequestIdFilter, TextFormatter, log_request, request_lines
 
 calls = int(sys.argv[1])
 
@@ -68,6 +69,15 @@ handler.setFormatter(TextFormatter())
 print(f"request log line, text:                      {per_call(line):.2f} us")
 handler.setFormatter(JsonFormatter())
 print(f"request log line, JSON:                      {per_call(line):.2f} us")
+def buffered():
+    for _ in range(batch):
+        request_lines.add("0123456789abcdef0123456789abcdef", "POST", "api.verify", 200, 0.00123,
+                          "7f1c2a3e-0b4d-4c55-9e66-1a2b3c4d5e6f")
+    request_lines.write()
+handler.setFormatter(TextFormatter())
+print(f"/v1 line buffered, {batch} per flush, text:     {per_call(buffered, calls // batch) / batch:.2f} us")
+handler.setFormatter(JsonFormatter())
+print(f"/v1 line buffered, {batch} per flush, JSON:     {per_call(buffered, calls // batch) / batch:.2f} us")
 print("request log line, LOG_API_REQUESTS=0:        0.00 us (one attribute test, no call)")
 """
 

@@ -17,6 +17,11 @@ endpoint.
 Left out, as the same for any checkout: gunicorn's HTTP parsing and socket writes, and gevent's scheduling.
 They would add the same count to both sides, so the ratio printed here is an upper bound of the whole
 worker's.
+
+The PostgreSQL side is counted the same way (bench/pg_valgrind.py): the sides' databases live on a private
+cluster whose postmaster runs under valgrind for the measured runs, and each run adds up the instructions of
+the backends that served its database (the verification connection and the usage writer's). ``--no-postgres``
+counts the workers only, on ``BENCH_DATABASE_URL``'s server.
 """
 
 from __future__ import annotations
@@ -35,7 +40,10 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bench.pg_valgrind import ValgrindCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 ORGS, KEYS_PER_ORG = 1000, 10
@@ -228,10 +236,17 @@ class Side:
             raise SystemExit(f"{self.label}: not every call was answered 200: {result['statuses']}")
         return result
 
-    def instructions(self, calls: int, tool: str) -> int:
+    def instructions(self, calls: int, tool: str, cluster: ValgrindCluster | None) -> dict[str, int]:
+        """Instructions of the worker and (with a counted cluster) of the backends that served it, by their
+        application name (the verification connection, the usage writer's)."""
         out = self.workdir / f"{tool}.{self.label}.{calls}.out"
+        before = cluster.backends(self.database) if cluster else {}
         self.run(calls, tool, out)
-        return _total_ir(out)
+        counts = {"worker": _total_ir(out)}
+        if cluster is not None:
+            new = {pid: app for pid, app in cluster.backends(self.database).items() if pid not in before}
+            counts.update(cluster.instructions(new))
+        return counts
 
     def drop(self) -> None:
         from bench.harness import admin
@@ -263,6 +278,9 @@ def main() -> None:
         "--profile", action="store_true", help="count with callgrind and keep its files for callgrind_annotate"
     )
     parser.add_argument("--keep", action="store_true", help="keep the databases and the valgrind output")
+    parser.add_argument(
+        "--no-postgres", action="store_true", help="count the workers only (no private cluster under valgrind)"
+    )
     parser.add_argument("--setup", nargs=3, metavar=("URL", "KEYS", "SPEC"), help=argparse.SUPPRESS)
     parser.add_argument("--drive", nargs="+", metavar="ARG", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -282,7 +300,8 @@ def main() -> None:
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (make bench-verify-cpu installs it)")
     sys.path.insert(0, str(ROOT))
-    from bench.harness import bench_server_url, log
+    from bench.harness import bench_server_url, free_ports, log
+    from bench.pg_valgrind import ValgrindCluster
     from bench.verify import (
         BENCH_ALLOWED_IPS,
         BENCH_CLIENT_IP,
@@ -301,49 +320,89 @@ def main() -> None:
         "user_agent": BENCH_USER_AGENT,
     }
     tool = "callgrind" if args.profile else "cachegrind"
-    admin_url = bench_server_url()
     workdir = Path(tempfile.mkdtemp(prefix="procode-verify-cpu-"))
+    cluster: ValgrindCluster | None = None
+    if args.no_postgres:
+        admin_url = bench_server_url()
+    else:
+        cluster = ValgrindCluster(Path(tempfile.mkdtemp(prefix="procode-verify-cpu-pg-")), free_ports(1)[0])
+        cluster.init()
+        cluster.start(counted=False)
+        admin_url = cluster.url
     trees = [("now", ROOT)] + ([("baseline", args.baseline.resolve())] if args.baseline else [])
     sides: list[Side] = []
     started = time.monotonic()
-    results: dict[str, float] = {}
+    results: dict[str, dict[str, int]] = {}
     try:
         for label, tree in trees:
             sides.append(Side(label, tree, admin_url, workdir, spec))
         log(f"migrating and loading {ORGS * KEYS_PER_ORG} keys: {', '.join(f'{s.label} {s.tree}' for s in sides)}")
         with ThreadPoolExecutor(len(sides)) as pool:
             list(pool.map(Side.prepare, sides))
-        # Interleaved and in parallel (valgrind runs a process on one core): each side W calls, then W + N.
+        parallel = len(sides)
+        if cluster is not None:
+            log("restarting PostgreSQL with its backends under valgrind; a first run per side loads its caches")
+            cluster.stop()
+            cluster.start(counted=True, tool=tool)
+            for side in sides:
+                side.run(args.warmup)
+            # One side at a time: two sides' backends at once contend for the server's shared locks, and under
+            # valgrind's slowness the waiting spins add a varying count to both.
+            parallel = 1
+        # Interleaved (in parallel when only workers are counted: valgrind runs a process on one core): each
+        # side W calls, then W + N.
         for calls in (args.warmup, args.warmup + args.calls):
             log(f"{tool}: {calls} calls on each side")
-            with ThreadPoolExecutor(len(sides)) as pool:
-                counts = list(pool.map(lambda s, c=calls: s.instructions(c, tool), sides))  # type: ignore[misc]
+            with ThreadPoolExecutor(parallel) as pool:
+                counts = list(pool.map(lambda s, c=calls: s.instructions(c, tool, cluster), sides))  # type: ignore[misc]
             for side, count in zip(sides, counts, strict=True):
-                results[side.label] = count - results.get(side.label, 0) if calls > args.warmup else count
+                first = results.get(side.label, {}) if calls > args.warmup else {}
+                results[side.label] = {name: count.get(name, 0) - first.get(name, 0) for name in count | first}
     finally:
         for side in sides:
             if not args.keep:
                 side.drop()
+        if cluster is not None:
+            cluster.stop()
+            if not args.keep:
+                shutil.rmtree(cluster.directory, ignore_errors=True)
         if args.keep or args.profile:
-            log(f"valgrind output kept in {workdir}")
+            log(f"valgrind output kept in {workdir}" + (f" and {cluster.directory}" if cluster else ""))
         else:
             shutil.rmtree(workdir, ignore_errors=True)
 
     print()
     print(
-        f"ProCode verification: worker instructions per call (valgrind {tool}, in-process WSGI driver, "
+        f"ProCode verification: instructions per call (valgrind {tool}, in-process WSGI driver, "
         f"{args.calls} calls after {args.warmup}, usage flushed every {FLUSH_EVERY})"
     )
-    per_call = {label: results[label] / args.calls for label in results}
+    worker = {label: results[label]["worker"] / args.calls for label in results}
+    # The verification connection and the usage writer's; a backend without a name (the app's SQLAlchemy pool at
+    # start-up) does no per-call work.
+    named = {label: {k: v for k, v in results[label].items() if k.startswith("procode-")} for label in results}
+    backend = {label: sum(named[label].values()) / args.calls for label in results}
     for side in reversed(sides):
         calls_are = "scope, client_ip, user_agent; keys with policy" if side.policy else "key and endpoint only"
-        print(f"  {side.label:9} {_describe(side.tree):24} {per_call[side.label]:>12,.0f} Ir/call   ({calls_are})")
+        pg = "" if cluster is None else f"  PostgreSQL {backend[side.label]:>10,.0f}"
+        described = f"{side.label:9} {_describe(side.tree):24}"
+        print(f"  {described} worker {worker[side.label]:>10,.0f}{pg} Ir/call   ({calls_are})")
+        if cluster is not None:
+            apps = sorted(named[side.label].items())
+            print(" " * 46 + "PostgreSQL by client: " + ", ".join(f"{k} {v / args.calls:,.0f}" for k, v in apps))
     print(f"  total time {time.monotonic() - started:.0f} s")
-    if "baseline" in per_call:
-        ratio = per_call["now"] / per_call["baseline"]
-        ok = ratio <= args.max_ratio
-        print(f"  ratio now / baseline {ratio:.3f}   {'PASS' if ok else 'FAIL'} (at most {args.max_ratio:.2f})")
-        if not ok:
+    if "baseline" in worker:
+        verdicts = [("worker", worker)] + ([("PostgreSQL", backend)] if cluster is not None else [])
+        failed = False
+        for name, counts in verdicts:
+            if not counts["baseline"]:
+                raise SystemExit(f"no {name} instructions counted for the baseline")
+            ratio = counts["now"] / counts["baseline"]
+            ok = ratio <= args.max_ratio
+            failed |= not ok
+            print(
+                f"  {name} ratio now / baseline {ratio:.3f}   {'PASS' if ok else 'FAIL'} (at most {args.max_ratio:.2f})"
+            )
+        if failed:
             raise SystemExit(1)
 
 

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import time
+from collections import deque
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,6 +21,7 @@ from flask import Flask, g, has_app_context
 LOG_FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"
 requests_log = logging.getLogger("portal.requests")
+_quote = json.encoder.encode_basestring_ascii  # a JSON string literal, as the JSON formatter's encoder writes it
 _LOGGING_STARTED: float = getattr(logging, "_startTime", time.time())  # what LogRecord.relativeCreated counts from
 # What a request's line carries besides the request id, in this order (JSON keys; ``key=value`` in text).
 REQUEST_FIELDS = ("method", "route", "status", "duration_ms", "user_id", "organization_id")
@@ -58,6 +60,15 @@ class TextFormatter(logging.Formatter):
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
         return f"{self._seconds(record.created)},{int(record.msecs):03d}"
 
+    def request_line(self, line: BufferedLine) -> str:
+        """What :meth:`format` writes for that request's record, without building the record."""
+        created, rid, method, route, status, ms, org = line
+        msecs = int((created - int(created)) * 1000.0)
+        return (
+            f"{self._seconds(created)},{msecs:03d} INFO [{rid}] {requests_log.name}: "
+            f"{method} {route or '-'} {status} {ms:.2f}ms user=- org={org or '-'}"
+        )
+
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time (UTC, ISO 8601), level, logger, request id, message, the request's fields,
@@ -83,6 +94,18 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return self._encoder.encode(line)
+
+    def request_line(self, line: BufferedLine) -> str:
+        """What :meth:`format` writes for that request's record, without building the record or a dict (the
+        caller's request id and the message are the only strings that need quoting)."""
+        created, rid, method, route, status, ms, org = line
+        message = REQUEST_MESSAGE % (method, route or "-", status, ms, "-", org or "-")
+        return (
+            f'{{"time":"{self._seconds(created)}.{int((created - int(created)) * 1000.0):03d}Z","level":"INFO",'
+            f'"logger":"{requests_log.name}","request_id":{_quote(rid)},"message":{_quote(message)},'
+            f'"method":{_quote(method)},"route":{_quote(route)},"status":{status},"duration_ms":{ms!r},'
+            f'"user_id":null,"organization_id":{"null" if org is None else _quote(org)}}}'
+        )
 
 
 def configure_logging(app: Flask) -> None:
@@ -151,9 +174,110 @@ def log_request(
     )
 
 
+# A buffered /v1 line: time.time(), request id, method, route, status, duration in ms, organization id or None.
+BufferedLine = tuple[float, str, str, str, int, float, str | None]
+
+
+class RequestLineBuffer:
+    """The ``/v1`` calls' request lines, kept per process and written together by the usage writer's flush.
+
+    A verification is answered in a few hundred microseconds; building a log record and writing it through the
+    handler chain per call cost about a seventh of that (docs/performance.md). Lines are kept as tuples and
+    written every flush (a fifth of a second by default, and at a clean stop), one write for the lot when the
+    portal's own handler is the only one (``configure_logging``), else as ordinary records to whatever handlers
+    an operator configured. A line is never lost to a busy worker, only delayed by up to a flush.
+    """
+
+    def __init__(self) -> None:
+        self._lines: deque[BufferedLine] = deque()
+
+    def add(self, request_id: str, method: str, route: str, status: int, duration: float, org: object) -> None:
+        self._lines.append(
+            (
+                time.time(),
+                request_id,
+                method,
+                route,
+                status,
+                round(duration * 1000.0, 2),
+                None if org is None else str(org),
+            )
+        )
+
+    def __len__(self) -> int:
+        return len(self._lines)
+
+    def clear(self) -> None:
+        """Forget the buffered lines (a forked child's copy of its parent's, or a test's leftovers)."""
+        self._lines.clear()
+
+    def write(self) -> int:
+        """Write the lines buffered so far (a concurrent ``add`` waits for the next write); returns how many."""
+        lines = self._lines
+        taken = [lines.popleft() for _ in range(len(lines))]
+        if not taken or not requests_log.isEnabledFor(logging.INFO):
+            return 0
+        handler = _sole_handler()
+        if handler is None:
+            for created, rid, method, route, status, ms, org in taken:
+                record = RequestRecord(
+                    REQUEST_MESSAGE,
+                    (method, route, status, ms, "-", org or "-"),
+                    request_id=rid,
+                    method=method,
+                    route=route,
+                    status=status,
+                    duration_ms=ms,
+                    user_id=None,
+                    organization_id=org,
+                )
+                record.created = created
+                record.msecs = (created - int(created)) * 1000.0
+                requests_log.handle(record)
+            return len(taken)
+        formatter: TextFormatter | JsonFormatter = handler.formatter  # type: ignore[assignment]
+        text = "".join([formatter.request_line(line) + handler.terminator for line in taken])
+        handler.acquire()
+        try:
+            handler.stream.write(text)
+            handler.flush()
+        except Exception:  # noqa: BLE001 - as logging.Handler.emit: report, never raise into the caller
+            handler.handleError(RequestRecord("%d request lines", (len(taken),)))
+        finally:
+            handler.release()
+        return len(taken)
+
+
+def _sole_handler() -> logging.StreamHandler[Any] | None:
+    """The portal's stream handler when it is the only one a request line reaches, with nothing filtering lines
+    but the request-id filter; ``None`` otherwise (lines then go through the logging machinery)."""
+    handlers: list[logging.Handler] = []
+    logger: logging.Logger | None = requests_log
+    while logger is not None:
+        if logger.filters:
+            return None
+        handlers += logger.handlers
+        logger = logger.parent if logger.propagate else None
+    if len(handlers) != 1:
+        return None
+    (handler,) = handlers
+    if (
+        type(handler) is not logging.StreamHandler
+        or type(handler.formatter) not in (TextFormatter, JsonFormatter)
+        or handler.level > logging.INFO
+        or any(type(f) is not RequestIdFilter for f in handler.filters)
+    ):
+        return None
+    return handler
+
+
+request_lines = RequestLineBuffer()
+
+
 def _new_process() -> None:
     global _PID
     _PID = os.getpid()
+    request_lines.clear()  # the parent's lines are the parent's to write
 
 
 _PID = os.getpid()

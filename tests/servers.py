@@ -235,9 +235,10 @@ def shipped_proxy_config(port: int, portal: str, work: Path) -> str:
 
 
 @contextmanager
-def proxy(portal: str, work: Path) -> Iterator[str]:
-    """Debian's nginx running docs/deploy/nginx.conf in front of ``portal``; yields the proxy's base URL."""
-    port = free_port(GATEWAY_PORTS)
+def proxy(portal: str, work: Path, port: int | None = None) -> Iterator[str]:
+    """Debian's nginx running docs/deploy/nginx.conf in front of ``portal`` (on ``port``, else a free one of
+    ``GATEWAY_PORTS``); yields the proxy's base URL. bench/faults.py runs it too."""
+    port = port if port is not None else free_port(GATEWAY_PORTS)
     work.mkdir(parents=True, exist_ok=True)
     (work / "nginx.conf").write_text(shipped_proxy_config(port, portal.removeprefix("http://"), work))
     command = _nginx_command(work, "-g", f"daemon off; pid {work / 'nginx.pid'};")

@@ -67,6 +67,7 @@ def test_create_page_stores_the_policy_and_audits_it(client, auth, org, member):
         ("scopes", "files:delete", "is not a valid choice"),
         ("allowed_ips", "10.0.0.1/8", "is not an IPv4 or IPv6 address or network"),
         ("allowed_ips", "not-an-ip", "is not an IPv4 or IPv6 address or network"),
+        ("allowed_ips", "fe80::%eth0/64", "names a network interface"),
         ("allowed_ips", "\n".join(f"10.0.{i}.0/24" for i in range(51)), "At most 50"),
         ("rate_limit", "0", "between 1 and the plan"),
         ("rate_limit", str(PLANS["free"].requests_per_minute + 1), "between 1 and the plan"),
@@ -247,6 +248,13 @@ def test_ip_allowlist(client, org, api_key):
     assert [r.outcome for r in usage_rows(endpoint="/ip")] == ["forbidden", "forbidden"]
     _policy(api_key, allowed_ips=[])
     assert verify(client, api_key.plaintext).status_code == 200  # empty list: any address, none needed
+
+
+def test_a_link_local_client_ip_with_its_zone_is_matched_without_it(client, api_key):
+    _policy(api_key, allowed_ips=["fe80::/10"])
+    assert verify(client, api_key.plaintext, client_ip="fe80::1%eth0", endpoint="/zone").status_code == 200
+    assert verify(client, api_key.plaintext, client_ip="fe80::1%25", endpoint="/zone").status_code == 200
+    assert [(r.outcome, r.client_ip) for r in usage_rows(endpoint="/zone")] == [("ok", "fe80::1"), ("ok", "fe80::1")]
 
 
 @pytest.mark.parametrize("client_ip", ["10.0.0.300", "example.com", 12, "1.2.3.4/8", "x" * 100])

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
+import psycopg2
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from portal import create_app, metrics
+from portal import create_app, logs, metrics
 from portal.extensions import db
+from portal.keys import format as keyformat
 from portal.logs import JsonFormatter, TextFormatter
 from portal.models import NotificationEvent, OutboxMail, WebhookDelivery, WebhookEndpoint
 from portal.timeutil import utcnow
@@ -258,11 +261,14 @@ def test_failed_usage_flushes_are_counted_and_their_rows_stay_buffered(client):
 
 @pytest.fixture
 def request_lines(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    logs.request_lines.clear()
     caplog.set_level(logging.INFO, logger="portal.requests")
     return caplog
 
 
 def _lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """The request lines logged so far, /v1 calls' buffered lines written first as the usage writer does."""
+    logs.request_lines.write()
     return [r for r in caplog.records if r.name == "portal.requests"]
 
 
@@ -369,3 +375,71 @@ def _assert_nothing_secret(lines: list[logging.LogRecord], *secrets: str) -> Non
         for formatted in (TextFormatter().format(record), JsonFormatter().format(record)):
             for secret in secrets:
                 assert secret not in formatted
+
+
+def _buffered_record(line: logs.BufferedLine) -> logging.LogRecord:
+    created, rid, method, route, status, ms, org = line
+    record = logs.RequestRecord(
+        logs.REQUEST_MESSAGE,
+        (method, route, status, ms, "-", org or "-"),
+        request_id=rid,
+        method=method,
+        route=route,
+        status=status,
+        duration_ms=ms,
+        user_id=None,
+        organization_id=org,
+    )
+    record.created, record.msecs = created, (created - int(created)) * 1000.0
+    return record
+
+
+@pytest.mark.parametrize("formatter", [logs.TextFormatter(), logs.JsonFormatter()], ids=["text", "json"])
+def test_a_buffered_verification_line_reads_as_its_record_would(formatter):
+    for line in [
+        (1_764_700_000.0417, "trace-1", "POST", "api.verify", 200, 0.31, "3f0c6a52-8d8e-4a5e-9c43-0f5f5c0b1a11"),
+        (1_764_700_001.9999, "a" * 64, "HEAD", "api.verify_gateway", 401, 12.5, None),
+        (1_764_700_002.5, 'caller\'s "id" \\ ü\u2028', "GET", "api.verify_gateway", 429, 1e-05, None),
+    ]:
+        assert formatter.request_line(line) == formatter.format(_buffered_record(line))
+
+
+def test_buffered_verification_lines_are_written_together_in_order(monkeypatch, caplog, client, api_key):
+    """With the portal's handler the only one, a flush writes every line buffered since the last one at once."""
+    stream = io.StringIO()
+    writes: list[str] = []
+    monkeypatch.setattr(stream, "write", lambda text: writes.append(text) or len(text))
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(logs.RequestIdFilter())
+    handler.setFormatter(logs.JsonFormatter())
+    portal_log = logging.getLogger("portal")
+    monkeypatch.setattr(portal_log, "handlers", [handler])
+    monkeypatch.setattr(portal_log, "propagate", False)
+    caplog.set_level(logging.INFO, logger="portal")
+    logs.request_lines.clear()
+    keys = (api_key.plaintext, keyformat.generate("test"))
+    ids = [client.post("/v1/keys/verify", json={"key": key}).headers["X-Request-ID"] for key in keys]
+    assert len(logs.request_lines) == 2 and writes == []
+    assert logs.request_lines.write() == 2
+    (text,) = writes
+    lines = [json.loads(part) for part in text.splitlines()]
+    assert [(line["request_id"], line["route"], line["status"]) for line in lines] == [
+        (ids[0], "api.verify", 200),
+        (ids[1], "api.verify", 401),
+    ]
+    assert api_key.plaintext not in text and len(logs.request_lines) == 0
+
+
+def test_the_usage_writer_flush_writes_the_buffered_lines_even_when_the_database_is_down(request_lines):
+    recorder = BufferedRecorder("host=127.0.0.1 port=1 dbname=nothing user=nobody", interval=3600, close_timeout=0.1)
+    recorder.companions.append(logs.request_lines.write)
+    try:
+        recorder.add((None, None, utcnow(), "/x", 429, 1.0, "rate_limited", None, None))
+        logs.request_lines.add("trace-7", "POST", "api.verify", 429, 0.0004, None)
+        with pytest.raises(psycopg2.OperationalError):
+            recorder.flush()
+        pending = recorder.pending()
+    finally:
+        recorder.close()
+    assert [(line.request_id, line.status) for line in _lines(request_lines)] == [("trace-7", 429)]
+    assert pending == 1  # the row waits for the database; the line did not

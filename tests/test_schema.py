@@ -13,6 +13,9 @@ import pytest
 import sqlalchemy as sa
 
 from portal.extensions import db
+from portal.models import ApiKey
+from portal.timeutil import utcnow
+from portal.verification.usage_writer import write_usage_rows
 from tests import factories
 
 CORE_TABLES = ("organizations", "users", "api_keys", "audit_events")
@@ -120,3 +123,32 @@ def test_created_at_is_timestamptz_and_always_set():
         assert column["data_type"] == "timestamp with time zone", table
         assert column["is_nullable"] == "NO", table
         assert column["column_default"] == "now()", table
+
+
+def test_touching_last_used_of_a_full_page_of_keys_writes_no_index_entry(org):
+    """The usage writer's last_used_at touch is a HOT update even where the keys filled their pages: a flush
+    touches the keys used in it (here every fifth), and each page has room for their new versions."""
+    org_id = org.id
+    db.session.execute(
+        sa.text(
+            "INSERT INTO api_keys (organization_id, name, environment, hint, key_hash, external_id) "
+            "SELECT :org, 'key ' || i, 'live', 'pk_live_…' || lpad(i::text, 4, '0'), "
+            "sha256(convert_to(i::text || :salt, 'UTF8')), 'customer-' || i FROM generate_series(1, 300) i"
+        ),
+        {"org": org_id, "salt": secrets.token_hex(8)},
+    )
+    before = db.session.execute(
+        sa.text("SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_xact_user_tables WHERE relname = 'api_keys'")
+    ).one()
+    rows = [
+        (str(key_id), str(org_id), utcnow(), "/x", 200, 1.0, "ok", None, None)
+        for key_id in db.session.scalars(sa.select(ApiKey.id).where(ApiKey.organization_id == org_id))
+    ][::5]
+    with db.session.connection().connection.cursor() as cursor:
+        write_usage_rows(cursor, rows)
+    after = db.session.execute(
+        sa.text("SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_xact_user_tables WHERE relname = 'api_keys'")
+    ).one()
+    updated, hot = after[0] - before[0], after[1] - before[1]
+    assert updated == len(rows) == 60
+    assert hot == updated  # fillfactor 80 (migration 0020); at 100 every one moves its row to another page

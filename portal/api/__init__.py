@@ -20,6 +20,7 @@ def init_app(app: Flask) -> None:
     """Register the blueprint (no CSRF, no session), the WSGI fast path and this process's verifier."""
     from portal.api.fastpath import VerifyFastPath
     from portal.extensions import csrf
+    from portal.logs import request_lines
 
     verifier = build_verifier(
         app.config["SQLALCHEMY_DATABASE_URI"],
@@ -30,6 +31,8 @@ def init_app(app: Flask) -> None:
         budget_addresses=int(app.config["API_INVALID_KEY_ADDRESSES"]),
         spill_dir=spill_directory(app),
     )
+    if app.config.get("LOG_API_REQUESTS", True) and hasattr(verifier.recorder, "companions"):
+        verifier.recorder.companions.append(request_lines.write)
     atexit.register(lambda: get_verifier(app).close())
     app.extensions[EXTENSION] = verifier
     csrf.exempt(bp)

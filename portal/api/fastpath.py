@@ -6,8 +6,8 @@ applies to this endpoint: it has no session, no CSRF, no user. This middleware a
 path with :func:`portal.api.answer.answer_verify`, the same function the Flask view calls, reading the environ
 directly and writing the status line and headers itself (no werkzeug request or response objects), and adds
 the same security headers the app's ``after_request`` hook adds, and logs the request's line as the app does for
-its own (portal/logs.py; ``LOG_API_REQUESTS = False`` leaves /v1 calls out); every other request goes to Flask
-untouched.
+its own, buffered and written by the usage writer's flush (portal/logs.py; ``LOG_API_REQUESTS = False`` leaves /v1
+calls out); every other request goes to Flask untouched.
 A gateway's call (``GET``/``HEAD``/``POST /v1/keys/verify/gateway``, docs/gateways.md) is answered here too,
 with :func:`portal.api.answer.answer_gateway`. ``API_VERIFY_FAST_PATH = False`` turns it off (the Flask views
 then answer).
@@ -26,7 +26,7 @@ from flask import Flask
 from portal.api import get_verifier
 from portal.api.answer import Answer, answer_gateway, answer_verify, error_answer
 from portal.api.inputs import GATEWAY_METHODS, RawGatewayRequest, header_variable, read_environ, read_gateway_environ
-from portal.logs import log_request
+from portal.logs import request_lines
 from portal.proxy import client_address
 from portal.security_headers import REQUEST_ID_HEADER, SECURITY_HEADERS, request_id
 
@@ -63,7 +63,7 @@ class VerifyFastPath:
         rid = _respond(environ, start_response, answer)
         if self.log_requests:
             duration = time.perf_counter() - started
-            log_request(rid, "POST", "api.verify", answer.status, duration, None, answer.organization_id)
+            request_lines.add(rid, "POST", "api.verify", answer.status, duration, answer.organization_id)
         return [answer.body]
 
     def _not_verify(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -85,7 +85,7 @@ class VerifyFastPath:
         rid = _respond(environ, start_response, answer)
         if self.log_requests:
             duration = time.perf_counter() - started
-            log_request(rid, method, "api.verify_gateway", answer.status, duration, None, answer.organization_id)
+            request_lines.add(rid, method, "api.verify_gateway", answer.status, duration, answer.organization_id)
         return [b""] if method == "HEAD" else [answer.body]
 
 

@@ -76,8 +76,11 @@ def _canonical_address(text: str) -> str | None:
         address = ipaddress.ip_address(text)
     except ValueError:
         return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.scope_id is not None:  # fe80::1%eth0: the zone names the caller's interface, not an address
+            address = ipaddress.IPv6Address(int(address))
+        if address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
     return str(address)
 
 

@@ -25,6 +25,8 @@ def parse_cidrs(values: list[str] | str | None) -> list[str]:
     items = re.split(r"[\s,]+", values) if isinstance(values, str) else [v.strip() for v in values]
     found: list[str] = []
     for item in filter(None, items):
+        if "%" in item:
+            raise ValueError(f"“{item[:60]}” names a network interface (%…): give the address or network alone.")
         try:
             network = ipaddress.ip_network(item, strict=True)
         except ValueError:

@@ -23,6 +23,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -116,6 +117,8 @@ class BufferedRecorder:
         self._thread: threading.Thread | None = None
         self._pid = 0
         self._conn: Any = None
+        # Written on every flush besides the rows, never failing it: the /v1 request lines (portal/logs.py).
+        self.companions: list[Callable[[], object]] = []
 
     def add(self, row: Row) -> None:
         with self._lock:
@@ -227,6 +230,7 @@ class BufferedRecorder:
 
     def flush(self) -> int:
         """Write every buffered row and count (put back on failure); returns how many usage rows were written."""
+        self._write_companions()
         with self._flush_lock:
             with self._lock:
                 if self._abandoned or (not self._rows and not self._counts):
@@ -246,6 +250,13 @@ class BufferedRecorder:
             self.written += len(flight.rows)
             self.counted += sum(flight.counts.values())
             return len(flight.rows)
+
+    def _write_companions(self) -> None:
+        for companion in self.companions:
+            try:
+                companion()
+            except Exception:  # noqa: BLE001 - a log write never costs a usage row
+                log.exception("usage writer: %r failed", companion)
 
     def _failed(self, flight: _InFlight, exc: BaseException) -> None:
         """A batch that was not written goes back to the buffer; one whose COMMIT was sent and its answer lost
@@ -384,6 +395,8 @@ class BufferedRecorder:
         elif thread is not None and thread.is_alive():
             thread.join(max(0.0, self._stop_by - time.monotonic()) + 0.5)
             stuck = thread.is_alive()  # waiting on a database that does not answer
+        if stuck:
+            self._write_companions()  # the request lines, which the stuck writer cannot write either
         with self._lock:
             self._abandoned = True  # from here on, nothing commits: whatever is left is the spill's
             flight, rows, counts = self._inflight, self._rows, self._counts
