@@ -6,8 +6,8 @@ id is inserted here in the same transaction as its rows, so a file is never writ
 at once (the second waits on the first's key, then finds it), nor again after a crash between the commit and the
 file's removal.
 
-Revision ID: 0020
-Revises: 0019
+Revision ID: 0021
+Revises: 0020
 Create Date: 2026-12-04 10:00:00.000000
 """
 
@@ -15,8 +15,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision = "0020"
-down_revision = "0019"
+revision = "0021"
+down_revision = "0020"
 branch_labels = None
 depends_on = None
 
