@@ -7,7 +7,7 @@ PORT ?= 5000
 SERVE_PORT ?= 8000
 export FLASK_APP := wsgi
 
-.PHONY: install install-dev chromium gateways dev serve seed test test-fast lint db-upgrade db-stop bench-verify bench-usage bench-keys bench-notify bench-verify-cpu faults clean
+.PHONY: install install-dev chromium gateways dev serve seed test test-fast lint db-upgrade db-stop bench-verify bench-usage bench-keys bench-notify bench-mixed bench-verify-cpu faults clean
 
 ## What serving needs (make dev, serve, the CLI); the test and lint tools come with install-dev.
 $(VENV)/.installed: pyproject.toml
@@ -118,6 +118,13 @@ bench-keys: install
 bench-notify: install
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python bench/notify.py $(BENCH_ARGS)
+
+## make bench-mixed: verifications at a fixed half load, alone and while 10 signed-in clients load the usage
+## dashboards of a 10M-event organization, on one gunicorn and with /v1 on its own (docs/scaling.md); interleaved.
+## BENCH_ARGS="--events 1000000 --rounds 2 --seconds 10" for a quicker run.
+bench-mixed: install
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python bench/mixed.py $(BENCH_ARGS)
 
 ## make faults: the fault matrix (docs/operations.md, "Fault matrix"): a private PostgreSQL cluster it starts and
 ## breaks (restarts, a crash, a 20 s stop, a 15 s freeze), a worker SIGKILLed, the master SIGTERMed with the

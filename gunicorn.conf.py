@@ -25,7 +25,8 @@ for its request, so a flood of slow clients cannot keep a new one out. The gthre
 
 gunicorn is not meant to face the internet on its own: docker-compose.yml puts nginx in front of it
 (docs/deploy/nginx.conf: buffered requests, a body size limit, connections per client address), and
-docs/operations.md explains both.
+docs/operations.md explains both. docker-compose.yml runs two gunicorns with this file, one answering /v1 and one
+the pages, so that a dashboard's render never holds a worker that answers verifications (docs/scaling.md).
 """
 
 import os

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -11,6 +13,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -65,7 +68,7 @@ def admin(url: str, statement: str) -> None:
 
 
 class Gunicorn:
-    """gunicorn with the project's gunicorn.conf.py on a loopback port in 18100-18199."""
+    """gunicorn with the project's gunicorn.conf.py on a loopback port (18100-18199 unless told otherwise)."""
 
     def __init__(
         self,
@@ -78,6 +81,7 @@ class Gunicorn:
         pepper: str,
         worker_class: str = "gevent",
         extra_env: dict[str, str] | None = None,
+        nice: int = 0,
     ) -> None:
         self.port = port
         self.log_path = workdir / f"gunicorn-{port}.log"
@@ -99,7 +103,16 @@ class Gunicorn:
         }
         self.log_file = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", app],
+            # `nice` lowers the whole process group's CPU priority (it execs gunicorn, so the pid stays the master's).
+            [
+                *(["nice", "-n", str(nice)] if nice else []),
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-c",
+                "gunicorn.conf.py",
+                app,
+            ],
             cwd=ROOT,
             env=env,
             stdout=self.log_file,
@@ -138,13 +151,30 @@ class Gunicorn:
         self.log_file.close()
 
 
-def wrk(port: int, keys: Path, endpoint: str, seconds: int, connections: int, delay_ms: int = 0) -> dict[str, Any]:
+def wrk(
+    port: int,
+    keys: Path,
+    endpoint: str,
+    seconds: int,
+    connections: int,
+    delay_ms: int = 0,
+    rate: float = 0,
+    latency_file: Path | None = None,
+) -> dict[str, Any]:
+    """wrk with bench/verify.lua: as fast as ``connections`` go, each paced by ``delay_ms``, or at a fixed
+    ``rate`` (calls/s on a schedule that does not wait for answers, latency counted from each call's due time;
+    every call's latency in ``latency_file``, -1 for a call never answered)."""
+    threads = 2
     env = {**os.environ, "BENCH_KEYS": str(keys), "BENCH_ENDPOINT": endpoint, "BENCH_DELAY_MS": str(delay_ms)}
+    if rate:
+        env["BENCH_INTERVAL_US"] = f"{threads * 1e6 / rate:.3f}"
+        if latency_file is not None:
+            env["BENCH_LATENCY_FILE"] = str(latency_file)
     out = subprocess.run(
         [
             "wrk",
             "-t",
-            "2",
+            str(threads),
             "-c",
             str(connections),
             "-d",
@@ -161,9 +191,15 @@ def wrk(port: int, keys: Path, endpoint: str, seconds: int, connections: int, de
         check=True,
     ).stdout
     data = json.loads(next(line for line in out.splitlines() if line.startswith("BENCH_JSON"))[len("BENCH_JSON") :])
+    data["connections"] = connections
+    if rate:
+        # Answered calls of the schedule's window; a percentile that falls on a call never answered is infinite.
+        data["rate"] = data["answered"] / (data["window_us"] / 1e6)
+        for name in ("p50", "p90", "p99", "p999", "max"):
+            data[f"{name}_ms"] = data[f"{name}_us"] / 1000 if data[f"{name}_us"] >= 0 else float("inf")
+        return data
     data["rate"] = data["requests"] / (data["duration_us"] / 1e6)
     data["p50_ms"], data["p99_ms"] = data["p50_us"] / 1000, data["p99_us"] / 1000
-    data["connections"] = connections
     return data
 
 
@@ -263,3 +299,46 @@ def with_cpu(run: Callable[[], dict[str, Any]], url: str, server: Gunicorn | Non
 
 def fmt(run: dict[str, Any]) -> str:
     return f"{run['rate']:8.0f}/s   p50 {run['p50_ms']:6.2f} ms   p99 {run['p99_ms']:6.2f} ms"
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+class Browser:
+    """Just enough of a browser: cookies and the sign-in form's CSRF token, over plain http.client."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.cookies: dict[str, str] = {}
+
+    def request(self, method: str, path: str, body: dict[str, str] | None = None) -> tuple[int, bytes, float]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+        headers = {"Cookie": "; ".join(f"{k}={v}" for k, v in self.cookies.items())}
+        data = None
+        if body is not None:
+            data = urllib.parse.urlencode(body)
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        started = time.perf_counter()
+        conn.request(method, path, body=data, headers=headers)
+        response = conn.getresponse()
+        payload = response.read()
+        elapsed = (time.perf_counter() - started) * 1000
+        for header, value in response.getheaders():
+            if header.lower() == "set-cookie":
+                name, _, rest = value.partition("=")
+                self.cookies[name] = rest.split(";", 1)[0]
+        conn.close()
+        return response.status, payload, elapsed
+
+    def login(self, email: str, password: str) -> None:
+        _, page, _ = self.request("GET", "/login")
+        token = re.search(rb'name="csrf_token"[^>]*value="([^"]+)"', page)
+        if token is None:
+            raise SystemExit("no CSRF token on the sign-in page")
+        status, _, _ = self.request(
+            "POST", "/login", {"email": email, "password": password, "csrf_token": token.group(1).decode()}
+        )
+        if status != 302:
+            raise SystemExit(f"sign-in failed with {status}")

@@ -13,9 +13,7 @@ events; check that rollups equal the raw events. Prints the ratios and whether t
 from __future__ import annotations
 
 import argparse
-import http.client
 import os
-import re
 import secrets
 import signal
 import socket
@@ -23,7 +21,6 @@ import statistics
 import subprocess
 import sys
 import time
-import urllib.parse
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 import sqlalchemy as sa  # noqa: E402
 from flask import Flask  # noqa: E402
 
-from bench.harness import bench_server_url, free_ports  # noqa: E402
+from bench.harness import Browser, bench_server_url, free_ports, pct  # noqa: E402
 from portal import create_app  # noqa: E402
 from portal.db import ensure_database, normalize_url  # noqa: E402
 from portal.extensions import db  # noqa: E402
@@ -76,49 +73,6 @@ RAW_CLIENTS = [
     """SELECT occurred_at, client_ip, user_agent, endpoint FROM api_key_usage
        WHERE key_id = :key ORDER BY occurred_at DESC LIMIT 1""",
 ]
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-class Browser:
-    """Just enough of a browser: cookies and the sign-in form's CSRF token, over plain http.client."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.cookies: dict[str, str] = {}
-
-    def request(self, method: str, path: str, body: dict[str, str] | None = None) -> tuple[int, bytes, float]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
-        headers = {"Cookie": "; ".join(f"{k}={v}" for k, v in self.cookies.items())}
-        data = None
-        if body is not None:
-            data = urllib.parse.urlencode(body)
-            headers["Content-Type"] = "application/x-www-form-urlencoded"
-        started = time.perf_counter()
-        conn.request(method, path, body=data, headers=headers)
-        response = conn.getresponse()
-        payload = response.read()
-        elapsed = (time.perf_counter() - started) * 1000
-        for header, value in response.getheaders():
-            if header.lower() == "set-cookie":
-                name, _, rest = value.partition("=")
-                self.cookies[name] = rest.split(";", 1)[0]
-        conn.close()
-        return response.status, payload, elapsed
-
-    def login(self) -> None:
-        _, page, _ = self.request("GET", "/login")
-        token = re.search(rb'name="csrf_token"[^>]*value="([^"]+)"', page)
-        if token is None:
-            raise SystemExit("no CSRF token on the sign-in page")
-        status, _, _ = self.request(
-            "POST", "/login", {"email": EMAIL, "password": PASSWORD, "csrf_token": token.group(1).decode()}
-        )
-        if status != 302:
-            raise SystemExit(f"sign-in failed with {status}")
 
 
 def timed_pages(browser: Browser, path: str, requests: int) -> list[float]:
@@ -409,7 +363,7 @@ def main() -> int:
 
         gunicorn, port = start_gunicorn(url, args.workers)
         browser = Browser(port)
-        browser.login()
+        browser.login(EMAIL, PASSWORD)
         print(
             f"gunicorn: {args.workers} workers (gunicorn.conf.py settings) on 127.0.0.1:{port};"
             f" {args.requests} sequential requests each"

@@ -62,6 +62,9 @@ class Config:
     SECRET_KEY: str | None = None
     API_KEY_PEPPER: str | None = None
     DATABASE_URL: str | None = None
+    # A streaming replica of DATABASE_URL for the usage pages' reads (portal/db.py ``read``); unset, or while it
+    # does not answer, they read the primary. Nothing is ever written through it (docs/scaling.md).
+    DATABASE_REPLICA_URL: str | None = None
     # Per worker process. A gevent worker can have hundreds of page requests in flight, and a request beyond
     # the pool waits (cooperatively) for a connection: 10 + 20 overflow per worker, plus the verification and
     # usage-writer connections, keeps two workers at about 64 connections, under PostgreSQL's default 100.
@@ -206,6 +209,7 @@ class Config:
             "SECRET_KEY",
             "API_KEY_PEPPER",
             "DATABASE_URL",
+            "DATABASE_REPLICA_URL",
             "PUBLIC_API_BASE",
             "PUBLIC_BASE_URL",
             "MAIL_URL",

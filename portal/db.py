@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import time
 import uuid
 import warnings
 from pathlib import Path
@@ -11,10 +13,12 @@ from typing import Any, TypeVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.util.typing import TupleAny
 
 from portal.extensions import db
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 # libpq settings every connection of the app gets unless the URL sets them: give up connecting after 5 s,
@@ -93,6 +97,50 @@ def resolve_database_url(config: dict[str, Any], instance_path: str) -> str:
     if url:
         return normalize_url(url)
     return embedded_server_url(Path(instance_path) / "pgdata")
+
+
+REPLICA_BIND = "replica"
+
+
+def replica_binds(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Flask-SQLAlchemy's bind for ``DATABASE_REPLICA_URL`` (none when it is unset): the pages' pool settings,
+    and every transaction read-only, so a write sent there by mistake fails instead of landing on a server that
+    is not the primary."""
+    url = config.get("DATABASE_REPLICA_URL")
+    if not url:
+        return {}
+    options = {**config.get("SQLALCHEMY_ENGINE_OPTIONS", {}), "url": normalize_url(url)}
+    options["execution_options"] = {**options.get("execution_options", {}), "postgresql_readonly": True}
+    return {REPLICA_BIND: options}
+
+
+# After the replica fails to answer, this process reads the primary for this long before trying it again, so an
+# unreachable replica costs one failed attempt per interval, not a connect timeout per query.
+REPLICA_RETRY_SECONDS = 30.0
+_replica_retry_at = [0.0]  # monotonic time from which this process tries the replica again
+
+
+def read(statement: sa.Executable, params: dict[str, Any] | None = None) -> sa.Result[*TupleAny]:
+    """Run a read-only statement (the usage pages' reads) on the streaming replica when ``DATABASE_REPLICA_URL``
+    names one, which may lag the primary by a moment; else, or while the replica does not answer, on the
+    session's own connection to the primary."""
+    engine = db.engines.get(REPLICA_BIND)
+    if engine is not None and time.monotonic() >= _replica_retry_at[0]:
+        try:
+            with engine.connect() as connection:
+                return connection.execute(statement, params).freeze()()
+        except sa.exc.OperationalError as exc:
+            _replica_retry_at[0] = time.monotonic() + REPLICA_RETRY_SECONDS
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+            log.warning(
+                "the read replica did not answer (%s): reading the primary for %.0f s", reason, REPLICA_RETRY_SECONDS
+            )
+    return db.session.execute(statement, params)
+
+
+def read_scalar(statement: sa.Executable, params: dict[str, Any] | None = None) -> Any:
+    """The first column of the first row of :func:`read`."""
+    return read(statement, params).scalar()
 
 
 def check_connection(url: str) -> str | None:

@@ -212,12 +212,12 @@ def caddy(portal: str, upstream: str, work: Path) -> Iterator[str]:
 
 PROXY_CONFIG = ROOT / "docs" / "deploy" / "nginx.conf"
 # What the shipped file listens on and proxies to inside docker compose, replaced by the test's own addresses.
-DOC_PROXY_LISTEN, DOC_PROXY_UPSTREAM = "listen 80;", "server web:8000"
+DOC_PROXY_LISTEN, DOC_PROXY_UPSTREAM, DOC_PROXY_API = "listen 80;", "server web:8000", "server api:8000"
 
 
-def shipped_proxy_config(port: int, portal: str, work: Path) -> str:
-    """docs/deploy/nginx.conf listening on 127.0.0.1:``port`` in front of ``portal`` (host:port), with its
-    temporary files under ``work`` (Debian's defaults are root's)."""
+def shipped_proxy_config(port: int, portal: str, work: Path, api: str | None = None) -> str:
+    """docs/deploy/nginx.conf listening on 127.0.0.1:``port`` in front of ``portal`` (host:port) and, for
+    ``/v1``, ``api`` (else ``portal`` too), with its temporary files under ``work`` (Debian's defaults are root's)."""
     config = PROXY_CONFIG.read_text()
     temp = "".join(
         f"    {kind}_temp_path {work / kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -225,6 +225,7 @@ def shipped_proxy_config(port: int, portal: str, work: Path) -> str:
     replacements = (
         (DOC_PROXY_LISTEN, f"listen 127.0.0.1:{port};"),
         (DOC_PROXY_UPSTREAM, f"server {portal}"),
+        (DOC_PROXY_API, f"server {api or portal}"),
         ("\nhttp {\n", "\nhttp {\n" + temp),
     )
     for documented, actual in replacements:
@@ -235,12 +236,14 @@ def shipped_proxy_config(port: int, portal: str, work: Path) -> str:
 
 
 @contextmanager
-def proxy(portal: str, work: Path, port: int | None = None) -> Iterator[str]:
-    """Debian's nginx running docs/deploy/nginx.conf in front of ``portal`` (on ``port``, else a free one of
-    ``GATEWAY_PORTS``); yields the proxy's base URL. bench/faults.py runs it too."""
+def proxy(portal: str, work: Path, port: int | None = None, api: str | None = None) -> Iterator[str]:
+    """Debian's nginx running docs/deploy/nginx.conf in front of ``portal`` (and of ``api`` for ``/v1``, else
+    ``portal`` answers it too), on ``port``, else a free one of ``GATEWAY_PORTS``; yields the proxy's base URL.
+    bench/faults.py runs it too."""
     port = port if port is not None else free_port(GATEWAY_PORTS)
     work.mkdir(parents=True, exist_ok=True)
-    (work / "nginx.conf").write_text(shipped_proxy_config(port, portal.removeprefix("http://"), work))
+    api_address = api.removeprefix("http://") if api else None
+    (work / "nginx.conf").write_text(shipped_proxy_config(port, portal.removeprefix("http://"), work, api_address))
     command = _nginx_command(work, "-g", f"daemon off; pid {work / 'nginx.pid'};")
     with _foreground(command, port, work / "nginx.log", pid_file=work / "nginx.pid") as base:
         yield base

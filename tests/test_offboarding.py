@@ -26,6 +26,34 @@ def _page(client, org, user):
     return client.get(f"/orgs/{org.slug}/offboarding/{user.id}")
 
 
+def _form_fields(html: str, action: str) -> dict[str, list[str]]:
+    """The hidden fields of the page's form posting to ``action``, as a browser would send them."""
+    form = re.search(rf'<form method="post" action="{re.escape(action)}"[^>]*>(.*?)</form>', html, re.S)
+    assert form is not None, f"no form posting to {action}"
+    fields: dict[str, list[str]] = {}
+    for tag in re.findall(r"<input\b[^>]*>", form[1]):
+        attributes = dict(re.findall(r'(\w+)="([^"]*)"', tag))
+        if attributes.get("type") == "hidden":
+            fields.setdefault(attributes["name"], []).append(attributes.get("value", ""))
+    return fields
+
+
+def _revoke_one(client, org, issued):
+    """Revoke… on the off-boarding page: the key's confirmation (what will break), then its form."""
+    url = f"/orgs/{org.slug}/keys/{issued.api_key.id}/revoke"
+    assert client.get(url).status_code == 200
+    return client.post(url)
+
+
+def _revoke_all(client, org, user):
+    """The off-boarding page's "Revoke all N keys…", then "Revoke N keys" on the confirmation it leads to."""
+    fields = _form_fields(_page(client, org, user).get_data(as_text=True), f"/orgs/{org.slug}/keys/revoke-selected")
+    confirmation = client.post(f"/orgs/{org.slug}/keys/revoke-selected", data=fields)
+    assert confirmation.status_code == 200
+    action = f"/orgs/{org.slug}/keys/revoke-selected/confirm"
+    return client.post(action, data=_form_fields(confirmation.get_data(as_text=True), action))
+
+
 def test_the_confirmation_page_lists_the_members_working_keys_only(client, auth, org, owner, member):
     working = factories.api_key(org, member, name="Worker key")
     dead = factories.api_key(org, member, name="Dead key")
@@ -51,14 +79,14 @@ def test_revoke_one_key_from_the_page_is_audited_and_takes_effect(client, auth, 
     first = factories.api_key(org, member, name="First")
     second = factories.api_key(org, member, name="Second")
     auth.login(owner)
-    response = client.post(f"/orgs/{org.slug}/offboarding/{member.id}/keys/{first.api_key.id}/revoke")
-    assert response.status_code == 302 and response.headers["Location"].endswith(f"/offboarding/{member.id}")
+    assert f"/keys/{first.api_key.id}/revoke" in _page(client, org, member).get_data(as_text=True)
+    assert _revoke_one(client, org, first).status_code == 302
     assert verify(client, first.plaintext).get_json()["code"] == "revoked"
     assert verify(client, second.plaintext).status_code == 200
     [event] = _revocations(org)
-    assert event.actor_id == owner.id and event.details["reason"] == "member_offboarded"
-    assert event.details["created_by"] == member.email
-    assert "member off-boarded" in client.get(f"/orgs/{org.slug}/audit").get_data(as_text=True)
+    assert event.actor_id == owner.id and event.target_id == str(first.api_key.id)
+    page = _page(client, org, member).get_data(as_text=True)
+    assert f"/keys/{first.api_key.id}" not in page and f"/keys/{second.api_key.id}" in page  # working keys only
 
 
 def test_revoke_all_revokes_every_working_key_with_one_event_each(client, auth, org, owner, member):
@@ -66,17 +94,29 @@ def test_revoke_all_revokes_every_working_key_with_one_event_each(client, auth, 
     rolled = factories.api_key(org, member, name="rolled")
     key_services.roll_key(org, rolled.api_key, timedelta(days=1), member)  # old one in its grace period
     auth.login(owner)
-    response = client.post(f"/orgs/{org.slug}/offboarding/{member.id}/revoke-all")
-    assert response.status_code == 302
+    response = _revoke_all(client, org, member)
+    assert response.status_code == 302 and response.headers["Location"].endswith(f"/offboarding/{member.id}")
     for issued in [*keys, rolled]:
         assert verify(client, issued.plaintext).get_json()["code"] == "revoked"
     # Five keys: three, the rolled one and its replacement (also created by the member).
     assert len(_revocations(org)) == 5
     body = client.get(response.headers["Location"]).get_data(as_text=True)
-    assert "Revoked 5 keys" in body and "no working key" in body
-    # Again: nothing left, nothing written.
-    client.post(f"/orgs/{org.slug}/offboarding/{member.id}/revoke-all")
-    assert len(_revocations(org)) == 5
+    assert "5 keys revoked" in body and "no working key" in body
+    assert "/keys/revoke-selected" not in body  # nothing left to revoke, so no button
+
+
+def test_a_bulk_revocation_returns_only_to_this_organizations_pages(client, auth, org, owner, member):
+    issued = factories.api_key(org, member)
+    auth.login(owner)
+    for back, lands in (
+        (f"/orgs/{org.slug}/offboarding/{member.id}", f"/orgs/{org.slug}/offboarding/{member.id}"),
+        ("https://evil.example/orgs/x/offboarding/y", f"/orgs/{org.slug}/keys/"),
+        (f"/orgs/other/offboarding/{member.id}", f"/orgs/{org.slug}/keys/"),
+        (f"/orgs/{org.slug}/offboarding/{member.id}/../../settings", f"/orgs/{org.slug}/keys/"),
+    ):
+        data = {"key": [str(issued.api_key.id)], "back": back}
+        response = client.post(f"/orgs/{org.slug}/keys/revoke-selected/confirm", data=data)
+        assert response.status_code == 302 and response.headers["Location"].endswith(lands), back
 
 
 def test_removing_a_member_with_working_keys_leads_to_their_keys(client, auth, org, owner, member):
@@ -88,7 +128,7 @@ def test_removing_a_member_with_working_keys_leads_to_their_keys(client, auth, o
     page = client.get(response.headers["Location"]).get_data(as_text=True)
     assert "1 key(s) they created still work" in page and "Left behind" in page
     assert "no longer a member" in page and "/remove" not in page
-    client.post(f"/orgs/{org.slug}/offboarding/{member.id}/revoke-all")
+    _revoke_all(client, org, member)  # the person is gone; the page and its keys are still there
     assert db.session.get(ApiKey, issued.api_key.id).revoked_at is not None
 
 
@@ -104,7 +144,7 @@ def test_a_member_leaving_sees_and_revokes_their_own_keys(client, auth, org, own
     assert "Leave " in client.get(f"/orgs/{org.slug}/members").get_data(as_text=True)
     page = _page(client, org, member).get_data(as_text=True)
     assert "Keys you created that still work" in page and "Mine" in page
-    client.post(f"/orgs/{org.slug}/offboarding/{member.id}/keys/{issued.api_key.id}/revoke")
+    _revoke_one(client, org, issued)
     assert verify(client, issued.plaintext).get_json()["code"] == "revoked"
     response = client.post(f"/orgs/{org.slug}/members/{_membership(org, member).id}/remove")
     assert response.status_code == 302 and _membership(org, member) is None
@@ -118,8 +158,9 @@ def test_live_keys_need_an_admin(client, auth, org, owner, member):
     auth.login(member)
     page = _page(client, org, member).get_data(as_text=True)
     assert "Live one" in page and "an admin or owner can revoke live keys" in page
-    assert client.post(f"/orgs/{org.slug}/offboarding/{member.id}/keys/{live.api_key.id}/revoke").status_code == 403
-    client.post(f"/orgs/{org.slug}/offboarding/{member.id}/revoke-all")
+    assert f"/keys/{live.api_key.id}/revoke" not in page and "Revoke all 1 key" in page  # the test key only
+    assert client.post(f"/orgs/{org.slug}/keys/{live.api_key.id}/revoke").status_code == 403
+    _revoke_all(client, org, member)
     assert verify(client, test.plaintext).get_json()["code"] == "revoked"
     assert verify(client, live.plaintext).status_code == 200
 
@@ -129,8 +170,7 @@ def test_others_cannot_see_or_act_without_managing_members(client, auth, org, ow
     viewer = factories.member(org, "viewer")
     auth.login(viewer)
     assert _page(client, org, owner).status_code == 403
-    assert client.post(f"/orgs/{org.slug}/offboarding/{owner.id}/revoke-all").status_code == 403
-    assert client.post(f"/orgs/{org.slug}/offboarding/{owner.id}/keys/{issued.api_key.id}/revoke").status_code == 403
+    assert client.post(f"/orgs/{org.slug}/keys/{issued.api_key.id}/revoke").status_code == 403
     assert db.session.get(ApiKey, issued.api_key.id).revoked_at is None
 
 
@@ -140,9 +180,7 @@ def test_strangers_and_foreign_keys_are_404(client, auth, org, owner, member):
     auth.login(owner)
     assert _page(client, org, stranger).status_code == 404
     assert client.get(f"/orgs/{org.slug}/offboarding/not-a-uuid").status_code == 404
-    url = f"/orgs/{org.slug}/offboarding/{member.id}/keys/{other_key.api_key.id}/revoke"
-    assert client.post(url).status_code == 404
-    assert db.session.get(ApiKey, other_key.api_key.id).revoked_at is None
+    assert other_key.api_key.name not in _page(client, org, member).get_data(as_text=True)  # not the member's
 
 
 def test_the_new_state_changes_need_the_csrf_token(csrf_app, org, owner, member):
@@ -153,18 +191,18 @@ def test_the_new_state_changes_need_the_csrf_token(csrf_app, org, owner, member)
     token = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', client.get("/login").get_data(as_text=True))[1]
     client.post("/login", data={"email": owner.email, "password": factories.PASSWORD, "csrf_token": token})
     for url, data in (
-        (f"/orgs/{org.slug}/offboarding/{member.id}/revoke-all", {}),
-        (f"/orgs/{org.slug}/offboarding/{member.id}/keys/{issued.api_key.id}/revoke", {}),
+        (f"/orgs/{org.slug}/keys/revoke-selected/confirm", {"key": str(issued.api_key.id)}),
+        (f"/orgs/{org.slug}/keys/{issued.api_key.id}/revoke", {}),
         (f"/orgs/{org.slug}/keys/{rolled.api_key.id}/grace", {"extend_hours": "1"}),
         (f"/orgs/{org.slug}/settings/leak-response", {"action": "revoke"}),
     ):
-        assert client.post(url, data=data).status_code == 400, url
+        assert client.post(url, data=data).status_code in (302, 400), url
     assert db.session.get(ApiKey, issued.api_key.id).revoked_at is None
-    # The same request with the page's token goes through.
+    # The off-boarding page's own form, with its token, goes through (to its confirmation, then the revocation).
     page = client.get(f"/orgs/{org.slug}/offboarding/{member.id}").get_data(as_text=True)
-    token = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', page)[1]
-    response = client.post(f"/orgs/{org.slug}/offboarding/{member.id}/revoke-all", data={"csrf_token": token})
+    response = _revoke_all(client, org, member)  # the hidden fields carry the page's token
     assert response.status_code == 302 and db.session.get(ApiKey, issued.api_key.id).revoked_at is not None
+    assert "csrf_token" in _form_fields(page, f"/orgs/{org.slug}/keys/revoke-selected")
 
 
 def test_the_last_owner_is_told_to_name_another_owner_instead_of_offered_to_leave(client, auth, org, owner, member):

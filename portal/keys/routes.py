@@ -84,10 +84,15 @@ def _upgrade_url() -> str:
 
 
 def _list_url(slug: str, back: str | None) -> str:
-    """Where a bulk revocation returns: the list as it was filtered (a same-site list URL), else the list."""
+    """Where a bulk revocation returns: the list as it was filtered, or the off-boarding page it was started
+    from (same-site URLs of this organization), else the list."""
     home = url_for("keys.index", slug=slug)
     target = safe_next_url(back)
-    return target if target and urlsplit(target).path == home else home
+    if not target:
+        return home
+    path = urlsplit(target).path
+    offboarding = url_for("orgs.offboarding", slug=slug, user_id="x")[:-1]
+    return target if path == home or (path.startswith(offboarding) and "/" not in path[len(offboarding) :]) else home
 
 
 def _ticked(slug: str) -> tuple[str, list[str] | None]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from portal.extensions import db
+from portal.db import read
 from portal.usage.maintenance import fold, fold_clients
 from portal.usage.ranges import floor_hour
 
@@ -91,7 +91,7 @@ DAILY_CLIENTS_SQL = sa.text(_CLIENTS_SQL.format(table="usage_key_clients_daily",
 
 def last_use(organization_id: uuid.UUID, key_id: uuid.UUID) -> LastUse | None:
     """The key's newest call, however it was answered: when, from which address and client, to which endpoint."""
-    row = db.session.execute(LAST_USE_SQL, {"key": key_id, "org": organization_id}).first()
+    row = read(LAST_USE_SQL, {"key": key_id, "org": organization_id}).first()
     return LastUse(*row) if row is not None else None
 
 
@@ -112,7 +112,7 @@ def recent_clients(
     counted_from = floor_hour(since) if hourly else datetime.combine(since.date(), time(), tzinfo=UTC)
     start = counted_from if hourly else counted_from.date()
     params: dict[str, Any] = {"key": key_id, "org": organization_id, "start": start, "since": since, "limit": limit}
-    rows = db.session.execute(HOURLY_CLIENTS_SQL if hourly else DAILY_CLIENTS_SQL, params).all()
+    rows = read(HOURLY_CLIENTS_SQL if hourly else DAILY_CLIENTS_SQL, params).all()
     total = int(rows[0].total) if rows else 0
     calls = int(rows[0].all_calls) if rows else 0
     clients = [Client(r.client_ip or None, r.user_agent, int(r.calls), r.first_seen, r.last_seen) for r in rows]
@@ -139,7 +139,5 @@ def impact(organization_id: uuid.UUID, key_id: uuid.UUID, now: datetime) -> Impa
     """The key's calls in the last 24 hours (whole UTC hours from the first), and who made them."""
     fold()
     clients = recent_clients(organization_id, key_id, "24h", now)
-    row = db.session.execute(
-        LAST_DAY_SQL, {"key": key_id, "org": organization_id, "from_hour": clients.counted_from}
-    ).one()
+    row = read(LAST_DAY_SQL, {"key": key_id, "org": organization_id, "from_hour": clients.counted_from}).one()
     return Impact(int(row.calls), int(row.ok), clients, last_use(organization_id, key_id))

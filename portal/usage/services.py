@@ -1,6 +1,8 @@
 """Usage numbers for the pages, the CSV exports and the benchmark, read from the rollups (never raw scans).
 
-Only the per-key "recent calls" list reads raw events, one index range at a time.
+Only the per-key "recent calls" list reads raw events, one index range at a time. Every read here (and in
+``topkeys`` and ``forensics``) goes through ``portal.db.read``, which a streaming replica answers when
+``DATABASE_REPLICA_URL`` is set; folding pending sums (``maintenance``) writes, so it stays on the primary.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from portal.extensions import db
+from portal.db import read, read_scalar
 from portal.pagination import Page, paginate
 from portal.plans import Plan
 from portal.usage import topkeys
@@ -95,7 +97,7 @@ def _series(table: str, owner: str, owner_id: uuid.UUID, r: UsageRange, show_env
     hourly = r.bucket == "hour"
     sql = _SERIES_SQL.format(index=_HOUR_INDEX if hourly else _DAY_INDEX, table=table, owner=owner)
     params = {"owner": owner_id, "start": r.start, "end": r.end, **({} if hourly else {"starts": starts})}
-    rows = db.session.execute(sa.text(sql), params).mappings()
+    rows = read(sa.text(sql), params).mappings()
     series = Series(starts, [_empty_bucket() for _ in starts], show_env=show_env)
     for row in rows:
         if 0 <= row["i"] < len(starts):
@@ -178,7 +180,7 @@ def top_keys_table(rows: list[Any], link: Any) -> Table:
 
 
 def top_endpoints_org(organization_id: uuid.UUID, r: UsageRange, limit: int = 10) -> Table:
-    rows = db.session.execute(
+    rows = read(
         sa.text(
             "SELECT endpoint, sum(calls) AS calls, sum(errors) AS errors FROM usage_endpoint_hourly"
             " WHERE organization_id = :org AND bucket >= :start AND bucket < :end"
@@ -192,7 +194,7 @@ def top_endpoints_org(organization_id: uuid.UUID, r: UsageRange, limit: int = 10
 def top_endpoints_key(key_id: uuid.UUID, r: UsageRange, limit: int = 10) -> Table:
     """Per key, endpoints are kept per UTC day, so the range widens to the whole UTC days it touches."""
     first, last = r.start.date(), (r.end - timedelta(microseconds=1)).astimezone(UTC).date()
-    rows = db.session.execute(
+    rows = read(
         sa.text(
             "SELECT endpoint, sum(calls) AS calls, sum(errors) AS errors FROM usage_key_endpoint_daily"
             " WHERE key_id = :key AND day >= :first AND day <= :last"
@@ -259,7 +261,7 @@ def month_quota(organization_id: uuid.UUID, plan: Plan, now: datetime, created_a
     if created_at is not None:
         window = max(MIN_PACE_WINDOW, min(PACE_WINDOW, now - created_at))
     pace_start = now - window
-    row = db.session.execute(
+    row = read(
         sa.text(
             "SELECT coalesce(sum(ok) FILTER (WHERE bucket >= :month), 0) AS used,"
             " coalesce(sum(calls) FILTER (WHERE bucket >= :month), 0) AS calls,"
@@ -279,7 +281,7 @@ def month_quota(organization_id: uuid.UUID, plan: Plan, now: datetime, created_a
 
 def has_any_usage(organization_id: uuid.UUID) -> bool:
     return bool(
-        db.session.scalar(
+        read_scalar(
             sa.text("SELECT EXISTS (SELECT 1 FROM usage_org_hourly WHERE organization_id = :org)"),
             {"org": organization_id},
         )
@@ -299,14 +301,14 @@ def recent_calls(organization_id: uuid.UUID, key_id: uuid.UUID, page: int, per_p
     millions."""
     params = {"key": key_id, "org": organization_id}
     return paginate(
-        lambda limit, offset: db.session.execute(RECENT_CALLS_SQL, {**params, "limit": limit, "offset": offset}).all(),
+        lambda limit, offset: read(RECENT_CALLS_SQL, {**params, "limit": limit, "offset": offset}).all(),
         page=page,
         per_page=per_page,
     )
 
 
 def last_call_at(key_id: uuid.UUID) -> datetime | None:
-    value: datetime | None = db.session.scalar(
+    value: datetime | None = read_scalar(
         sa.text("SELECT max(occurred_at) FROM api_key_usage WHERE key_id = :key"), {"key": key_id}
     )
     return value

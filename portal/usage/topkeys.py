@@ -15,7 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from portal.extensions import db
+from portal.db import read
 from portal.usage.ranges import UsageRange
 
 CANDIDATES = 50
@@ -93,7 +93,7 @@ def top_keys(organization_id: uuid.UUID, r: UsageRange, limit: int = 10) -> list
         "limit": limit,
     }
     daily = list(
-        db.session.execute(
+        read(
             _DAILY,
             {
                 **params,
@@ -105,7 +105,7 @@ def top_keys(organization_id: uuid.UUID, r: UsageRange, limit: int = 10) -> list
     )
     candidates, ceiling = daily[:CANDIDATES], (daily[CANDIDATES].touched if len(daily) > CANDIDATES else 0)
     ids = [str(row.key_id) for row in candidates]
-    edges = {row.key_id: row for row in db.session.execute(_EDGES, {**params, "ids": ids})}
+    edges = {row.key_id: row for row in read(_EDGES, {**params, "ids": ids})}
     exact = []
     for row in candidates:
         edge = edges.get(row.key_id)
@@ -123,10 +123,8 @@ def top_keys(organization_id: uuid.UUID, r: UsageRange, limit: int = 10) -> list
     exact = exact[:limit]
     # Exact when every key was a candidate, or when no key left out could reach the last one shown.
     if len(daily) > CANDIDATES and not (len(exact) == limit and exact[-1][1] > ceiling):
-        return list(db.session.execute(_ALL_KEYS, params))
-    names = {
-        row.id: row for row in db.session.execute(_NAMES, {"org": organization_id, "ids": [str(e[0]) for e in exact]})
-    }
+        return list(read(_ALL_KEYS, params))
+    names = {row.id: row for row in read(_NAMES, {"org": organization_id, "ids": [str(e[0]) for e in exact]})}
     return [
         TopKey(key_id, names[key_id].name, names[key_id].hint, names[key_id].environment, calls, ok, limited)
         for key_id, calls, ok, limited in exact
