@@ -4,7 +4,9 @@ COPY pyproject.toml ./
 COPY portal ./portal
 RUN pip install --no-cache-dir .
 COPY . .
-RUN useradd --system portal && chown -R portal /app
+# instance/usage-spill: where a worker stopped during a database outage keeps its usage rows (a volume in
+# docker-compose.yml, which takes this folder's owner).
+RUN useradd --system portal && mkdir -p /app/instance/usage-spill && chown -R portal /app
 USER portal
 EXPOSE 8000
 # Liveness: the process answers (/healthz needs no database, so an outage of PostgreSQL restarts nothing);

@@ -4,7 +4,8 @@ gevent workers by default: each process answers all of its connections from one 
 waits on PostgreSQL costs a switch between greenlets instead of a hand-off between OS threads, and keep-alive
 connections from gateways cost nothing while idle. The app makes psycopg2 and argon2 cooperative under gevent
 (portal/green.py). ``GUNICORN_WORKER_CLASS=gthread`` (with ``GUNICORN_THREADS``) runs the same app on threads.
-The ``worker_exit`` hook flushes buffered usage rows when a worker stops.
+The ``worker_exit`` hook flushes buffered usage rows when a worker stops (spilling them to the instance folder if
+the database does not take them within a few seconds; portal/verification/spill.py).
 
 Metrics (portal/metrics.py) are kept in prometheus_client's multiprocess mode, so a scrape of ``/metrics``
 answered by any worker shows all of them: each master start gets a fresh ``PROMETHEUS_MULTIPROC_DIR`` (a new
@@ -59,12 +60,16 @@ def worker_exit(server, worker):  # noqa: ARG001 - gunicorn's hook signature
 
 def post_worker_init(worker):
     """Start the worker's background threads (mail sender, webhook deliverer) now rather than at its first page
-    request: a worker that only answers verifications sends mail and webhooks too."""
+    request: a worker that only answers verifications sends mail and webhooks too. Its usage writer starts now
+    too, and writes the spill files that workers stopped during a database outage left."""
     extensions = getattr(getattr(worker, "wsgi", None), "extensions", {})
     for name in ("portal.mail_sender", "portal.webhook_deliverer"):
         thread = extensions.get(name)
         if thread is not None:
             thread.ensure_started()
+    start = getattr(extensions.get("portal.verifier"), "start", None)
+    if start is not None:
+        start()
 
 
 def on_starting(server):

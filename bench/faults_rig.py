@@ -94,7 +94,9 @@ class Rig:
         self.runs += 1
         run_dir = self.workdir / f"run-{self.runs}"
         run_dir.mkdir()
-        self.server = Gunicorn("wsgi:app", self.url, self.port, self.workers, 8, run_dir, PEPPER)
+        # One spill folder for every run: the rows a stop during an outage spills are written by the next run.
+        spill = {"API_USAGE_SPILL_DIR": str(self.workdir / "usage-spill")}
+        self.server = Gunicorn("wsgi:app", self.url, self.port, self.workers, 8, run_dir, PEPPER, extra_env=spill)
         return self.server
 
     def gunicorn(self) -> Gunicorn:

@@ -196,10 +196,11 @@ def master_stopped(database_down: bool) -> Callable[[Rig], Result]:
         result = judge(rig, name, calls, answered_all=False)
         limit = rig.settings.graceful_timeout / 2
         result.check(f"stop within {limit:g} s (half the graceful timeout)", took[0] <= limit, f"{took[0]:.1f} s")
-        lost_lines = [line for line in stop_log[0].splitlines() if "rows lost" in line]
-        if lost_lines:
-            line = lost_lines[0]
-            result.notes.append(f"log at the stop: {len(lost_lines)} lines like {line[line.find('usage flush') :]!r}")
+        # A worker that could not flush at the stop says where the rows went (a spill file) or that they are lost.
+        stop_lines = [line for line in stop_log[0].splitlines() if "usage flush at shutdown failed" in line]
+        if stop_lines:
+            line = stop_lines[0]
+            result.notes.append(f"log at the stop: {len(stop_lines)} lines like {line[line.find('usage flush') :]!r}")
         recovery(result, calls, at["up"], "gunicorn was back", 2.0)
         result.recover = f"stopped in {took[0]:.1f} s; " + result.recover
         return result

@@ -96,6 +96,9 @@ class Gunicorn:
             "GUNICORN_WORKERS": str(workers),
             "GUNICORN_THREADS": str(threads),
             "GUNICORN_WORKER_CLASS": worker_class,
+            # Usage rows a stop during an outage could not write stay with the run, not in the checkout's instance
+            # folder, where a development server would write them to its own database.
+            "API_USAGE_SPILL_DIR": str(workdir / "usage-spill"),
             **(extra_env or {}),
         }
         self.log_file = self.log_path.open("wb")

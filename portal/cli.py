@@ -22,6 +22,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "usage prune": ("flask usage prune --older-than 90d --rollups-older-than 400d",),
     "usage fold": ("flask usage fold",),
     "usage rebuild-rollups": ("flask usage rebuild-rollups --org acme --since 2026-11-01",),
+    "usage replay": ("flask usage replay",),
     "mail send-pending": ("flask mail send-pending",),
     "mail list": ("flask mail list",),
     "mail test": ("flask mail test --to you@example.com",),

@@ -43,6 +43,17 @@ class ConfigError(RuntimeError):
     """Raised when the environment cannot produce a safe configuration."""
 
 
+def seconds_setting(name: str, text: str) -> float:
+    """A positive, finite number of seconds from the environment; anything else stops the process in one line."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < float("inf"):
+        raise ConfigError(f"{name} must be a positive number of seconds, not {text!r}")
+    return seconds
+
+
 class Config:
     """Settings shared by every environment; values come from the environment."""
 
@@ -160,6 +171,13 @@ class Config:
 
     # Key verification (portal/verification/): how often each process's usage writer flushes.
     API_USAGE_FLUSH_INTERVAL = 0.2  # seconds; a killed worker loses at most this much of its usage rows
+    # Seconds from a verification's arrival to its answer (queueing, connecting and the statement together):
+    # past it, a database that does not answer gives 503 with Retry-After (portal/verification/backend.py).
+    API_VERIFY_DEADLINE = 5.0
+    # Where a stopping worker that cannot reach the database writes its buffered usage rows, for the next worker
+    # or `flask usage replay` to write (portal/verification/spill.py). Unset: <instance folder>/usage-spill;
+    # empty: nowhere (the rows are lost, as the log says).
+    API_USAGE_SPILL_DIR: str | None = None
     API_VERIFY_FAST_PATH = True  # answer POST /v1/keys/verify at the WSGI layer (portal/api/fastpath.py)
     # Calls answered malformed or unknown per client address and minute, per worker process, before the address
     # is answered 429 too_many_invalid_keys without a lookup (portal/verification/budget.py; 0 = no budget),
@@ -215,6 +233,10 @@ class Config:
             values["API_VERIFY_FAST_PATH"] = os.environ["API_VERIFY_FAST_PATH"] not in ("0", "false", "no")
         if os.environ.get("API_USAGE_FLUSH_INTERVAL"):
             values["API_USAGE_FLUSH_INTERVAL"] = float(os.environ["API_USAGE_FLUSH_INTERVAL"])
+        if os.environ.get("API_VERIFY_DEADLINE"):
+            values["API_VERIFY_DEADLINE"] = seconds_setting("API_VERIFY_DEADLINE", os.environ["API_VERIFY_DEADLINE"])
+        if "API_USAGE_SPILL_DIR" in os.environ:  # set but empty turns spilling off
+            values["API_USAGE_SPILL_DIR"] = os.environ["API_USAGE_SPILL_DIR"].strip()
         if os.environ.get("API_INVALID_KEY_BUDGET"):
             values["API_INVALID_KEY_BUDGET"] = int(os.environ["API_INVALID_KEY_BUDGET"])
         if os.environ.get("STAFF_REQUIRE_TWO_FACTOR"):
@@ -320,6 +342,7 @@ class TestConfig(Config):
     WEBHOOK_ALLOW_PRIVATE = True  # receivers run on loopback; tests of the refusal turn it off
     WEBHOOK_DELIVERER_THREAD = False  # tests call portal.notify.delivery.deliver_due() themselves
     WEBHOOK_MAX_PER_SECOND = 0.0  # unpaced: tests wait on no clock
+    API_USAGE_SPILL_DIR = ""  # no spill files from tests' processes; tests of spilling name their own folder
 
     @classmethod
     def from_env(cls) -> dict[str, Any]:

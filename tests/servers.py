@@ -80,6 +80,8 @@ def _start_gunicorn(
         "GUNICORN_BIND": f"127.0.0.1:{port}",
         "GUNICORN_WORKERS": "2",
         "SIGNUP_MAX_PER_IP": "1000",  # every browser test signs up from 127.0.0.1
+        # Spill files of this server only: another test's server, on another database, never replays them.
+        "API_USAGE_SPILL_DIR": str(log_dir / "usage-spill"),
         # Passkeys need a host name (not an IP address) as relying party: browsers use http://localhost:<port>.
         "PUBLIC_BASE_URL": f"http://localhost:{port}",
         **env,

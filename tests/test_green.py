@@ -271,4 +271,4 @@ def test_a_database_that_stops_answering_mid_connection_answers_503(database_url
     )
     assert result["first"] is None and result["again"] is None
     assert result["hung"] == "unavailable"
-    assert 1.5 < result["hung_s"] < 6  # the 1 s timeout (+ 1 s client deadline), not TCP's minutes
+    assert 0.9 < result["hung_s"] < 2  # the 1 s deadline, not TCP's minutes

@@ -47,7 +47,7 @@ class TransactionConnection:
 
 class TransactionBackend(DirectBackend):
     def __init__(self, dbapi_connection: Any) -> None:
-        super().__init__("")
+        super().__init__("", watch=False)  # the test's connection is not the watchdog's to shut
         self._dbapi_connection = dbapi_connection
         self.calls = 0  # verifications that reached the database
 
@@ -55,7 +55,7 @@ class TransactionBackend(DirectBackend):
         self.calls += len(key_hashes)
         return super().verify_many(key_hashes, scopes, ips)
 
-    def connect(self) -> Any:
+    def connect(self, deadline: float | None = None) -> Any:
         with self._dbapi_connection.cursor() as cur:
             cur.execute("DEALLOCATE ALL")  # the pooled connection may hold an earlier test's statements
         return TransactionConnection(self._dbapi_connection)

@@ -6,6 +6,7 @@ The verification itself lives in :mod:`portal.verification`; this package only s
 from __future__ import annotations
 
 import atexit
+from pathlib import Path
 
 from flask import Blueprint, Flask, current_app
 
@@ -25,8 +26,10 @@ def init_app(app: Flask) -> None:
         app.config["SQLALCHEMY_DATABASE_URI"],
         str(app.config["API_KEY_PEPPER"]),
         flush_interval=float(app.config["API_USAGE_FLUSH_INTERVAL"]),
+        timeout=float(app.config["API_VERIFY_DEADLINE"]),
         invalid_key_budget=int(app.config["API_INVALID_KEY_BUDGET"]),
         budget_addresses=int(app.config["API_INVALID_KEY_ADDRESSES"]),
+        spill_dir=spill_directory(app),
     )
     if app.config.get("LOG_API_REQUESTS", True) and hasattr(verifier.recorder, "companions"):
         verifier.recorder.companions.append(request_lines.write)
@@ -38,6 +41,15 @@ def init_app(app: Flask) -> None:
     fast_path.enabled = bool(app.config.get("API_VERIFY_FAST_PATH", True))
     app.extensions["portal.verify_fast_path"] = fast_path
     app.wsgi_app = fast_path  # type: ignore[method-assign]
+
+
+def spill_directory(app: Flask) -> Path | None:
+    """Where this instance's workers spill usage rows they cannot write when they stop (``API_USAGE_SPILL_DIR``,
+    else ``usage-spill`` in the instance folder; empty: nowhere)."""
+    setting = app.config.get("API_USAGE_SPILL_DIR")
+    if setting == "":
+        return None
+    return Path(setting) if setting else Path(app.instance_path) / "usage-spill"
 
 
 def install_verifier(app: Flask, verifier: Verifier) -> Verifier:

@@ -378,7 +378,10 @@ def openapi_document() -> dict[str, Any]:
         (*RATE_HEADERS, "Retry-After"),
     )
     unavailable = _json(
-        _ref("Error"), "The database is unreachable; retry after `Retry-After` seconds.", ("Retry-After",)
+        _ref("Error"),
+        "The database is unreachable or did not answer within the verification's deadline (5 s by default); "
+        "retry after `Retry-After` seconds.",
+        ("Retry-After",),
     )
     examples = _examples()
     return {

@@ -1,4 +1,5 @@
-"""``flask usage``: simulate traffic, prune old raw events and invalid-key counts, rebuild rollups."""
+"""``flask usage``: simulate traffic, prune old raw events and invalid-key counts, rebuild rollups, replay spill
+files."""
 
 from __future__ import annotations
 
@@ -6,16 +7,21 @@ import time
 from datetime import UTC, datetime
 
 import click
+import psycopg2
 from flask import current_app
 
+from portal.api import spill_directory
 from portal.commands import org_or_fail
+from portal.db import redacted
 from portal.usage import maintenance
 from portal.usage import simulate as sim
+from portal.verification import spill
+from portal.verification.backend import libpq_dsn
 
 
 @click.group("usage")
 def usage() -> None:
-    """Usage data: simulate, prune, rebuild rollups."""
+    """Usage data: simulate, prune, rebuild rollups, replay spill files."""
 
 
 @usage.command("simulate")
@@ -92,3 +98,43 @@ def rebuild(slug: str | None, since: datetime | None) -> None:
     org_id = org_or_fail(slug).id if slug else None
     start = maintenance.rebuild_rollups(org_id, since.replace(tzinfo=UTC) if since else None)
     click.echo("No raw events to rebuild from." if start is None else f"Rollups rebuilt from {start:%Y-%m-%d}.")
+
+
+@usage.command("replay")
+def replay() -> None:
+    """Write the usage rows that workers stopped during a database outage kept in spill files (each file once).
+
+    Workers starting do this on their own; this is for when none will start soon. Files that cannot be read
+    whole are set aside as *.rejected, and the command then fails.
+    """
+    directory = spill_directory(current_app)
+    if directory is None:
+        raise click.ClickException("spill files are off (API_USAGE_SPILL_DIR is empty)")
+    files = spill.pending(directory)
+    if not files:
+        click.echo(f"No spill files in {directory}.")
+        return
+    url = current_app.config["SQLALCHEMY_DATABASE_URI"]
+    try:
+        conn = psycopg2.connect(libpq_dsn(url), application_name="procode-usage-replay")
+    except psycopg2.OperationalError as exc:
+        reason = str(exc).strip().splitlines()[0]
+        raise click.ClickException(f"cannot connect to the database at {redacted(url)}: {reason}") from None
+    try:
+        done = spill.replay(conn, directory)
+    except psycopg2.Error as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise click.ClickException(f"the database stopped answering ({reason}); the files not written stay") from None
+    finally:
+        conn.close()
+    click.echo(
+        f"Replayed {done.files:,} spill files from {directory}: {done.rows:,} usage rows and "
+        f"{done.invalid_key_calls:,} invalid-key calls written"
+        + (f", {done.refused:,} usage rows refused by the database (logged)" if done.refused else "")
+        + (f"; {done.already:,} files had been written already and were removed" if done.already else "")
+        + "."
+    )
+    for name in done.waiting:
+        click.echo(f"Waiting: {name} (a transaction that may have written it is still open; run again later)")
+    if done.rejected:
+        raise click.ClickException("set aside, not replayed: " + "; ".join(done.rejected))

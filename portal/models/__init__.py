@@ -25,7 +25,7 @@ from portal.models.rollup import (
 )
 from portal.models.session import SecurityEvent, UserSession
 from portal.models.two_factor import Passkey, RecoveryCode, SpentPasskeyChallenge, TotpCredential
-from portal.models.usage import OUTCOMES, ApiKeyUsage, InvalidKeyCount, RateLimitTracking
+from portal.models.usage import OUTCOMES, ApiKeyUsage, InvalidKeyCount, RateLimitTracking, UsageSpillReplay
 from portal.models.user import User
 
 __all__ = [
@@ -58,6 +58,7 @@ __all__ = [
     "UsageKeyHourly",
     "UsageOrgHourly",
     "UsageRollupPending",
+    "UsageSpillReplay",
     "User",
     "UserSession",
     "WebhookAttempt",

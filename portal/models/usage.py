@@ -74,3 +74,15 @@ class RateLimitTracking(Model):
         UUID(as_uuid=True), sa.ForeignKey("organizations.id", ondelete="CASCADE")
     )
     count: Mapped[int] = mapped_column(sa.Integer, server_default="0")
+
+
+class UsageSpillReplay(Model):
+    """A spill file whose rows were written (portal/verification/spill.py): recorded in the same transaction as
+    its rows, so no file is ever written twice, even by two replayers at once or after a crash before its removal."""
+
+    __tablename__ = "usage_spill_replays"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    replayed_at: Mapped[datetime] = mapped_column(Timestamp, server_default=sa.func.now())
+    usage_rows: Mapped[int] = mapped_column(sa.Integer)
+    invalid_key_calls: Mapped[int] = mapped_column(sa.BigInteger)

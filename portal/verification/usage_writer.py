@@ -7,7 +7,9 @@ garbage costs at most one row per address and minute however much of it arrives.
 Each worker process buffers rows in memory and a writer thread flushes them every ``interval`` seconds (or
 sooner when ``batch`` rows wait) as one INSERT of column arrays on its own connection, with
 ``synchronous_commit`` on, so a flushed row is on disk. ``close()`` stops the thread and flushes the rest; it
-runs when a gunicorn worker exits and at interpreter exit, so a clean stop loses nothing. A worker killed with
+runs when a gunicorn worker exits and at interpreter exit. What the database does not take within
+``close_timeout`` (it is down, or hung) goes to a spill file that the next worker writes
+(:mod:`portal.verification.spill`), so a clean stop loses nothing, even during an outage. A worker killed with
 SIGKILL loses at most ``interval`` seconds of its answered calls (rows the database refuses are kept and
 retried). Each flush also updates this process's metrics (portal/metrics.py): the rows still buffered, failed
 flushes, and the verifications counted since the last flush. The writer also vacuums the tables verification
@@ -19,137 +21,29 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 import psycopg2
 
 from portal import metrics
-from portal.verification import sql
+from portal.verification import spill, sql
 from portal.verification.backend import Row
+from portal.verification.usage_rows import InvalidKeyCounts, write_each, write_invalid_key_counts, write_usage_rows
 
 log = logging.getLogger("portal.verification.usage")
-MAINTAIN_EVERY = 5.0  # seconds between vacuums of the churned tables, per worker
+MAINTAIN_EVERY = 5.0  # seconds between vacuums of the churned tables (and looks for spill files), per worker
+# Seconds a stopping worker gives its last flush before spilling: well inside gunicorn's graceful timeout (30 s),
+# which also has to cover the requests still being answered.
+CLOSE_TIMEOUT = 3.0
+CURRENT_XID_SQL = "SELECT txid_current()"
 PRUNE_EVERY = 60.0  # seconds between deletions of finished limiter windows, per worker
 # VACUUM's warning when the role may not vacuum a table (PostgreSQL 15; 16 and later say "permission denied").
 _NOT_OWNER, _DENIED = "only table or database owner can vacuum", "permission denied to vacuum"
-
-
-_UUID_CHARS = frozenset("0123456789abcdef-")
-# A batch's ids joined by commas: checked in one pass (with the length, which leaves no id holding a comma).
-_UUID_LIST = re.compile(r"[0-9a-f-]{36}(?:,[0-9a-f-]{36})*")
-
-
-def _checked_uuid(value: str) -> str:
-    """A uuid from our own statement's ``::text``; still checked, as it is pasted into SQL."""
-    if len(value) != 36 or not _UUID_CHARS.issuperset(value):
-        raise ValueError(f"not a uuid: {value!r}")
-    return value
-
-
-def _element(value: str | None) -> str:
-    """One element of a PostgreSQL array literal: quoted, with ``\\`` and ``"`` escaped; ``NULL`` for None."""
-    if value is None:
-        return "NULL"
-    if "\x00" in value:
-        raise ValueError("NUL in a usage row")
-    if "\\" in value or '"' in value:
-        value = value.replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{value}"'
-
-
-def _uuid_element(value: str | None) -> str:
-    return "NULL" if value is None else _checked_uuid(value)
-
-
-# Rendering a batch is the writer's share of every call's CPU, so each column is joined at once where it can
-# be (no NULL, nothing to escape), and element by element only otherwise; both give the same literal.
-
-
-def _uuid_array(values: Sequence[str | None]) -> str:
-    if None not in values:
-        joined = ",".join(values)  # type: ignore[arg-type]
-        if len(joined) == 37 * len(values) - 1 and _UUID_LIST.fullmatch(joined):
-            return "{" + joined + "}"
-    return "{" + ",".join(map(_uuid_element, values)) + "}"
-
-
-def _text_array(values: Sequence[str | None]) -> str:
-    if None not in values:
-        plain = "".join(values)  # type: ignore[arg-type]
-        if '"' not in plain and "\\" not in plain and "\x00" not in plain:
-            return '{"' + '","'.join(values) + '"}'  # type: ignore[arg-type]
-    return "{" + ",".join(map(_element, values)) + "}"
-
-
-def _float_array(values: Sequence[float | None]) -> str:
-    if None in values:
-        return "{" + ",".join("NULL" if ms is None else repr(float(ms)) for ms in values) + "}"
-    return "{" + ",".join(map(repr, map(float, values))) + "}"  # type: ignore[arg-type]
-
-
-def usage_arrays(rows: Sequence[Row]) -> tuple[tuple[str, ...], list[str]]:
-    """The rows as one array literal per column, the parameters of :data:`portal.verification.sql.INSERT_USAGE`,
-    and each row's time as ISO text (what the key touches reuse).
-
-    One statement with nine text parameters, whatever the batch size: PostgreSQL parses each array once
-    instead of a statement with thousands of literals, and rendering costs the writer about what a ``COPY``
-    line does. ``COPY`` itself is not an option: psycopg2 refuses it on the cooperative (gevent) connections
-    the workers use.
-    """
-    key_ids, org_ids, ats, endpoints, statuses, latencies, outcomes, ips, agents = zip(*rows, strict=True)
-    stamps = [at.isoformat() for at in ats]
-    arrays = (
-        _uuid_array(key_ids),
-        _uuid_array(org_ids),
-        '{"' + '","'.join(stamps) + '"}',
-        _text_array(endpoints),
-        "{" + ",".join(map(str, map(int, statuses))) + "}",
-        _float_array(latencies),
-        _text_array(outcomes),
-        _text_array(ips),
-        _text_array(agents),
-    )
-    return arrays, stamps
-
-
-def write_usage_rows(cursor: Any, rows: Sequence[Row]) -> None:
-    """The usage rows in one ``INSERT`` (statement-level triggers run once per batch), then ``last_used_at``
-    of their keys (once a minute at most)."""
-    if not rows:
-        return
-    arrays, stamps = usage_arrays(rows)  # checks every key id: they are pasted below
-    latest: dict[str, tuple[datetime, str]] = {}
-    for row, stamp in zip(rows, stamps, strict=True):
-        key_id, occurred_at = row[0], row[2]
-        if key_id is not None:
-            seen = latest.get(key_id)
-            if seen is None or occurred_at > seen[0]:
-                latest[key_id] = (occurred_at, stamp)
-    cursor.execute(sql.INSERT_USAGE, arrays)
-    if latest:
-        touches = ",".join(
-            f"('{key_id}'::uuid,'{stamp}'::timestamptz)" for key_id, (_, stamp) in sorted(latest.items())
-        )
-        cursor.execute(sql.TOUCH_KEYS_PREFIX + touches + sql.TOUCH_KEYS_SUFFIX)
-
-
-InvalidKeyCounts = dict[tuple[datetime, str | None, str], int]  # (minute, client address, outcome) -> calls
-
-
-def write_invalid_key_counts(cursor: Any, counts: InvalidKeyCounts) -> None:
-    """Add ``counts`` to ``api_invalid_key_counts`` in one upsert (the rows locked in one order)."""
-    if not counts:
-        return
-    keys = sorted(counts, key=lambda k: (k[0], k[1] is None, k[1] or "", k[2]))
-    cursor.execute(
-        sql.UPSERT_INVALID_KEY_COUNTS,
-        ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys], [counts[k] for k in keys]),
-    )
 
 
 class UsageRecorder(Protocol):
@@ -159,11 +53,34 @@ class UsageRecorder(Protocol):
 
     def flush(self) -> int: ...
 
+    def start(self) -> None: ...
+
     def close(self) -> None: ...
 
 
+class _Abandoned(Exception):
+    """The recorder was closed while this batch was being written: the closer has spilled it, so it must not
+    commit (it could be written twice) nor go back to the buffer."""
+
+
+class _InFlight:
+    """A batch being written: its rows, its transaction's id once known, and whether its COMMIT was sent."""
+
+    __slots__ = ("committing", "counts", "rows", "xid")
+
+    def __init__(self, rows: list[Row], counts: InvalidKeyCounts) -> None:
+        self.rows, self.counts = rows, counts
+        self.xid: int | None = None
+        self.committing = False
+
+
 class BufferedRecorder:
-    """Buffers rows per process; a writer thread flushes them in batches on its own connection."""
+    """Buffers rows per process; a writer thread flushes them in batches on its own connection.
+
+    ``spill_dir`` is where :meth:`close` writes what the database did not take in time (and a batch whose commit
+    was in doubt), for :mod:`portal.verification.spill` to write later; the writer replays the files it finds
+    there at its start and every ``maintain_every`` seconds. ``None``: nowhere (those rows are lost, logged).
+    """
 
     def __init__(
         self,
@@ -171,8 +88,9 @@ class BufferedRecorder:
         *,
         interval: float = 0.2,
         batch: int = 500,
-        close_timeout: float = 10.0,
+        close_timeout: float = CLOSE_TIMEOUT,
         maintain_every: float = MAINTAIN_EVERY,
+        spill_dir: Path | None = None,
     ) -> None:
         self.dsn = dsn
         self.interval = interval
@@ -180,12 +98,19 @@ class BufferedRecorder:
         self._vacuum = True  # turned off if this role cannot vacuum the churned tables
         self.batch = batch
         self.close_timeout = close_timeout
+        self.spill_dir = spill_dir
         self.written = 0
         self.dropped = 0
         self.counted = 0  # invalid-key calls whose counts were written
+        self.spilled = 0  # usage rows written to spill files
         self._rows: list[Row] = []
         self._counts: InvalidKeyCounts = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the buffer, the batch in flight, and whether it may still commit
+        self._inflight: _InFlight | None = None
+        self._abandoned = False  # closed: nothing may commit or return to the buffer any more
+        self._closed = False
+        self._stop_by = 0.0  # monotonic time by which a stopping writer gives up its last flush
+        self._last_error = ""
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._flush_lock = threading.Lock()
@@ -220,6 +145,12 @@ class BufferedRecorder:
         with self._lock:
             return len(self._rows) + sum(self._counts.values())
 
+    def start(self) -> None:
+        """Start the writer now rather than at the first call (gunicorn's ``post_worker_init``): a new worker
+        writes the spill files its predecessors left even before it answers anything."""
+        if self._pid != os.getpid():
+            self._start()
+
     def _start(self) -> None:
         with self._lock:
             if self._pid == os.getpid():
@@ -234,12 +165,18 @@ class BufferedRecorder:
     def _run(self) -> None:
         next_maintain = time.monotonic() + self.maintain_every
         next_prune = time.monotonic() + PRUNE_EVERY
+        next_replay = time.monotonic()
         while not self._stop.is_set():
             self._wake.wait(self.interval)
             self._wake.clear()
+            if self._stop.is_set():
+                break  # straight to the last flush: no maintenance while the worker stops
             try:
                 self.flush()
                 now = time.monotonic()
+                if now >= next_replay:
+                    next_replay = now + self.maintain_every
+                    self.replay_spills()
                 if now >= next_maintain:
                     prune = now >= next_prune
                     next_prune = now + PRUNE_EVERY if prune else next_prune
@@ -247,12 +184,29 @@ class BufferedRecorder:
                         self.maintain(prune=prune)
                     finally:  # counted from the end: a slow or failing vacuum is not rerun at once
                         next_maintain = time.monotonic() + self.maintain_every
+            except _Abandoned:
+                return  # closed while this flush waited on the database: its rows are in a spill file
             except Exception:  # noqa: BLE001 - the writer must survive anything; rows stay buffered
                 log.exception("usage writer failed; %d rows kept for the next attempt", self.pending())
                 self.report()
                 time.sleep(min(1.0, self.interval * 5))
             else:
                 self.report()
+        self._last_flushes()
+
+    def _last_flushes(self) -> None:
+        """The stopping writer's last flush, tried again until :meth:`close`'s time is up."""
+        while True:
+            try:
+                self.flush()
+                return
+            except _Abandoned:
+                return
+            except Exception as exc:  # noqa: BLE001 - what is left goes to a spill file
+                self._last_error = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                if time.monotonic() + 0.2 >= self._stop_by:
+                    return
+                time.sleep(0.2)
 
     def report(self) -> None:
         """Fold this process's verification counts into the metrics and set its buffered rows."""
@@ -276,31 +230,49 @@ class BufferedRecorder:
 
     def flush(self) -> int:
         """Write every buffered row and count (put back on failure); returns how many usage rows were written."""
+        self._write_companions()
+        with self._flush_lock:
+            with self._lock:
+                if self._abandoned or (not self._rows and not self._counts):
+                    return 0
+                flight = self._inflight = _InFlight(self._rows, self._counts)
+                self._rows, self._counts = [], {}
+            try:
+                self._write(flight)
+            except BaseException as exc:
+                self._failed(flight, exc)
+                self._reset_connection()
+                with contextlib.suppress(Exception):
+                    metrics.USAGE_FLUSH_FAILURES.inc()
+                raise
+            with self._lock:
+                self._inflight = None
+            self.written += len(flight.rows)
+            self.counted += sum(flight.counts.values())
+            return len(flight.rows)
+
+    def _write_companions(self) -> None:
         for companion in self.companions:
             try:
                 companion()
             except Exception:  # noqa: BLE001 - a log write never costs a usage row
                 log.exception("usage writer: %r failed", companion)
-        with self._flush_lock:
-            with self._lock:
-                rows, self._rows = self._rows, []
-                counts, self._counts = self._counts, {}
-            if not rows and not counts:
-                return 0
-            try:
-                self._write(rows, counts)
-            except BaseException:
-                with self._lock:
-                    self._rows[:0] = rows
-                    for key, calls in counts.items():
-                        self._counts[key] = self._counts.get(key, 0) + calls
-                self._reset_connection()
-                with contextlib.suppress(Exception):
-                    metrics.USAGE_FLUSH_FAILURES.inc()
-                raise
-            self.written += len(rows)
-            self.counted += sum(counts.values())
-            return len(rows)
+
+    def _failed(self, flight: _InFlight, exc: BaseException) -> None:
+        """A batch that was not written goes back to the buffer; one whose COMMIT was sent and its answer lost
+        (only the database knows whether it was written) goes to a spill file, which settles it exactly once.
+        Decided under the lock :meth:`close` takes, so a batch is never both in the buffer and in flight."""
+        with self._lock:
+            self._inflight = None
+            if self._abandoned:
+                return  # closed meanwhile: the closer spilled it
+            in_doubt = flight.committing and getattr(exc, "pgcode", None) is None
+            if not in_doubt or self.spill_dir is None:
+                self._rows[:0] = flight.rows
+                for key, calls in flight.counts.items():
+                    self._counts[key] = self._counts.get(key, 0) + calls
+                return
+        self._spill([spill.Batch(flight.rows, flight.counts, flight.xid)], "the answer to a commit was lost")
 
     def _reset_connection(self) -> None:
         """Close the writer's connection after a failure; the next flush or maintenance opens a fresh one."""
@@ -322,6 +294,18 @@ class BufferedRecorder:
                 self._reset_connection()  # never leave the flushes an aborted transaction
                 raise
             return deleted
+
+    def replay_spills(self) -> spill.Replayed | None:
+        """Write the spill files waiting in the spill folder, if any (one directory listing when there are none)."""
+        if self.spill_dir is None or not spill.pending(self.spill_dir):
+            return None
+        with self._flush_lock:
+            conn = self._connection()
+            try:
+                return spill.replay(conn, self.spill_dir)
+            except BaseException:
+                self._reset_connection()
+                raise
 
     def maintain(self, *, prune: bool = False) -> bool:
         """Vacuum the tables verification churns (after pruning finished limiter windows, if ``prune``).
@@ -361,59 +345,75 @@ class BufferedRecorder:
                 if self._conn is not None and not conn.closed:
                     conn.autocommit = False
 
-    def _write(self, rows: Sequence[Row], counts: InvalidKeyCounts) -> None:
+    def _write(self, flight: _InFlight) -> None:
         conn = self._connection()
         try:
             with conn.cursor() as cur:
-                for start in range(0, len(rows), self.batch):
-                    write_usage_rows(cur, rows[start : start + self.batch])
-                write_invalid_key_counts(cur, counts)
-            conn.commit()
+                cur.execute(CURRENT_XID_SQL)  # what decides later whether a commit whose answer was lost happened
+                flight.xid = int(cur.fetchone()[0])
+                for start in range(0, len(flight.rows), self.batch):
+                    write_usage_rows(cur, flight.rows[start : start + self.batch])
+                write_invalid_key_counts(cur, flight.counts)
         except (psycopg2.DataError, psycopg2.IntegrityError):
             conn.rollback()
-            self._write_each(conn, rows, counts)
+            # A row the database refuses must not block the others forever: row by row, the refused logged.
+            with conn.cursor() as cur:
+                cur.execute(CURRENT_XID_SQL)
+                flight.xid = int(cur.fetchone()[0])
+                refused = write_each(cur, flight.rows, flight.counts)
+            self._commit(conn, flight)
+            self.dropped += refused
+            return
+        self._commit(conn, flight)
 
-    def _write_each(self, conn: Any, rows: Sequence[Row], counts: InvalidKeyCounts) -> None:
-        """A row the database refuses must not block the others forever: write row by row, log the refused."""
-        refused = 0
-        with conn.cursor() as cur:
-            for key, calls in counts.items():
-                cur.execute("SAVEPOINT usage_row")
-                try:
-                    write_invalid_key_counts(cur, {key: calls})
-                except (psycopg2.DataError, psycopg2.IntegrityError) as exc:
-                    cur.execute("ROLLBACK TO SAVEPOINT usage_row")
-                    log.error("invalid-key count refused by the database and dropped: %r (%s)", key, exc)
-            for row in rows:
-                cur.execute("SAVEPOINT usage_row")
-                try:
-                    write_usage_rows(cur, [row])
-                except (psycopg2.DataError, psycopg2.IntegrityError) as exc:
-                    cur.execute("ROLLBACK TO SAVEPOINT usage_row")
-                    refused += 1
-                    log.error("usage row refused by the database and dropped: %r (%s)", row, exc)
+    def _commit(self, conn: Any, flight: _InFlight) -> None:
+        with self._lock:
+            if self._abandoned:
+                raise _Abandoned
+            flight.committing = True
         conn.commit()
-        self.dropped += refused
 
     def close(self) -> None:
-        """Stop the writer, flush what is left (retrying up to ``close_timeout``): a clean stop loses none."""
+        """Stop the writer and write what is left, for at most ``close_timeout`` seconds; what the database has not
+        taken by then goes to a spill file: a clean stop loses nothing, and stays well inside gunicorn's graceful
+        timeout. A second call (``atexit`` after gunicorn's ``worker_exit``) does nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop_by = time.monotonic() + self.close_timeout
         self._stop.set()
         self._wake.set()
-        thread = self._thread
-        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
-            thread.join(self.close_timeout)
-        deadline = time.monotonic() + self.close_timeout
-        while True:
-            try:
-                self.flush()
-                break
-            except Exception as exc:  # noqa: BLE001
-                if time.monotonic() > deadline:
-                    log.error("usage flush at shutdown failed, %d rows lost: %s", self.pending(), exc)
-                    break
-                time.sleep(0.2)
+        thread = self._thread if self._pid == os.getpid() else None
+        if (thread is None or not thread.is_alive()) and self.pending():
+            # No writer (never started in this process): the last flush still gets a thread of its own, so a hung
+            # database cannot hold the caller past the timeout.
+            thread = threading.Thread(target=self._last_flushes, name="usage-writer-close", daemon=True)
+            thread.start()
+        stuck = False
+        if thread is threading.current_thread():
+            self._last_flushes()
+        elif thread is not None and thread.is_alive():
+            thread.join(max(0.0, self._stop_by - time.monotonic()) + 0.5)
+            stuck = thread.is_alive()  # waiting on a database that does not answer
+        if stuck:
+            self._write_companions()  # the request lines, which the stuck writer cannot write either
+        with self._lock:
+            self._abandoned = True  # from here on, nothing commits: whatever is left is the spill's
+            flight, rows, counts = self._inflight, self._rows, self._counts
+            self._rows, self._counts = [], {}
+        batches = [spill.Batch(rows, counts)] if rows or counts else []
+        if flight is not None:  # a stuck writer's batch: written only if its transaction did not commit
+            batches.insert(0, spill.Batch(flight.rows, flight.counts, flight.xid if flight.committing else None))
+        if batches:
+            self._spill(batches, self._last_error or "no answer from the database", at_shutdown=True)
         self.report()
-        if self._conn is not None:
-            self._conn.close()
+        if self._conn is not None and not stuck:
+            with contextlib.suppress(psycopg2.Error):
+                self._conn.close()
             self._conn = None
         self._pid = 0
+
+    def _spill(self, batches: list[spill.Batch], reason: str, *, at_shutdown: bool = False) -> None:
+        what = "usage flush at shutdown failed" if at_shutdown else "usage flush in doubt"
+        if spill.keep(self.spill_dir, batches, f"{what} ({reason})"):
+            self.spilled += sum(len(batch.rows) for batch in batches)

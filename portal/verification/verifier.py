@@ -13,6 +13,7 @@ import functools
 import json
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 from portal.keys import format as keyformat
@@ -125,6 +126,10 @@ class Verifier:
         )
         return result
 
+    def start(self) -> None:
+        """Start the usage writer now (a new worker), rather than at the first call."""
+        self.recorder.start()
+
     def close(self) -> None:
         """Flush buffered usage and close connections: called when a worker stops."""
         self.recorder.close()
@@ -174,9 +179,12 @@ def build_verifier(
     timeout: float = 5.0,
     invalid_key_budget: int = 0,
     budget_addresses: int = 10_000,
+    spill_dir: Path | None = None,
 ) -> Verifier:
-    """The production engine: one autocommit connection per process, a buffered usage writer and this process's
-    budget of invalid keys per client address (``invalid_key_budget`` calls a minute; 0 = no budget)."""
+    """The production engine: one autocommit connection per process with a deadline of ``timeout`` seconds per
+    call, a buffered usage writer (spilling to ``spill_dir`` what it cannot write when it stops) and this
+    process's budget of invalid keys per client address (``invalid_key_budget`` calls a minute; 0 = no budget)."""
     dsn = libpq_dsn(database_url)
     budget = InvalidKeyBudget(invalid_key_budget, max_addresses=budget_addresses)
-    return Verifier(DirectBackend(dsn, timeout=timeout), BufferedRecorder(dsn, interval=flush_interval), pepper, budget)
+    recorder = BufferedRecorder(dsn, interval=flush_interval, spill_dir=spill_dir)
+    return Verifier(DirectBackend(dsn, timeout=timeout), recorder, pepper, budget)
