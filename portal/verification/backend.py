@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from psycopg2.errors import InvalidSqlStatementName, QueryCanceled, SerializationFailure
 
 from portal import green
-from portal.verification import sql
+from portal.verification import pooling, sql
 from portal.verification.outcomes import DatabaseUnavailable
 
 log = logging.getLogger("portal.verification")
@@ -67,7 +67,7 @@ class DirectBackend:
     grouped statement").
     """
 
-    def __init__(self, dsn: str, *, max_group: int = 64, timeout: float = 5.0) -> None:
+    def __init__(self, dsn: str, *, max_group: int = 64, timeout: float = 5.0, pool_mode: str = "session") -> None:
         self.dsn = dsn
         self.max_group = max_group
         self.timeout = timeout  # seconds a verification statement may take before the call answers 503
@@ -80,6 +80,11 @@ class DirectBackend:
         # Hashes of keys the first statement deferred (own limit or hard quota), run by the second one at once.
         self._counted: set[bytes] = set()
         self.max_counted = 10_000
+        # What a statement is sent as, chosen once: EXECUTE of this session's prepared statements, or behind a
+        # transaction pooler the statement itself, its settings in the same query string (pooling.py).
+        self._inline = pooling.InlineStatements(timeout) if pool_mode == pooling.TRANSACTION else None
+        self._execute_sql = self._inline.execute_sql if self._inline else sql.execute_sql
+        self._execute_group_sql = self._inline.execute_group_sql if self._inline else sql.execute_group_sql
 
     def _cursor(self) -> Any:
         cur = self._cur
@@ -87,6 +92,9 @@ class DirectBackend:
             conn = self.connect()
             conn.autocommit = True
             cur = conn.cursor()
+            if self._inline is not None:  # nothing to keep in a session that the pooler does not keep
+                self._cur, self._pid = cur, os.getpid()
+                return cur
             cur.execute("SET TimeZone = 'UTC'")
             cur.execute("SET synchronous_commit = off")
             # PostgreSQL would otherwise plan both statements afresh on every execution (their custom plans
@@ -223,11 +231,11 @@ class DirectBackend:
     def _verify_one(self, key_hash: bytes, scope: str | None, ip: str | None) -> Row | None:
         """:meth:`verify_many` for one call."""
         if key_hash not in self._counted:
-            rows = self._run(sql.execute_sql(sql.STATEMENT_NAME, key_hash, scope, ip))
+            rows = self._run(self._execute_sql(sql.STATEMENT_NAME, key_hash, scope, ip))
             if not rows or rows[0][STATUS] != sql.DEFERRED:
                 return rows[0] if rows else None
             self._remember_deferred(key_hash)
-        rows = self._run(sql.execute_sql(sql.COUNTERS_STATEMENT_NAME, key_hash, scope, ip))
+        rows = self._run(self._execute_sql(sql.COUNTERS_STATEMENT_NAME, key_hash, scope, ip))
         return rows[0] if rows else None
 
     def _remember_deferred(self, key_hash: bytes) -> None:
@@ -239,7 +247,7 @@ class DirectBackend:
         self, name: str, key_hashes: list[bytes], scopes: list[str | None], ips: list[str | None]
     ) -> dict[int, Row]:
         """Run a grouped statement: each row by its call's position, without it."""
-        rows = self._run(sql.execute_group_sql(name, key_hashes, scopes, ips))
+        rows = self._run(self._execute_group_sql(name, key_hashes, scopes, ips))
         return {row[0]: row[1:] for row in rows}
 
     def _run(self, statement: str) -> list[Row]:

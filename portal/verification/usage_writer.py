@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import psycopg2
 
 from portal import metrics
-from portal.verification import sql
+from portal.verification import pooling, sql
 from portal.verification.backend import Row
 
 log = logging.getLogger("portal.verification.usage")
@@ -173,8 +173,11 @@ class BufferedRecorder:
         batch: int = 500,
         close_timeout: float = 10.0,
         maintain_every: float = MAINTAIN_EVERY,
+        pool_mode: str = pooling.SESSION,
     ) -> None:
         self.dsn = dsn
+        # Behind a transaction pooler nothing is kept in the session: settings per transaction, no session lock.
+        self._per_transaction = pool_mode == pooling.TRANSACTION
         self.interval = interval
         self.maintain_every = maintain_every
         self._vacuum = True  # turned off if this role cannot vacuum the churned tables
@@ -265,10 +268,16 @@ class BufferedRecorder:
     def _connection(self) -> Any:
         if self._conn is None or self._conn.closed:
             self._conn = self.connect()
-            with self._conn.cursor() as cur:
-                cur.execute("SET TimeZone = 'UTC'; SET standard_conforming_strings = on")
-            self._conn.commit()
+            if not self._per_transaction:
+                with self._conn.cursor() as cur:
+                    cur.execute("SET TimeZone = 'UTC'; SET standard_conforming_strings = on")
+                self._conn.commit()
         return self._conn
+
+    def _begin(self, cur: Any) -> None:
+        """Start a transaction of the writer: behind a transaction pooler, with its settings."""
+        if self._per_transaction:
+            cur.execute(pooling.WRITER_SETTINGS_SQL)
 
     def connect(self) -> Any:
         """A new psycopg2 connection for the writer."""
@@ -315,6 +324,7 @@ class BufferedRecorder:
             conn = self._connection()
             try:
                 with conn.cursor() as cur:
+                    self._begin(cur)
                     cur.execute(sql.PRUNE_API_WINDOWS_SQL)
                     deleted = int(cur.rowcount)
                 conn.commit()
@@ -331,6 +341,10 @@ class BufferedRecorder:
         autovacuum is off or behind. It never truncates (that needs an exclusive lock the verifications would
         queue behind), only one worker vacuums at a time (advisory lock), and a role that does not own the
         tables turns it off with one log line. Returns whether it vacuumed.
+
+        Behind a transaction pooler the lock would stay with whichever server connection took it, so the tables
+        are vacuumed instead when none was vacuumed in the last ``maintain_every`` seconds (by any worker or by
+        autovacuum); two workers that find them due at once skip each other's tables (``SKIP_LOCKED``).
         """
         if prune:
             self.prune()
@@ -341,14 +355,18 @@ class BufferedRecorder:
             try:
                 conn.autocommit = True  # VACUUM cannot run inside a transaction
                 with conn.cursor() as cur:
-                    cur.execute(sql.TRY_VACUUM_LOCK_SQL)
+                    if self._per_transaction:
+                        cur.execute(pooling.VACUUM_DUE_SQL, (self.maintain_every, list(sql.HOT_TABLES)))
+                    else:
+                        cur.execute(sql.TRY_VACUUM_LOCK_SQL)
                     if not cur.fetchone()[0]:
                         return False
                     try:
                         del conn.notices[:]
                         cur.execute(sql.VACUUM_HOT_TABLES_SQL)
                     finally:
-                        cur.execute(sql.VACUUM_UNLOCK_SQL)
+                        if not self._per_transaction:
+                            cur.execute(sql.VACUUM_UNLOCK_SQL)
                 if any(_NOT_OWNER in notice or _DENIED in notice for notice in conn.notices):
                     self._vacuum = False
                     log.warning("usage writer: not the owner of %s, leaving them to autovacuum", sql.HOT_TABLES)
@@ -365,6 +383,7 @@ class BufferedRecorder:
         conn = self._connection()
         try:
             with conn.cursor() as cur:
+                self._begin(cur)
                 for start in range(0, len(rows), self.batch):
                     write_usage_rows(cur, rows[start : start + self.batch])
                 write_invalid_key_counts(cur, counts)
@@ -377,6 +396,7 @@ class BufferedRecorder:
         """A row the database refuses must not block the others forever: write row by row, log the refused."""
         refused = 0
         with conn.cursor() as cur:
+            self._begin(cur)
             for key, calls in counts.items():
                 cur.execute("SAVEPOINT usage_row")
                 try:

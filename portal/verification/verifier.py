@@ -174,9 +174,12 @@ def build_verifier(
     timeout: float = 5.0,
     invalid_key_budget: int = 0,
     budget_addresses: int = 10_000,
+    pool_mode: str = "session",
 ) -> Verifier:
     """The production engine: one autocommit connection per process, a buffered usage writer and this process's
-    budget of invalid keys per client address (``invalid_key_budget`` calls a minute; 0 = no budget)."""
+    budget of invalid keys per client address (``invalid_key_budget`` calls a minute; 0 = no budget).
+    ``pool_mode`` is that of a pooler between the app and PostgreSQL (:mod:`portal.verification.pooling`)."""
     dsn = libpq_dsn(database_url)
     budget = InvalidKeyBudget(invalid_key_budget, max_addresses=budget_addresses)
-    return Verifier(DirectBackend(dsn, timeout=timeout), BufferedRecorder(dsn, interval=flush_interval), pepper, budget)
+    backend = DirectBackend(dsn, timeout=timeout, pool_mode=pool_mode)
+    return Verifier(backend, BufferedRecorder(dsn, interval=flush_interval, pool_mode=pool_mode), pepper, budget)
