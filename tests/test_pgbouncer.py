@@ -10,6 +10,7 @@ the setting exists: the default mode's prepared statements and session settings 
 
 from __future__ import annotations
 
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -33,7 +34,7 @@ from portal.keys import services as key_services
 from portal.keys.services import KeyPolicy
 from portal.models import ApiKeyUsage, Organization, User
 from portal.plans import PLANS
-from portal.verification import sql
+from portal.verification import pooling, sql
 from portal.verification.backend import STATUS, DirectBackend, libpq_dsn
 from portal.verification.usage_writer import BufferedRecorder
 from portal.verification.verifier import Verifier
@@ -123,18 +124,37 @@ def usage_outcomes(org_id: uuid.UUID) -> list[str]:
         db.session.rollback()
 
 
-def advisory_vacuum_locks() -> int:
-    """Sessions holding the usage writer's vacuum lock now."""
-    try:
-        query = sa.text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = :id")
-        return int(db.session.scalar(query, {"id": sql.VACUUM_LOCK}) or 0)
-    finally:
-        db.session.rollback()
+def vacuum_lock_released() -> bool:
+    """Whether no session holds the usage writer's vacuum lock (within 5 s: another writer of this test process
+    may hold it for a moment)."""
+    query = sa.text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = :id")
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            if not db.session.scalar(query, {"id": sql.VACUUM_LOCK}):
+                return True
+        finally:
+            db.session.rollback()
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+
+
+def maintained(recorder: BufferedRecorder) -> bool:
+    """Whether the writer's maintenance vacuumed (within 5 s: another writer may be vacuuming just then)."""
+    recorder.maintain_every = 0.0  # due now, whoever vacuumed last
+    deadline = time.monotonic() + 5
+    while not recorder.maintain(prune=True):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_keys_verify_meter_and_pages_render_through_pgbouncer(mode, poolers, committed):
     keys = committed["keys"]
+    away_from_a_window_boundary()  # the limited key's three calls in one minute
     with portal_on(through(committed["url"], poolers[mode]), mode) as app:
         client = app.test_client()
         assert answer(client, keys["plain"]) == (200, "ok")
@@ -151,9 +171,8 @@ def test_keys_verify_meter_and_pages_render_through_pgbouncer(mode, poolers, com
             ["ok", "ok", "forbidden", "revoked", "ok", "ok", "rate_limited"]
         )
         # The writer's maintenance (prune finished windows, vacuum the churned tables) works and leaves no lock.
-        recorder.maintain_every = 0.0  # due now, whoever vacuumed last
-        assert recorder.maintain(prune=True) is True
-        assert advisory_vacuum_locks() == 0
+        assert maintained(recorder)
+        assert vacuum_lock_released()
 
         assert (
             client.post("/login", data={"email": committed["owner"], "password": factories.PASSWORD}).status_code == 302
@@ -243,7 +262,7 @@ def test_gunicorn_serves_through_pgbouncer(mode, poolers, committed, tmp_path):
             statuses = list(pool.map(lambda i: _post(base, bodies[i % 3]), range(120)))
         with urllib.request.urlopen(f"{base}/readyz", timeout=30) as ready:  # noqa: S310 - loopback
             assert ready.status == 200
-    assert sorted(set(statuses)) == [200, 401, 429]
+    assert set(statuses) <= {200, 401, 429}
     assert statuses.count(401) == 40  # the revoked key
     assert len(usage_outcomes(committed["org_id"])) == 120
     windows = per_minute(committed["org_id"])
@@ -251,6 +270,8 @@ def test_gunicorn_serves_through_pgbouncer(mode, poolers, committed, tmp_path):
     for admitted, total in windows:
         assert admitted == min(PLANS["free"].requests_per_minute, total)
     assert statuses.count(200) == sum(admitted for admitted, _ in windows)
+    if len(windows) == 1:
+        assert statuses.count(429) == 80 - PLANS["free"].requests_per_minute
 
 
 def test_migrations_run_through_session_pooling(poolers, database_server):
@@ -271,7 +292,8 @@ def test_migrations_run_through_session_pooling(poolers, database_server):
 def test_prepared_statements_fail_under_transaction_pooling(committed, database_server, tmp_path):
     """Why ``DATABASE_POOL_MODE=transaction`` exists. Behind transaction pooling (one server connection here, so
     every client shares it), the default mode's session settings leak into other clients' transactions and a
-    second worker cannot even prepare its statements; the transaction mode leaves nothing behind."""
+    second worker cannot even prepare its statements. The transaction mode leaves no setting behind, and its
+    workers share the statement prepared on the server connection."""
     if pgbouncer_binary() is None:
         pytest.skip("pgbouncer is not installed (make test installs Debian's pgbouncer when run as root)")
     key_hash = keyformat.key_hash(committed["keys"]["plain"], committed["pepper"])
@@ -281,21 +303,29 @@ def test_prepared_statements_fail_under_transaction_pooling(committed, database_
         other.autocommit = True
         try:
 
-            def seen_by_other() -> tuple[str, int]:
+            def seen_by_other() -> tuple[str, list[str]]:
                 with other.cursor() as cur:
-                    cur.execute("SELECT current_setting('synchronous_commit'), count(*) FROM pg_prepared_statements")
-                    setting, prepared = cur.fetchone()
-                return setting, int(prepared)
+                    cur.execute("SELECT current_setting('synchronous_commit')")
+                    setting = cur.fetchone()[0]
+                    cur.execute("SELECT name FROM pg_prepared_statements ORDER BY 1")
+                    return setting, [name for (name,) in cur.fetchall()]
 
             pooled = [DirectBackend(dsn, pool_mode="transaction") for _ in range(2)]
             assert [backend.verify(key_hash)[STATUS] for backend in pooled] == ["ok", "ok"]
-            assert seen_by_other() == ("on", 0)
+            # A free-plan key takes both statements (its plan's monthly quota is a counter of its own).
+            shared = sorted(pooling.statement_name(name) for name in (sql.STATEMENT_NAME, sql.COUNTERS_STATEMENT_NAME))
+            assert seen_by_other() == ("on", shared)
+            with other.cursor() as cur:
+                cur.execute("DISCARD ALL")  # another client resets the shared server connection
+            assert pooled[0].verify(key_hash)[STATUS] == "ok"  # prepared again where missing
             for backend in pooled:
                 backend.close()
 
             prepared = [DirectBackend(dsn) for _ in range(2)]  # the default: session settings, PREPARE
             assert prepared[0].verify(key_hash)[STATUS] == "ok"
-            assert seen_by_other() == ("off", 4)  # another client's commits are no longer durable
+            setting, names = seen_by_other()
+            assert setting == "off"  # another client's commits are no longer durable
+            assert sql.STATEMENT_NAME in names
             with pytest.raises(psycopg2.errors.DuplicatePreparedStatement):
                 prepared[1].verify(key_hash)
             for backend in prepared:

@@ -80,11 +80,11 @@ class DirectBackend:
         # Hashes of keys the first statement deferred (own limit or hard quota), run by the second one at once.
         self._counted: set[bytes] = set()
         self.max_counted = 10_000
-        # What a statement is sent as, chosen once: EXECUTE of this session's prepared statements, or behind a
-        # transaction pooler the statement itself, its settings in the same query string (pooling.py).
-        self._inline = pooling.InlineStatements(timeout) if pool_mode == pooling.TRANSACTION else None
-        self._execute_sql = self._inline.execute_sql if self._inline else sql.execute_sql
-        self._execute_group_sql = self._inline.execute_group_sql if self._inline else sql.execute_group_sql
+        # What a statement is sent as, chosen once: EXECUTE of the statements this session prepared, or behind a
+        # transaction pooler one query string that prepares where missing, sets and executes (pooling.py).
+        self._pooled = pooling.PooledStatements(timeout) if pool_mode == pooling.TRANSACTION else None
+        self._execute_sql = self._pooled.execute_sql if self._pooled else sql.execute_sql
+        self._execute_group_sql = self._pooled.execute_group_sql if self._pooled else sql.execute_group_sql
 
     def _cursor(self) -> Any:
         cur = self._cur
@@ -92,7 +92,7 @@ class DirectBackend:
             conn = self.connect()
             conn.autocommit = True
             cur = conn.cursor()
-            if self._inline is not None:  # nothing to keep in a session that the pooler does not keep
+            if self._pooled is not None:  # every statement brings what it needs: nothing to set up here
                 self._cur, self._pid = cur, os.getpid()
                 return cur
             cur.execute("SET TimeZone = 'UTC'")

@@ -1,22 +1,27 @@
-"""Verification behind a transaction pooler (PgBouncer's ``pool_mode = transaction``): no state kept in a session.
+"""Verification behind a transaction pooler (PgBouncer's ``pool_mode = transaction``): one query string per call.
 
 A transaction pooler hands each transaction of a client connection to whichever server connection is free, so
-what the default mode keeps in its session (``SET`` settings and ``PREPARE``d statements) is missing on the next
-server connection, and leaks into the sessions of other clients that get this one. With
-``DATABASE_POOL_MODE=transaction`` each verification is one simple-protocol query string instead: its settings as
-``SET LOCAL``, then the statement itself with its arguments written as literals. PostgreSQL runs the statements of
-one query string as one implicit transaction, which the pooler keeps on one server connection, and ``SET LOCAL``
-ends with that transaction. The literals are escape strings (``E'…'``), which read the same whatever
-``standard_conforming_strings`` is: a query string is parsed whole before its first ``SET`` runs.
+what the default mode sets up once per connection (``SET`` settings and ``PREPARE``d statements) is missing on
+the next server connection, and its settings leak into the sessions of other clients that get this one. With
+``DATABASE_POOL_MODE=transaction`` each verification is one simple-protocol query string that brings what it needs:
 
-The price is that PostgreSQL parses and plans the statement on every call instead of once per connection
-(docs/performance.md, "Behind a transaction pooler"). The usage writer keeps its settings per transaction too and
-gates its vacuum by the tables' last vacuum instead of a session advisory lock (:data:`VACUUM_DUE_SQL`).
+1. a ``DO`` block that prepares the statement on the server connection the string runs on, unless that
+   connection has it already (named by a hash of its text, so two versions of the app never share a name);
+2. its settings as ``SET LOCAL``;
+3. ``EXECUTE`` of the statement, its arguments written as ``E'…'`` literals, which read the same whatever
+   ``standard_conforming_strings`` is (a query string is parsed whole before its first ``SET`` runs).
+
+PostgreSQL runs the statements of one query string as one implicit transaction, which the pooler keeps on one
+server connection, and ``SET LOCAL`` ends with that transaction. Prepared statements are not transactional: they
+stay on the server connection for the next call that lands there, as cached plans do, and cost other clients
+nothing. So each server connection prepares each statement once, and a call pays for the ``DO`` block's check
+and the settings (docs/performance.md, "Behind PgBouncer"). The usage writer keeps its settings per transaction
+too and gates its vacuum by the tables' last vacuum instead of a session advisory lock (:data:`VACUUM_DUE_SQL`).
 """
 
 from __future__ import annotations
 
-import re
+import hashlib
 from collections.abc import Sequence
 
 from portal.verification import sql
@@ -34,8 +39,12 @@ VACUUM_DUE_SQL = (
     "SELECT coalesce(bool_or(coalesce(greatest(last_vacuum, last_autovacuum), '-infinity') "
     "< now() - make_interval(secs => %s)), true) FROM pg_stat_user_tables WHERE relid = ANY (%s::regclass[])"
 )
-
-_PARAM = re.compile(r"\$([123])(?!\d)")
+_PREPARES = {
+    sql.STATEMENT_NAME: sql.PREPARE_SQL,
+    sql.GROUP_STATEMENT_NAME: sql.PREPARE_GROUP_SQL,
+    sql.COUNTERS_STATEMENT_NAME: sql.PREPARE_COUNTERS_SQL,
+    sql.COUNTERS_GROUP_STATEMENT_NAME: sql.PREPARE_COUNTERS_GROUP_SQL,
+}
 
 
 def _text(value: str | None) -> str:
@@ -50,53 +59,46 @@ def _bytea(value: bytes) -> str:
     return "E'\\\\x" + value.hex() + "'::bytea"
 
 
-Template = tuple[str, int, str, int, str, int, str]
+def statement_name(name: str) -> str:
+    """The name a statement is prepared under behind a transaction pooler: its name and a hash of its text."""
+    return f"{name}_{hashlib.sha256(_PREPARES[name].encode()).hexdigest()[:16]}"
 
 
-def _template(statement: str) -> Template:
-    """``statement`` cut at its parameters ``$1``..``$3`` (each once, in any order), with their numbers."""
-    parts = _PARAM.split(statement)
-    if len(parts) != 7 or sorted(parts[1::2]) != ["1", "2", "3"]:
-        raise ValueError("a verification statement must name $1, $2 and $3 once each")
-    return (parts[0], int(parts[1]) - 1, parts[2], int(parts[3]) - 1, parts[4], int(parts[5]) - 1, parts[6])
+def _preamble(name: str, timeout: float) -> str:
+    """What runs before the ``EXECUTE`` of ``name``: prepare it where missing, then the settings."""
+    hashed = statement_name(name)
+    prepare = _PREPARES[name].replace(f"PREPARE {name} ", f"PREPARE {hashed} ", 1)
+    if "\\" in prepare or "$portal$" in prepare:
+        raise ValueError("a verification statement must not contain a backslash or $portal$")
+    return (
+        f"DO $portal$BEGIN IF NOT EXISTS (SELECT FROM pg_prepared_statements WHERE name = '{hashed}') "
+        f"THEN EXECUTE '{prepare.replace(chr(39), chr(39) * 2)}'; END IF; END$portal$; "
+        # The session settings of DirectBackend._cursor, for this transaction only.
+        "SET LOCAL TimeZone = 'UTC'; SET LOCAL synchronous_commit = off; "
+        f"SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL statement_timeout = {int(timeout * 1000)}; "
+        f"EXECUTE {hashed} "
+    )
 
 
-class InlineStatements:
-    """The query strings of :mod:`portal.verification.sql`'s four statements with their settings, built with the
-    signatures of :func:`~portal.verification.sql.execute_sql` and :func:`~portal.verification.sql.execute_group_sql`
-    so the backend swaps one pair of functions for the other."""
+class PooledStatements:
+    """The query strings of :mod:`portal.verification.sql`'s four statements behind a transaction pooler.
+
+    Built with the signatures of :func:`~portal.verification.sql.execute_sql` and
+    :func:`~portal.verification.sql.execute_group_sql`, so the backend swaps one pair of functions for the other.
+    """
 
     def __init__(self, timeout: float) -> None:
-        # The session settings of DirectBackend._cursor, for this transaction only. plan_cache_mode has nothing
-        # to do: an unnamed statement is always planned for its literals.
-        self.prefix = (
-            "SET LOCAL TimeZone = 'UTC'; SET LOCAL synchronous_commit = off; "
-            f"SET LOCAL statement_timeout = {int(timeout * 1000)}; "
-        )
-        self._templates = {
-            sql.STATEMENT_NAME: _template(sql.verify_statement()),
-            sql.COUNTERS_STATEMENT_NAME: _template(sql.verify_counters_statement()),
-            sql.GROUP_STATEMENT_NAME: _template(sql.verify_group_statement()),
-            sql.COUNTERS_GROUP_STATEMENT_NAME: _template(sql.verify_counters_group_statement()),
-        }
-
-    def _fill(self, name: str, args: tuple[str, str, str]) -> str:
-        p0, i1, p1, i2, p2, i3, p3 = self._templates[name]
-        return f"{self.prefix}{p0}{args[i1]}{p1}{args[i2]}{p2}{args[i3]}{p3}"
+        self._preambles = {name: _preamble(name, timeout) for name in _PREPARES}
 
     def execute_sql(self, name: str, key_hash: bytes, scope: str | None, ip: str | None) -> str:
-        """The single-call statement ``name`` with these arguments, after the settings."""
-        return self._fill(name, (_bytea(key_hash), _text(scope), _text(ip)))
+        """Run the single-call statement ``name`` with these arguments."""
+        return f"{self._preambles[name]}({_bytea(key_hash)}, {_text(scope)}, {_text(ip)}::inet)"
 
     def execute_group_sql(
         self, name: str, key_hashes: Sequence[bytes], scopes: Sequence[str | None], ips: Sequence[str | None]
     ) -> str:
-        """The grouped statement ``name`` with these arrays, in call order, after the settings."""
-        return self._fill(
-            name,
-            (
-                f"ARRAY[{','.join(map(_bytea, key_hashes))}]",
-                f"ARRAY[{','.join(map(_text, scopes))}]::text[]",
-                f"ARRAY[{','.join(map(_text, ips))}]::inet[]",
-            ),
+        """Run the grouped statement ``name`` with these arrays, in call order."""
+        return (
+            f"{self._preambles[name]}(ARRAY[{','.join(map(_bytea, key_hashes))}], "
+            f"ARRAY[{','.join(map(_text, scopes))}]::text[], ARRAY[{','.join(map(_text, ips))}]::inet[])"
         )
