@@ -56,8 +56,8 @@ class Config:
     # usage-writer connections, keeps two workers at about 64 connections, under PostgreSQL's default 100.
     SQLALCHEMY_ENGINE_OPTIONS: dict[str, Any] = {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20}
     # The pool mode of a connection pooler between the app and PostgreSQL (PgBouncer's pool_mode): `session`
-    # (also for no pooler) keeps the verification's settings and prepared statements in its session;
-    # `transaction` sends each verification with its settings in one query string, at a CPU cost per call
+    # (also for no pooler) sets the verification connection up once; `transaction` makes each verification one
+    # query string that brings its settings and prepares its statement where missing, at a CPU cost per call
     # (portal/verification/pooling.py, docs/operations.md "Behind PgBouncer").
     DATABASE_POOL_MODE = "session"
 

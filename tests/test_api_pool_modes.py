@@ -64,3 +64,19 @@ def test_both_pool_modes_decide_alike(app, mode, standard_conforming_strings, gr
     assert [row[STATUS] if row else None for row in rows] == EXPECTED
     assert {row[AT].utcoffset().total_seconds() for row in rows if row} == {0}
     assert dbapi.notices == []  # no "nonstandard use of \\ in a string literal"
+
+
+def test_the_pool_mode_is_read_from_the_environment_and_checked_at_start(monkeypatch):
+    from portal.config import Config, ConfigError
+
+    monkeypatch.setenv("DATABASE_POOL_MODE", " Transaction ")
+    assert Config.from_env()["DATABASE_POOL_MODE"] == "transaction"
+    settings = {
+        "SECRET_KEY": "s" * 32,
+        "API_KEY_PEPPER": "p" * 32,
+        "REMEMBER_COOKIE_DURATION": 1,
+        "REMEMBER_MAX_AGE": 1,
+    }
+    Config.validate({**settings, "DATABASE_POOL_MODE": "transaction"})
+    with pytest.raises(ConfigError, match="DATABASE_POOL_MODE must be session or transaction"):
+        Config.validate({**settings, "DATABASE_POOL_MODE": "statement"})
