@@ -7,7 +7,7 @@ PORT ?= 5000
 SERVE_PORT ?= 8000
 export FLASK_APP := wsgi
 
-.PHONY: install install-dev chromium gateways dev serve seed test test-fast lint db-upgrade db-stop bench-verify bench-usage bench-keys bench-notify bench-mixed bench-verify-cpu faults clean
+.PHONY: install install-dev chromium gateways pgbouncer dev serve seed test test-fast lint db-upgrade db-stop bench-verify bench-usage bench-keys bench-notify bench-mixed bench-verify-cpu faults clean
 
 ## What serving needs (make dev, serve, the CLI); the test and lint tools come with install-dev.
 $(VENV)/.installed: pyproject.toml
@@ -62,8 +62,17 @@ gateways:
 	    nginx-light caddy >/dev/null; \
 	else echo "nginx or caddy missing and not root: gateway tests will be skipped"; fi; }
 
+## Debian's PgBouncer for tests/test_pgbouncer.py (docs/operations.md, "Behind PgBouncer"); installed when missing
+## and we are root, else those tests are skipped
+pgbouncer:
+	@{ command -v pgbouncer || test -x /usr/sbin/pgbouncer; } >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    pgbouncer >/dev/null; \
+	else echo "pgbouncer missing and not root: PgBouncer tests will be skipped"; fi; }
+
 ## make test: a fresh, migrated PostgreSQL database (embedded unless TEST_DATABASE_URL is set)
-test: install-dev chromium gateways
+test: install-dev chromium gateways pgbouncer
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 ## make test-fast: the suite without the browser tests, stopping at the first failure

@@ -282,16 +282,22 @@ def backend_pids(url: str) -> list[str]:
     return pids
 
 
-def with_cpu(run: Callable[[], dict[str, Any]], url: str, server: Gunicorn | None) -> dict[str, Any]:
-    """Run ``run()`` (a wrk call) and add the app's and PostgreSQL's CPU microseconds per answered call."""
+def with_cpu(
+    run: Callable[[], dict[str, Any]], url: str, server: Gunicorn | None, pooler: list[str] | None = None
+) -> dict[str, Any]:
+    """Run ``run()`` (a wrk call) and add the app's and PostgreSQL's CPU microseconds per answered call (and the
+    ``pooler`` processes', e.g. PgBouncer between them, as ``pooler_us``)."""
     workers = server.worker_pids() if server else []
     pg = backend_pids(url)
-    each0, pg0 = [cpu_seconds([pid]) for pid in workers], cpu_seconds(pg)
+    each0, pg0, pooler0 = [cpu_seconds([pid]) for pid in workers], cpu_seconds(pg), cpu_seconds(pooler or [])
     result: dict[str, Any] = run()
     calls = max(1, result["requests"])
     each = [cpu_seconds([pid]) - before for pid, before in zip(workers, each0, strict=True)]
     result["app_us"] = sum(each) * 1e6 / calls
-    result["pg_us"] = (cpu_seconds(pg) - pg0) * 1e6 / calls
+    # Backends that started during the run (a pooler opening server connections as load grows) count whole.
+    started = sorted(set(backend_pids(url)) - set(pg))
+    result["pg_us"] = (cpu_seconds(pg) - pg0 + cpu_seconds(started)) * 1e6 / calls
+    result["pooler_us"] = (cpu_seconds(pooler or []) - pooler0) * 1e6 / calls
     # How the work fell on the workers: a keep-alive connection stays with the worker that accepted it.
     result["worker_share"] = [round(100 * e / sum(each)) for e in each] if sum(each) > 0 else []
     return result

@@ -9,6 +9,10 @@ organizations and 10,000 keys, it measures in one run:
 then the portal itself under gunicorn over loopback, driven by wrk: full load, half load, and the big-customer
 case (all traffic on one organization). It prints verifications/s, p50/p99, the ratios to (a) and (b), worker
 RSS, usage rows vs answered calls, and whether the limiter stayed exact in every organization and minute.
+
+``--pgbouncer session|transaction`` puts Debian's PgBouncer in that pool mode between the portal's gunicorn and
+PostgreSQL, with ``DATABASE_POOL_MODE`` set to match (pgbench and the constant app stay direct), and adds
+PgBouncer's own CPU per call to the figures.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from bench.harness import (  # noqa: E402
     with_db,
     wrk,
 )
+from bench.pgbouncer import PgBouncer  # noqa: E402
 from portal.keys import format as keyformat  # noqa: E402
 from portal.plans import PLANS  # noqa: E402
 from portal.verification import sql  # noqa: E402
@@ -234,8 +239,16 @@ def measure(args: argparse.Namespace, url: str, workdir: Path, keys: list[str]) 
     out["a_big"] = pgbench(url, workdir, big=True, sync_commit=False, seconds=secs)
     out["a_sync"] = pgbench(url, workdir, big=True, sync_commit=True, seconds=max(5, secs // 2))
     reset_counters(url)
-    port_b, port_p, port_f = free_ports(3)
+    port_b, port_p, port_f, port_pooler = free_ports(4)
     all_keys, big_keys = workdir / "keys_all.txt", workdir / "keys_big.txt"
+    # The portal's database: PostgreSQL itself, or a PgBouncer in front of it (--pgbouncer).
+    pooler = PgBouncer(url, args.pgbouncer, port_pooler, workdir) if args.pgbouncer else None
+    portal_url = pooler.url(url) if pooler else url
+    pooled = {"DATABASE_POOL_MODE": args.pgbouncer} if pooler else {}
+    pooler_pids = [str(pooler.proc.pid)] if pooler else None
+
+    def portal_cpu(run: Any, server: Gunicorn) -> dict[str, Any]:
+        return with_cpu(run, url, server, pooler_pids)
 
     server = (args.workers, args.threads, workdir, PEPPER, args.worker_class)
     log(f"(b) constant-JSON Flask app, gunicorn {settings(args)}")
@@ -252,11 +265,11 @@ def measure(args: argparse.Namespace, url: str, workdir: Path, keys: list[str]) 
         const.stop()
 
     log("portal: full load, half load, big customer, exact count")
-    portal = Gunicorn("wsgi:app", url, port_p, *server)
+    portal = Gunicorn("wsgi:app", portal_url, port_p, *server, extra_env=pooled)
     out["warmup"] = wrk(port_p, all_keys, "/bench/warmup", 3, conns)
-    out["full"] = full = with_cpu(lambda: wrk(port_p, all_keys, "/bench/full", secs, conns), url, portal)
+    out["full"] = full = portal_cpu(lambda: wrk(port_p, all_keys, "/bench/full", secs, conns), portal)
     out["rss"] = portal.worker_rss_mb()
-    out["half"] = half_load(port_p, all_keys, full["rate"] / 2, secs, lambda run: with_cpu(run, url, portal))
+    out["half"] = half_load(port_p, all_keys, full["rate"] / 2, secs, lambda run: portal_cpu(run, portal))
     out["big"] = wrk(port_p, big_keys, "/bench/big", secs, conns)
     out["exact"] = exact_calls(port_p, keys, 4000)
     portal.stop()
@@ -269,12 +282,15 @@ def measure(args: argparse.Namespace, url: str, workdir: Path, keys: list[str]) 
     log("portal with the WSGI fast path off (every verification through Flask's full request cycle)")
     os.environ["API_VERIFY_FAST_PATH"] = "0"
     try:
-        flask_only = Gunicorn("wsgi:app", url, port_f, *server)
+        flask_only = Gunicorn("wsgi:app", portal_url, port_f, *server, extra_env=pooled)
     finally:
         del os.environ["API_VERIFY_FAST_PATH"]
     wrk(port_f, all_keys, "/bench/flaskwarm", 2, conns)
-    out["flask"] = with_cpu(lambda: wrk(port_f, all_keys, "/bench/flask", secs, conns), url, flask_only)
+    out["flask"] = portal_cpu(lambda: wrk(port_f, all_keys, "/bench/flask", secs, conns), flask_only)
     flask_only.stop()
+    if pooler:
+        pooler.stop()
+    out["pgbouncer"] = args.pgbouncer
     out["checks"] = checks(url)
     return out
 
@@ -292,6 +308,7 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> None:
         f"ProCode verification benchmark: {os.cpu_count()} CPUs, "
         f"gunicorn {settings(args)}, wrk {args.connections} connections, "
         f"{args.seconds} s runs, synchronous_commit=off on the hot path"
+        + (f", through PgBouncer in {r['pgbouncer']} pooling" if r["pgbouncer"] else "")
     )
     lines = [
         ("(a) pgbench: verify + usage INSERT", a_all),
@@ -325,6 +342,11 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> None:
         f"{'/'.join(f'{p}%' for p in full['worker_share'])} at full load, "
         f"{'/'.join(f'{p}%' for p in half['worker_share'])} at half"
     )
+    if r["pgbouncer"]:
+        print(
+            f"  PgBouncer's own CPU per call ({r['pgbouncer']} pooling): {full['pooler_us']:.0f} us at full load, "
+            f"{half['pooler_us']:.0f} us at half, {r['flask']['pooler_us']:.0f} us with the fast path off"
+        )
     print(f"  worker RSS after full load: {', '.join(f'{m:.0f}' for m in r['rss'])} MB")
     report_checks(r)
 
@@ -401,6 +423,11 @@ def main() -> None:
     )
     parser.add_argument("--connections", type=int, default=32, help="wrk connections at full load")
     parser.add_argument("--keep", action="store_true", help="keep the benchmark database")
+    parser.add_argument(
+        "--pgbouncer",
+        choices=("session", "transaction"),
+        help="serve the portal through PgBouncer in this pool mode (DATABASE_POOL_MODE to match)",
+    )
     args = parser.parse_args()
     for tool in ("wrk", "pgbench"):
         if shutil.which(tool) is None:

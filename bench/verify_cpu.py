@@ -22,6 +22,11 @@ The PostgreSQL side is counted the same way (bench/pg_valgrind.py): the sides' d
 cluster whose postmaster runs under valgrind for the measured runs, and each run adds up the instructions of
 the backends that served its database (the verification connection and the usage writer's). ``--no-postgres``
 counts the workers only, on ``BENCH_DATABASE_URL``'s server.
+
+``--pool-mode transaction`` runs this tree with ``DATABASE_POOL_MODE=transaction`` (each statement sent with its
+settings, planned on every call), still straight to PostgreSQL: the count is the statements' own cost, without
+the pooler's (``make bench-verify`` with ``--pgbouncer`` measures PgBouncer's CPU). ``--baseline .`` with it
+compares the two modes of one tree (the baseline runs in its default, session mode).
 """
 
 from __future__ import annotations
@@ -195,17 +200,19 @@ def _tree_env(tree: Path, url: str, pepper: str) -> dict[str, str]:
 class Side:
     """One checkout on its own throw-away database."""
 
-    def __init__(self, label: str, tree: Path, admin_url: str, workdir: Path, spec: dict[str, Any]) -> None:
+    def __init__(
+        self, label: str, tree: Path, admin_url: str, workdir: Path, spec: dict[str, Any], pool_mode: str = "session"
+    ) -> None:
         from bench.harness import admin, with_db
 
-        self.label, self.tree, self.spec, self.workdir = label, tree, spec, workdir
+        self.label, self.tree, self.spec, self.workdir, self.pool_mode = label, tree, spec, workdir, pool_mode
         self.admin_url = admin_url
         self.database = f"procode_cpu_{label}_{secrets.token_hex(3)}"
         admin(admin_url, f'CREATE DATABASE "{self.database}"')
         self.url = with_db(admin_url, self.database)
         self.pepper = "bench-pepper-" + "1" * 32
         self.keys = workdir / f"keys-{label}.txt"
-        self.env = _tree_env(tree, self.url, self.pepper)
+        self.env = {**_tree_env(tree, self.url, self.pepper), "DATABASE_POOL_MODE": pool_mode}
         self.policy = False
 
     def _script(self, *args: str, valgrind: list[str] | None = None) -> dict[str, Any]:
@@ -281,6 +288,12 @@ def main() -> None:
     parser.add_argument(
         "--no-postgres", action="store_true", help="count the workers only (no private cluster under valgrind)"
     )
+    parser.add_argument(
+        "--pool-mode",
+        choices=("session", "transaction"),
+        default="session",
+        help="DATABASE_POOL_MODE of this tree (the baseline runs in session mode)",
+    )
     parser.add_argument("--setup", nargs=3, metavar=("URL", "KEYS", "SPEC"), help=argparse.SUPPRESS)
     parser.add_argument("--drive", nargs="+", metavar="ARG", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -335,7 +348,7 @@ def main() -> None:
     results: dict[str, dict[str, int]] = {}
     try:
         for label, tree in trees:
-            sides.append(Side(label, tree, admin_url, workdir, spec))
+            sides.append(Side(label, tree, admin_url, workdir, spec, args.pool_mode if label == "now" else "session"))
         log(f"migrating and loading {ORGS * KEYS_PER_ORG} keys: {', '.join(f'{s.label} {s.tree}' for s in sides)}")
         with ThreadPoolExecutor(len(sides)) as pool:
             list(pool.map(Side.prepare, sides))
@@ -384,7 +397,7 @@ def main() -> None:
     for side in reversed(sides):
         calls_are = "scope, client_ip, user_agent; keys with policy" if side.policy else "key and endpoint only"
         pg = "" if cluster is None else f"  PostgreSQL {backend[side.label]:>10,.0f}"
-        described = f"{side.label:9} {_describe(side.tree):24}"
+        described = f"{side.label:9} {_describe(side.tree):24} {side.pool_mode:11}"
         print(f"  {described} worker {worker[side.label]:>10,.0f}{pg} Ir/call   ({calls_are})")
         if cluster is not None:
             apps = sorted(named[side.label].items())

@@ -69,6 +69,11 @@ class Config:
     # the pool waits (cooperatively) for a connection: 10 + 20 overflow per worker, plus the verification and
     # usage-writer connections, keeps two workers at about 64 connections, under PostgreSQL's default 100.
     SQLALCHEMY_ENGINE_OPTIONS: dict[str, Any] = {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20}
+    # The pool mode of a connection pooler between the app and PostgreSQL (PgBouncer's pool_mode): `session`
+    # (also for no pooler) sets the verification connection up once; `transaction` makes each verification one
+    # query string that brings its settings and prepares its statement where missing, at a CPU cost per call
+    # (portal/verification/pooling.py, docs/operations.md "Behind PgBouncer").
+    DATABASE_POOL_MODE = "session"
 
     SESSION_COOKIE_NAME = "procode_session"
     SESSION_COOKIE_HTTPONLY = True
@@ -229,6 +234,8 @@ class Config:
         if os.environ.get("COOKIE_SECURE", "").lower() in ("0", "false", "no"):
             # Only for a plain-http deployment on a trusted network (e.g. docker compose on localhost).
             values["SESSION_COOKIE_SECURE"] = values["REMEMBER_COOKIE_SECURE"] = False
+        if os.environ.get("DATABASE_POOL_MODE"):
+            values["DATABASE_POOL_MODE"] = os.environ["DATABASE_POOL_MODE"].strip().lower()
         if os.environ.get("API_VERIFY_FAST_PATH"):
             values["API_VERIFY_FAST_PATH"] = os.environ["API_VERIFY_FAST_PATH"] not in ("0", "false", "no")
         if os.environ.get("API_USAGE_FLUSH_INTERVAL"):
@@ -289,6 +296,10 @@ class Config:
             not header.replace("-", "").isalnum() or not header.isascii() or header.lower() == "authorization"
         ):
             raise ConfigError("API_KEY_HEADER must be a header name such as X-API-Key (letters, digits and '-').")
+        if config.get("DATABASE_POOL_MODE", "session") not in ("session", "transaction"):
+            raise ConfigError(
+                f"DATABASE_POOL_MODE must be session or transaction (got {config.get('DATABASE_POOL_MODE')!r})."
+            )
         if config.get("LOG_FORMAT", "text") not in ("text", "json"):
             raise ConfigError(f"LOG_FORMAT must be text or json (got {config.get('LOG_FORMAT')!r}).")
         if config.get("MAIL_URL") and not config.get("MAIL_FROM"):

@@ -46,8 +46,8 @@ class TransactionConnection:
 
 
 class TransactionBackend(DirectBackend):
-    def __init__(self, dbapi_connection: Any) -> None:
-        super().__init__("", watch=False)  # the test's connection is not the watchdog's to shut
+    def __init__(self, dbapi_connection: Any, pool_mode: str = "session") -> None:
+        super().__init__("", watch=False, pool_mode=pool_mode)  # the test's connection is not the watchdog's to shut
         self._dbapi_connection = dbapi_connection
         self.calls = 0  # verifications that reached the database
 

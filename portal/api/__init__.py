@@ -30,6 +30,7 @@ def init_app(app: Flask) -> None:
         invalid_key_budget=int(app.config["API_INVALID_KEY_BUDGET"]),
         budget_addresses=int(app.config["API_INVALID_KEY_ADDRESSES"]),
         spill_dir=spill_directory(app),
+        pool_mode=str(app.config["DATABASE_POOL_MODE"]),
     )
     if app.config.get("LOG_API_REQUESTS", True) and hasattr(verifier.recorder, "companions"):
         verifier.recorder.companions.append(request_lines.write)

@@ -21,7 +21,7 @@ from psycopg2.errors import InvalidSqlStatementName, QueryCanceled, Serializatio
 from psycopg2.extensions import parse_dsn
 
 from portal import green
-from portal.verification import sql
+from portal.verification import pooling, sql
 from portal.verification.deadlines import WATCHDOG, Watched, connect_options
 from portal.verification.outcomes import DatabaseUnavailable
 
@@ -85,7 +85,9 @@ class DirectBackend:
     waiting, so a hung database holds one call per process, not every call for a whole deadline.
     """
 
-    def __init__(self, dsn: str, *, max_group: int = 64, timeout: float = 5.0, watch: bool = True) -> None:
+    def __init__(
+        self, dsn: str, *, max_group: int = 64, timeout: float = 5.0, watch: bool = True, pool_mode: str = "session"
+    ) -> None:
         if not timeout > 0:
             raise ValueError("the verification deadline must be a positive number of seconds")
         self.dsn = dsn
@@ -107,6 +109,11 @@ class DirectBackend:
         # Hashes of keys the first statement deferred (own limit or hard quota), run by the second one at once.
         self._counted: set[bytes] = set()
         self.max_counted = 10_000
+        # What a statement is sent as, chosen once: EXECUTE of the statements this session prepared, or behind a
+        # transaction pooler one query string that prepares where missing, sets and executes (pooling.py).
+        self._pooled = pooling.PooledStatements(timeout) if pool_mode == pooling.TRANSACTION else None
+        self._execute_sql = self._pooled.execute_sql if self._pooled else sql.execute_sql
+        self._execute_group_sql = self._pooled.execute_group_sql if self._pooled else sql.execute_group_sql
 
     def _cursor(self, deadline: float | None = None) -> Any:
         cur = self._cur
@@ -114,22 +121,23 @@ class DirectBackend:
             conn = self.connect(deadline)
             conn.autocommit = True
             cur = conn.cursor()
-            cur.execute("SET TimeZone = 'UTC'")
-            cur.execute("SET synchronous_commit = off")
-            # PostgreSQL would otherwise plan both statements afresh on every execution (their custom plans
-            # look cheaper than the generic one, so it never switches): planning cost more than running them.
-            # The generic plans use the same indexes (key hash, organization, counter row).
-            cur.execute("SET plan_cache_mode = force_generic_plan")
-            # A statement stuck on a lock or an overloaded server gives up on the server too, not only here.
-            cur.execute(f"SET statement_timeout = {int(self.timeout * 1000)}")
-            cur.execute(sql.SESSION_SETTINGS_SQL)
-            for prepare in (
-                sql.PREPARE_SQL,
-                sql.PREPARE_GROUP_SQL,
-                sql.PREPARE_COUNTERS_SQL,
-                sql.PREPARE_COUNTERS_GROUP_SQL,
-            ):
-                cur.execute(prepare)
+            if self._pooled is None:  # behind a transaction pooler every statement brings what it needs
+                cur.execute("SET TimeZone = 'UTC'")
+                cur.execute("SET synchronous_commit = off")
+                # PostgreSQL would otherwise plan both statements afresh on every execution (their custom plans
+                # look cheaper than the generic one, so it never switches): planning cost more than running them.
+                # The generic plans use the same indexes (key hash, organization, counter row).
+                cur.execute("SET plan_cache_mode = force_generic_plan")
+                # A statement stuck on a lock or an overloaded server gives up on the server too, not only here.
+                cur.execute(f"SET statement_timeout = {int(self.timeout * 1000)}")
+                cur.execute(sql.SESSION_SETTINGS_SQL)
+                for prepare in (
+                    sql.PREPARE_SQL,
+                    sql.PREPARE_GROUP_SQL,
+                    sql.PREPARE_COUNTERS_SQL,
+                    sql.PREPARE_COUNTERS_GROUP_SQL,
+                ):
+                    cur.execute(prepare)
             self._cur, self._pid = cur, os.getpid()
             self._watched = self._watch and not green.active()
             if self._watched:
@@ -284,11 +292,11 @@ class DirectBackend:
     def _verify_one(self, key_hash: bytes, scope: str | None, ip: str | None) -> Row | None:
         """:meth:`verify_many` for one call."""
         if key_hash not in self._counted:
-            rows = self._run(sql.execute_sql(sql.STATEMENT_NAME, key_hash, scope, ip))
+            rows = self._run(self._execute_sql(sql.STATEMENT_NAME, key_hash, scope, ip))
             if not rows or rows[0][STATUS] != sql.DEFERRED:
                 return rows[0] if rows else None
             self._remember_deferred(key_hash)
-        rows = self._run(sql.execute_sql(sql.COUNTERS_STATEMENT_NAME, key_hash, scope, ip))
+        rows = self._run(self._execute_sql(sql.COUNTERS_STATEMENT_NAME, key_hash, scope, ip))
         return rows[0] if rows else None
 
     def _remember_deferred(self, key_hash: bytes) -> None:
@@ -300,7 +308,7 @@ class DirectBackend:
         self, name: str, key_hashes: list[bytes], scopes: list[str | None], ips: list[str | None]
     ) -> dict[int, Row]:
         """Run a grouped statement: each row by its call's position, without it."""
-        rows = self._run(sql.execute_group_sql(name, key_hashes, scopes, ips))
+        rows = self._run(self._execute_group_sql(name, key_hashes, scopes, ips))
         return {row[0]: row[1:] for row in rows}
 
     def _run(self, statement: str) -> list[Row]:

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import psycopg2
 
 from portal import metrics
-from portal.verification import spill, sql
+from portal.verification import pooling, spill, sql
 from portal.verification.backend import Row
 from portal.verification.usage_rows import InvalidKeyCounts, write_each, write_invalid_key_counts, write_usage_rows
 
@@ -91,8 +91,11 @@ class BufferedRecorder:
         close_timeout: float = CLOSE_TIMEOUT,
         maintain_every: float = MAINTAIN_EVERY,
         spill_dir: Path | None = None,
+        pool_mode: str = pooling.SESSION,
     ) -> None:
         self.dsn = dsn
+        # Behind a transaction pooler nothing is kept in the session: settings per transaction, no session lock.
+        self._per_transaction = pool_mode == pooling.TRANSACTION
         self.interval = interval
         self.maintain_every = maintain_every
         self._vacuum = True  # turned off if this role cannot vacuum the churned tables
@@ -219,10 +222,16 @@ class BufferedRecorder:
     def _connection(self) -> Any:
         if self._conn is None or self._conn.closed:
             self._conn = self.connect()
-            with self._conn.cursor() as cur:
-                cur.execute("SET TimeZone = 'UTC'; SET standard_conforming_strings = on")
-            self._conn.commit()
+            if not self._per_transaction:
+                with self._conn.cursor() as cur:
+                    cur.execute("SET TimeZone = 'UTC'; SET standard_conforming_strings = on")
+                self._conn.commit()
         return self._conn
+
+    def _begin(self, cur: Any) -> None:
+        """Start a transaction of the writer: behind a transaction pooler, with its settings."""
+        if self._per_transaction:
+            cur.execute(pooling.WRITER_SETTINGS_SQL)
 
     def connect(self) -> Any:
         """A new psycopg2 connection for the writer."""
@@ -287,6 +296,7 @@ class BufferedRecorder:
             conn = self._connection()
             try:
                 with conn.cursor() as cur:
+                    self._begin(cur)
                     cur.execute(sql.PRUNE_API_WINDOWS_SQL)
                     deleted = int(cur.rowcount)
                 conn.commit()
@@ -315,6 +325,10 @@ class BufferedRecorder:
         autovacuum is off or behind. It never truncates (that needs an exclusive lock the verifications would
         queue behind), only one worker vacuums at a time (advisory lock), and a role that does not own the
         tables turns it off with one log line. Returns whether it vacuumed.
+
+        Behind a transaction pooler the lock would stay with whichever server connection took it, so the tables
+        are vacuumed instead when none was vacuumed in the last ``maintain_every`` seconds (by any worker or by
+        autovacuum); two workers that find them due at once skip each other's tables (``SKIP_LOCKED``).
         """
         if prune:
             self.prune()
@@ -325,14 +339,18 @@ class BufferedRecorder:
             try:
                 conn.autocommit = True  # VACUUM cannot run inside a transaction
                 with conn.cursor() as cur:
-                    cur.execute(sql.TRY_VACUUM_LOCK_SQL)
+                    if self._per_transaction:
+                        cur.execute(pooling.VACUUM_DUE_SQL, (self.maintain_every, list(sql.HOT_TABLES)))
+                    else:
+                        cur.execute(sql.TRY_VACUUM_LOCK_SQL)
                     if not cur.fetchone()[0]:
                         return False
                     try:
                         del conn.notices[:]
                         cur.execute(sql.VACUUM_HOT_TABLES_SQL)
                     finally:
-                        cur.execute(sql.VACUUM_UNLOCK_SQL)
+                        if not self._per_transaction:
+                            cur.execute(sql.VACUUM_UNLOCK_SQL)
                 if any(_NOT_OWNER in notice or _DENIED in notice for notice in conn.notices):
                     self._vacuum = False
                     log.warning("usage writer: not the owner of %s, leaving them to autovacuum", sql.HOT_TABLES)
@@ -349,6 +367,7 @@ class BufferedRecorder:
         conn = self._connection()
         try:
             with conn.cursor() as cur:
+                self._begin(cur)
                 cur.execute(CURRENT_XID_SQL)  # what decides later whether a commit whose answer was lost happened
                 flight.xid = int(cur.fetchone()[0])
                 for start in range(0, len(flight.rows), self.batch):
@@ -358,6 +377,7 @@ class BufferedRecorder:
             conn.rollback()
             # A row the database refuses must not block the others forever: row by row, the refused logged.
             with conn.cursor() as cur:
+                self._begin(cur)
                 cur.execute(CURRENT_XID_SQL)
                 flight.xid = int(cur.fetchone()[0])
                 refused = write_each(cur, flight.rows, flight.counts)

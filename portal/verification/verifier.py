@@ -180,11 +180,13 @@ def build_verifier(
     invalid_key_budget: int = 0,
     budget_addresses: int = 10_000,
     spill_dir: Path | None = None,
+    pool_mode: str = "session",
 ) -> Verifier:
     """The production engine: one autocommit connection per process with a deadline of ``timeout`` seconds per
     call, a buffered usage writer (spilling to ``spill_dir`` what it cannot write when it stops) and this
-    process's budget of invalid keys per client address (``invalid_key_budget`` calls a minute; 0 = no budget)."""
+    process's budget of invalid keys per client address (``invalid_key_budget`` calls a minute; 0 = no budget).
+    ``pool_mode`` is that of a pooler between the app and PostgreSQL (:mod:`portal.verification.pooling`)."""
     dsn = libpq_dsn(database_url)
     budget = InvalidKeyBudget(invalid_key_budget, max_addresses=budget_addresses)
-    recorder = BufferedRecorder(dsn, interval=flush_interval, spill_dir=spill_dir)
-    return Verifier(DirectBackend(dsn, timeout=timeout), recorder, pepper, budget)
+    recorder = BufferedRecorder(dsn, interval=flush_interval, spill_dir=spill_dir, pool_mode=pool_mode)
+    return Verifier(DirectBackend(dsn, timeout=timeout, pool_mode=pool_mode), recorder, pepper, budget)
