@@ -8,6 +8,7 @@ import secrets
 from typing import Any
 
 import pytest
+from playwright.sync_api import expect
 
 PASSWORD = "a long enough password"
 
@@ -70,31 +71,31 @@ def test_remove_revoke_and_delete_without_javascript(no_script, live_server):
     # Removing her asks first, and names the key that keeps working.
     owner.goto(f"{live_server}/orgs/{slug}/members")
     owner.get_by_role("link", name="Remove…").click()
-    assert owner.get_by_role("heading", name=re.compile("Remove Dana Developer from")).is_visible()
+    expect(owner.get_by_role("heading", name=re.compile("Remove Dana Developer from"))).to_be_visible()
     assert owner.locator("#keys-left-working").get_by_text("Dana's worker").is_visible()
-    assert owner.get_by_role("link", name=re.compile("off-boarding page")).is_visible()
+    expect(owner.get_by_role("link", name=re.compile("off-boarding page"))).to_be_visible()
     owner.get_by_role("button", name="Remove Dana Developer").click()
-    assert owner.get_by_text(re.compile("Dana Developer was removed")).first.is_visible()
+    expect(owner.get_by_text(re.compile("Dana Developer was removed")).first).to_be_visible()
 
     dev.reload()
-    assert dev.get_by_role("heading", name=re.compile("You were removed from")).is_visible()
-    assert dev.get_by_text("Olive Owner").first.is_visible()
+    expect(dev.get_by_role("heading", name=re.compile("You were removed from"))).to_be_visible()
+    expect(dev.get_by_text("Olive Owner").first).to_be_visible()
 
     # Revoking an invite link asks on a page too.
     invite_link(owner, live_server, slug)
     owner.get_by_role("link", name="Back to members").click()
     owner.get_by_role("link", name="Revoke…").click()
-    assert owner.get_by_text("stops working at once").is_visible()
+    expect(owner.get_by_text("stops working at once")).to_be_visible()
     owner.get_by_role("button", name="Revoke invitation").click()
-    assert owner.get_by_text("Invitation revoked").is_visible()
+    expect(owner.get_by_text("Invitation revoked")).to_be_visible()
 
     # Deleting the organization: from the danger zone, with its address typed.
     owner.goto(f"{live_server}/orgs/{slug}/settings")
     owner.locator("#danger-zone").get_by_role("link", name="Delete organization…").click()
     owner.get_by_role("button", name=re.compile("^Delete ")).click()  # nothing typed: refused
-    assert owner.get_by_text("Type the name or the address to confirm.").is_visible()
+    expect(owner.get_by_text("Type the name or the address to confirm.")).to_be_visible()
     owner.get_by_label(re.compile("Type the organization's name")).fill(slug)
     owner.get_by_role("button", name=re.compile("^Delete ")).click()
-    assert owner.get_by_text(re.compile("is deleted. 1 key revoked")).is_visible()
+    expect(owner.get_by_text(re.compile("is deleted. 1 key revoked"))).to_be_visible()
     owner.goto(f"{live_server}/orgs/{slug}/keys/")
-    assert owner.get_by_role("heading", name=re.compile("was deleted")).is_visible()
+    expect(owner.get_by_role("heading", name=re.compile("was deleted"))).to_be_visible()
