@@ -6,6 +6,8 @@ import re
 import secrets
 import time
 
+from playwright.sync_api import expect
+
 from portal.keys import format as keyformat
 
 
@@ -16,7 +18,7 @@ def sign_up(page, live_server: str) -> str:
     page.get_by_label("Email").fill(email)
     page.get_by_label("Password").fill("a long enough password")
     page.get_by_role("button", name="Create account").click()
-    assert page.get_by_role("heading", name="Check your email").is_visible()
+    expect(page.get_by_role("heading", name="Check your email")).to_be_visible()
     page.get_by_role("main").get_by_role("link", name="Sign in").click()  # sign-up alone signs nobody in
     page.get_by_label("Email").fill(email)
     page.get_by_label("Password").fill("a long enough password")
@@ -27,7 +29,7 @@ def sign_up(page, live_server: str) -> str:
 
 def test_sign_up_create_copy_and_revoke_a_key(page, live_server):
     sign_up(page, live_server)
-    assert page.get_by_role("heading", name="No keys yet").is_visible()
+    expect(page.get_by_role("heading", name="No keys yet")).to_be_visible()
 
     page.get_by_role("link", name="Create your first key").click()
     page.get_by_label("Name").fill("Checkout service")
@@ -37,11 +39,11 @@ def test_sign_up_create_copy_and_revoke_a_key(page, live_server):
     assert keyformat.parse(secret) is not None and secret.startswith("pk_test_")
     page.get_by_role("button", name="Copy").first.click()
     assert page.evaluate("navigator.clipboard.readText()") == secret
-    assert page.get_by_role("button", name="Copied").is_visible()
+    expect(page.get_by_role("button", name="Copied")).to_be_visible()
 
     page.get_by_role("link", name="I have stored it, continue").click()
     assert secret not in page.content()
-    assert page.get_by_text(keyformat.hint(secret)).is_visible()
+    expect(page.get_by_text(keyformat.hint(secret))).to_be_visible()
     verify = f"{live_server}/v1/keys/verify"
     call = {"key": secret, "endpoint": "/browser", "client_ip": "203.0.113.9", "user_agent": "shop-backend/1.0"}
     answer = page.request.post(verify, data=call)
@@ -53,10 +55,10 @@ def test_sign_up_create_copy_and_revoke_a_key(page, live_server):
             break
         time.sleep(0.25)
         page.reload()
-    assert page.get_by_text("1 call in the last 24 hours").is_visible()
-    assert page.locator("#clients-table").get_by_text("203.0.113.9").is_visible()
+    expect(page.get_by_text("1 call in the last 24 hours")).to_be_visible()
+    expect(page.locator("#clients-table").get_by_text("203.0.113.9")).to_be_visible()
     page.get_by_role("button", name="Revoke key").click()
-    assert page.get_by_text("is revoked").is_visible()
+    expect(page.get_by_text("is revoked")).to_be_visible()
     assert page.locator(".badge.status-revoked").first.is_visible()
     answer = page.request.post(verify, data={"key": secret, "endpoint": "/browser"})
     assert answer.status == 401 and answer.json()["code"] == "revoked"  # and the very next call is refused
@@ -71,7 +73,7 @@ def test_reloading_the_created_page_never_shows_the_key_again(page, live_server)
     page.once("dialog", lambda dialog: dialog.accept())
     page.reload()  # browsers re-send the POST; the form's request token makes it find the first key
     assert secret not in page.content()
-    assert page.get_by_text("already created").is_visible()
+    expect(page.get_by_text("already created")).to_be_visible()
     assert re.search(r"/keys/[0-9a-f-]{36}$", page.url)
 
 
@@ -82,7 +84,7 @@ def test_phone_width_keeps_the_key_page_usable(browser, live_server):
         sign_up(page, live_server)
         width = page.evaluate("document.documentElement.scrollWidth")
         assert width <= 390
-        assert page.get_by_role("link", name="Create your first key").is_visible()
+        expect(page.get_by_role("link", name="Create your first key")).to_be_visible()
     finally:
         context.close()
 
@@ -101,12 +103,12 @@ def test_select_all_then_revoke_the_selection_after_confirming(page, live_server
     page.get_by_label("Select every key on this page").check()  # shown only with script
     assert page.get_by_label("Select Batch one").is_checked() and page.get_by_label("Select Batch two").is_checked()
     page.get_by_role("button", name="Revoke selected keys").click()
-    assert page.get_by_role("heading", name="Revoke 2 keys?").is_visible()
+    expect(page.get_by_role("heading", name="Revoke 2 keys?")).to_be_visible()
     for secret in secrets_by_name.values():
-        assert page.get_by_text(keyformat.hint(secret)).is_visible()
+        expect(page.get_by_text(keyformat.hint(secret))).to_be_visible()
 
     page.get_by_role("button", name="Revoke 2 keys").click()
-    assert page.get_by_text("2 keys revoked").is_visible()
+    expect(page.get_by_text("2 keys revoked")).to_be_visible()
     assert re.search(r"/keys/\?sort=oldest$", page.url)  # back to the list as it was
     verify = f"{live_server}/v1/keys/verify"
     for secret in secrets_by_name.values():

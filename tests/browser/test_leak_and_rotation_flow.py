@@ -3,6 +3,8 @@ and revoke a key through the public leak API."""
 
 from __future__ import annotations
 
+from playwright.sync_api import expect
+
 from tests.browser.test_keys_flow import sign_up
 
 
@@ -21,22 +23,22 @@ def test_roll_watch_extend_and_revoke_the_old_key(page, live_server):
     page.get_by_role("link", name="I have stored it, continue").click()
 
     page.goto(old_key_url)
-    assert page.get_by_role("heading", name="Rotation watch").is_visible()
-    assert page.get_by_text("Still in use").is_visible()
+    expect(page.get_by_role("heading", name="Rotation watch")).to_be_visible()
+    expect(page.get_by_text("Still in use")).to_be_visible()
     verify = f"{live_server}/v1/keys/verify"
     assert page.request.post(verify, data={"key": old_secret}).status == 200  # still working in its grace
 
     page.get_by_label("Keep the old key working (hours more)").fill("48")
     page.get_by_role("button", name="Extend grace period").click()
-    assert page.get_by_text("The old key now keeps working until").is_visible()
+    expect(page.get_by_text("The old key now keeps working until")).to_be_visible()
 
     page.get_by_label("Safe to revoke after (hours without calls)").fill("0")
     page.get_by_role("button", name="Check").click()
-    assert page.locator("#rotation-watch .error").is_visible()  # a form error, the page still works
+    expect(page.locator("#rotation-watch .error")).to_be_visible()  # a form error, the page still works
 
     page.get_by_role("link", name="Revoke key…").click()
     page.get_by_role("button", name="Revoke key").click()
-    assert page.get_by_text("is revoked").is_visible()
+    expect(page.get_by_text("is revoked")).to_be_visible()
     assert page.request.post(verify, data={"key": old_secret}).json()["code"] == "revoked"
 
 

@@ -72,7 +72,7 @@ def test_remove_revoke_and_delete_without_javascript(no_script, live_server):
     owner.goto(f"{live_server}/orgs/{slug}/members")
     owner.get_by_role("link", name="Remove…").click()
     expect(owner.get_by_role("heading", name=re.compile("Remove Dana Developer from"))).to_be_visible()
-    assert owner.locator("#keys-left-working").get_by_text("Dana's worker").is_visible()
+    expect(owner.locator("#keys-left-working").get_by_text("Dana's worker")).to_be_visible()
     expect(owner.get_by_role("link", name=re.compile("off-boarding page"))).to_be_visible()
     owner.get_by_role("button", name="Remove Dana Developer").click()
     expect(owner.get_by_text(re.compile("Dana Developer was removed")).first).to_be_visible()

@@ -49,7 +49,7 @@ def test_the_open_phone_menu_passes_axe(browser, live_server):
     try:
         sign_up(page, live_server)
         page.get_by_text("Menu", exact=True).click()
-        assert page.get_by_role("button", name="Sign out").is_visible()
+        expect(page.get_by_role("button", name="Sign out")).to_be_visible()
         assert Axe().run(page).response["violations"] == []
     finally:
         context.close()
@@ -95,7 +95,7 @@ def test_revoke_and_roll_work_with_javascript_off(no_script_phone, live_server):
     rolled_url = create_key(page, "Rolled without scripts")
 
     page.get_by_role("link", name="Roll key…").click()
-    assert page.get_by_role("heading", name="Roll “Rolled without scripts”?").is_visible()
+    expect(page.get_by_role("heading", name="Roll “Rolled without scripts”?")).to_be_visible()
     page.get_by_role("button", name="Roll key").click()
     new_secret = page.locator("#new-key").inner_text().strip()
     assert new_secret.startswith("pk_test_")
@@ -103,13 +103,13 @@ def test_revoke_and_roll_work_with_javascript_off(no_script_phone, live_server):
     new_key_url = page.url
     assert new_key_url != rolled_url
     page.goto(rolled_url)
-    assert page.get_by_role("heading", name="Rotation watch").is_visible()  # the old key is rolled, in its grace
+    expect(page.get_by_role("heading", name="Rotation watch")).to_be_visible()  # the old key is rolled, in its grace
 
     page.goto(new_key_url)
     page.get_by_role("link", name="Revoke key…").click()
-    assert page.get_by_role("heading", name="Revoke “Rolled without scripts”?").is_visible()
+    expect(page.get_by_role("heading", name="Revoke “Rolled without scripts”?")).to_be_visible()
     page.get_by_role("button", name="Revoke key").click()  # no window.confirm: the page itself asked
-    assert page.get_by_text("is revoked").is_visible()
+    expect(page.get_by_text("is revoked")).to_be_visible()
     assert page.locator(".badge.status-revoked").first.is_visible()
     answer = page.request.post(f"{live_server}/v1/keys/verify", data={"key": new_secret, "endpoint": "/no-js"})
     assert answer.status == 401 and answer.json()["code"] == "revoked"

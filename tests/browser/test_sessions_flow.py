@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from playwright.sync_api import expect
+
 from tests.browser.test_keys_flow import sign_up
 
 
@@ -15,22 +17,22 @@ def test_sign_out_another_browser_from_the_account_page(browser, page, live_serv
         other.get_by_label("Password").fill("a long enough password")
         other.get_by_label("Keep me signed in").check()
         other.get_by_role("button", name="Sign in").click()
-        assert other.get_by_role("heading", name="No keys yet").is_visible()
+        expect(other.get_by_role("heading", name="No keys yet")).to_be_visible()
 
         page.get_by_role("link", name="Grace Hopper").click()
-        assert page.get_by_role("heading", name="Your account").is_visible()
-        assert page.get_by_text("This session").is_visible()
-        assert page.get_by_text("Firefox 128").is_visible()  # the other browser, parsed from its user agent
+        expect(page.get_by_role("heading", name="Your account")).to_be_visible()
+        expect(page.get_by_text("This session")).to_be_visible()
+        expect(page.get_by_text("Firefox 128")).to_be_visible()  # the other browser, parsed from its user agent
 
         page.once("dialog", lambda dialog: dialog.accept())
         page.get_by_role("button", name="Sign out all other sessions").click()
-        assert page.get_by_text("Signed out 1 other session.").is_visible()
+        expect(page.get_by_text("Signed out 1 other session.")).to_be_visible()
         assert not page.get_by_text("Firefox 128").is_visible()
 
         other.reload()  # its session cookie and remember-me cookie are both refused now
-        assert other.get_by_role("heading", name="Sign in to ProCode").is_visible()
+        expect(other.get_by_role("heading", name="Sign in to ProCode")).to_be_visible()
 
         page.get_by_role("link", name="Security log").click()
-        assert page.get_by_text("Signed out all other sessions").is_visible()
+        expect(page.get_by_text("Signed out all other sessions")).to_be_visible()
     finally:
         other_context.close()

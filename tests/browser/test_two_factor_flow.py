@@ -8,6 +8,7 @@ import secrets
 from datetime import timedelta
 
 import pyotp
+from playwright.sync_api import expect
 
 from portal.timeutil import utcnow
 
@@ -54,11 +55,11 @@ def test_authenticator_app_enrolment_and_sign_in(page, live_server):
     secret = page.locator("#setup-key").inner_text().replace(" ", "")
     page.get_by_label("Code from the app").fill("000000" if pyotp.TOTP(secret).now() != "000000" else "111111")
     page.get_by_role("button", name="Turn on").click()
-    assert page.get_by_text("does not match").is_visible()
+    expect(page.get_by_text("does not match")).to_be_visible()
     page.get_by_label("Code from the app").fill(pyotp.TOTP(secret).now())
     page.get_by_role("button", name="Turn on").click()
 
-    assert page.get_by_role("heading", name="Save your recovery codes").is_visible()
+    expect(page.get_by_role("heading", name="Save your recovery codes")).to_be_visible()
     assert len(page.locator("#recovery-codes").inner_text().split()) == 10
     page.get_by_role("link", name="I have saved them").click()
     assert page.locator("#two-factor-state").inner_text() == "On"
@@ -67,7 +68,7 @@ def test_authenticator_app_enrolment_and_sign_in(page, live_server):
     page.get_by_label("Authentication code").fill(pyotp.TOTP(secret).at(utcnow() + timedelta(seconds=30)))
     page.get_by_role("button", name="Verify").click()
     page.wait_for_url("**/keys/")
-    assert page.get_by_role("button", name="Sign out").is_visible()
+    expect(page.get_by_role("button", name="Sign out")).to_be_visible()
 
 
 def test_passkey_registration_and_sign_in(page, live_server):
@@ -93,9 +94,9 @@ def test_passkey_registration_and_sign_in(page, live_server):
     page.get_by_label("Passkey name").fill("Work laptop")
     page.get_by_role("button", name="Create passkey").click()  # the ceremony runs, then the form is posted
     page.get_by_role("heading", name="Save your recovery codes").wait_for()
-    assert page.get_by_text("Passkey “Work laptop” added").is_visible()
+    expect(page.get_by_text("Passkey “Work laptop” added")).to_be_visible()
     page.get_by_role("link", name="I have saved them").click()
-    assert page.locator("#passkeys").get_by_text("Work laptop").is_visible()
+    expect(page.locator("#passkeys").get_by_text("Work laptop")).to_be_visible()
     assert page.locator("#two-factor-state").inner_text() == "On"
     [credential] = cdp.send("WebAuthn.getCredentials", {"authenticatorId": authenticator})["credentials"]
     assert credential["rpId"] == "localhost"
@@ -103,7 +104,7 @@ def test_passkey_registration_and_sign_in(page, live_server):
     sign_out_and_enter_password(page, base, email)
     page.get_by_role("button", name="Use a passkey").click()
     page.wait_for_url("**/keys/")
-    assert page.get_by_role("button", name="Sign out").is_visible()
+    expect(page.get_by_role("button", name="Sign out")).to_be_visible()
     [used] = cdp.send("WebAuthn.getCredentials", {"authenticatorId": authenticator})["credentials"]
     assert used["signCount"] > credential["signCount"]
 
