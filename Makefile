@@ -112,7 +112,8 @@ clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
 
 ## make bench-usage: 10M usage events, dashboard and key page against a raw GROUP BY.
-## BENCH_ARGS="--events 1000000 --requests 30" for a quicker run.
+## BENCH_ARGS="--events 1000000 --requests 30" for a quicker run; BENCH_ARGS="--scale" for 100M events over
+## 10,000 keys in 1,000 organizations and 90 days (needs about 41 GB free on the PostgreSQL server's disk).
 bench-usage: install
 	$(BIN)/python bench/usage.py $(BENCH_ARGS)
 

@@ -1,6 +1,7 @@
 """Alembic environment: runs online against the app's engine (Flask-Migrate provides the app context)."""
 
 import logging
+import re
 from logging.config import fileConfig
 
 from alembic import context
@@ -13,6 +14,12 @@ logger = logging.getLogger("alembic.env")
 
 db = current_app.extensions["migrate"].db
 target_metadata = db.metadata
+# api_key_usage's daily partitions are made by the app (portal/usage/partitions.py), not declared as models.
+PARTITION = re.compile(r"api_key_usage_p\d{8}")
+
+
+def include_name(name, type_, parent_names):
+    return not (type_ == "table" and PARTITION.fullmatch(name or ""))
 
 
 def run_migrations_offline() -> None:
@@ -21,6 +28,7 @@ def run_migrations_offline() -> None:
         target_metadata=target_metadata,
         literal_binds=True,
         compare_server_default=True,
+        include_name=include_name,
     )
     with context.begin_transaction():
         context.run_migrations()
@@ -36,6 +44,7 @@ def run_migrations_online() -> None:
 
     conf_args = dict(current_app.extensions["migrate"].configure_args)
     conf_args.setdefault("process_revision_directives", skip_empty_autogenerate)
+    conf_args.setdefault("include_name", include_name)
     with db.engine.connect() as connection:
         context.configure(connection=connection, target_metadata=target_metadata, **conf_args)
         with context.begin_transaction():

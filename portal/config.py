@@ -169,8 +169,10 @@ class Config:
     # worker's CPU from its pages and verifications (docs/performance.md), and is delivered over a little longer.
     WEBHOOK_MAX_PER_SECOND = 30.0
     WEBHOOK_RETRY_SCHEDULE: tuple[float, ...] = (5, 60, 300, 1800, 7200, 18000, 36000, 36000, 36000, 36000)
-    # Usage: raw events are pruned after this many days (flask usage prune), rollups kept far longer.
+    # Usage: raw events are pruned after this many days (flask usage prune drops whole daily partitions), rollups
+    # kept far longer. The usage writers keep daily partitions this many days ahead (portal/usage/partitions.py).
     USAGE_RAW_RETENTION_DAYS = 90
+    USAGE_PARTITIONS_AHEAD_DAYS = 7
     USAGE_ROLLUP_RETENTION_DAYS = 400
     USAGE_RECENT_PER_PAGE = 50
 

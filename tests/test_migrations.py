@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import secrets
+from typing import Any
+
 import sqlalchemy as sa
 from flask_migrate import check, downgrade, upgrade
 
@@ -74,3 +77,107 @@ def test_invalid_key_rows_become_counts_and_back(database_server):
             db.engine.dispose()
     finally:
         drop_database(database_server, url)
+
+
+def test_usage_becomes_daily_partitions_and_back_keeping_every_row(database_server):
+    """0022 copies a populated usage table into daily partitions (and its downgrade back into one table): the
+    same rows and ids, the grants, rollup triggers that count each new call once, and the next id after the
+    last."""
+    url = make_database(database_server, "usage_partitions")
+    role = f"portal_reader_{secrets.token_hex(4)}"
+    engine = sa.create_engine(url)
+    rows_sql = sa.text(
+        "SELECT id, key_id, organization_id, occurred_at, endpoint, status_code, latency_ms, outcome,"
+        " host(client_ip), user_agent FROM api_key_usage ORDER BY id"
+    )
+
+    def state() -> tuple[str, list[Any], int, bool, list[str]]:
+        with engine.begin() as conn:
+            conn.execute(sa.text("SELECT usage_rollup_fold()"))
+            return (
+                conn.scalar(sa.text("SELECT relkind::text FROM pg_class WHERE oid = 'api_key_usage'::regclass")),
+                [tuple(r) for r in conn.execute(rows_sql)],
+                conn.scalar(sa.text("SELECT sum(calls) FROM usage_org_hourly")),
+                conn.scalar(sa.text(f"SELECT has_table_privilege('{role}', 'api_key_usage', 'INSERT')")),
+                conn.scalars(
+                    sa.text("SELECT indexname FROM pg_indexes WHERE tablename = 'api_key_usage' ORDER BY 1")
+                ).all(),
+            )
+
+    def insert_one() -> int:
+        with engine.begin() as conn:
+            return conn.scalar(
+                sa.text(
+                    "INSERT INTO api_key_usage (key_id, organization_id, status_code, outcome)"
+                    " SELECT id, organization_id, 200, 'ok' FROM api_keys RETURNING id"
+                )
+            )
+
+    try:
+        app = create_app({"SQLALCHEMY_DATABASE_URI": url}, env="testing")
+        with app.app_context():
+            upgrade(revision="0021")
+            with engine.begin() as conn:
+                org = conn.scalar(sa.text("INSERT INTO organizations (name, slug) VALUES ('A', 'a') RETURNING id"))
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO api_keys (organization_id, name, environment, hint, key_hash)"
+                        " VALUES (:o, 'k', 'live', 'pk_live_…abcd', '\\x01')"
+                    ),
+                    {"o": org},
+                )
+                conn.execute(  # 1,200 calls over the last 3 days and 4 hours, through the rollup triggers
+                    sa.text(
+                        "INSERT INTO api_key_usage (key_id, organization_id, occurred_at, endpoint, status_code,"
+                        " latency_ms, outcome, client_ip, user_agent)"
+                        " SELECT k.id, k.organization_id, now() - i * interval '160 seconds', '/v1/x' || i % 3,"
+                        " 200, i / 7.0, CASE WHEN i % 10 = 0 THEN 'rate_limited' ELSE 'ok' END,"
+                        " ('203.0.113.' || i % 5)::inet, 'agent/' || i % 2 FROM api_keys k, generate_series(1, 1200) i"
+                    )
+                )
+                conn.execute(sa.text(f'CREATE ROLE "{role}"'))
+                conn.execute(sa.text(f'GRANT SELECT, INSERT ON api_key_usage TO "{role}"'))
+            kind, rows, calls, granted, _ = state()
+            assert (kind, len(rows), calls, granted) == ("r", 1200, 1200, True)
+
+            upgrade()
+            kind, after, calls, granted, indexes = state()
+            assert (kind, after, calls, granted) == ("p", rows, 1200, True)  # nothing counted twice
+            assert indexes == ["api_key_usage_pkey", "ix_api_key_usage_key_time", "ix_api_key_usage_org_time"]
+            with engine.connect() as conn:
+                days = conn.scalar(
+                    sa.text(
+                        "SELECT count(DISTINCT tableoid) = count(DISTINCT (occurred_at AT TIME ZONE 'UTC')::date)"
+                        " FROM api_key_usage"
+                    )
+                )
+            assert days  # one partition per day of rows
+            assert insert_one() == 1201
+            kind, rows, calls, _, _ = state()
+            assert (len(rows), calls) == (1201, 1201)
+
+            downgrade(revision="0021")
+            kind, after, calls, granted, indexes = state()
+            assert (kind, after, calls, granted) == ("r", rows, 1201, True)
+            assert indexes == [
+                "api_key_usage_pkey",
+                "ix_api_key_usage_key_time",
+                "ix_api_key_usage_occurred_brin",
+                "ix_api_key_usage_org_time",
+            ]
+            assert insert_one() == 1202
+            assert state()[2] == 1202
+            with engine.connect() as conn:
+                assert conn.scalar(sa.text("SELECT to_regproc('usage_partitions_ensure')")) is None
+            upgrade()
+            assert state()[0] == "p"
+            from portal.extensions import db
+
+            db.engine.dispose()
+    finally:
+        engine.dispose()
+        drop_database(database_server, url)
+        admin = sa.create_engine(database_server, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP ROLE IF EXISTS "{role}"'))
+        admin.dispose()

@@ -97,19 +97,6 @@ def test_rebuild_gives_the_same_rollups_as_the_trigger(org, keys):
     assert maintenance.rollup_mismatches(org.id) == {}
 
 
-def test_prune_deletes_old_raw_events_but_keeps_their_rollups(org, keys):
-    key = keys[0]
-    now = datetime.now(UTC)
-    record([event(key, now - timedelta(days=100)), event(key, now - timedelta(days=1))])
-
-    assert maintenance.prune_raw(timedelta(days=90)) >= 1
-    maintenance.fold()
-
-    raw = db.session.scalar(sa.text("SELECT count(*) FROM api_key_usage WHERE key_id = :k"), {"k": key.id})
-    kept = db.session.scalar(sa.text("SELECT sum(calls) FROM usage_key_daily WHERE key_id = :k"), {"k": key.id})
-    assert (raw, kept) == (1, 2)
-
-
 def test_parse_age():
     assert maintenance.parse_age("90d") == timedelta(days=90)
     assert maintenance.parse_age("36h") == timedelta(hours=36)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from html.parser import HTMLParser
 from typing import Any
 
@@ -20,6 +20,7 @@ INSERT = sa.text(
     " CAST(:endpoints AS text[]), CAST(:statuses AS int[]), CAST(:latencies AS float8[]),"
     " CAST(:outcomes AS text[]), CAST(:ips AS inet[]), CAST(:agents AS text[]))"
 )
+ENSURE_PARTITION = sa.text("SELECT usage_partitions_ensure(:at, :at)")
 STATUS = {
     "ok": 200,
     "rate_limited": 429,
@@ -71,7 +72,11 @@ def record(events: list[tuple[Any, ...]], connection: Any = None) -> None:
         "ips": list(columns[7]),
         "agents": list(columns[8]),
     }
-    (connection or db.session).execute(INSERT, params)
+    target = connection or db.session
+    # Each day's partition, as a writer gets it (the migration made only today's and the next week's).
+    for at in {at.astimezone(UTC).date(): at for at in params["ats"]}.values():
+        target.execute(ENSURE_PARTITION, {"at": at})
+    target.execute(INSERT, params)
 
 
 def rollup(table: str, where: str, **params: Any) -> list[Any]:

@@ -29,6 +29,7 @@ def init_app(app: Flask) -> None:
         timeout=float(app.config["API_VERIFY_DEADLINE"]),
         invalid_key_budget=int(app.config["API_INVALID_KEY_BUDGET"]),
         budget_addresses=int(app.config["API_INVALID_KEY_ADDRESSES"]),
+        partitions_ahead=int(app.config["USAGE_PARTITIONS_AHEAD_DAYS"]),
         spill_dir=spill_directory(app),
         pool_mode=str(app.config["DATABASE_POOL_MODE"]),
     )

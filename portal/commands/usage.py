@@ -1,10 +1,10 @@
-"""``flask usage``: simulate traffic, prune old raw events and invalid-key counts, rebuild rollups, replay spill
-files."""
+"""``flask usage``: simulate traffic, keep the daily partitions, prune old raw events and invalid-key counts,
+rebuild rollups, replay spill files."""
 
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import click
 import psycopg2
@@ -13,7 +13,8 @@ from flask import current_app
 from portal.api import spill_directory
 from portal.commands import org_or_fail
 from portal.db import redacted
-from portal.usage import maintenance
+from portal.timeutil import utcnow
+from portal.usage import maintenance, partitions
 from portal.usage import simulate as sim
 from portal.verification import spill
 from portal.verification.backend import libpq_dsn
@@ -21,11 +22,11 @@ from portal.verification.backend import libpq_dsn
 
 @click.group("usage")
 def usage() -> None:
-    """Usage data: simulate, prune, rebuild rollups, replay spill files."""
+    """Usage data: simulate, partitions, prune, rebuild rollups, replay spill files."""
 
 
 @usage.command("simulate")
-@click.option("--org", "slug", required=True, help="Organization slug.")
+@click.option("--org", "slugs", required=True, multiple=True, help="Organization slug (repeat for several).")
 @click.option("--events", type=click.IntRange(1, 1_000_000_000), default=100_000, show_default=True)
 @click.option("--days", type=click.FloatRange(0.01, 400), default=30, show_default=True)
 @click.option(
@@ -34,20 +35,60 @@ def usage() -> None:
     type=click.IntRange(1, 10_000),
     default=5,
     show_default=True,
-    help="Use this many keys, adding simulated ones (secrets discarded) if the org has fewer.",
+    help="Use this many keys per organization, adding simulated ones (secrets discarded) if it has fewer.",
 )
 @click.option("--chunk", type=click.IntRange(1_000, 2_000_000), default=200_000, show_default=True)
+@click.option("--jobs", type=click.IntRange(1, 16), default=1, show_default=True, help="Connections inserting at once.")
 @click.option("--vacuum/--no-vacuum", default=True, show_default=True, help="VACUUM ANALYZE afterwards.")
-def simulate(slug: str, events: int, days: float, key_count: int, chunk: int, vacuum: bool) -> None:
-    """Generate realistic traffic in bulk (through the same insert trigger that keeps the rollups)."""
-    org = org_or_fail(slug)
+def simulate(
+    slugs: tuple[str, ...], events: int, days: float, key_count: int, chunk: int, jobs: int, vacuum: bool
+) -> None:
+    """Generate realistic traffic in bulk (through the same insert trigger that keeps the rollups); with several
+    organizations, the first one's keys are the busiest."""
+    orgs = [org_or_fail(slug) for slug in slugs]
     started = time.perf_counter()
     with click.progressbar(length=events, label=f"Simulating {events:,} calls", show_pos=True) as bar:
-        sim.simulate(org, events, days, key_count=key_count, chunk=chunk, progress=bar.update, vacuum_pending=vacuum)
+        sim.simulate(
+            orgs,
+            events,
+            days,
+            key_count=key_count,
+            chunk=chunk,
+            progress=bar.update,
+            vacuum_pending=vacuum,
+            jobs=jobs,
+        )
+    took = time.perf_counter() - started
     if vacuum:
         click.echo("VACUUM ANALYZE …")
         sim.vacuum_analyze()
-    click.echo(f"{events:,} calls over {days:g} days for {slug} in {time.perf_counter() - started:.1f} s")
+    names = slugs[0] if len(slugs) == 1 else f"{len(slugs)} organizations"
+    click.echo(f"{events:,} calls over {days:g} days for {names} in {took:.1f} s ({events / took:,.0f} calls/s)")
+
+
+def _retention(older_than: str | None) -> timedelta:
+    try:
+        age = maintenance.parse_age(older_than or f"{current_app.config['USAGE_RAW_RETENTION_DAYS']}d")
+        partitions.cutoff_for(age)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return age
+
+
+def _dropped(dropped: list[partitions.Partition], age: timedelta) -> str:
+    if not dropped:
+        return f"No partition of raw events is older than {_age(age)}."
+    size = _size(sum(p.bytes for p in dropped))
+    if all(p.rows >= 0 for p in dropped):
+        size += f", about {sum(p.rows for p in dropped):,} rows"
+    return (
+        f"Dropped {len(dropped)} partition{'s' if len(dropped) != 1 else ''} of raw events older than {_age(age)}"
+        f" ({dropped[0].start:%Y-%m-%d} to {dropped[-1].end - timedelta(days=1):%Y-%m-%d}; {size})."
+    )
+
+
+def _age(age: timedelta) -> str:
+    return f"{age.days} days" if age.days * 86_400 == age.total_seconds() else f"{age.total_seconds() / 3600:g} hours"
 
 
 @usage.command("prune")
@@ -58,9 +99,9 @@ def simulate(slug: str, events: int, days: float, key_count: int, chunk: int, va
     help="Also drop rollups older than this (default: USAGE_ROLLUP_RETENTION_DAYS).",
 )
 def prune(older_than: str | None, rollups_older_than: str | None) -> None:
-    """Delete raw events and invalid-key counts past retention; rollups keep the history far longer."""
+    """Drop raw events (whole days) and invalid-key counts past retention; rollups keep the history far longer."""
+    raw_age = _retention(older_than)
     try:
-        raw_age = maintenance.parse_age(older_than or f"{current_app.config['USAGE_RAW_RETENTION_DAYS']}d")
         rollup_age = maintenance.parse_age(
             rollups_older_than or f"{current_app.config['USAGE_ROLLUP_RETENTION_DAYS']}d"
         )
@@ -68,13 +109,69 @@ def prune(older_than: str | None, rollups_older_than: str | None) -> None:
         raise click.BadParameter(str(exc)) from None
     if rollup_age < raw_age:
         raise click.BadParameter("rollups must be kept at least as long as raw events")
-    raw = maintenance.prune_raw(raw_age)
+    dropped = maintenance.prune_raw(raw_age)
     invalid = maintenance.prune_invalid_key_counts(raw_age)
     rollups = maintenance.prune_rollups(rollup_age)
+    click.echo(_dropped(dropped, raw_age))
     click.echo(
-        f"Deleted {raw:,} raw events and {invalid:,} invalid-key counts older than {raw_age.days} days "
-        f"and {rollups:,} rollup rows older than {rollup_age.days} days."
+        f"Deleted {invalid:,} invalid-key counts older than {_age(raw_age)}"
+        f" and {rollups:,} rollup rows older than {_age(rollup_age)}."
     )
+
+
+@usage.group("partitions")
+def partitions_group() -> None:
+    """The daily partitions of raw events: list, create ahead, drop expired."""
+
+
+@partitions_group.command("list")
+def partitions_list() -> None:
+    """Every partition: its UTC day, estimated rows and size on disk."""
+    found = partitions.listing()
+    if not found:
+        click.echo("api_key_usage has no partitions: every write fails until `flask usage partitions create`.")
+        return
+    click.echo(f"{'partition':<26}{'UTC day':<12}{'rows (est.)':>14}{'size':>12}")
+    for p in found:
+        rows = f"{p.rows:,}" if p.rows >= 0 else "?"
+        note = "  (detach pending)" if p.detaching else ""
+        click.echo(f"{p.name:<26}{p.start:%Y-%m-%d}  {rows:>14}{_size(p.bytes):>12}{note}")
+    ahead = (found[-1].end - timedelta(days=1)).date() - utcnow().date()
+    click.echo(
+        f"{len(found)} partitions, {found[0].start:%Y-%m-%d} to {found[-1].end - timedelta(days=1):%Y-%m-%d};"
+        f" {_size(sum(p.bytes for p in found))}; {ahead.days} days ahead of today."
+    )
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    raise AssertionError
+
+
+@partitions_group.command("create")
+@click.option(
+    "--ahead",
+    type=click.IntRange(0, 365),
+    default=None,
+    help="Days ahead of today (default: USAGE_PARTITIONS_AHEAD_DAYS).",
+)
+def partitions_create(ahead: int | None) -> None:
+    """Create the partitions from today to N days ahead that do not exist yet (the workers do this too)."""
+    days = current_app.config["USAGE_PARTITIONS_AHEAD_DAYS"] if ahead is None else ahead
+    created = partitions.ensure_ahead(days)
+    plural = "s" if created != 1 else ""
+    click.echo(f"Created {created} partition{plural}; partitions cover today to {days} days ahead.")
+
+
+@partitions_group.command("drop-expired")
+@click.option("--older-than", default=None, help="Age like 90d (default: USAGE_RAW_RETENTION_DAYS).")
+def partitions_drop(older_than: str | None) -> None:
+    """Detach and drop the partitions whose every row is older than the retention (rollups stay)."""
+    age = _retention(older_than)
+    click.echo(_dropped(maintenance.prune_raw(age), age))
 
 
 @usage.command("fold")

@@ -18,10 +18,6 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from portal.extensions import Model
 from portal.models._types import Timestamp
-from portal.models.usage import ApiKeyUsage
-
-# ``flask usage prune`` deletes raw events oldest first; BRIN stays tiny as rows arrive in time order.
-sa.Index("ix_api_key_usage_occurred_brin", ApiKeyUsage.occurred_at, postgresql_using="brin")
 
 
 def _org_fk() -> Mapped[uuid.UUID]:

@@ -15,19 +15,23 @@ from portal.verification.outcomes import INVALID_KEY_OUTCOMES, OUTCOMES
 
 
 class ApiKeyUsage(Model):
-    """One row per answered verification of an existing key, valid or not (invalid keys: ``InvalidKeyCount``)."""
+    """One row per answered verification of an existing key, valid or not (invalid keys: ``InvalidKeyCount``).
+
+    Partitioned by UTC day of ``occurred_at`` (migration 0022, ``portal/usage/partitions.py``): retention drops
+    whole days, and the primary key holds the partition key as PostgreSQL requires."""
 
     __tablename__ = "api_key_usage"
     __table_args__ = (
         check_in("outcome", OUTCOMES, "ck_api_key_usage_outcome"),
         sa.Index("ix_api_key_usage_org_time", "organization_id", "occurred_at"),
         sa.Index("ix_api_key_usage_key_time", "key_id", "occurred_at"),
+        {"postgresql_partition_by": "RANGE (occurred_at)"},
     )
 
     id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
     key_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     organization_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
-    occurred_at: Mapped[datetime] = mapped_column(Timestamp, server_default=sa.func.now())
+    occurred_at: Mapped[datetime] = mapped_column(Timestamp, server_default=sa.func.now(), primary_key=True)
     endpoint: Mapped[str | None] = mapped_column(sa.String(200))
     status_code: Mapped[int] = mapped_column(sa.SmallInteger)
     latency_ms: Mapped[float | None] = mapped_column(sa.Float)

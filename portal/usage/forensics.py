@@ -3,7 +3,7 @@
 Clients come from the client rollups (migration 0012), never from raw events: the last 24 hours from
 ``usage_key_clients_hourly`` (exact to the hour), 7 and 30 days from ``usage_key_clients_daily`` (whole UTC
 days, so a busy key's month reads at most one row per client and day). The last call is the key's newest raw
-event: one row through the ``(key_id, occurred_at)`` index.
+event: one row through the ``(key_id, occurred_at)`` index, in the partitions from the key's newest hour on.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from portal.db import read
+from portal.usage import partitions
 from portal.usage.maintenance import fold, fold_clients
 from portal.usage.ranges import floor_hour
 
@@ -67,7 +68,8 @@ class Clients:
 
 LAST_USE_SQL = sa.text(
     "SELECT occurred_at, host(client_ip) AS client_ip, user_agent, endpoint, outcome, status_code"
-    " FROM api_key_usage WHERE key_id = :key AND organization_id = :org ORDER BY occurred_at DESC, id DESC LIMIT 1"
+    " FROM api_key_usage WHERE key_id = :key AND organization_id = :org AND occurred_at >= :since"
+    " ORDER BY occurred_at DESC, id DESC LIMIT 1"
 )
 
 # Rows from the window's first hour (or day); a client whose calls in that edge period all predate the window
@@ -91,7 +93,8 @@ DAILY_CLIENTS_SQL = sa.text(_CLIENTS_SQL.format(table="usage_key_clients_daily",
 
 def last_use(organization_id: uuid.UUID, key_id: uuid.UUID) -> LastUse | None:
     """The key's newest call, however it was answered: when, from which address and client, to which endpoint."""
-    row = read(LAST_USE_SQL, {"key": key_id, "org": organization_id}).first()
+    since = partitions.key_events_since(key_id, 1)
+    row = read(LAST_USE_SQL, {"key": key_id, "org": organization_id, "since": since}).first()
     return LastUse(*row) if row is not None else None
 
 

@@ -1,5 +1,5 @@
-"""Retention and repair: prune old raw events and invalid-key counts (rollups stay), and rebuild rollups from the
-raw events left."""
+"""Retention and repair: drop old raw events (whole daily partitions) and invalid-key counts (rollups stay), and
+rebuild rollups from the raw events left."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from portal.extensions import db
 from portal.timeutil import utcnow
+from portal.usage import partitions
 from portal.verification.outcomes import OUTCOMES
 
 _COUNTS = ", ".join(["calls", *OUTCOMES, "latency_ms_sum"])
@@ -98,22 +99,10 @@ def _rowcount(statement: sa.TextClause, params: dict[str, Any]) -> int:
     return int(result.rowcount)
 
 
-def prune_raw(older_than: timedelta, batch: int = 50_000, now: datetime | None = None) -> int:
-    """Delete raw events older than the cutoff in batches (short transactions); rollups stay."""
-    cutoff = (now or utcnow()) - older_than
-    deleted = 0
-    while True:
-        count = _rowcount(
-            sa.text(
-                "DELETE FROM api_key_usage WHERE id IN"
-                " (SELECT id FROM api_key_usage WHERE occurred_at < :cutoff LIMIT :batch)"
-            ),
-            {"cutoff": cutoff, "batch": batch},
-        )
-        db.session.commit()
-        deleted += count
-        if count < batch:
-            return deleted
+def prune_raw(older_than: timedelta, now: datetime | None = None) -> list[partitions.Partition]:
+    """Drop the daily partitions of raw events that end before the cutoff (rows of the day the cutoff falls in
+    stay until that whole day is past it); rollups stay. Returns the partitions dropped."""
+    return partitions.drop_expired(older_than, now)
 
 
 def prune_invalid_key_counts(older_than: timedelta, now: datetime | None = None) -> int:

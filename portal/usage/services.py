@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from portal.db import read, read_scalar
 from portal.pagination import Page, paginate
 from portal.plans import Plan
-from portal.usage import topkeys
+from portal.usage import partitions, topkeys
 from portal.usage.ranges import UsageRange
 
 # How the chart groups the outcomes: (key, label, outcomes, colour). Malformed and unknown keys are left out:
@@ -291,24 +291,25 @@ def has_any_usage(organization_id: uuid.UUID) -> bool:
 RECENT_CALLS_SQL = sa.text(
     "SELECT occurred_at, endpoint, status_code, outcome, latency_ms, host(client_ip) AS client_ip, user_agent"
     " FROM api_key_usage"
-    " WHERE key_id = :key AND organization_id = :org ORDER BY occurred_at DESC, id DESC"
+    " WHERE key_id = :key AND organization_id = :org AND occurred_at >= :since ORDER BY occurred_at DESC, id DESC"
     " LIMIT :limit OFFSET :offset"
 )
+LAST_CALL_SQL = sa.text("SELECT max(occurred_at) FROM api_key_usage WHERE key_id = :key AND occurred_at >= :since")
 
 
 def recent_calls(organization_id: uuid.UUID, key_id: uuid.UUID, page: int, per_page: int) -> Page[Any]:
-    """One page of a key's newest raw events (index on key_id, occurred_at); not counted, as a busy key has
-    millions."""
+    """One page of a key's newest raw events (index on key_id, occurred_at, in the partitions that hold them);
+    not counted, as a busy key has millions."""
     params = {"key": key_id, "org": organization_id}
-    return paginate(
-        lambda limit, offset: read(RECENT_CALLS_SQL, {**params, "limit": limit, "offset": offset}).all(),
-        page=page,
-        per_page=per_page,
-    )
+
+    def fetch(limit: int, offset: int) -> list[Any]:
+        since = partitions.key_events_since(key_id, limit + offset)
+        return list(read(RECENT_CALLS_SQL, {**params, "since": since, "limit": limit, "offset": offset}).all())
+
+    return paginate(fetch, page=page, per_page=per_page)
 
 
 def last_call_at(key_id: uuid.UUID) -> datetime | None:
-    value: datetime | None = read_scalar(
-        sa.text("SELECT max(occurred_at) FROM api_key_usage WHERE key_id = :key"), {"key": key_id}
-    )
+    since = partitions.key_events_since(key_id, 1)
+    value: datetime | None = read_scalar(LAST_CALL_SQL, {"key": key_id, "since": since})
     return value

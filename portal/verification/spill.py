@@ -28,7 +28,14 @@ from typing import Any
 import psycopg2
 
 from portal.verification.backend import Row
-from portal.verification.usage_rows import InvalidKeyCounts, write_each, write_invalid_key_counts, write_usage_rows
+from portal.verification.usage_rows import (
+    InvalidKeyCounts,
+    make_partitions_for,
+    no_partition,
+    write_each,
+    write_invalid_key_counts,
+    write_usage_rows,
+)
 
 log = logging.getLogger("portal.verification.usage")
 FORMAT, VERSION = "procode-usage-spill", 1
@@ -259,15 +266,20 @@ def _replay_file(conn: Any, spill: SpillFile, report: Replayed) -> None:
     log.info("usage spill file %s written: %d usage rows, %d invalid-key calls", spill.path.name, rows - refused, calls)
 
 
-def _write_batch(cur: Any, batch: Batch) -> int:
-    """The batch in one go, or row by row if the database refuses some (logged and dropped): how many it refused."""
+def _write_batch(cur: Any, batch: Batch, retry: bool = True) -> int:
+    """The batch in one go, or row by row if the database refuses some (logged and dropped): how many it refused.
+    Rows of a day that has no partition (a file kept over a long outage) make it and are written again."""
     cur.execute("SAVEPOINT spill_batch")
     try:
         for start in range(0, len(batch.rows), CHUNK):
             write_usage_rows(cur, batch.rows[start : start + CHUNK])
         write_invalid_key_counts(cur, batch.counts)
-    except (psycopg2.DataError, psycopg2.IntegrityError):
+    except (psycopg2.DataError, psycopg2.IntegrityError) as exc:
         cur.execute("ROLLBACK TO SAVEPOINT spill_batch")
+        if retry and no_partition(exc):
+            created = make_partitions_for(cur, batch.rows)
+            log.warning("usage spill replay: a batch found no usage partition; made %d and wrote it again", created)
+            return _write_batch(cur, batch, retry=False)
         return write_each(cur, batch.rows, batch.counts)
     return 0
 

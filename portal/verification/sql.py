@@ -400,6 +400,13 @@ INSERT_USAGE = (
     "SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::timestamptz[], %s::text[], %s::int[], %s::float8[], "
     "%s::text[], %s::inet[], %s::text[])"
 )
+# The usage table has a partition per UTC day (migration 0022, portal/usage/partitions.py). Each writer makes
+# sure the next days' exist, and a batch that finds no partition for its rows (SQLSTATE 23514 without a
+# constraint name) makes them and is written again. The function skips what exists and serializes creators.
+ENSURE_PARTITIONS_SQL = "SELECT usage_partitions_ensure(%s, %s)"
+PARTITION_LOCK_TIMEOUT_SQL = "SET LOCAL lock_timeout = '5s'"  # a long reader of the table delays, never stalls, it
+NO_PARTITION_PGCODE = "23514"
+
 # Calls with a malformed or unknown key (and those refused for too many of them) are counted, not stored one
 # row each: one upsert per flush of the counts a worker gathered, summed per minute, client address and
 # outcome. Rows are taken in one order (minute, address, outcome) so concurrent flushes of several workers

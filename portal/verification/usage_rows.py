@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg2
@@ -151,3 +151,18 @@ def write_each(cursor: Any, rows: Sequence[Row], counts: InvalidKeyCounts) -> in
             refused += 1
             log.error("usage row refused by the database and dropped: %r (%s)", row, exc)
     return refused
+
+
+def no_partition(exc: psycopg2.Error) -> bool:
+    """The usage table has no partition for a row's time (a check violation that names no constraint)."""
+    return exc.pgcode == sql.NO_PARTITION_PGCODE and exc.diag.constraint_name is None
+
+
+def make_partitions_for(cursor: Any, rows: Sequence[Row]) -> int:
+    """The daily partitions ``rows`` fall in (those missing), in the cursor's transaction: how many were made."""
+    days = {row[2].astimezone(UTC).date(): row[2] for row in rows}  # one time of each UTC day
+    created = 0
+    for at in days.values():
+        cursor.execute(sql.ENSURE_PARTITIONS_SQL, (at, at))
+        created += int(cursor.fetchone()[0])
+    return created

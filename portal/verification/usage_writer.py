@@ -13,7 +13,8 @@ runs when a gunicorn worker exits and at interpreter exit. What the database doe
 SIGKILL loses at most ``interval`` seconds of its answered calls (rows the database refuses are kept and
 retried). Each flush also updates this process's metrics (portal/metrics.py): the rows still buffered, failed
 flushes, and the verifications counted since the last flush. The writer also vacuums the tables verification
-churns (docs/performance.md, "Vacuum the churned tables often; fold rarely").
+churns (docs/performance.md, "Vacuum the churned tables often; fold rarely"), and keeps the usage table's
+daily partitions ``partitions_ahead`` days ahead (checked at its first maintenance and hourly after that).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,7 +34,14 @@ import psycopg2
 from portal import metrics
 from portal.verification import pooling, spill, sql
 from portal.verification.backend import Row
-from portal.verification.usage_rows import InvalidKeyCounts, write_each, write_invalid_key_counts, write_usage_rows
+from portal.verification.usage_rows import (
+    InvalidKeyCounts,
+    make_partitions_for,
+    no_partition,
+    write_each,
+    write_invalid_key_counts,
+    write_usage_rows,
+)
 
 log = logging.getLogger("portal.verification.usage")
 MAINTAIN_EVERY = 5.0  # seconds between vacuums of the churned tables (and looks for spill files), per worker
@@ -42,6 +50,8 @@ MAINTAIN_EVERY = 5.0  # seconds between vacuums of the churned tables (and looks
 CLOSE_TIMEOUT = 3.0
 CURRENT_XID_SQL = "SELECT txid_current()"
 PRUNE_EVERY = 60.0  # seconds between deletions of finished limiter windows, per worker
+PARTITIONS_EVERY = 3600.0  # seconds between checks that the next days' usage partitions exist, per worker
+PARTITIONS_RETRY = 60.0  # seconds before another try after a check that failed
 # VACUUM's warning when the role may not vacuum a table (PostgreSQL 15; 16 and later say "permission denied").
 _NOT_OWNER, _DENIED = "only table or database owner can vacuum", "permission denied to vacuum"
 
@@ -92,12 +102,14 @@ class BufferedRecorder:
         maintain_every: float = MAINTAIN_EVERY,
         spill_dir: Path | None = None,
         pool_mode: str = pooling.SESSION,
+        partitions_ahead: int = 7,
     ) -> None:
         self.dsn = dsn
         # Behind a transaction pooler nothing is kept in the session: settings per transaction, no session lock.
         self._per_transaction = pool_mode == pooling.TRANSACTION
         self.interval = interval
         self.maintain_every = maintain_every
+        self.partitions_ahead = partitions_ahead
         self._vacuum = True  # turned off if this role cannot vacuum the churned tables
         self.batch = batch
         self.close_timeout = close_timeout
@@ -169,6 +181,7 @@ class BufferedRecorder:
         next_maintain = time.monotonic() + self.maintain_every
         next_prune = time.monotonic() + PRUNE_EVERY
         next_replay = time.monotonic()
+        next_partitions = 0.0  # at the first maintenance
         while not self._stop.is_set():
             self._wake.wait(self.interval)
             self._wake.clear()
@@ -183,8 +196,12 @@ class BufferedRecorder:
                 if now >= next_maintain:
                     prune = now >= next_prune
                     next_prune = now + PRUNE_EVERY if prune else next_prune
+                    partitions = now >= next_partitions
+                    if partitions:
+                        next_partitions = now + PARTITIONS_RETRY
                     try:
-                        self.maintain(prune=prune)
+                        if self.maintain(prune=prune, partitions=partitions) is not None and partitions:
+                            next_partitions = now + PARTITIONS_EVERY
                     finally:  # counted from the end: a slow or failing vacuum is not rerun at once
                         next_maintain = time.monotonic() + self.maintain_every
             except _Abandoned:
@@ -317,8 +334,37 @@ class BufferedRecorder:
                 self._reset_connection()
                 raise
 
-    def maintain(self, *, prune: bool = False) -> bool:
-        """Vacuum the tables verification churns (after pruning finished limiter windows, if ``prune``).
+    def ensure_partitions(self) -> int | None:
+        """Make the usage table's daily partitions from today to ``partitions_ahead`` days ahead (those missing);
+        returns how many were made, or None when it failed (logged: the next flush or check tries again)."""
+        with self._flush_lock:
+            conn = self._connection()
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT now()")
+                    now = cur.fetchone()[0]
+                created = self._ensure(conn, now, now + timedelta(days=self.partitions_ahead))
+            except psycopg2.Error as exc:
+                self._reset_connection()
+                log.error("usage writer: could not make the next days' usage partitions: %s", exc)
+                return None
+        if created:
+            log.info("usage writer: made %d usage partitions (up to %d days ahead)", created, self.partitions_ahead)
+        return created
+
+    def _ensure(self, conn: Any, lo: datetime, hi: datetime) -> int:
+        """The partitions from ``lo`` to ``hi`` (in the transaction open on ``conn``, if any), committed."""
+        with conn.cursor() as cur:
+            self._begin(cur)
+            cur.execute(sql.PARTITION_LOCK_TIMEOUT_SQL)
+            cur.execute(sql.ENSURE_PARTITIONS_SQL, (lo, hi))
+            created = int(cur.fetchone()[0])
+        conn.commit()
+        return created
+
+    def maintain(self, *, prune: bool = False, partitions: bool = False) -> bool | None:
+        """Vacuum the tables verification churns (after pruning finished limiter windows, if ``prune``, and
+        making the next days' usage partitions, if ``partitions``: None when that failed).
 
         Each flush appends pending rollup sums that a fold later deletes, so ``usage_rollup_pending`` turns
         over about one row per call; a vacuum every few seconds lets PostgreSQL reuse that space even where
@@ -330,6 +376,8 @@ class BufferedRecorder:
         are vacuumed instead when none was vacuumed in the last ``maintain_every`` seconds (by any worker or by
         autovacuum); two workers that find them due at once skip each other's tables (``SKIP_LOCKED``).
         """
+        if partitions and self.ensure_partitions() is None:
+            return None
         if prune:
             self.prune()
         if not self._vacuum:
@@ -363,7 +411,7 @@ class BufferedRecorder:
                 if self._conn is not None and not conn.closed:
                     conn.autocommit = False
 
-    def _write(self, flight: _InFlight) -> None:
+    def _write(self, flight: _InFlight, retry: bool = True) -> None:
         conn = self._connection()
         try:
             with conn.cursor() as cur:
@@ -373,8 +421,17 @@ class BufferedRecorder:
                 for start in range(0, len(flight.rows), self.batch):
                     write_usage_rows(cur, flight.rows[start : start + self.batch])
                 write_invalid_key_counts(cur, flight.counts)
-        except (psycopg2.DataError, psycopg2.IntegrityError):
+        except (psycopg2.DataError, psycopg2.IntegrityError) as exc:
             conn.rollback()
+            if retry and no_partition(exc):
+                with conn.cursor() as cur:
+                    self._begin(cur)
+                    cur.execute(sql.PARTITION_LOCK_TIMEOUT_SQL)
+                    created = make_partitions_for(cur, flight.rows)
+                conn.commit()
+                log.warning("usage writer: a batch found no usage partition; made %d and wrote it again", created)
+                self._write(flight, retry=False)
+                return
             # A row the database refuses must not block the others forever: row by row, the refused logged.
             with conn.cursor() as cur:
                 self._begin(cur)

@@ -179,6 +179,7 @@ def build_verifier(
     timeout: float = 5.0,
     invalid_key_budget: int = 0,
     budget_addresses: int = 10_000,
+    partitions_ahead: int = 7,
     spill_dir: Path | None = None,
     pool_mode: str = "session",
 ) -> Verifier:
@@ -188,5 +189,7 @@ def build_verifier(
     ``pool_mode`` is that of a pooler between the app and PostgreSQL (:mod:`portal.verification.pooling`)."""
     dsn = libpq_dsn(database_url)
     budget = InvalidKeyBudget(invalid_key_budget, max_addresses=budget_addresses)
-    recorder = BufferedRecorder(dsn, interval=flush_interval, spill_dir=spill_dir, pool_mode=pool_mode)
+    recorder = BufferedRecorder(
+        dsn, interval=flush_interval, spill_dir=spill_dir, pool_mode=pool_mode, partitions_ahead=partitions_ahead
+    )
     return Verifier(DirectBackend(dsn, timeout=timeout, pool_mode=pool_mode), recorder, pepper, budget)
