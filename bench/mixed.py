@@ -289,7 +289,7 @@ def main() -> None:
         seed(url, workdir)
         app = usage.build_app(url)
         with app.app_context():
-            org_id = usage.load_events(args)
+            org_id, _ = usage.load_events(argparse.Namespace(**vars(args), scale=False, jobs=1))
             paths = [path for _, path, _, _ in usage.page_cases(org_id, usage.busiest_key(org_id))]
         full, rate = calibrate(url, args, workdir)
         results = {shape: measure_shape(shape, url, rate, paths, args, workdir) for shape in shapes}

@@ -349,6 +349,20 @@ def test_one_address_over_its_limit_is_refused_at_once(proxied, flood):
     assert served(base, source="127.0.0.2") == (200, 401)
 
 
+def settle_usage(org_id: Any, quiet: float = 0.6, longest: float = 15.0) -> None:
+    """Wait until the server's usage writers stop adding rows for the organization (they flush every 0.2 s), so
+    a row written after the clean-up cannot reach another test's counts."""
+    seen, still_since, deadline = -1, time.monotonic(), time.monotonic() + longest
+    while time.monotonic() < deadline:
+        db.session.rollback()
+        rows = db.session.scalar(sa.select(sa.func.count()).where(ApiKeyUsage.organization_id == org_id))
+        if rows != seen:
+            seen, still_since = rows, time.monotonic()
+        elif time.monotonic() - still_since >= quiet:
+            return
+        time.sleep(0.1)
+
+
 @pytest.fixture
 def fenced_key(app: Any) -> Iterator[str]:
     """A committed key that may only be used from 127.0.0.2; deleted with its organization afterwards."""
@@ -356,7 +370,7 @@ def fenced_key(app: Any) -> Iterator[str]:
     key = factories.api_key(org, None, name="fenced", key_policy=KeyPolicy(allowed_ips=["127.0.0.2/32"]))
     db.session.commit()
     yield key.plaintext
-    db.session.rollback()
+    settle_usage(org.id)
     db.session.execute(sa.delete(ApiKeyUsage).where(ApiKeyUsage.organization_id == org.id))
     db.session.execute(sa.text("DELETE FROM rate_limit_tracking WHERE organization_id = :o"), {"o": org.id})
     db.session.execute(sa.delete(Organization).where(Organization.id == org.id))
