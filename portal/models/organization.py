@@ -68,7 +68,8 @@ class Organization(Model):
         """:meth:`quota_for` as SQL, for queries over many organizations at once."""
         plan_quota = sa.case({p.name: p.monthly_quota for p in PLANS.values()}, value=cls.plan, else_=0)
         extra = sa.case((cls.quota_extension_month == month, cls.quota_extension), else_=0)
-        return plan_quota + extra
+        # bigint: Enterprise's 100M calls times a threshold percentage is past an integer's range.
+        return sa.cast(plan_quota + extra, sa.BigInteger)
 
 
 class Membership(Model):
