@@ -294,7 +294,6 @@ def test_the_quota_includes_this_months_extension_and_the_plan_says_whether_call
     assert _events(extended, "quota.threshold")[0].payload["data"]["quota"] == 12_500
 
 
-
 def test_an_enterprise_quota_is_compared_past_an_integers_range(owner):
     """100,000,000 calls times a threshold percentage does not fit in 32 bits: the pass must still run."""
     now = utcnow()
@@ -306,6 +305,7 @@ def test_an_enterprise_quota_is_compared_past_an_integers_range(owner):
     assert run_once(now=now)["quota.threshold"] == 1
     [event_] = _events(enterprise, "quota.threshold")
     assert (event_.payload["data"]["percent"], event_.payload["data"]["used"]) == (80, 80_000_000)
+
 
 def test_last_months_calls_do_not_count_toward_this_months_quota(org, owner):
     now = utcnow()

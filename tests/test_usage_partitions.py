@@ -202,7 +202,8 @@ def test_two_workers_maintaining_at_once_make_each_partition_once(papp):
 
 def test_retention_drops_whole_expired_days_and_the_rollups_keep_them(papp, key):
     now = utcnow()
-    old = [now - timedelta(days=100), now - timedelta(days=95), now - timedelta(days=95, hours=1)]
+    noon = now.replace(hour=12, minute=0, second=0, microsecond=0)  # two calls on one UTC day, whatever the hour
+    old = [noon - timedelta(days=100), noon - timedelta(days=95), noon - timedelta(days=95, hours=1)]
     recent = [now - timedelta(days=1), now]
     record([event(key, at) for at in old + recent])
     db.session.commit()
