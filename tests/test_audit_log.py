@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from portal import audit
 from portal.extensions import db
 from portal.models import Membership
-from portal.orgs import services
+from portal.orgs import invitations, services
 from portal.orgs.auditlog import target_names
 from tests import factories
 
@@ -36,7 +36,7 @@ def per_page(app):
 
 def test_targets_read_by_name_and_hint_never_as_ids(client, auth, org, owner, member):
     key = factories.api_key(org, owner, name="Billing sync").api_key
-    services.create_invitation(
+    invitations.create_invitation(
         org,
         role="viewer",
         email="pat@example.com",
