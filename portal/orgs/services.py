@@ -1,7 +1,7 @@
-"""Organization-level changes: plans, settings, members and roles, the audit trail.
+"""Organization-level changes: plans, settings, members and roles.
 
 Shared by the views, the CLI and the staff area, so behaviour never forks. Invitations are in
-:mod:`portal.orgs.invitations`.
+:mod:`portal.orgs.invitations`, the audit trail's queries in :mod:`portal.orgs.audit_queries`.
 """
 
 from __future__ import annotations
@@ -10,9 +10,6 @@ import re
 import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -20,10 +17,9 @@ from sqlalchemy.orm import joinedload
 from sqlalchemy.orm.exc import ObjectDeletedError
 
 from portal import audit
-from portal.db import count_rows, org_scoped
+from portal.db import org_scoped
 from portal.extensions import db
-from portal.models import AuditEvent, Invitation, Membership, Organization, User
-from portal.pagination import Page, paginate
+from portal.models import Invitation, Membership, Organization, User
 from portal.plans import PLANS
 from portal.roles import OWNER, ROLES, is_last_owner, may_touch_role, needs_verified_email, role_allows
 from portal.timeutil import utcnow
@@ -315,69 +311,4 @@ def remove_member(
 def membership_of(org_id: object, user: User) -> Membership | None:
     return db.session.scalar(
         sa.select(Membership).where(Membership.organization_id == org_id, Membership.user_id == user.id)
-    )
-
-
-# Audit trail -----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AuditFilters:
-    """Which audit events to show: by who (the actor as the log names them), what (the action) and when (UTC
-    days, both ends included). Empty fields do not filter."""
-
-    actor: str | None = None
-    action: str | None = None
-    since: date | None = None
-    until: date | None = None
-
-    def query_args(self) -> dict[str, str]:
-        """The filters as query-string arguments, so the page links keep them."""
-        args = {"actor": self.actor, "action": self.action, "since": self.since, "until": self.until}
-        return {name: str(value) for name, value in args.items() if value}
-
-
-def _filtered(query: sa.Select[Any], filters: AuditFilters) -> sa.Select[Any]:
-    if filters.actor:
-        query = query.where(AuditEvent.actor_label == filters.actor)
-    if filters.action:
-        query = query.where(AuditEvent.action == filters.action)
-    if filters.since:
-        query = query.where(AuditEvent.created_at >= datetime.combine(filters.since, time.min, UTC))
-    if filters.until:
-        query = query.where(AuditEvent.created_at < datetime.combine(filters.until + timedelta(days=1), time.min, UTC))
-    return query
-
-
-def audit_events(
-    org: Organization, *, page: int = 1, per_page: int = 50, filters: AuditFilters | None = None
-) -> Page[AuditEvent]:
-    """The organization's audit events, newest first, narrowed by ``filters``."""
-    query = _filtered(org_scoped(AuditEvent, org.id), filters or AuditFilters())
-    ordered = query.order_by(AuditEvent.created_at.desc(), AuditEvent.id)
-    return paginate(
-        lambda limit, offset: db.session.scalars(ordered.limit(limit).offset(offset)).all(),
-        page=page,
-        per_page=per_page,
-        total=count_rows(query),
-    )
-
-
-def audit_choices(org: Organization) -> tuple[list[str], list[str]]:
-    """The actors and the actions the organization's audit log holds, for its filters (one query)."""
-    rows = db.session.execute(
-        sa.select(AuditEvent.actor_label, AuditEvent.action)
-        .where(AuditEvent.organization_id == org.id)
-        .group_by(AuditEvent.actor_label, AuditEvent.action)
-    ).all()
-    return sorted({r.actor_label for r in rows}, key=str.casefold), sorted({r.action for r in rows})
-
-
-def audit_event(org: Organization, action: str) -> AuditEvent | None:
-    """The latest event of ``action`` in the organization (e.g. who deleted it, for the staff page)."""
-    return db.session.scalar(
-        org_scoped(AuditEvent, org.id)
-        .where(AuditEvent.action == action)
-        .order_by(AuditEvent.created_at.desc())
-        .limit(1)
     )
