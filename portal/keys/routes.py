@@ -21,6 +21,7 @@ from portal.keys.forms import (
     end_of_day,
 )
 from portal.keys.rotation_routes import watch_context
+from portal.keys.selection import Selection, revoke_keys, select_for_revocation
 from portal.models import ENVIRONMENTS, ApiKey
 from portal.notify import banners
 from portal.orgs.context import can, org_view
@@ -114,7 +115,7 @@ def revoke_selected(slug: str) -> Any:
     if values is None:
         return redirect(back)
     try:
-        selection = services.select_for_revocation(g.org, values, g.membership.role)
+        selection = select_for_revocation(g.org, values, g.membership.role)
     except services.KeyActionError as exc:
         flash(str(exc), "error")
         return redirect(back)
@@ -130,7 +131,7 @@ def revoke_selected_confirm(slug: str) -> Any:
     if values is None:
         return redirect(back)
     try:
-        selection = services.revoke_keys(g.org, values, current_user, g.membership.role, ip=request.remote_addr)
+        selection = revoke_keys(g.org, values, current_user, g.membership.role, ip=request.remote_addr)
     except services.KeyActionError as exc:
         flash(str(exc), "error")
         return redirect(back)
@@ -146,7 +147,7 @@ def _keys(n: int) -> str:
     return f"{n} key" if n == 1 else f"{n} keys"
 
 
-def _why_left_out(selection: services.Selection) -> str:
+def _why_left_out(selection: Selection) -> str:
     reasons = []
     if selection.not_working:
         reasons.append(f"{len(selection.not_working)} already revoked or expired")
