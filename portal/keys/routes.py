@@ -179,7 +179,7 @@ def create(slug: str) -> Any:
                 expires_at=end_of_day(form.expires_on.data),
                 request_token=token,
                 ip=request.remote_addr,
-                key_policy=services.KeyPolicy(
+                key_policy=policy.KeyPolicy(
                     scopes=form.scopes.data,
                     allowed_ips=form.allowed_ips.data,
                     rate_limit=form.rate_limit.data,

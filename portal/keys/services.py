@@ -20,6 +20,7 @@ from portal.db import count_rows, org_scoped
 from portal.extensions import db
 from portal.keys import format as keyformat
 from portal.keys import listing, policy
+from portal.keys.policy import KeyPolicy
 from portal.models import ApiKey, Membership, Organization, User
 from portal.pagination import Page, paginate
 from portal.timeutil import utcnow
@@ -64,17 +65,6 @@ def _lock_live_organization(org: Organization) -> None:
     if deleted_at is not None:
         db.session.rollback()
         raise KeyActionError("This organization was deleted; its keys can no longer be created or rolled.")
-
-
-@dataclass(frozen=True)
-class KeyPolicy:
-    """What a verification enforces and returns for a key, beyond its status (see :mod:`portal.keys.policy`)."""
-
-    scopes: list[str] | None = None  # None = full access
-    allowed_ips: list[str] | str | None = None  # empty = any address; text: one per line or comma-separated
-    rate_limit: int | None = None  # None = only the organization's limit
-    meta: dict[str, Any] | str | None = None  # text: JSON
-    external_id: str | None = None
 
 
 def _checked(org: Organization, api_key_id: uuid.UUID | None, given: KeyPolicy) -> KeyPolicy:
