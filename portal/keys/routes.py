@@ -9,7 +9,7 @@ from flask_login import current_user
 
 from portal.forms import ConfirmForm, choices
 from portal.http import get_org_scoped_or_404, page_arg, render_form_page, safe_next_url, upgrade_url
-from portal.keys import bp, listing, policy, services
+from portal.keys import bp, listing, policy, policy_changes, services
 from portal.keys.forms import (
     CreateKeyForm,
     DetailsForm,
@@ -251,7 +251,7 @@ def change_policy(slug: str, key_id: str) -> Any:
     form.plan_limit = g.org.plan_info.requests_per_minute
     if form.validate_on_submit():
         try:
-            services.set_policy(
+            policy_changes.set_policy(
                 g.org,
                 api_key,
                 current_user,
@@ -275,7 +275,7 @@ def change_details(slug: str, key_id: str) -> Any:
     form = DetailsForm()
     if form.validate_on_submit():
         try:
-            services.set_details(
+            policy_changes.set_details(
                 g.org,
                 api_key,
                 current_user,
