@@ -11,7 +11,7 @@ from portal.api.answer import IDENTITY_HEADERS
 from portal.api.inputs import header_variable
 from portal.keys import format as keyformat
 from portal.keys import services as key_services
-from portal.keys.services import KeyPolicy
+from portal.keys.policy import KeyPolicy
 from portal.plans import PLANS
 from tests import factories
 from tests.api_helpers import exhaust, invalid_key_calls, usage_count, usage_rows

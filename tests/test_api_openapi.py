@@ -172,6 +172,7 @@ def test_the_events_the_portal_sends_fit_their_documented_webhook_schemas(docume
     from portal.keys import leaks
     from portal.keys import services as key_services
     from portal.models import NotificationEvent
+    from portal.orgs import invitations
     from portal.orgs import services as org_services
     from portal.timeutil import utcnow
     from tests import factories
@@ -184,11 +185,11 @@ def test_the_events_the_portal_sends_fit_their_documented_webhook_schemas(docume
         leaks.handle_leak(reported, revoke=revoke, source=leaks.SOURCE_SECRET_SCANNING, url=None, ip=None, now=utcnow())
         db.session.commit()
     owner_membership = org_services.membership_of(org.id, owner)
-    invite = org_services.create_invitation(
+    invite = invitations.create_invitation(
         org, role="viewer", email=None, ttl=timedelta(days=1), actor=owner, actor_membership=owner_membership
     )
     newcomer = factories.user()
-    membership = org_services.accept_invitation(invite.token, newcomer)
+    membership = invitations.accept_invitation(invite.token, newcomer)
     org_services.remove_member(org, membership, actor=owner, actor_membership=owner_membership)
 
     sent = db.session.scalars(db.select(NotificationEvent).filter_by(organization_id=org.id)).all()

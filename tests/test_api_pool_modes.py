@@ -11,7 +11,7 @@ import pytest
 
 from portal.extensions import db
 from portal.keys import format as keyformat
-from portal.keys.services import KeyPolicy
+from portal.keys.policy import KeyPolicy
 from portal.verification.backend import STATUS
 from tests import factories
 from tests.verification_doubles import TransactionBackend

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from portal import audit
 from portal.extensions import db
 from portal.models import Membership
-from portal.orgs import services
+from portal.orgs import audit_queries, invitations, services
 from portal.orgs.auditlog import target_names
 from tests import factories
 
@@ -36,7 +36,7 @@ def per_page(app):
 
 def test_targets_read_by_name_and_hint_never_as_ids(client, auth, org, owner, member):
     key = factories.api_key(org, owner, name="Billing sync").api_key
-    services.create_invitation(
+    invitations.create_invitation(
         org,
         role="viewer",
         email="pat@example.com",
@@ -69,7 +69,7 @@ def test_names_are_read_in_one_query(app, org, owner, member):
         factories.api_key(org, owner, name=f"k{i}")
     services.change_role(org, _membership(org, member), "viewer", actor=owner, actor_membership=_membership(org, owner))
     services.rename_org(org, "Renamed", owner)
-    events = services.audit_events(org, per_page=50).items
+    events = audit_queries.audit_events(org, per_page=50).items
     statements = []
 
     def count(*args, **kwargs):

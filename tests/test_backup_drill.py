@@ -30,7 +30,7 @@ from portal.api import get_verifier
 from portal.db import check_connection, migrations_head
 from portal.extensions import db
 from portal.keys import services as key_services
-from portal.keys.services import KeyPolicy
+from portal.keys.policy import KeyPolicy
 from portal.models import Organization
 from portal.plans import PLANS
 from portal.timeutil import utcnow

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from portal.extensions import db
 from portal.keys import format as keyformat
 from portal.keys import services as key_services
-from portal.keys.services import KeyPolicy
+from portal.keys.policy import KeyPolicy
 from portal.models import ApiKeyUsage, Organization
 from portal.plans import PLANS
 from tests import factories

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from portal.extensions import db
 from portal.models import AuditEvent, Invitation, Membership, Organization, User
-from portal.orgs import services
+from portal.orgs import invitations, services
 from portal.security import token_digest
 from tests import factories
 
@@ -219,7 +219,7 @@ def shared_link(app):
     owner = factories.member(org, "owner")
     first, second = factories.user(), factories.user()
     owner_membership = db.session.scalar(sa.select(Membership).filter_by(user_id=owner.id))
-    issued = services.create_invitation(
+    issued = invitations.create_invitation(
         org, role="developer", email=None, ttl=timedelta(days=1), actor=owner, actor_membership=owner_membership
     )
     ids = (org.id, first.id, second.id)
@@ -243,7 +243,7 @@ def test_a_link_used_by_two_people_at_once_admits_one(app, shared_link):
             user = db.session.get(User, user_id)
             barrier.wait()
             try:
-                services.accept_invitation(token, user)
+                invitations.accept_invitation(token, user)
                 outcomes.append("joined")
             except services.OrgActionError:
                 outcomes.append("refused")

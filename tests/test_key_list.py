@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from portal.extensions import db
 from portal.keys import listing
 from portal.keys import services as key_services
+from portal.keys.policy import KeyPolicy
 from portal.models import KEY_STATUSES, AuditEvent
 from tests import factories
 from tests.api_helpers import verify
@@ -91,8 +92,8 @@ def test_creator_filter_offers_members_who_created_keys(client, auth, big, owner
 
 def test_scope_filter_and_full_access(client, auth, big, owner):
     make(big, owner, "full")
-    make(big, owner, "reader", key_policy=key_services.KeyPolicy(scopes=["files:read", "search:read"]))
-    make(big, owner, "writer", key_policy=key_services.KeyPolicy(scopes=["files:write"]))
+    make(big, owner, "reader", key_policy=KeyPolicy(scopes=["files:read", "search:read"]))
+    make(big, owner, "writer", key_policy=KeyPolicy(scopes=["files:write"]))
     auth.login(owner)
     assert listed(client, big, scope="full") == ["full"]
     assert listed(client, big, scope="files:read") == ["reader"]
@@ -113,8 +114,8 @@ def test_filters_combine_with_search_and_count_the_matches(client, auth, big, ow
 
 
 def test_search_finds_a_key_by_its_external_id(client, auth, big, owner):
-    make(big, owner, "mapped", key_policy=key_services.KeyPolicy(external_id="cust_42"))
-    make(big, owner, "other", key_policy=key_services.KeyPolicy(external_id="cust-43"))
+    make(big, owner, "mapped", key_policy=KeyPolicy(external_id="cust_42"))
+    make(big, owner, "other", key_policy=KeyPolicy(external_id="cust-43"))
     auth.login(owner)
     assert listed(client, big, q="CUST_42") == ["mapped"]
     # "_" is a literal underscore, not a wildcard ("ust-43" would match one); no key hint contains "ust_"

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from portal.extensions import db
 from portal.keys import services as key_services
+from portal.keys.policy import KeyPolicy
 from portal.models import ApiKey, AuditEvent
 from portal.plans import PLANS
 from portal.verification.outcomes import RateLimit, Verification
@@ -99,8 +100,6 @@ def test_external_id_is_unique_per_organization(client, auth, org, member):
 
 
 def _kp(**kwargs):
-    from portal.keys.services import KeyPolicy
-
     return KeyPolicy(**kwargs)
 
 
@@ -392,7 +391,7 @@ def test_a_rolled_key_keeps_its_policy_and_its_external_id_moves_to_the_new_key(
     old = factories.api_key(
         org,
         owner,
-        key_policy=key_services.KeyPolicy(
+        key_policy=KeyPolicy(
             scopes=["files:read"],
             allowed_ips=["203.0.113.0/24"],
             rate_limit=5,

@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from portal.extensions import db
-from portal.keys.services import KeyPolicy
+from portal.keys.policy import KeyPolicy
 from portal.models import ApiKeyUsage, Organization
 from portal.plans import PLANS
 from tests import factories

@@ -15,6 +15,7 @@ from portal.keys import services as key_services
 from portal.models import Membership, NotificationEvent, NotificationRule
 from portal.notify.catalogue import EVENTS
 from portal.notify.scheduler import SCHEDULED_EVENTS
+from portal.orgs import invitations
 from portal.orgs import services as org_services
 from portal.timeutil import utcnow
 from tests import factories
@@ -184,11 +185,11 @@ def test_key_leak_reported_when_the_organization_chose_to_be_told(org, team, mai
 def test_member_joined_by_accepting_an_invitation(org, team, mail_server):
     owner = team["owner"]
     _rule(org, "member.joined", "owners")
-    issued = org_services.create_invitation(
+    issued = invitations.create_invitation(
         org, role="developer", email=None, ttl=timedelta(days=1), actor=owner, actor_membership=_membership(org, owner)
     )
     newcomer = factories.user(name="Grace Hopper")
-    org_services.accept_invitation(issued.token, newcomer)
+    invitations.accept_invitation(issued.token, newcomer)
     data = _only_event(org, "member.joined").payload["data"]
     assert data == {
         "actor": _label(newcomer),

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from portal.extensions import db
 from portal.keys import services as key_services
 from portal.models import ApiKey, AuditEvent, Invitation, Membership, Organization, User
-from portal.orgs import services
+from portal.orgs import invitations, services
 from tests import factories
 from tests.api_helpers import verify
 
@@ -26,7 +26,7 @@ def _events(org, action):
 
 
 def _invitation(org, inviter, email=None, role="developer"):
-    issued = services.create_invitation(
+    issued = invitations.create_invitation(
         org, role=role, email=email, ttl=timedelta(days=7), actor=inviter, actor_membership=_membership(org, inviter)
     )
     return issued

@@ -31,7 +31,7 @@ from portal.db import check_connection, migrations_head
 from portal.extensions import db
 from portal.keys import format as keyformat
 from portal.keys import services as key_services
-from portal.keys.services import KeyPolicy
+from portal.keys.policy import KeyPolicy
 from portal.models import ApiKeyUsage, Organization, User
 from portal.plans import PLANS
 from portal.verification import pooling, sql

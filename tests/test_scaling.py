@@ -27,7 +27,7 @@ from portal import create_app
 from portal import db as db_module
 from portal.db import ensure_database
 from portal.extensions import db
-from portal.keys.services import KeyPolicy
+from portal.keys.policy import KeyPolicy
 from portal.models import ApiKey, Organization, User
 from portal.plans import PLANS
 from portal.timeutil import utcnow

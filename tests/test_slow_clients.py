@@ -28,7 +28,7 @@ import pytest
 import sqlalchemy as sa
 
 from portal.extensions import db
-from portal.keys.services import KeyPolicy
+from portal.keys.policy import KeyPolicy
 from portal.models import ApiKeyUsage, Organization
 from tests import factories
 from tests.servers import PROXY_CONFIG, ROOT, SECRETS, gateway_binary, gunicorn, proxy

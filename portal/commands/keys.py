@@ -7,6 +7,7 @@ import click
 from portal.commands import org_or_fail
 from portal.extensions import db
 from portal.keys import services
+from portal.keys.policy import KeyPolicy
 from portal.models import ApiKey
 from portal.scopes import SCOPES
 
@@ -47,7 +48,7 @@ def create(
 ) -> None:
     """Create a key and print it (only the key, on stdout, once)."""
     org = org_or_fail(slug)
-    key_policy = services.KeyPolicy(
+    key_policy = KeyPolicy(
         scopes=list(scopes) or None,
         allowed_ips=list(allowed_ips),
         rate_limit=rate_limit,

@@ -1,7 +1,7 @@
 """What a key's policy may hold, checked the same way for the pages, the CLI and the services.
 
-Each ``parse_*`` takes what a person typed and returns the stored form, or raises ``ValueError`` with a
-message for them. No Flask here.
+``KeyPolicy`` carries a key's policy, as given and as stored. Each ``parse_*`` takes what a person typed and
+returns the stored form, or raises ``ValueError`` with a message for them. No Flask here.
 """
 
 from __future__ import annotations
@@ -9,11 +9,24 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+from dataclasses import dataclass
 from typing import Any
 
 MAX_ALLOWED_IPS = 50
 MAX_META_BYTES = 4096
 MAX_EXTERNAL_ID_CHARS = 128
+
+
+@dataclass(frozen=True)
+class KeyPolicy:
+    """What a verification enforces and returns for a key, beyond its status (its scopes checked by
+    :mod:`portal.scopes`, the rest by the functions below)."""
+
+    scopes: list[str] | None = None  # None = full access
+    allowed_ips: list[str] | str | None = None  # empty = any address; text: one per line or comma-separated
+    rate_limit: int | None = None  # None = only the organization's limit
+    meta: dict[str, Any] | str | None = None  # text: JSON
+    external_id: str | None = None
 
 
 def parse_cidrs(values: list[str] | str | None) -> list[str]:

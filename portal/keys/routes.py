@@ -9,7 +9,7 @@ from flask_login import current_user
 
 from portal.forms import ConfirmForm, choices
 from portal.http import get_org_scoped_or_404, page_arg, render_form_page, safe_next_url, upgrade_url
-from portal.keys import bp, listing, policy, services
+from portal.keys import bp, listing, policy, policy_changes, services
 from portal.keys.forms import (
     CreateKeyForm,
     DetailsForm,
@@ -21,6 +21,7 @@ from portal.keys.forms import (
     end_of_day,
 )
 from portal.keys.rotation_routes import watch_context
+from portal.keys.selection import Selection, revoke_keys, select_for_revocation
 from portal.models import ENVIRONMENTS, ApiKey
 from portal.notify import banners
 from portal.orgs.context import can, org_view
@@ -114,7 +115,7 @@ def revoke_selected(slug: str) -> Any:
     if values is None:
         return redirect(back)
     try:
-        selection = services.select_for_revocation(g.org, values, g.membership.role)
+        selection = select_for_revocation(g.org, values, g.membership.role)
     except services.KeyActionError as exc:
         flash(str(exc), "error")
         return redirect(back)
@@ -130,7 +131,7 @@ def revoke_selected_confirm(slug: str) -> Any:
     if values is None:
         return redirect(back)
     try:
-        selection = services.revoke_keys(g.org, values, current_user, g.membership.role, ip=request.remote_addr)
+        selection = revoke_keys(g.org, values, current_user, g.membership.role, ip=request.remote_addr)
     except services.KeyActionError as exc:
         flash(str(exc), "error")
         return redirect(back)
@@ -146,7 +147,7 @@ def _keys(n: int) -> str:
     return f"{n} key" if n == 1 else f"{n} keys"
 
 
-def _why_left_out(selection: services.Selection) -> str:
+def _why_left_out(selection: Selection) -> str:
     reasons = []
     if selection.not_working:
         reasons.append(f"{len(selection.not_working)} already revoked or expired")
@@ -178,7 +179,7 @@ def create(slug: str) -> Any:
                 expires_at=end_of_day(form.expires_on.data),
                 request_token=token,
                 ip=request.remote_addr,
-                key_policy=services.KeyPolicy(
+                key_policy=policy.KeyPolicy(
                     scopes=form.scopes.data,
                     allowed_ips=form.allowed_ips.data,
                     rate_limit=form.rate_limit.data,
@@ -250,7 +251,7 @@ def change_policy(slug: str, key_id: str) -> Any:
     form.plan_limit = g.org.plan_info.requests_per_minute
     if form.validate_on_submit():
         try:
-            services.set_policy(
+            policy_changes.set_policy(
                 g.org,
                 api_key,
                 current_user,
@@ -274,7 +275,7 @@ def change_details(slug: str, key_id: str) -> Any:
     form = DetailsForm()
     if form.validate_on_submit():
         try:
-            services.set_details(
+            policy_changes.set_details(
                 g.org,
                 api_key,
                 current_user,

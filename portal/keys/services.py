@@ -1,5 +1,8 @@
-"""Key lifecycle: create, list, rename, set expiry, roll, revoke (one key or a selection). Shared by the portal,
-the CLI and the staff area."""
+"""Key lifecycle: create, list, rename, set expiry, roll, revoke. Shared by the portal, the CLI and the staff area.
+
+Revoking a selection of keys is in :mod:`portal.keys.selection`; changing a key's policy or details later, in
+:mod:`portal.keys.policy_changes`.
+"""
 
 from __future__ import annotations
 
@@ -18,9 +21,9 @@ from portal.db import count_rows, org_scoped
 from portal.extensions import db
 from portal.keys import format as keyformat
 from portal.keys import listing, policy
+from portal.keys.policy import KeyPolicy
 from portal.models import ApiKey, Membership, Organization, User
-from portal.pagination import MAX_PER_PAGE, Page, paginate
-from portal.roles import key_permission, role_allows
+from portal.pagination import Page, paginate
 from portal.timeutil import utcnow
 
 # How long a rolled key keeps working, by the name the roll form sends: (label, period).
@@ -63,17 +66,6 @@ def _lock_live_organization(org: Organization) -> None:
     if deleted_at is not None:
         db.session.rollback()
         raise KeyActionError("This organization was deleted; its keys can no longer be created or rolled.")
-
-
-@dataclass(frozen=True)
-class KeyPolicy:
-    """What a verification enforces and returns for a key, beyond its status (see :mod:`portal.keys.policy`)."""
-
-    scopes: list[str] | None = None  # None = full access
-    allowed_ips: list[str] | str | None = None  # empty = any address; text: one per line or comma-separated
-    rate_limit: int | None = None  # None = only the organization's limit
-    meta: dict[str, Any] | str | None = None  # text: JSON
-    external_id: str | None = None
 
 
 def _checked(org: Organization, api_key_id: uuid.UUID | None, given: KeyPolicy) -> KeyPolicy:
@@ -355,74 +347,6 @@ def _revoke(
     )
 
 
-# A selection comes from one page of the list, which shows at most this many keys.
-MAX_SELECTION = MAX_PER_PAGE
-
-
-@dataclass(frozen=True)
-class Selection:
-    """Keys picked on the list for revocation, sorted into those that will be revoked and those left out."""
-
-    revocable: list[ApiKey]
-    not_working: list[ApiKey]  # already revoked or expired: nothing to revoke
-    not_permitted: list[ApiKey]  # live keys, for a role that manages test keys only
-    missing: int  # ids that are not keys of this organization (malformed, deleted, another organization's)
-
-    @property
-    def left_out(self) -> int:
-        return len(self.not_working) + len(self.not_permitted) + self.missing
-
-
-def selected_ids(values: list[str]) -> tuple[list[uuid.UUID], int]:
-    """The well-formed key ids among ``values`` (order kept, duplicates dropped), and how many were not."""
-    if len(values) > 2 * MAX_SELECTION:  # checked before any work, whatever a hand-made form sends
-        raise KeyActionError(f"Select at most {MAX_SELECTION} keys at a time.")
-    ids: dict[uuid.UUID, None] = {}
-    malformed = 0
-    for value in values:
-        try:
-            ids[uuid.UUID(value)] = None
-        except (ValueError, AttributeError, TypeError):
-            malformed += 1
-    if len(ids) > MAX_SELECTION:
-        raise KeyActionError(f"Select at most {MAX_SELECTION} keys at a time.")
-    return list(ids), malformed
-
-
-def select_for_revocation(org: Organization, values: list[str], role: str, *, lock: bool = False) -> Selection:
-    """Sort the selected ids (raw form values) by what revoking them would do, for the confirmation page and
-    again, with the rows locked, when it is confirmed. Only ``org``'s keys are ever read."""
-    ids, malformed = selected_ids(values)
-    query = org_scoped(ApiKey, org.id).where(ApiKey.id.in_(ids))
-    if lock:  # in id order, so two bulk revocations at once cannot deadlock
-        query = query.order_by(ApiKey.id).with_for_update().execution_options(populate_existing=True)
-    found = {api_key.id: api_key for api_key in db.session.scalars(query)} if ids else {}
-    moment = utcnow()
-    revocable, not_working, not_permitted = [], [], []
-    for key_id in ids:
-        api_key = found.get(key_id)
-        if api_key is None:
-            continue
-        if api_key.status_at(moment) not in ("active", "expiring"):
-            not_working.append(api_key)
-        elif not role_allows(role, key_permission(api_key.environment)):
-            not_permitted.append(api_key)
-        else:
-            revocable.append(api_key)
-    return Selection(revocable, not_working, not_permitted, malformed + len(ids) - len(found))
-
-
-def revoke_keys(org: Organization, values: list[str], actor: User, role: str, *, ip: str | None = None) -> Selection:
-    """Revoke every selected key ``role`` may revoke and that still works, in one transaction, with one
-    ``key.revoked`` event each as :func:`revoke_key` writes; the rest are left alone and reported."""
-    selection = select_for_revocation(org, values, role, lock=True)
-    moment = utcnow()
-    for api_key in selection.revocable:
-        _revoke(org, api_key, actor, moment, ip=ip)
-    db.session.commit()
-    return selection
-
-
 def roll_key(
     org: Organization, api_key: ApiKey, grace: timedelta, actor: User | None, *, ip: str | None = None
 ) -> IssuedKey:
@@ -467,63 +391,3 @@ def roll_key(
     )
     db.session.commit()
     return issued
-
-
-def set_policy(
-    org: Organization,
-    api_key: ApiKey,
-    actor: User | None,
-    *,
-    scopes: list[str] | None,
-    allowed_ips: list[str] | str | None,
-    rate_limit: int | None,
-    ip: str | None = None,
-) -> None:
-    """Change what the key may do; the very next verification enforces it."""
-    if api_key.revoked_at is not None and api_key.revoked_at <= utcnow():
-        raise KeyActionError("A revoked key cannot be changed.")
-    checked = _checked(org, api_key.id, KeyPolicy(scopes=scopes, allowed_ips=allowed_ips, rate_limit=rate_limit))
-    before = _policy_details(api_key)
-    api_key.scopes, api_key.rate_limit = checked.scopes, checked.rate_limit
-    api_key.allowed_ips = list(checked.allowed_ips or [])
-    after = _policy_details(api_key)
-    audit.record(
-        "key.policy_changed",
-        organization_id=org.id,
-        actor=actor,
-        target_type="api_key",
-        target_id=api_key.id,
-        details={"hint": api_key.hint, **{k: v for k, v in after.items() if before[k] != v}},
-        ip=ip,
-    )
-    db.session.commit()
-
-
-def set_details(
-    org: Organization,
-    api_key: ApiKey,
-    actor: User | None,
-    *,
-    meta: dict[str, Any] | str | None,
-    external_id: str | None,
-    ip: str | None = None,
-) -> None:
-    """Change the metadata and external id that valid verifications return."""
-    checked = _checked(org, api_key.id, KeyPolicy(meta=meta, external_id=external_id))
-    changed = []
-    if checked.meta != api_key.meta:
-        changed.append("metadata")
-    if checked.external_id != api_key.external_id:
-        changed.append("external id")
-    api_key.meta = dict(checked.meta or {})  # type: ignore[arg-type]
-    api_key.external_id = checked.external_id
-    audit.record(
-        "key.details_changed",
-        organization_id=org.id,
-        actor=actor,
-        target_type="api_key",
-        target_id=api_key.id,
-        details={"hint": api_key.hint, "changed": ", ".join(changed) or "nothing", "external_id": checked.external_id},
-        ip=ip,
-    )
-    db.session.commit()

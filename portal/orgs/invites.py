@@ -10,13 +10,13 @@ from flask_login import current_user
 
 from portal.forms import ConfirmForm
 from portal.models import Invitation
-from portal.orgs import bp, services
+from portal.orgs import bp, invitations, services
 
 ASK_AGAIN = "Ask the person who invited you for a new link."
 STATE_MESSAGES = {
-    services.InviteState.EXPIRED: ("This invitation has expired", ASK_AGAIN),
-    services.InviteState.REVOKED: ("This invitation was revoked", ASK_AGAIN),
-    services.InviteState.ACCEPTED: (
+    invitations.InviteState.EXPIRED: ("This invitation has expired", ASK_AGAIN),
+    invitations.InviteState.REVOKED: ("This invitation was revoked", ASK_AGAIN),
+    invitations.InviteState.ACCEPTED: (
         "This invitation was already used",
         "Each link works once. Ask for a new one if you still need to join.",
     ),
@@ -40,19 +40,19 @@ def _unusable(invitation: Invitation | None) -> Any:
     if invitation is None:
         message = "This invitation link is not valid. Check that you copied all of it."
         return render_template("orgs/invite_invalid.html", title="Invitation not found", message=message), 404
-    title, message = STATE_MESSAGES[services.invite_state(invitation)]
+    title, message = STATE_MESSAGES[invitations.invite_state(invitation)]
     return render_template("orgs/invite_invalid.html", title=title, message=message), 410
 
 
 def _lookup(token: str) -> tuple[Invitation | None, bool]:
     """The invitation for ``token`` and whether it can still be accepted."""
-    invitation = services.find_invitation(token) if 20 <= len(token) <= 128 else None
-    usable = invitation is not None and services.invite_state(invitation) is services.InviteState.PENDING
+    invitation = invitations.find_invitation(token) if 20 <= len(token) <= 128 else None
+    usable = invitation is not None and invitations.invite_state(invitation) is invitations.InviteState.PENDING
     return invitation, usable
 
 
 def _page(invitation: Invitation, token: str, status: int = 200, error: str | None = None) -> Any:
-    blocker = services.invitation_blocker(invitation, current_user) if current_user.is_authenticated else None
+    blocker = invitations.invitation_blocker(invitation, current_user) if current_user.is_authenticated else None
     membership = (
         services.membership_of(invitation.organization_id, current_user) if current_user.is_authenticated else None
     )
@@ -87,7 +87,7 @@ def accept_invitation(token: str) -> Any:
     if not ConfirmForm().validate_on_submit():
         return _page(invitation, token, 400, "The form expired. Try again.")
     try:
-        membership = services.accept_invitation(token, current_user, ip=request.remote_addr)
+        membership = invitations.accept_invitation(token, current_user, ip=request.remote_addr)
     except services.OrgActionError as exc:
         invitation, usable = _lookup(token)
         if not usable:

@@ -11,7 +11,7 @@ from portal.forms import ConfirmForm, choices
 from portal.http import get_org_scoped_or_404
 from portal.keys.offboarding import active_keys_created_by
 from portal.models import Invitation, Membership
-from portal.orgs import bp, services
+from portal.orgs import bp, invitations, services
 from portal.orgs.context import can, org_view
 from portal.orgs.forms import ROLE_LABELS, InviteForm, RoleForm, role_choices
 from portal.roles import grantable_roles, is_last_owner, may_change_member, may_touch_role
@@ -47,7 +47,7 @@ def _render(status: int = 200, *, error: str | None = None, invite_form: InviteF
         role_forms=role_forms,
         error=error,
         invite_form=_invite_form(invite_form) if can("members.manage") else None,
-        invitations=services.pending_invitations(g.org) if can("members.manage") else [],
+        invitations=invitations.pending_invitations(g.org) if can("members.manage") else [],
         confirm_form=ConfirmForm(formdata=None),
         ttl_days=current_app.config["INVITATION_TTL"].days,
     ), status
@@ -98,7 +98,7 @@ def confirm_remove_member(slug: str, membership_id: str) -> Any:
         target=target,
         leaving=leaving,
         keys=active_keys_created_by(g.org, target.user_id),
-        invitations=services.pending_invitations_from(g.org, target.user_id),
+        invitations=invitations.pending_invitations_from(g.org, target.user_id),
         last_owner=is_last_owner(target.role, services.owner_count(g.org)),
         form=ConfirmForm(formdata=None),
     )
@@ -141,7 +141,7 @@ def create_invitation(slug: str) -> Any:
     if not form.validate_on_submit():
         return _render(422, invite_form=form)
     try:
-        issued = services.create_invitation(
+        issued = invitations.create_invitation(
             g.org,
             role=form.role.data,
             email=form.email.data,
@@ -166,11 +166,11 @@ def confirm_revoke_invitation(slug: str, invitation_id: str) -> Any:
     invitation = get_org_scoped_or_404(Invitation, g.org.id, invitation_id)
     if not _may_change_invitation(invitation):
         abort(403, "Only an owner can revoke an invitation for an owner.")
-    pending = services.invite_state(invitation) is services.InviteState.PENDING
+    pending = invitations.invite_state(invitation) is invitations.InviteState.PENDING
     page = render_template(
         "orgs/confirm_revoke_invitation.html",
         invitation=invitation,
-        state=services.invite_state(invitation).value,
+        state=invitations.invite_state(invitation).value,
         pending=pending,
         form=ConfirmForm(formdata=None),
     )
@@ -188,7 +188,7 @@ def revoke_invitation(slug: str, invitation_id: str) -> Any:
     if not ConfirmForm().validate_on_submit():
         return _render(400, error="The form expired. Try again.")
     try:
-        services.revoke_invitation(
+        invitations.revoke_invitation(
             g.org, invitation, actor=current_user, actor_membership=g.membership, ip=request.remote_addr
         )
     except services.OrgActionError as exc:

@@ -9,7 +9,7 @@ from flask_login import current_user, login_required
 
 from portal.forms import choices
 from portal.http import page_arg, render_form_page
-from portal.orgs import bp, lifecycle, services
+from portal.orgs import audit_queries, bp, lifecycle, services
 from portal.orgs.auditlog import action_label, target_names
 from portal.orgs.context import memberships_of, org_view
 from portal.orgs.forms import AuditFilterForm, DeleteOrgForm, LeakActionForm, OrgNameForm
@@ -63,7 +63,7 @@ def settings(slug: str) -> Any:
 def audit(slug: str) -> Any:
     """The audit log, filtered by who, what and when (query-string filters the page links keep)."""
     form = AuditFilterForm(request.args)
-    actors, actions = services.audit_choices(g.org)
+    actors, actions = audit_queries.audit_choices(g.org)
     form.actor.choices = choices([("", "Anyone"), *((a, a) for a in actors)])
     form.action.choices = choices([("", "Any action"), *((a, action_label(a)) for a in actions)])
     valid = form.validate()
@@ -71,12 +71,12 @@ def audit(slug: str) -> Any:
     def chosen(field: Any) -> Any:
         return field.data if field.data and not field.errors else None
 
-    filters = services.AuditFilters(
+    filters = audit_queries.AuditFilters(
         actor=chosen(form.actor), action=chosen(form.action), since=chosen(form.since), until=chosen(form.until)
     )
     if form.until.errors:  # an end before the start: show the error, keep the start
-        filters = services.AuditFilters(actor=filters.actor, action=filters.action, since=filters.since)
-    events = services.audit_events(
+        filters = audit_queries.AuditFilters(actor=filters.actor, action=filters.action, since=filters.since)
+    events = audit_queries.audit_events(
         g.org, page=page_arg(), per_page=current_app.config["AUDIT_PER_PAGE"], filters=filters
     )
     page = render_template(

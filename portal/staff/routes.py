@@ -12,6 +12,7 @@ from portal.auth import reset
 from portal.forms import ConfirmForm
 from portal.http import get_org_scoped_or_404, page_arg
 from portal.models import ENVIRONMENTS, KEY_STATUSES, Membership, Organization
+from portal.orgs import audit_queries
 from portal.orgs import services as org_services
 from portal.orgs.auditlog import target_names
 from portal.staff import bp, services
@@ -38,7 +39,7 @@ def _detail(
     if form is None:
         form = PlanChangeForm(formdata=None, data={"plan": org.plan})
     month = services.month_start(utcnow())
-    events = org_services.audit_events(org, per_page=RECENT_EVENTS).items
+    events = audit_queries.audit_events(org, per_page=RECENT_EVENTS).items
     return render_template(
         "staff/org_detail.html",
         org=org,
@@ -50,7 +51,7 @@ def _detail(
         statuses=KEY_STATUSES,
         events=events,
         targets=target_names(events),
-        deletion=org_services.audit_event(org, "org.deleted") if org.deleted_at else None,
+        deletion=audit_queries.audit_event(org, "org.deleted") if org.deleted_at else None,
         confirm_form=ConfirmForm(formdata=None),
         quota_form=quota_form or QuotaExtensionForm(formdata=None),
         month=month,

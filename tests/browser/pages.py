@@ -22,6 +22,7 @@ from portal.keys import services as key_services
 from portal.models import Membership, User, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from portal.models.two_factor import Passkey, TotpCredential
 from portal.notify import webhooks
+from portal.orgs import invitations
 from portal.orgs import services as org_services
 from portal.timeutil import utcnow
 from portal.twofactor import sealing
@@ -234,7 +235,7 @@ def seed(app: Flask) -> Seed:
         )
         admin_membership = org_services.membership_of(org.id, admin)
         assert admin_membership is not None
-        invite = org_services.create_invitation(
+        invite = invitations.create_invitation(
             org,
             role="developer",
             email=None,
