@@ -140,22 +140,7 @@ def create_orgs(owner: Any, count: int) -> list[Organization]:
 def bulk_events(orgs: Sequence[Organization], events: int, start: datetime, end: datetime, jobs: int) -> None:
     """The events from ``start`` to ``end`` with the simulator's generator, the rollup triggers off for these
     sessions (their rollups come from :func:`bulk_rollups`)."""
-    key_ids: list[str] = []
-    org_ids: list[str] = []
-    for org in orgs:
-        ids = sim.ensure_keys(org, KEYS_PER_ORG)
-        key_ids += map(str, ids)
-        org_ids += [str(org.id)] * len(ids)
-    partitions.ensure(start, end)
-    db.session.commit()
-    params = {
-        "keys": key_ids,
-        "orgs": org_ids,
-        "nkeys": len(key_ids),
-        "start": start,
-        "now": end,
-        "step": (end - start).total_seconds() / events,
-    }
+    params = sim.generator_params(orgs, KEYS_PER_ORG, events, start, end)
     chunks = [(lo, min(lo + 1_000_000, events)) for lo in range(0, events, 1_000_000)]
 
     def insert(conn: sa.Connection, lo_hi: tuple[int, int]) -> None:

@@ -97,6 +97,29 @@ def ensure_keys(org: Organization, count: int) -> list[uuid.UUID]:
     return ids
 
 
+def generator_params(
+    orgs: Sequence[Organization], key_count: int, events: int, start: datetime, end: datetime
+) -> dict[str, Any]:
+    """The parameters of :data:`SIMULATE_SQL` for ``events`` calls from ``start`` to ``end`` over ``key_count``
+    keys of each organization (made if missing), with the partitions they land in made and committed."""
+    key_ids: list[str] = []
+    org_ids: list[str] = []
+    for org in orgs:
+        ids = ensure_keys(org, key_count)
+        key_ids += map(str, ids)
+        org_ids += [str(org.id)] * len(ids)
+    partitions.ensure(start, end)
+    db.session.commit()
+    return {
+        "keys": key_ids,
+        "orgs": org_ids,
+        "nkeys": len(key_ids),
+        "start": start,
+        "now": end,
+        "step": (end - start).total_seconds() / max(events, 1),
+    }
+
+
 def simulate(
     orgs: Organization | Sequence[Organization],
     events: int,
@@ -115,22 +138,7 @@ def simulate(
     orgs = [orgs] if isinstance(orgs, Organization) else list(orgs)
     now = now or utcnow()
     start = now - timedelta(days=days)
-    key_ids: list[str] = []
-    org_ids: list[str] = []
-    for org in orgs:
-        ids = ensure_keys(org, key_count)
-        key_ids += map(str, ids)
-        org_ids += [str(org.id)] * len(ids)
-    partitions.ensure(start, now)
-    db.session.commit()
-    params = {
-        "keys": key_ids,
-        "orgs": org_ids,
-        "nkeys": len(key_ids),
-        "start": start,
-        "now": now,
-        "step": (now - start).total_seconds() / max(events, 1),
-    }
+    params = generator_params(orgs, key_count, events, start, now)
     chunks = [(lo, min(lo + chunk, events)) for lo in range(0, events, chunk)]
     _insert_chunks(db.engine, chunks, params, progress, vacuum_pending, max(1, jobs))
     org_list = [str(org.id) for org in orgs]
