@@ -22,6 +22,8 @@ from typing import Any
 
 import psycopg2
 
+from tests.servers import deprioritize
+
 ROOT = Path(__file__).resolve().parent.parent
 PORTS = range(18100, 18200)
 # The PostgreSQL server both benchmarks create their throw-away database on (a superuser URL).
@@ -117,7 +119,10 @@ class Gunicorn:
             env=env,
             stdout=self.log_file,
             stderr=subprocess.STDOUT,
+            start_new_session=bool(nice),
         )
+        if nice:  # and the session's, which is what counts against other sessions (tests/servers.py)
+            deprioritize(self.proc.pid, nice)
         deadline = time.monotonic() + 30
         while not self.ready():
             if time.monotonic() > deadline or self.proc.poll() is not None:
@@ -160,10 +165,11 @@ def wrk(
     delay_ms: int = 0,
     rate: float = 0,
     latency_file: Path | None = None,
+    nice: int = 0,
 ) -> dict[str, Any]:
     """wrk with bench/verify.lua: as fast as ``connections`` go, each paced by ``delay_ms``, or at a fixed
     ``rate`` (calls/s on a schedule that does not wait for answers, latency counted from each call's due time;
-    every call's latency in ``latency_file``, -1 for a call never answered)."""
+    every call's latency in ``latency_file``, -1 for a call never answered). ``nice`` sets wrk's CPU priority."""
     threads = 2
     env = {**os.environ, "BENCH_KEYS": str(keys), "BENCH_ENDPOINT": endpoint, "BENCH_DELAY_MS": str(delay_ms)}
     if rate:
@@ -172,6 +178,7 @@ def wrk(
             env["BENCH_LATENCY_FILE"] = str(latency_file)
     out = subprocess.run(
         [
+            *(["nice", "-n", str(nice)] if nice else []),
             "wrk",
             "-t",
             str(threads),

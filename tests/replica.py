@@ -23,7 +23,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from portal.db import normalize_url
-from tests.servers import free_port
+from tests.servers import deprioritize, free_port
 
 TOOLS = ("initdb", "pg_ctl", "pg_basebackup", "postgres")
 REPLICA_PORTS = range(18260, 18300)
@@ -96,8 +96,14 @@ def _scalar(url: str, statement: str) -> object:
 
 
 @contextmanager
-def streaming_pair() -> Iterator[StreamingPair]:
-    """Start a primary and its streaming replica; yield their URLs; stop both and remove their data."""
+def streaming_pair(
+    durable: bool = False, replica_nice: int = 0, ports: range = REPLICA_PORTS
+) -> Iterator[StreamingPair]:
+    """Start a primary and its streaming replica; yield their URLs; stop both and remove their data.
+
+    Tests run both with fsync off; ``durable`` keeps it on (benchmarks). ``replica_nice`` starts the replica at a
+    lower CPU priority (its processes' and its session's, :func:`tests.servers.deprioritize`): on one machine,
+    the stand-in for a replica on a machine of its own."""
     reason = missing()
     if reason is not None:
         raise RuntimeError(reason)
@@ -107,25 +113,30 @@ def streaming_pair() -> Iterator[StreamingPair]:
     entry = pwd.getpwnam(user)
     os.chown(work, entry.pw_uid, entry.pw_gid)
 
-    def run(tool: str, *args: str) -> None:
+    def run(tool: str, *args: str, nice: int = 0) -> None:
         result = subprocess.run(  # noqa: S603 - PostgreSQL's own tools, on our temporary directory
-            [str(folder / tool), *args], user=user, capture_output=True, text=True, cwd=work
+            [*(["nice", "-n", str(nice)] if nice else []), str(folder / tool), *args],
+            user=user,
+            capture_output=True,
+            text=True,
+            cwd=work,
         )
         if result.returncode != 0:
             raise AssertionError(f"{tool} failed:\n{result.stdout}\n{result.stderr}")
 
     started: list[Path] = []
     try:
-        primary_port, replica_port = free_port(REPLICA_PORTS), free_port(REPLICA_PORTS)
+        primary_port, replica_port = free_port(ports), free_port(ports)
         while replica_port == primary_port:
-            replica_port = free_port(REPLICA_PORTS)
+            replica_port = free_port(ports)
+        common = f"-c fsync={'on' if durable else 'off'}"
         primary, replica = work / "primary", work / "replica"
         run("initdb", "--no-sync", "--auth=trust", "--username=postgres", "--encoding=UTF8", "-D", str(primary))
-        _start(run, primary, primary_port, "-c wal_level=replica -c max_wal_senders=4")
+        _start(run, primary, primary_port, f"{common} -c wal_level=replica -c max_wal_senders=4")
         started.append(primary)
         base = f"--host=127.0.0.1 --port={primary_port} --username=postgres".split()
         run("pg_basebackup", *base, "--pgdata", str(replica), "--write-recovery-conf", "--checkpoint=fast")
-        _start(run, replica, replica_port, "-c hot_standby=on")
+        _start(run, replica, replica_port, f"{common} -c hot_standby=on -c hot_standby_feedback=on", replica_nice)
         started.append(replica)
         pair = StreamingPair(
             normalize_url(f"postgresql://postgres@127.0.0.1:{primary_port}/postgres"),
@@ -140,6 +151,8 @@ def streaming_pair() -> Iterator[StreamingPair]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _start(run: Callable[..., None], data: Path, port: int, options: str) -> None:
-    settings = f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c fsync=off {options}"
-    run("pg_ctl", "-D", str(data), "-o", settings, "-l", str(data / "server.log"), "-w", "start")
+def _start(run: Callable[..., None], data: Path, port: int, options: str, nice: int = 0) -> None:
+    settings = f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' {options}"
+    run("pg_ctl", "-D", str(data), "-o", settings, "-l", str(data / "server.log"), "-w", "start", nice=nice)
+    if nice:  # pg_ctl starts the server in a session of its own
+        deprioritize(int((data / "postmaster.pid").read_text().split()[0]), nice)

@@ -27,6 +27,18 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def deprioritize(pid: int, nice: int) -> None:
+    """Give the session ``pid`` leads the CPU priority ``nice``. With the kernel's autogroup scheduling on (most
+    distributions), a process's own nice value weighs only against processes of its session, and each session
+    gets a fair share of the machine; the session's nice (``/proc/<pid>/autogroup``) is what puts it behind the
+    rest. Without autogroup there is nothing to do here: the processes' own nice values decide."""
+    if os.getsid(pid) != pid:
+        raise ValueError(f"process {pid} does not lead its session: its autogroup is shared with others")
+    path = Path(f"/proc/{pid}/autogroup")
+    if path.exists():
+        path.write_text(str(nice))
+
+
 def free_port(ports: range = range(18150, 18200)) -> int:
     """A port of ``ports`` that is free now, picked at random: test processes starting servers at the same
     time then rarely pick the same one."""

@@ -110,6 +110,9 @@ def test_an_unknown_portal_env_is_one_line(tmp_path):
 def test_each_command_shows_an_example(tmp_path):
     checkout = checkout_copy(tmp_path)
     (checkout / ".env").write_text("PORTAL_ENV=testing\n")
-    result = run(checkout, str(BIN / "flask"), "keys", "create", "--help")
+    try:
+        result = run(checkout, str(BIN / "flask"), "keys", "create", "--help")
+    finally:  # loading the app started the copy's own embedded server, which outlives commands by design
+        run(checkout, sys.executable, "-m", "portal.db", "stop")
     assert result.returncode == 0
     assert "Examples:" in result.stdout and "flask keys create --org acme" in result.stdout

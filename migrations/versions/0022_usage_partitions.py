@@ -121,6 +121,9 @@ END
 $fn$
 """
 
+# The table's indexes besides the primary key, on both shapes (suffix of ix_<table>_… → what it indexes).
+INDEXES = {"org_time": "(organization_id, occurred_at)", "key_time": "(key_id, occurred_at)"}
+
 FUNCTIONS = ("usage_partitions_ensure(timestamptz, timestamptz)", "usage_partitions_drop(text, timestamptz)")
 
 
@@ -202,9 +205,21 @@ def _triggers() -> list[str]:
     return [r[0] for r in rows]
 
 
+def _build_keys(primary_key: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The new table's primary key and indexes (:data:`INDEXES` and ``extra``); returns their renames for
+    :func:`_swap` (the new table's names to the final ones)."""
+    op.execute(f"ALTER TABLE {NEXT} ADD CONSTRAINT {NEXT}_pkey PRIMARY KEY ({primary_key})")
+    renames = {f"{NEXT}_pkey": f"{TABLE}_pkey"}
+    for suffix, definition in {**INDEXES, **(extra or {})}.items():
+        op.execute(f"CREATE INDEX ix_{NEXT}_{suffix} ON {NEXT} {definition}")
+        renames[f"ix_{NEXT}_{suffix}"] = f"ix_{TABLE}_{suffix}"
+    return renames
+
+
 def _swap(last_copied: int, indexes: dict[str, str], partitioned: bool) -> None:
     """Under ACCESS EXCLUSIVE: copy the last rows, drop the old table, give the new one its name, triggers,
     grants and identity. ``indexes`` maps the new table's index names to their final names."""
+    locked = time.monotonic()
     op.execute(f"LOCK TABLE {TABLE} IN ACCESS EXCLUSIVE MODE")
     if partitioned:
         days = op.get_bind().execute(
@@ -225,6 +240,9 @@ def _swap(last_copied: int, indexes: dict[str, str], partitioned: bool) -> None:
         op.execute(f"ALTER INDEX {old} RENAME TO {new}")
     for statement in [*triggers, *grants]:  # both name the table (and sequence) by their final names
         op.execute(statement)
+    log.info(
+        "0022: the last rows copied and the tables swapped under ACCESS EXCLUSIVE in %.2f s", time.monotonic() - locked
+    )
 
 
 def upgrade():
@@ -243,25 +261,11 @@ def upgrade():
         )
         _create_partitions(NEXT, days)
         copied = _copy_batches(0)
-        op.execute(f"ALTER TABLE {NEXT} ADD CONSTRAINT {NEXT}_pkey PRIMARY KEY (id, occurred_at)")
-        op.execute(f"CREATE INDEX ix_{NEXT}_org_time ON {NEXT} (organization_id, occurred_at)")
-        op.execute(f"CREATE INDEX ix_{NEXT}_key_time ON {NEXT} (key_id, occurred_at)")
+        renames = _build_keys("id, occurred_at")
         copied = _copy_until_few_left(copied)
         # Rows written after midnight of the last day listed land in partitions made above (a week ahead).
     log.info("0022: %s copied into daily partitions in %.1f s", TABLE, time.monotonic() - started)
-    locked = time.monotonic()
-    _swap(
-        copied,
-        {
-            f"{NEXT}_pkey": f"{TABLE}_pkey",
-            f"ix_{NEXT}_org_time": f"ix_{TABLE}_org_time",
-            f"ix_{NEXT}_key_time": f"ix_{TABLE}_key_time",
-        },
-        partitioned=True,
-    )
-    log.info(
-        "0022: the last rows copied and the tables swapped under ACCESS EXCLUSIVE in %.2f s", time.monotonic() - locked
-    )
+    _swap(copied, renames, partitioned=True)
 
 
 def downgrade():
@@ -269,25 +273,9 @@ def downgrade():
     with op.get_context().autocommit_block():
         op.execute(f"CREATE TABLE {NEXT} (LIKE {TABLE} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING IDENTITY)")
         copied = _copy_batches(0)
-        op.execute(f"ALTER TABLE {NEXT} ADD CONSTRAINT {NEXT}_pkey PRIMARY KEY (id)")
-        op.execute(f"CREATE INDEX ix_{NEXT}_org_time ON {NEXT} (organization_id, occurred_at)")
-        op.execute(f"CREATE INDEX ix_{NEXT}_key_time ON {NEXT} (key_id, occurred_at)")
-        op.execute(f"CREATE INDEX ix_{NEXT}_occurred_brin ON {NEXT} USING brin (occurred_at)")
+        renames = _build_keys("id", {"occurred_brin": "USING brin (occurred_at)"})
         copied = _copy_until_few_left(copied)
     log.info("0022: %s copied into one table in %.1f s", TABLE, time.monotonic() - started)
-    locked = time.monotonic()
-    _swap(
-        copied,
-        {
-            f"{NEXT}_pkey": f"{TABLE}_pkey",
-            f"ix_{NEXT}_org_time": f"ix_{TABLE}_org_time",
-            f"ix_{NEXT}_key_time": f"ix_{TABLE}_key_time",
-            f"ix_{NEXT}_occurred_brin": f"ix_{TABLE}_occurred_brin",
-        },
-        partitioned=False,
-    )
-    log.info(
-        "0022: the last rows copied and the tables swapped under ACCESS EXCLUSIVE in %.2f s", time.monotonic() - locked
-    )
+    _swap(copied, renames, partitioned=False)
     for function in FUNCTIONS:
         op.execute(f"DROP FUNCTION IF EXISTS {function}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import psycopg2
 
 from portal.verification import pooling, spill, sql
+from portal.verification.usage_rows import make_partitions
 
 log = logging.getLogger("portal.verification.usage")
 PRUNE_EVERY = 60.0  # seconds between deletions of finished limiter windows, per worker
@@ -82,7 +84,7 @@ class WriterMaintenance:
                 with conn.cursor() as cur:
                     cur.execute("SELECT now()")
                     now = cur.fetchone()[0]
-                created = self._ensure(conn, now, now + timedelta(days=self.partitions_ahead))
+                created = self._ensure(conn, [(now, now + timedelta(days=self.partitions_ahead))])
             except psycopg2.Error as exc:
                 self._reset_connection()
                 log.error("usage writer: could not make the next days' usage partitions: %s", exc)
@@ -91,13 +93,13 @@ class WriterMaintenance:
             log.info("usage writer: made %d usage partitions (up to %d days ahead)", created, self.partitions_ahead)
         return created
 
-    def _ensure(self, conn: Any, lo: datetime, hi: datetime) -> int:
-        """The partitions from ``lo`` to ``hi`` (in the transaction open on ``conn``, if any), committed."""
+    def _ensure(self, conn: Any, spans: Sequence[tuple[datetime, datetime]]) -> int:
+        """The partitions covering each ``(lo, hi)`` of ``spans`` (in the transaction open on ``conn``, if any),
+        committed: how many were made."""
         with conn.cursor() as cur:
             self._begin(cur)
             cur.execute(sql.PARTITION_LOCK_TIMEOUT_SQL)
-            cur.execute(sql.ENSURE_PARTITIONS_SQL, (lo, hi))
-            created = int(cur.fetchone()[0])
+            created = make_partitions(cur, spans)
         conn.commit()
         return created
 

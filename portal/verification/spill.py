@@ -30,8 +30,9 @@ import psycopg2
 from portal.verification.backend import Row
 from portal.verification.usage_rows import (
     InvalidKeyCounts,
-    make_partitions_for,
+    make_partitions,
     no_partition,
+    row_days,
     write_each,
     write_invalid_key_counts,
     write_usage_rows,
@@ -277,7 +278,7 @@ def _write_batch(cur: Any, batch: Batch, retry: bool = True) -> int:
     except (psycopg2.DataError, psycopg2.IntegrityError) as exc:
         cur.execute("ROLLBACK TO SAVEPOINT spill_batch")
         if retry and no_partition(exc):
-            created = make_partitions_for(cur, batch.rows)
+            created = make_partitions(cur, row_days(batch.rows))
             log.warning("usage spill replay: a batch found no usage partition; made %d and wrote it again", created)
             return _write_batch(cur, batch, retry=False)
         return write_each(cur, batch.rows, batch.counts)

@@ -158,11 +158,17 @@ def no_partition(exc: psycopg2.Error) -> bool:
     return exc.pgcode == sql.NO_PARTITION_PGCODE and exc.diag.constraint_name is None
 
 
-def make_partitions_for(cursor: Any, rows: Sequence[Row]) -> int:
-    """The daily partitions ``rows`` fall in (those missing), in the cursor's transaction: how many were made."""
+def row_days(rows: Sequence[Row]) -> list[tuple[datetime, datetime]]:
+    """A (time, time) span in each UTC day ``rows`` fall in: the partitions they need."""
     days = {row[2].astimezone(UTC).date(): row[2] for row in rows}  # one time of each UTC day
+    return [(at, at) for at in days.values()]
+
+
+def make_partitions(cursor: Any, spans: Sequence[tuple[datetime, datetime]]) -> int:
+    """The daily partitions covering each ``(lo, hi)`` of ``spans`` (those missing), in the cursor's
+    transaction: how many were made."""
     created = 0
-    for at in days.values():
-        cursor.execute(sql.ENSURE_PARTITIONS_SQL, (at, at))
+    for lo, hi in spans:
+        cursor.execute(sql.ENSURE_PARTITIONS_SQL, (lo, hi))
         created += int(cursor.fetchone()[0])
     return created

@@ -32,13 +32,13 @@ from typing import Any, Protocol
 import psycopg2
 
 from portal import metrics
-from portal.verification import pooling, spill, sql
+from portal.verification import pooling, spill
 from portal.verification.backend import Row
 from portal.verification.maintenance import PARTITIONS_EVERY, PARTITIONS_RETRY, PRUNE_EVERY, WriterMaintenance
 from portal.verification.usage_rows import (
     InvalidKeyCounts,
-    make_partitions_for,
     no_partition,
+    row_days,
     write_each,
     write_invalid_key_counts,
     write_usage_rows,
@@ -316,11 +316,7 @@ class BufferedRecorder(WriterMaintenance):
         except (psycopg2.DataError, psycopg2.IntegrityError) as exc:
             conn.rollback()
             if retry and no_partition(exc):
-                with conn.cursor() as cur:
-                    self._begin(cur)
-                    cur.execute(sql.PARTITION_LOCK_TIMEOUT_SQL)
-                    created = make_partitions_for(cur, flight.rows)
-                conn.commit()
+                created = self._ensure(conn, row_days(flight.rows))
                 log.warning("usage writer: a batch found no usage partition; made %d and wrote it again", created)
                 self._write(flight, retry=False)
                 return
