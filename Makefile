@@ -130,8 +130,8 @@ bench-notify: install
 	$(BIN)/python bench/notify.py $(BENCH_ARGS)
 
 ## make bench-mixed: verifications at a fixed half load, alone and while 10 signed-in clients load the usage
-## dashboards of a 10M-event organization, on one gunicorn and with /v1 on its own (docs/scaling.md); interleaved.
-## BENCH_ARGS="--events 1000000 --rounds 2 --seconds 10" for a quicker run.
+## dashboards of a 10M-event organization, on one gunicorn, with /v1 on its own, and with the pages on a streaming
+## replica (docs/scaling.md); interleaved. BENCH_ARGS="--events 1000000 --rounds 2 --seconds 10" for a quicker run.
 bench-mixed: install
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python bench/mixed.py $(BENCH_ARGS)

@@ -304,7 +304,9 @@ def main() -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (make bench-mixed installs it)")
     if "replica" in shapes and replica.missing():
-        raise SystemExit(f"the replica shape needs a streaming pair: {replica.missing()}")
+        raise SystemExit(
+            f"the replica shape needs a streaming pair: {replica.missing()} (--shapes single,split runs without it)"
+        )
 
     started = time.monotonic()
     with database(args, "replica" in shapes) as (url, replica_url, pair):
