@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from portal.extensions import db
 from portal.models import AuditEvent, NotificationEvent, OutboxMail, WebhookAttempt, WebhookDelivery, WebhookEndpoint
-from portal.notify import endpoints, events, webhooks
+from portal.notify import endpoints, events, webhook_log, webhooks
 from portal.notify.catalogue import TEST_EVENT
 from portal.timeutil import utcnow
 from tests import factories
@@ -327,11 +327,11 @@ def test_the_delivery_log_shows_each_attempt_newest_delivery_first(client, auth,
 def test_the_delivery_log_pages(client, auth, org, owner):
     endpoint = _endpoint(org)
     event = _event(org)
-    for _ in range(webhooks.DELIVERIES_PER_PAGE + 1):
+    for _ in range(webhook_log.DELIVERIES_PER_PAGE + 1):
         _delivery(endpoint, event, "delivered", [(200, None, None)])
     auth.login(owner)
     first = client.get(f"{_base(org)}/{endpoint.id}").get_data(as_text=True)
-    assert "Page 1 of 2" in first and first.count(">Resend<") == webhooks.DELIVERIES_PER_PAGE
+    assert "Page 1 of 2" in first and first.count(">Resend<") == webhook_log.DELIVERIES_PER_PAGE
     second = client.get(f"{_base(org)}/{endpoint.id}?page=2").get_data(as_text=True)
     assert "Page 2 of 2" in second and second.count(">Resend<") == 1
 

@@ -1,5 +1,6 @@
 """Webhook endpoint pages: the list, adding one, an endpoint's page (edit, pause, resume, enable, rotate, test,
-delivery log, resend) and deleting one. Thin views over :mod:`portal.notify.webhooks`; owners and admins only."""
+delivery log, resend) and deleting one. Thin views over :mod:`portal.notify.webhooks` and
+:mod:`portal.notify.webhook_log`; owners and admins only."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from flask_login import current_user
 from portal.forms import ConfirmForm
 from portal.http import get_org_scoped_or_404, page_arg, render_form_page
 from portal.models import WebhookEndpoint
-from portal.notify import bp, webhooks
+from portal.notify import bp, webhook_log, webhooks
 from portal.notify.catalogue import ALL_EVENTS, EVENTS
 from portal.notify.forms import NewWebhookForm, RotateSecretForm, WebhookForm
 from portal.orgs.context import org_view
@@ -52,7 +53,7 @@ def webhooks_page(slug: str) -> Any:
     return render_template(
         "notify/webhooks.html",
         endpoints=endpoints,
-        results=webhooks.last_results(endpoints),
+        results=webhook_log.last_results(endpoints),
         limit=webhooks.MAX_ENDPOINTS,
         events_text=webhooks.events_text,
     )
@@ -104,17 +105,17 @@ def _render_endpoint(endpoint: WebhookEndpoint, failed: Any = None) -> str:
     elif failed is not None:
         edit_form = failed
     rotate_form.request_token.data = secrets.token_urlsafe(16)
-    failed_only = request.args.get("show") == webhooks.FAILED_FILTER
+    failed_only = request.args.get("show") == webhook_log.FAILED_FILTER
     return render_template(
         "notify/webhook.html",
         endpoint=endpoint,
         edit_form=edit_form,
         rotate_form=rotate_form,
         confirm_form=ConfirmForm(),
-        log=webhooks.delivery_log(endpoint, page=page_arg(), failed_only=failed_only),
+        log=webhook_log.delivery_log(endpoint, page=page_arg(), failed_only=failed_only),
         failed_only=failed_only,
         events_text=webhooks.events_text,
-        event_label=webhooks.event_label,
+        event_label=webhook_log.event_label,
         catalogue=EVENTS,
         now=utcnow(),
     )
@@ -185,7 +186,7 @@ def enable_webhook(slug: str, endpoint_id: str) -> Any:
 def test_webhook(slug: str, endpoint_id: str) -> Any:
     paused = _endpoint(endpoint_id).paused_at is not None
     later = " It is sent when you resume the endpoint." if paused else " It appears in the delivery log below."
-    return _state_change(endpoint_id, webhooks.send_test, "Test event queued." + later)
+    return _state_change(endpoint_id, webhook_log.send_test, "Test event queued." + later)
 
 
 @bp.post("/orgs/<slug>/webhooks/<endpoint_id>/rotate")
@@ -237,16 +238,16 @@ def delete_webhook(slug: str, endpoint_id: str) -> Any:
 @org_view(MANAGE)
 def resend_delivery(slug: str, endpoint_id: str, delivery_id: str) -> Any:
     endpoint = _endpoint(endpoint_id)
-    delivery = webhooks.find_delivery(endpoint, delivery_id)
+    delivery = webhook_log.find_delivery(endpoint, delivery_id)
     if delivery is None:
         abort(404)
     if not ConfirmForm().validate_on_submit():
         abort(400)
     try:
-        webhooks.resend(g.org, endpoint, delivery, actor=current_user, ip=request.remote_addr)
+        webhook_log.resend(g.org, endpoint, delivery, actor=current_user, ip=request.remote_addr)
     except webhooks.WebhookError as exc:
         flash(str(exc), "warning")
     else:
         flash("Queued again as a new delivery; it is at the top of the log.", "success")
-    back = {"show": request.args["show"]} if request.args.get("show") == webhooks.FAILED_FILTER else {}
+    back = {"show": request.args["show"]} if request.args.get("show") == webhook_log.FAILED_FILTER else {}
     return _back(endpoint, **back)

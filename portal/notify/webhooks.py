@@ -1,12 +1,10 @@
-"""Webhook endpoints' lifecycle: add, edit, pause, resume, enable again, rotate the signing secret, delete, send a
-test event, read the delivery log and resend a delivery. Shared by the pages and ``flask webhooks``; no Flask
-request here. Every change is audited with the endpoint's URL, never its secret.
+"""Webhook endpoints' lifecycle: add, edit, pause, resume, enable again, rotate the signing secret, delete.
+Shared by the pages and ``flask webhooks``; no Flask request here. Every change is audited with the endpoint's
+URL, never its secret. An endpoint's deliveries (its log, a test event, a resend) are in
+:mod:`portal.notify.webhook_log`, which audits through the helpers here.
 
 A signing secret exists in plain text only in the :class:`IssuedSecret` returned when it is made (creation or
 rotation), for the caller to show once; the row keeps it sealed (:mod:`portal.notify.endpoints`).
-
-"Resend" makes a new delivery of the same event (same payload, same ``evt_…`` id) with its own attempts and
-retry schedule; the original stays in the log as it ended.
 """
 
 from __future__ import annotations
@@ -18,29 +16,18 @@ from typing import Any
 
 import sqlalchemy as sa
 from flask import current_app
-from sqlalchemy.orm import selectinload
 
 from portal import audit
 from portal.db import count_rows, get_org_scoped, org_scoped
 from portal.extensions import db
-from portal.models import (
-    AuditEvent,
-    NotificationEvent,
-    Organization,
-    User,
-    WebhookAttempt,
-    WebhookDelivery,
-    WebhookEndpoint,
-)
+from portal.models import AuditEvent, Organization, User, WebhookDelivery, WebhookEndpoint
 from portal.notify import endpoints, events
-from portal.notify.catalogue import ALL_EVENTS, EVENTS, TEST_EVENT, UnknownEvent, check_events
+from portal.notify.catalogue import ALL_EVENTS, UnknownEvent, check_events
 from portal.notify.destinations import DestinationError, check_url
-from portal.pagination import Page, paginate
 from portal.timeutil import utcnow
 
 MAX_ENDPOINTS = 10  # per organization
 MAX_DESCRIPTION = 200
-DELIVERIES_PER_PAGE = 20
 
 # How long the previous signing secret keeps signing after a rotation, by the name the form sends.
 OVERLAPS: dict[str, tuple[str, timedelta]] = {
@@ -348,6 +335,7 @@ def rotate_secret(
 
 
 def pending_deliveries(endpoint: WebhookEndpoint) -> int:
+    """The endpoint's deliveries not yet sent, which deleting it drops: the delete page shows how many."""
     return count_rows(
         sa.select(WebhookDelivery.id).where(
             WebhookDelivery.endpoint_id == endpoint.id, WebhookDelivery.status == "pending"
@@ -377,179 +365,3 @@ def delete_endpoint(
     )
     db.session.delete(endpoint)
     db.session.commit()
-
-
-def send_test(
-    org: Organization,
-    endpoint: WebhookEndpoint,
-    *,
-    actor: User | None,
-    actor_label: str | None = None,
-    ip: str | None = None,
-) -> NotificationEvent:
-    """Queue a ``webhook.test`` event for this endpoint alone (``events.emit`` would send it to every endpoint
-    subscribed to all events). Never mailed, never in the organization's feed."""
-    if endpoint.disabled_at is not None:
-        raise WebhookError("Enable this endpoint first: a disabled endpoint gets no deliveries.")
-    now = utcnow()
-    event_id = uuid.uuid4()
-    data = {
-        "message": "A test event from ProCode Portal: this endpoint receives and verifies events.",
-        "endpoint_id": str(endpoint.id),
-    }
-    event = NotificationEvent(
-        id=event_id,
-        organization_id=org.id,
-        type=TEST_EVENT,
-        payload=events.payload_for(event_id, org, TEST_EVENT, data, now),
-        occurred_at=now,
-    )
-    db.session.add(event)
-    db.session.flush()
-    if events.queue_deliveries(event, endpoint_id=endpoint.id) != 1:
-        db.session.rollback()
-        raise WebhookError("This endpoint no longer takes deliveries: reload the page.")
-    _record("webhook.test_sent", org, endpoint, actor, actor_label, ip, event_id=event.payload["id"])
-    db.session.commit()
-    return event
-
-
-@dataclass(frozen=True)
-class LastResult:
-    """The outcome of an endpoint's most recent tried delivery, for the endpoint list."""
-
-    status: str  # the delivery's: delivered, pending (retrying) or failed
-    at: datetime
-    status_code: int | None
-    error: str | None
-
-
-def last_results(endpoint_list: list[WebhookEndpoint]) -> dict[uuid.UUID, LastResult]:
-    """Per endpoint (found through its organization), its newest delivery that was tried and that delivery's last
-    attempt: two index lookups per endpoint, however long the log."""
-    if not endpoint_list:
-        return {}
-    delivery = (
-        sa.select(WebhookDelivery.id, WebhookDelivery.status, WebhookDelivery.last_attempt_at)
-        .where(WebhookDelivery.endpoint_id == WebhookEndpoint.id, WebhookDelivery.last_attempt_at.is_not(None))
-        .order_by(WebhookDelivery.created_at.desc())
-        .limit(1)
-        .lateral("d")
-    )
-    attempt = (
-        sa.select(WebhookAttempt.status_code, WebhookAttempt.error)
-        .where(WebhookAttempt.delivery_id == delivery.c.id)
-        .order_by(WebhookAttempt.attempted_at.desc())
-        .limit(1)
-        .lateral("a")
-    )
-    query = (
-        sa.select(
-            WebhookEndpoint.id, delivery.c.status, delivery.c.last_attempt_at, attempt.c.status_code, attempt.c.error
-        )
-        .select_from(WebhookEndpoint)
-        .join(delivery, sa.true())
-        .outerjoin(attempt, sa.true())
-        .where(WebhookEndpoint.id.in_([e.id for e in endpoint_list]))
-    )
-    return {row[0]: LastResult(*row[1:]) for row in db.session.execute(query)}
-
-
-@dataclass(frozen=True)
-class LogEntry:
-    """One delivery in an endpoint's log, with its attempts oldest first."""
-
-    delivery: WebhookDelivery
-    attempts: list[WebhookAttempt]
-
-    @property
-    def event_ref(self) -> str:
-        return str(self.delivery.event.payload.get("id", f"evt_{self.delivery.event_id.hex}"))
-
-
-FAILED_FILTER = "failed"
-
-
-def delivery_log(
-    endpoint: WebhookEndpoint, *, page: int = 1, per_page: int = DELIVERIES_PER_PAGE, failed_only: bool = False
-) -> Page[LogEntry]:
-    """The endpoint's deliveries, newest first; ``failed_only``: those that failed or are being retried."""
-    query = sa.select(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint.id)
-    if failed_only:
-        query = query.where(
-            sa.or_(
-                WebhookDelivery.status == "failed",
-                sa.and_(WebhookDelivery.status == "pending", WebhookDelivery.attempts > 0),
-            )
-        )
-    ordered = query.order_by(WebhookDelivery.created_at.desc(), WebhookDelivery.id).options(
-        selectinload(WebhookDelivery.event)
-    )
-
-    def fetch(limit: int, offset: int) -> list[LogEntry]:
-        deliveries = list(db.session.scalars(ordered.limit(limit).offset(offset)))
-        attempts: dict[uuid.UUID, list[WebhookAttempt]] = {d.id: [] for d in deliveries}
-        if deliveries:
-            for attempt in db.session.scalars(
-                sa.select(WebhookAttempt)
-                .where(WebhookAttempt.delivery_id.in_(list(attempts)))
-                .order_by(WebhookAttempt.attempted_at, WebhookAttempt.id)
-            ):
-                attempts[attempt.delivery_id].append(attempt)
-        return [LogEntry(d, attempts[d.id]) for d in deliveries]
-
-    return paginate(fetch, page=page, per_page=per_page, total=count_rows(query))
-
-
-def find_delivery(endpoint: WebhookEndpoint, delivery_id: Any) -> WebhookDelivery | None:
-    """One of the endpoint's deliveries (the endpoint was found within its organization); else None."""
-    try:
-        key = delivery_id if isinstance(delivery_id, uuid.UUID) else uuid.UUID(str(delivery_id))
-    except ValueError:
-        return None
-    return db.session.scalar(
-        sa.select(WebhookDelivery).where(WebhookDelivery.id == key, WebhookDelivery.endpoint_id == endpoint.id)
-    )
-
-
-def resend(
-    org: Organization,
-    endpoint: WebhookEndpoint,
-    delivery: WebhookDelivery,
-    *,
-    actor: User | None,
-    actor_label: str | None = None,
-    ip: str | None = None,
-) -> WebhookDelivery:
-    """Queue the delivery's event again for this endpoint, due now, as a new delivery."""
-    _locked(endpoint)
-    if endpoint.disabled_at is not None:
-        db.session.commit()
-        raise WebhookError("Enable this endpoint first: a disabled endpoint gets no deliveries.")
-    if delivery.status == "pending":
-        db.session.commit()
-        raise WebhookError("This delivery is still being sent: it is retried on its own until it succeeds or fails.")
-    copy = WebhookDelivery(endpoint_id=endpoint.id, event_id=delivery.event_id, next_attempt_at=utcnow())
-    db.session.add(copy)
-    event = delivery.event
-    _record(
-        "webhook.resent",
-        org,
-        endpoint,
-        actor,
-        actor_label,
-        ip,
-        event_type=event.type,
-        event_id=event.payload.get("id"),
-        previous_status=delivery.status,
-    )
-    db.session.info[events.WEBHOOKS_ENQUEUED] = True
-    db.session.commit()
-    return copy
-
-
-def event_label(event_type: str) -> str:
-    if event_type == TEST_EVENT:
-        return "Test event"
-    known = EVENTS.get(event_type)
-    return known.label if known else event_type
