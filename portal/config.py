@@ -160,7 +160,8 @@ class Config:
     # `flask webhooks deliver` from cron. Each attempt has WEBHOOK_TIMEOUT seconds, connection included; up to
     # WEBHOOK_CONCURRENCY endpoints are sent to at once per process. A failed delivery is retried after a random
     # delay of up to each step of WEBHOOK_RETRY_SCHEDULE in turn (seconds; about a day in all on average), then
-    # given up; an endpoint with nothing delivered over a whole schedule is disabled and its owners mailed.
+    # given up; an endpoint with nothing delivered over a whole schedule is disabled and its owners mailed
+    # (portal/notify/delivery_results.py).
     WEBHOOK_DELIVERER_THREAD = True
     WEBHOOK_POLL_INTERVAL = 5.0  # seconds between the deliverer's passes (a commit that queued deliveries wakes it)
     WEBHOOK_TIMEOUT = 5.0

@@ -19,7 +19,8 @@ from standardwebhooks.webhooks import WebhookVerificationError
 from portal.extensions import db
 from portal.models import AuditEvent, NotificationEvent, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from portal.notify import endpoints, events
-from portal.notify.delivery import PER_LANE, deliver_due, retry_delay, retry_schedule
+from portal.notify.delivery import PER_LANE, deliver_due
+from portal.notify.delivery_results import retry_delay, retry_schedule
 from portal.timeutil import utcnow
 from tests import factories
 from tests.mail_helpers import deliver as deliver_mail

@@ -8,6 +8,7 @@ from __future__ import annotations
 import click
 
 from portal.notify import delivery
+from portal.notify.delivery_results import DeliveryResult
 
 
 def register(group: click.Group) -> None:
@@ -18,7 +19,7 @@ def register(group: click.Group) -> None:
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Stop after about this many deliveries.")
 def deliver(limit: int | None) -> None:
     """Send the webhook deliveries that are due, then stop (web processes also do this in a background thread)."""
-    total = delivery.DeliveryResult()
+    total = DeliveryResult()
     while True:
         batch = delivery.BATCH if limit is None else min(delivery.BATCH, limit - total.claimed)
         result = delivery.deliver_due(limit=batch)
