@@ -22,7 +22,7 @@ from typing import Any
 
 import psycopg2
 
-from tests.servers import deprioritize
+from tests.servers import session_nice
 
 ROOT = Path(__file__).resolve().parent.parent
 PORTS = range(18100, 18200)
@@ -121,13 +121,19 @@ class Gunicorn:
             stderr=subprocess.STDOUT,
             start_new_session=bool(nice),
         )
-        if nice:  # and the session's, which is what counts against other sessions (tests/servers.py)
-            deprioritize(self.proc.pid, nice)
-        deadline = time.monotonic() + 30
-        while not self.ready():
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise SystemExit(f"gunicorn did not start:\n{self.log_path.read_text()}")
-            time.sleep(0.2)
+        try:
+            if nice:  # and the session's, which is what counts against other sessions (tests/servers.py)
+                session_nice(self.proc.pid, nice)
+            deadline = time.monotonic() + 30
+            while not self.ready():
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise SystemExit(f"gunicorn did not start:\n{self.log_path.read_text()}")
+                time.sleep(0.2)
+        except BaseException:
+            self.proc.kill()  # in a session of its own, nothing else would stop it
+            self.proc.wait()
+            self.log_file.close()
+            raise
 
     def ready(self) -> bool:
         try:
@@ -176,27 +182,35 @@ def wrk(
         env["BENCH_INTERVAL_US"] = f"{threads * 1e6 / rate:.3f}"
         if latency_file is not None:
             env["BENCH_LATENCY_FILE"] = str(latency_file)
-    out = subprocess.run(
-        [
-            *(["nice", "-n", str(nice)] if nice else []),
-            "wrk",
-            "-t",
-            str(threads),
-            "-c",
-            str(connections),
-            "-d",
-            f"{seconds}s",
-            "--timeout",
-            "5s",
-            "-s",
-            str(ROOT / "bench" / "verify.lua"),
-            f"http://127.0.0.1:{port}",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    command = [
+        *(["nice", "-n", str(nice)] if nice else []),
+        "wrk",
+        "-t",
+        str(threads),
+        "-c",
+        str(connections),
+        "-d",
+        f"{seconds}s",
+        "--timeout",
+        "5s",
+        "-s",
+        str(ROOT / "bench" / "verify.lua"),
+        f"http://127.0.0.1:{port}",
+    ]
+    # With a priority, in a session of its own at that priority too (tests/servers.py: session_nice).
+    proc = subprocess.Popen(  # noqa: S603 - our own benchmark client
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=bool(nice)
+    )
+    try:
+        if nice:
+            session_nice(proc.pid, nice)
+        out, err = proc.communicate()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, command, out, err)
     data = json.loads(next(line for line in out.splitlines() if line.startswith("BENCH_JSON"))[len("BENCH_JSON") :])
     data["connections"] = connections
     if rate:

@@ -1,7 +1,7 @@
 """A data plane dashboards cannot slow (``make bench-mixed``): verifications at half load, alone and while ten
 signed-in clients load the usage dashboards of a 10M-event organization in a loop; not part of the test suite.
 
-    make bench-mixed                                                         # 10M events; about 30 minutes
+    make bench-mixed                                                         # 10M events; about 10 minutes
     .venv/bin/python bench/mixed.py --events 1000000 --rounds 2 --seconds 10  # a quicker run
 
 One fresh database holds the verification benchmark's 1,000 organizations and 10,000 keys (bench/verify.py) and
@@ -21,7 +21,9 @@ With ``replica`` among the shapes, every shape runs on a primary and a streaming
 loopback (tests/replica.py's recipe, fsync on); the replica runs at lower CPU priority (``--replica-nice``), the
 stand-in on one machine for a replica on its own, as the page processes' ``nice`` stands in for page nodes of
 their own. wrk stands in for callers on other machines: as root it runs at a higher priority (``--client-nice``),
-so the server it measures cannot delay its schedule. Otherwise the database is on the machine's PostgreSQL
+so the server it measures delays its schedule less. Each priority is set on the process and on its session
+(``session_nice`` in tests/servers.py: under autogroup scheduling a nice value weighs only within a session).
+Otherwise the database is on the machine's PostgreSQL
 (``BENCH_DATABASE_URL``), or an embedded server when none answers.
 
 Targets per shape: verification p99 <= 10 ms while the dashboards load (over all mixed rounds' calls), and
@@ -123,33 +125,43 @@ def read_latencies(path: Path) -> list[float]:
 
 
 def start_shape(
-    shape: str, url: str, replica: str | None, ports: list[int], args: argparse.Namespace, workdir: Path
+    shape: str, url: str, replica_url: str | None, ports: list[int], args: argparse.Namespace, workdir: Path
 ) -> list[Gunicorn]:
     """The shape's gunicorn(s): [the one answering /v1, the one answering pages] (the same server for single)."""
     if shape == "single":
         server = Gunicorn("wsgi:app", url, ports[0], args.workers, 8, workdir, PEPPER)
         return [server, server]
     api = Gunicorn("wsgi:app", url, ports[0], args.workers, 8, workdir, PEPPER, extra_env=API_ONLY)
-    pages = Gunicorn(
-        "wsgi:app",
-        url,
-        ports[1],
-        args.pages_workers,
-        args.pages_threads,
-        workdir,
-        PEPPER,
-        worker_class=args.pages_class,
-        nice=args.pages_nice,
-        extra_env={"DATABASE_REPLICA_URL": replica} if shape == "replica" and replica else None,
-    )
+    try:
+        pages = Gunicorn(
+            "wsgi:app",
+            url,
+            ports[1],
+            args.pages_workers,
+            args.pages_threads,
+            workdir,
+            PEPPER,
+            worker_class=args.pages_class,
+            nice=args.pages_nice,
+            extra_env={"DATABASE_REPLICA_URL": replica_url} if shape == "replica" and replica_url else None,
+        )
+    except BaseException:
+        api.stop()
+        raise
     return [api, pages]
 
 
 def measure_shape(
-    shape: str, url: str, replica: str | None, rate: float, paths: list[str], args: argparse.Namespace, workdir: Path
+    shape: str,
+    url: str,
+    replica_url: str | None,
+    rate: float,
+    paths: list[str],
+    args: argparse.Namespace,
+    workdir: Path,
 ) -> dict[str, Any]:
     ports = free_ports(2, range(args.port_base, args.port_base + 100))
-    servers = start_shape(shape, url, replica, ports, args, workdir)
+    servers = start_shape(shape, url, replica_url, ports, args, workdir)
     api, pages = servers
     keys = workdir / "keys_all.txt"
     try:
@@ -167,9 +179,9 @@ def measure_shape(
                     time.sleep(1)  # every client has a page in flight
                 started = time.monotonic()
                 file = workdir / f"latency-{shape}-{kind}-{n}.txt"
-                groups = cpu_groups(api, pages, url, replica if shape == "replica" else None)
-                if kind == "mixed":
-                    groups["clients"] = [str(thread.native_id) for thread in dashboards.threads]
+                groups = cpu_groups(api, pages, url, replica_url if shape == "replica" else None)
+                if kind == "mixed":  # each client thread's own CPU (/proc/<tid>/stat would be the whole process's)
+                    groups["clients"] = [f"{os.getpid()}/task/{thread.native_id}" for thread in dashboards.threads]
                 before = {name: cpu_seconds(pids) for name, pids in groups.items()}
                 run = wrk(
                     api.port,
@@ -198,13 +210,14 @@ def measure_shape(
     return {"runs": runs, "latencies": latencies}
 
 
-def cpu_groups(api: Gunicorn, pages: Gunicorn, url: str, replica: str | None) -> dict[str, list[str]]:
-    """Where the CPU goes: the /v1 workers, the page workers (the same in single), PostgreSQL (and its replica)."""
+def cpu_groups(api: Gunicorn, pages: Gunicorn, url: str, replica_url: str | None) -> dict[str, list[str]]:
+    """Where the CPU goes: the /v1 workers, the page workers (the same in single), PostgreSQL's backends (and the
+    replica's that answer queries; its WAL replay is not counted)."""
     groups = {"api": api.worker_pids(), "pg": backend_pids(url)}
     if pages is not api:
         groups["pages"] = pages.worker_pids()
-    if replica:
-        groups["replica"] = backend_pids(replica)
+    if replica_url:
+        groups["replica"] = backend_pids(replica_url)
     return groups
 
 
@@ -295,7 +308,7 @@ def main() -> None:
         help="nice value of wrk (default: -10 as root, else 0)",
     )
     parser.add_argument("--rate", type=float, default=0, help="calls/s to send (default: half the measured full load)")
-    parser.add_argument("--port-base", type=int, default=18400, help="loopback ports used: this and the next 99")
+    parser.add_argument("--port-base", type=int, default=18400, help="loopback ports used: this and the next 199")
     parser.add_argument("--keep", action="store_true", help="keep the benchmark database (not with replica)")
     args = parser.parse_args()
     shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
@@ -303,6 +316,8 @@ def main() -> None:
         parser.error("--shapes takes " + ", ".join(SHAPES))
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (make bench-mixed installs it)")
+    if args.keep and "replica" in shapes:
+        log("--keep: ignored, the replica shape's primary and replica are removed with the run")
     if "replica" in shapes and replica.missing():
         raise SystemExit(
             f"the replica shape needs a streaming pair: {replica.missing()} (--shapes single,split runs without it)"

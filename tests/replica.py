@@ -23,7 +23,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from portal.db import normalize_url
-from tests.servers import deprioritize, free_port
+from tests.servers import free_port, session_nice
 
 TOOLS = ("initdb", "pg_ctl", "pg_basebackup", "postgres")
 REPLICA_PORTS = range(18260, 18300)
@@ -102,8 +102,9 @@ def streaming_pair(
     """Start a primary and its streaming replica; yield their URLs; stop both and remove their data.
 
     Tests run both with fsync off; ``durable`` keeps it on (benchmarks). ``replica_nice`` starts the replica at a
-    lower CPU priority (its processes' and its session's, :func:`tests.servers.deprioritize`): on one machine,
-    the stand-in for a replica on a machine of its own."""
+    lower CPU priority (its processes' and its session's, :func:`tests.servers.session_nice`): on one machine,
+    the stand-in for a replica on a machine of its own. The replica runs with ``hot_standby_feedback`` on, as
+    docs/scaling.md advises, so the primary's vacuum does not cancel its readers' queries."""
     reason = missing()
     if reason is not None:
         raise RuntimeError(reason)
@@ -138,6 +139,8 @@ def streaming_pair(
         run("pg_basebackup", *base, "--pgdata", str(replica), "--write-recovery-conf", "--checkpoint=fast")
         _start(run, replica, replica_port, f"{common} -c hot_standby=on -c hot_standby_feedback=on", replica_nice)
         started.append(replica)
+        if replica_nice:  # pg_ctl starts the server in a session of its own
+            session_nice(int((replica / "postmaster.pid").read_text().split()[0]), replica_nice)
         pair = StreamingPair(
             normalize_url(f"postgresql://postgres@127.0.0.1:{primary_port}/postgres"),
             normalize_url(f"postgresql://postgres@127.0.0.1:{replica_port}/postgres"),
@@ -154,5 +157,3 @@ def streaming_pair(
 def _start(run: Callable[..., None], data: Path, port: int, options: str, nice: int = 0) -> None:
     settings = f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' {options}"
     run("pg_ctl", "-D", str(data), "-o", settings, "-l", str(data / "server.log"), "-w", "start", nice=nice)
-    if nice:  # pg_ctl starts the server in a session of its own
-        deprioritize(int((data / "postmaster.pid").read_text().split()[0]), nice)

@@ -27,11 +27,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def deprioritize(pid: int, nice: int) -> None:
-    """Give the session ``pid`` leads the CPU priority ``nice``. With the kernel's autogroup scheduling on (most
-    distributions), a process's own nice value weighs only against processes of its session, and each session
-    gets a fair share of the machine; the session's nice (``/proc/<pid>/autogroup``) is what puts it behind the
-    rest. Without autogroup there is nothing to do here: the processes' own nice values decide."""
+def session_nice(pid: int, nice: int) -> None:
+    """Give the session ``pid`` leads the CPU priority ``nice`` (below 0 needs root). With the kernel's autogroup
+    scheduling on (most distributions), a process's own nice value weighs only against processes of its session,
+    and each session gets a fair share of the machine; the session's nice (``/proc/<pid>/autogroup``) is what
+    puts it behind or ahead of the rest. Without autogroup there is nothing to do here: the processes' own nice
+    values decide."""
     if os.getsid(pid) != pid:
         raise ValueError(f"process {pid} does not lead its session: its autogroup is shared with others")
     path = Path(f"/proc/{pid}/autogroup")

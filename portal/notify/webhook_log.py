@@ -23,7 +23,7 @@ from portal.extensions import db
 from portal.models import NotificationEvent, Organization, User, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from portal.notify import events
 from portal.notify.catalogue import EVENTS, TEST_EVENT
-from portal.notify.webhooks import WebhookError, _locked, _record
+from portal.notify.webhooks import WebhookError, lock_endpoint, record_action
 from portal.pagination import Page, paginate
 from portal.timeutil import utcnow
 
@@ -159,7 +159,7 @@ def send_test(
     if events.queue_deliveries(event, endpoint_id=endpoint.id) != 1:
         db.session.rollback()
         raise WebhookError("This endpoint no longer takes deliveries: reload the page.")
-    _record("webhook.test_sent", org, endpoint, actor, actor_label, ip, event_id=event.payload["id"])
+    record_action("webhook.test_sent", org, endpoint, actor, actor_label, ip, event_id=event.payload["id"])
     db.session.commit()
     return event
 
@@ -174,7 +174,7 @@ def resend(
     ip: str | None = None,
 ) -> WebhookDelivery:
     """Queue the delivery's event again for this endpoint, due now, as a new delivery."""
-    _locked(endpoint)
+    lock_endpoint(endpoint)
     if endpoint.disabled_at is not None:
         db.session.commit()
         raise WebhookError("Enable this endpoint first: a disabled endpoint gets no deliveries.")
@@ -184,7 +184,7 @@ def resend(
     copy = WebhookDelivery(endpoint_id=endpoint.id, event_id=delivery.event_id, next_attempt_at=utcnow())
     db.session.add(copy)
     event = delivery.event
-    _record(
+    record_action(
         "webhook.resent",
         org,
         endpoint,

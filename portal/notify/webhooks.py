@@ -93,7 +93,7 @@ def checked_description(text: str | None) -> str:
     return text
 
 
-def _record(
+def record_action(
     action: str,
     org: Organization,
     endpoint: WebhookEndpoint,
@@ -102,6 +102,7 @@ def _record(
     ip: str | None,
     **details: Any,
 ) -> None:
+    """Audit ``action`` on ``endpoint``: every change to an endpoint or its deliveries names the endpoint's URL."""
     audit.record(
         action,
         organization_id=org.id,
@@ -120,7 +121,7 @@ def _lock_organization(org: Organization) -> datetime | None:
     return db.session.scalar(sa.select(Organization.deleted_at).where(Organization.id == org.id).with_for_update())
 
 
-def _locked(endpoint: WebhookEndpoint) -> WebhookEndpoint:
+def lock_endpoint(endpoint: WebhookEndpoint) -> WebhookEndpoint:
     """The endpoint re-read under a row lock, so two changes (or a change and the deliverer) do not interleave."""
     db.session.execute(
         sa.select(WebhookEndpoint)
@@ -192,7 +193,7 @@ def create_endpoint(
     details: dict[str, Any] = {"events": events_text(names), "description": text or None}
     if request_token:
         details["request_token"] = request_token
-    _record("webhook.created", org, endpoint, actor, actor_label, ip, **details)
+    record_action("webhook.created", org, endpoint, actor, actor_label, ip, **details)
     db.session.commit()
     return IssuedSecret(endpoint, secret)
 
@@ -212,7 +213,7 @@ def update_endpoint(
     clean_url = checked_url(url)
     names = checked_events(events)
     text = checked_description(description)
-    _locked(endpoint)
+    lock_endpoint(endpoint)
     changed = []
     details: dict[str, Any] = {}
     if clean_url != endpoint.url:
@@ -230,7 +231,7 @@ def update_endpoint(
     if not changed:
         db.session.commit()  # release the lock
         return []
-    _record("webhook.updated", org, endpoint, actor, actor_label, ip, changed=", ".join(changed), **details)
+    record_action("webhook.updated", org, endpoint, actor, actor_label, ip, changed=", ".join(changed), **details)
     db.session.commit()
     return changed
 
@@ -244,12 +245,12 @@ def pause(
     ip: str | None = None,
 ) -> None:
     """Hold the endpoint's deliveries: they wait, and go out when it is resumed."""
-    _locked(endpoint)
+    lock_endpoint(endpoint)
     if endpoint.paused_at is not None:
         db.session.commit()
         raise WebhookError("This endpoint is already paused.")
     endpoint.paused_at = utcnow()
-    _record("webhook.paused", org, endpoint, actor, actor_label, ip)
+    record_action("webhook.paused", org, endpoint, actor, actor_label, ip)
     db.session.commit()
 
 
@@ -261,12 +262,12 @@ def resume(
     actor_label: str | None = None,
     ip: str | None = None,
 ) -> None:
-    _locked(endpoint)
+    lock_endpoint(endpoint)
     if endpoint.paused_at is None:
         db.session.commit()
         raise WebhookError("This endpoint is not paused.")
     endpoint.paused_at = None
-    _record("webhook.resumed", org, endpoint, actor, actor_label, ip)
+    record_action("webhook.resumed", org, endpoint, actor, actor_label, ip)
     db.session.info[events.WEBHOOKS_ENQUEUED] = True  # waiting deliveries may go now
     db.session.commit()
 
@@ -281,7 +282,7 @@ def enable(
 ) -> None:
     """Take back an endpoint the deliverer disabled after repeated failures: new events are queued for it again
     (what failed meanwhile can be resent from the delivery log)."""
-    _locked(endpoint)
+    lock_endpoint(endpoint)
     if endpoint.disabled_at is None:
         db.session.commit()
         raise WebhookError("This endpoint is not disabled.")
@@ -289,7 +290,7 @@ def enable(
     endpoint.disabled_at = None
     endpoint.disabled_reason = None
     endpoint.consecutive_failures = 0
-    _record("webhook.enabled", org, endpoint, actor, actor_label, ip, reason=reason)
+    record_action("webhook.enabled", org, endpoint, actor, actor_label, ip, reason=reason)
     db.session.commit()
 
 
@@ -308,7 +309,7 @@ def rotate_secret(
     if overlap not in OVERLAPS:
         raise WebhookError("Choose how long the old secret keeps signing.", "overlap")
     label, period = OVERLAPS[overlap]
-    _locked(endpoint)
+    lock_endpoint(endpoint)
     if request_token and _done_with_token(org, "webhook.secret_rotated", request_token, endpoint.id):
         db.session.commit()
         raise AlreadyDone(
@@ -329,7 +330,7 @@ def rotate_secret(
     }
     if request_token:
         details["request_token"] = request_token
-    _record("webhook.secret_rotated", org, endpoint, actor, actor_label, ip, **details)
+    record_action("webhook.secret_rotated", org, endpoint, actor, actor_label, ip, **details)
     db.session.commit()
     return IssuedSecret(endpoint, secret)
 
@@ -352,8 +353,8 @@ def delete_endpoint(
     ip: str | None = None,
 ) -> None:
     """Remove the endpoint with its delivery log; deliveries not yet sent are dropped."""
-    _locked(endpoint)
-    _record(
+    lock_endpoint(endpoint)
+    record_action(
         "webhook.deleted",
         org,
         endpoint,

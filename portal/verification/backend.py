@@ -22,7 +22,7 @@ from psycopg2.extensions import parse_dsn
 
 from portal import green
 from portal.verification import pooling, sql
-from portal.verification.deadlines import WATCHDOG, Watched, connect_options
+from portal.verification.deadlines import LIBPQ_MIN_CONNECT_TIMEOUT, WATCHDOG, Watched, connect_options
 from portal.verification.outcomes import DatabaseUnavailable
 
 log = logging.getLogger("portal.verification")
@@ -352,8 +352,12 @@ class DirectBackend:
                 # the connection dropped, the calls count twice against the limit: they can only be refused
                 # early, never admitted beyond the limit.
                 self._drop()
-                late = time.monotonic() >= deadline
-                if attempt >= 2 or late:
+                left = deadline - time.monotonic()
+                late = left <= 0
+                # In a thread nothing cuts a connection attempt short of libpq's whole-second floor: a retry
+                # with less than that left could overrun the deadline, so the call answers 503 now instead.
+                short = not green.active() and left < LIBPQ_MIN_CONNECT_TIMEOUT
+                if attempt >= 2 or late or short:
                     reason = "no answer within the deadline" if late else str(exc).strip().splitlines()[0]
                     log.warning("verification failed: database unavailable: %s", reason)
                     raise Unreachable(reason) from None
