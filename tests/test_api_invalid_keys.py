@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import random
 import string
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from portal.api import get_verifier
+from portal.extensions import db
 from portal.keys import format as keyformat
 from portal.usage import maintenance
 from portal.verification.budget import InvalidKeyBudget
@@ -205,6 +208,32 @@ def test_counts_are_pruned_with_the_raw_events(app):
     assert result.exit_code == 0 and "1 invalid-key counts" in result.output
     assert [minute.date() for minute, _, _ in invalid_key_counts()] == [(now - timedelta(days=1)).date()]
     assert maintenance.prune_invalid_key_counts(timedelta(days=90)) == 0
+
+
+def test_records_of_replayed_spill_files_are_pruned_with_the_raw_events(app):
+    """A record only guards a spill file still on disk; past retention its rows would land in dropped days."""
+    old, recent = uuid.uuid4(), uuid.uuid4()
+    now = datetime.now(UTC)
+    db.session.execute(
+        sa.text(
+            "INSERT INTO usage_spill_replays (id, replayed_at, usage_rows, invalid_key_calls)"
+            " VALUES (:old, :long_ago, 3, 0), (:recent, :lately, 2, 1)"
+        ),
+        {"old": old, "recent": recent, "long_ago": now - timedelta(days=91), "lately": now - timedelta(days=89)},
+    )
+    try:
+        result = app.test_cli_runner().invoke(args=["usage", "prune", "--older-than", "90d"])
+        assert result.exit_code == 0, result.output
+        assert "1 records of replayed spill files older than 90 days" in result.output
+        kept = db.session.scalars(
+            sa.text("SELECT id FROM usage_spill_replays WHERE id IN (:old, :recent)"), {"old": old, "recent": recent}
+        ).all()
+        assert kept == [recent]
+    finally:
+        db.session.execute(
+            sa.text("DELETE FROM usage_spill_replays WHERE id IN (:old, :recent)"), {"old": old, "recent": recent}
+        )
+        db.session.commit()
 
 
 # The budget itself, on a clock of our own.

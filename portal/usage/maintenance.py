@@ -115,6 +115,17 @@ def prune_invalid_key_counts(older_than: timedelta, now: datetime | None = None)
     return count
 
 
+def prune_spill_replays(older_than: timedelta, now: datetime | None = None) -> int:
+    """Delete the records of spill files replayed before the cutoff: a record only keeps a file that is still on
+    disk from being written twice, and rows that old would land in days retention has dropped anyway."""
+    count = _rowcount(
+        sa.text("DELETE FROM usage_spill_replays WHERE replayed_at < :cutoff"),
+        {"cutoff": (now or utcnow()) - older_than},
+    )
+    db.session.commit()
+    return count
+
+
 def prune_rollups(older_than: timedelta, now: datetime | None = None) -> int:
     cutoff = (now or utcnow()) - older_than
     deleted = 0
