@@ -2,4 +2,4 @@ from flask import Blueprint
 
 bp = Blueprint("keys", __name__)
 
-from portal.keys import rotation_routes, routes  # noqa: E402,F401
+from portal.keys import rotation_routes, routes, selection_routes  # noqa: E402,F401
