@@ -8,48 +8,25 @@ from flask import current_app
 
 from portal.api import openapi_webhooks
 from portal.api.answer import IDENTITY_HEADERS
-from portal.api.inputs import (
-    MAX_BODY_BYTES,
-    MAX_CLIENT_IP_CHARS,
-    MAX_ENDPOINT_CHARS,
-    MAX_KEY_CHARS,
-    MAX_USER_AGENT_CHARS,
+from portal.api.inputs import MAX_BODY_BYTES
+from portal.api.openapi_components import (
+    RATE_HEADERS,
+    api_schemas,
+    header_parameter,
+    json_response,
+    ref,
+    response_headers,
+    security_schemes,
+    with_example,
 )
 from portal.errors import error_body
-from portal.keys.policy import MAX_EXTERNAL_ID_CHARS, MAX_META_BYTES
-from portal.plans import PLANS
 from portal.scopes import SCOPES
-from portal.verification.outcomes import CODES, RateLimit, Verification
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _json(
-    schema: dict[str, Any], description: str, headers: tuple[str, ...] = (), example: Any = None
-) -> dict[str, Any]:
-    media: dict[str, Any] = {"schema": schema}
-    if example is not None:
-        media["example"] = example
-    answer: dict[str, Any] = {"description": description, "content": {"application/json": media}}
-    if headers:
-        answer["headers"] = {h: {"$ref": f"#/components/headers/{h}"} for h in headers}
-    return answer
-
-
-RATE_HEADERS = ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
+from portal.verification.outcomes import RateLimit, Verification
 
 # Examples are answers the verification code itself renders (Verification.as_json, error_body), so the
 # documentation cannot drift from what the API sends.
 _KEY, _ORG = "5f0c2a4e-8d1b-4c3a-9e7f-2b6d1a0c9e84", "0b7e9d52-3c4f-4a1e-8f6b-7d2c5e9a1f03"
 _LIMIT = RateLimit(limit=1000, remaining=987, reset=42)
-
-
-def _with_example(answer: dict[str, Any], example: Any) -> dict[str, Any]:
-    """``answer`` (a shared response object) with an example of its own."""
-    media = {**answer["content"]["application/json"], "example": example}
-    return {**answer, "content": {"application/json": media}}
 
 
 def _protected(valid: dict[str, Any]) -> dict[str, Any]:
@@ -63,11 +40,13 @@ def _error_of(invalid: dict[str, Any]) -> dict[str, Any]:
 
 
 def _answer(outcome: str, **fields: Any) -> dict[str, Any]:
+    """An example answer rendered by ``Verification.as_json`` itself, so it cannot drift from what is sent."""
     fields.setdefault("ratelimit", _LIMIT)
     return Verification(outcome, _KEY, _ORG, "acme", "pro", "live", **fields).as_json()
 
 
 def _examples() -> dict[str, Any]:
+    """One example per status of ``/keys/verify``, shared by the routes that answer the same way."""
     return {
         "200": _answer("ok", scopes=["translate:write"], meta_json='{"customer":"cus_1042"}', external_id="tenant-7"),
         "400": error_body("invalid_json", "The body is not valid JSON (UTF-8)."),
@@ -75,209 +54,6 @@ def _examples() -> dict[str, Any]:
         "403": _answer("forbidden", reason="insufficient_scope", scope="files:write", scopes=["translate:write"]),
         "429": _answer("rate_limited", ratelimit=RateLimit(limit=1000, remaining=0, reset=17)),
         "503": error_body("unavailable", "Key verification is unavailable; retry shortly."),
-    }
-
-
-LIMITS = ", ".join(f"{p.label} {p.requests_per_minute}/min" for p in PLANS.values())
-
-
-def _schemas() -> dict[str, Any]:
-    return {
-        "VerifyRequest": {
-            "type": "object",
-            "properties": {
-                "key": {
-                    "type": "string",
-                    "minLength": 1,
-                    "maxLength": MAX_KEY_CHARS,
-                    "description": "The key to check, `pk_test_…` or `pk_live_…`. May be sent as "
-                    "`Authorization: Bearer <key>` instead.",
-                },
-                "endpoint": {
-                    "type": "string",
-                    "minLength": 1,
-                    "maxLength": MAX_ENDPOINT_CHARS,
-                    "pattern": f"^[ -~]{{1,{MAX_ENDPOINT_CHARS}}}$",
-                    "description": f"The ProCode API route being called, kept on the usage record: 1 to "
-                    f"{MAX_ENDPOINT_CHARS} printable ASCII characters (percent-encode anything else, as in an "
-                    "HTTP path). Anything else: 400 `invalid_endpoint`.",
-                },
-                "scope": {
-                    "type": "string",
-                    "enum": list(SCOPES),
-                    "description": "The permission the call needs. A restricted key without it is refused: 403 "
-                    "`insufficient_scope`. A full-access key has every scope. Unknown names: 400 `invalid_scope`.",
-                },
-                "client_ip": {
-                    "type": "string",
-                    "maxLength": MAX_CLIENT_IP_CHARS,
-                    "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}],
-                    "description": "The address of the client calling your API. A key with an IP allowlist is "
-                    "refused (403 `ip_not_allowed`) from any other address, and also when `client_ip` is "
-                    "missing. Keys without an allowlist ignore it. It is also the address whose calls with "
-                    "malformed or unknown keys are budgeted (429 `too_many_invalid_keys`); without it, the "
-                    "address of the caller is, so a gateway should send it. Not an address: 400 "
-                    "`invalid_client_ip`. Recorded on the call's usage record: the key page lists the addresses "
-                    "that use it.",
-                },
-                "user_agent": {
-                    "type": "string",
-                    "maxLength": MAX_USER_AGENT_CHARS,
-                    "description": "The `User-Agent` of the client calling your API, recorded with `client_ip` "
-                    "(the first 256 characters) so the key page can show which clients use the key. Not "
-                    "printable text, or longer: 400 `invalid_user_agent`.",
-                },
-            },
-        },
-        "RateLimit": {
-            "type": "object",
-            "required": ["limit", "remaining", "reset"],
-            "properties": {
-                "limit": {
-                    "type": "integer",
-                    "description": f"Calls per minute for the key: the plan's ({LIMITS}), or the key's own "
-                    "limit when it is lower. Test and live keys have separate minutes, each with the plan's "
-                    "limit, so test traffic never throttles live calls.",
-                },
-                "remaining": {"type": "integer", "description": "Calls left in the current minute."},
-                "reset": {
-                    "type": "integer",
-                    "description": "Seconds until the current minute's window resets.",
-                },
-            },
-        },
-        "Organization": {
-            "type": "object",
-            "properties": {
-                "id": {"type": "string", "format": "uuid"},
-                "slug": {"type": "string"},
-                "plan": {"type": "string", "enum": list(PLANS)},
-            },
-        },
-        "Valid": {
-            "type": "object",
-            "required": [
-                "valid",
-                "key_id",
-                "organization",
-                "environment",
-                "scopes",
-                "meta",
-                "external_id",
-                "ratelimit",
-            ],
-            "properties": {
-                "valid": {"const": True},
-                "key_id": {"type": "string", "format": "uuid"},
-                "organization": _ref("Organization"),
-                "environment": {"type": "string", "enum": ["test", "live"]},
-                "scopes": {
-                    "type": ["array", "null"],
-                    "items": {"type": "string", "enum": list(SCOPES)},
-                    "description": "The key's scopes; null for a full-access key.",
-                },
-                "meta": {
-                    "type": "object",
-                    "description": f"The key's metadata, as set in the portal (a JSON object, at most "
-                    f"{MAX_META_BYTES} bytes).",
-                },
-                "external_id": {
-                    "type": ["string", "null"],
-                    "maxLength": MAX_EXTERNAL_ID_CHARS,
-                    "description": "Your own identifier for the key, if set.",
-                },
-                "ratelimit": _ref("RateLimit"),
-            },
-        },
-        "Invalid": {
-            "type": "object",
-            "required": ["valid", "code"],
-            "properties": {
-                "valid": {"const": False},
-                "code": {
-                    "type": "string",
-                    "enum": list(CODES),
-                },
-                "message": {"type": "string"},
-                "ratelimit": _ref("RateLimit"),
-            },
-        },
-        "RevokeRequest": {
-            "type": "object",
-            "required": ["key"],
-            "properties": {
-                "key": {
-                    "type": "string",
-                    "pattern": "^pk_[0-9A-Za-z_]{1,120}$",
-                    "description": "The key to revoke, `pk_test_…` or `pk_live_…`.",
-                }
-            },
-        },
-        "Accepted": {
-            "type": "object",
-            "required": ["status"],
-            "properties": {"status": {"const": "accepted"}},
-        },
-        "ReportedToken": {
-            "type": "object",
-            "required": ["token"],
-            "properties": {
-                "token": {"type": "string", "description": "The string found, expected to be a ProCode key."},
-                "type": {"type": "string", "description": "The partner's name for the token type."},
-                "url": {"type": "string", "description": "Where it was found, publicly."},
-                "source": {"type": "string", "description": "What kind of place (content, commit, issue …)."},
-            },
-        },
-        "TokenLabel": {
-            "type": "object",
-            "required": ["token_raw", "token_type", "label"],
-            "properties": {
-                "token_raw": {"type": "string"},
-                "token_type": {"type": "string"},
-                "label": {"type": "string", "enum": ["true_positive", "false_positive"]},
-            },
-        },
-        "Error": {
-            "type": "object",
-            "required": ["error"],
-            "properties": {
-                "error": {
-                    "type": "object",
-                    "required": ["code", "message"],
-                    "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
-                }
-            },
-        },
-    }
-
-
-IDENTITY_DESCRIPTIONS = {
-    "X-ProCode-Organization": "The key's organization id (a UUID).",
-    "X-ProCode-Organization-Slug": "The organization's slug.",
-    "X-ProCode-Plan": "The organization's plan.",
-    "X-ProCode-Key-Id": "The key's id (a UUID).",
-    "X-ProCode-Environment": "`test` or `live`.",
-    "X-ProCode-Scopes": "The key's scopes, space-separated; `*` for a full-access key.",
-}
-
-
-def _headers() -> dict[str, Any]:
-    integer = {"schema": {"type": "integer"}}
-    identity = {
-        name: {"schema": {"type": "string"}, "required": True, "description": IDENTITY_DESCRIPTIONS[name]}
-        for name in IDENTITY_HEADERS
-    }
-    return {
-        **identity,
-        "RateLimit-Limit": {**integer, "description": "The organization's calls per minute."},
-        "RateLimit-Remaining": {**integer, "description": "Calls left in the current window."},
-        "RateLimit-Reset": {**integer, "description": "Seconds until the window resets."},
-        "Retry-After": {
-            **integer,
-            "description": "Seconds to wait before retrying (429 and 503 only): until the minute's window "
-            "resets (`rate_limited`, `too_many_invalid_keys`), or until the month ends (UTC) for "
-            "`quota_exceeded`.",
-        },
     }
 
 
@@ -293,22 +69,6 @@ def _budget() -> str:
         "The budget is per process: with several processes or servers behind a load balancer an address "
         "may make that many failed calls on each. Other addresses are never affected."
     )
-
-
-def _security_schemes(key_header: str | None) -> dict[str, Any]:
-    schemes: dict[str, Any] = {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "pk_{test|live}_…"}}
-    if key_header:
-        schemes["apiKeyHeader"] = {
-            "type": "apiKey",
-            "in": "header",
-            "name": key_header,
-            "description": "The key in the header named by `API_KEY_HEADER` (gateway calls only).",
-        }
-    return schemes
-
-
-def _header_parameter(name: str, description: str) -> dict[str, Any]:
-    return {"name": name, "in": "header", "required": False, "schema": {"type": "string"}, "description": description}
 
 
 def _gateway_operation(method: str, unavailable: dict[str, Any]) -> dict[str, Any]:
@@ -332,53 +92,56 @@ def _gateway_operation(method: str, unavailable: dict[str, Any]) -> dict[str, An
                 "schema": {"type": "string", "enum": list(SCOPES)},
                 "description": "The permission the forwarded call needs; a restricted key without it is 403.",
             },
-            _header_parameter("X-Forwarded-Uri", "The forwarded call's URI (Caddy, Traefik)."),
-            _header_parameter("X-Original-URI", "The forwarded call's URI when X-Forwarded-Uri is absent (nginx)."),
-            _header_parameter("X-Forwarded-Method", "The forwarded call's method."),
-            _header_parameter("X-Original-Method", "The forwarded call's method when X-Forwarded-Method is absent."),
-            _header_parameter("X-Forwarded-For", "The client's address, read with `PORTAL_TRUST_PROXY=1`."),
+            header_parameter("X-Forwarded-Uri", "The forwarded call's URI (Caddy, Traefik)."),
+            header_parameter("X-Original-URI", "The forwarded call's URI when X-Forwarded-Uri is absent (nginx)."),
+            header_parameter("X-Forwarded-Method", "The forwarded call's method."),
+            header_parameter("X-Original-Method", "The forwarded call's method when X-Forwarded-Method is absent."),
+            header_parameter("X-Forwarded-For", "The client's address, read with `PORTAL_TRUST_PROXY=1`."),
         ],
         "responses": {
-            "200": _json(
-                _ref("Valid"),
+            "200": json_response(
+                ref("Valid"),
                 "The key is valid and the call was admitted: copy the `X-ProCode-*` headers onto the forwarded "
                 "request.",
                 (*RATE_HEADERS, *IDENTITY_HEADERS),
             ),
-            "400": _json(_ref("Error"), "The gateway's configuration is wrong: an unknown `scope`. Not metered."),
-            "401": _json(
-                {"oneOf": [_ref("Invalid"), _ref("Error")]},
+            "400": json_response(
+                ref("Error"), "The gateway's configuration is wrong: an unknown `scope`. Not metered."
+            ),
+            "401": json_response(
+                {"oneOf": [ref("Invalid"), ref("Error")]},
                 'No key (`missing_key`, with `WWW-Authenticate: Bearer realm="procode"`; not metered), two '
                 "different keys (`conflicting_keys`; not metered), or a malformed, unknown, revoked or expired key "
                 '(`WWW-Authenticate: Bearer error="invalid_token"`).',
                 RATE_HEADERS,
             ),
-            "403": _json(_ref("Invalid"), "`insufficient_scope` or `ip_not_allowed`.", RATE_HEADERS),
-            "429": _json(_ref("Invalid"), "Rate limited or over quota.", (*RATE_HEADERS, "Retry-After")),
+            "403": json_response(ref("Invalid"), "`insufficient_scope` or `ip_not_allowed`.", RATE_HEADERS),
+            "429": json_response(ref("Invalid"), "Rate limited or over quota.", (*RATE_HEADERS, "Retry-After")),
             "503": unavailable,
         },
     }
     examples = {**_examples(), "400": error_body("invalid_scope", "'scope' must be one of the ProCode API scopes.")}
     responses: dict[str, Any] = operation["responses"]
     for status, answer in responses.items():
-        responses[status] = _with_example(answer, examples[status])
+        responses[status] = with_example(answer, examples[status])
     return operation
 
 
 def openapi_document() -> dict[str, Any]:
-    bad_request = _json(
-        _ref("Error"),
+    """The whole document for ``/v1/openapi.json`` and the docs page, built per request from the app's config."""
+    bad_request = json_response(
+        ref("Error"),
         "Not a verification request (not JSON, wrong content type, missing or "
         "oversized field, non-string or non-ASCII key or endpoint). Not metered.",
     )
-    limited = _json(
-        _ref("Error"),
+    limited = json_response(
+        ref("Error"),
         "Rate limited or over quota, or `too_many_invalid_keys`: the caller's address spent its budget of "
         "malformed or unknown keys.",
         (*RATE_HEADERS, "Retry-After"),
     )
-    unavailable = _json(
-        _ref("Error"),
+    unavailable = json_response(
+        ref("Error"),
         "The database is unreachable or did not answer within the verification's deadline (5 s by default); "
         "retry after `Retry-After` seconds.",
         ("Retry-After",),
@@ -399,10 +162,10 @@ def openapi_document() -> dict[str, Any]:
         },
         "servers": [{"url": f"{current_app.config.get('PUBLIC_API_BASE', '')}/v1"}],
         "components": {
-            "schemas": {**_schemas(), **openapi_webhooks.schemas()},
-            "headers": _headers(),
+            "schemas": {**api_schemas(), **openapi_webhooks.schemas()},
+            "headers": response_headers(),
             "parameters": openapi_webhooks.parameters(),
-            "securitySchemes": _security_schemes(current_app.config.get("API_KEY_HEADER") or None),
+            "securitySchemes": security_schemes(current_app.config.get("API_KEY_HEADER") or None),
         },
         # What the portal POSTs to an organization's webhook endpoints (portal/api/openapi_webhooks.py).
         "webhooks": openapi_webhooks.webhooks(),
@@ -422,25 +185,25 @@ def openapi_document() -> dict[str, Any]:
                     "security": [{}, {"bearer": []}],
                     "requestBody": {
                         "required": False,
-                        "content": {"application/json": {"schema": _ref("VerifyRequest")}},
+                        "content": {"application/json": {"schema": ref("VerifyRequest")}},
                     },
                     "responses": {
-                        "200": _json(
-                            _ref("Valid"),
+                        "200": json_response(
+                            ref("Valid"),
                             "The key is valid and the call was admitted.",
                             RATE_HEADERS,
                             examples["200"],
                         ),
-                        "400": _with_example(bad_request, examples["400"]),
-                        "401": _json(
-                            _ref("Invalid"),
+                        "400": with_example(bad_request, examples["400"]),
+                        "401": json_response(
+                            ref("Invalid"),
                             "Malformed, unknown, revoked or expired key "
                             '(`WWW-Authenticate: Bearer error="invalid_token"`).',
                             RATE_HEADERS,
                             examples["401"],
                         ),
-                        "403": _json(
-                            _ref("Invalid"),
+                        "403": json_response(
+                            ref("Invalid"),
                             "Valid key, but its policy refuses this call: `insufficient_scope` (with "
                             '`WWW-Authenticate: Bearer error="insufficient_scope", scope="…"`) or '
                             "`ip_not_allowed`. Metered as outcome `forbidden`; nothing is counted against the "
@@ -448,8 +211,8 @@ def openapi_document() -> dict[str, Any]:
                             RATE_HEADERS,
                             examples["403"],
                         ),
-                        "429": _json(
-                            _ref("Invalid"),
+                        "429": json_response(
+                            ref("Invalid"),
                             "Valid key, but the organization's or the key's limit for this minute is used up "
                             "(`rate_limited`), or, on the Free plan, the monthly quota (`quota_exceeded`); or "
                             "the client's address has spent its budget of malformed or unknown keys "
@@ -457,7 +220,7 @@ def openapi_document() -> dict[str, Any]:
                             (*RATE_HEADERS, "Retry-After"),
                             examples["429"],
                         ),
-                        "503": _with_example(unavailable, examples["503"]),
+                        "503": with_example(unavailable, examples["503"]),
                     },
                 }
             },
@@ -470,25 +233,25 @@ def openapi_document() -> dict[str, Any]:
                     "summary": "Try a key: a route protected by `@require_api_key`",
                     "security": [{"bearer": []}],
                     "responses": {
-                        "200": _json(
+                        "200": json_response(
                             {"type": "object"},
                             "Who the key belongs to, and its rate limit.",
                             RATE_HEADERS,
                             _protected(examples["200"]),
                         ),
-                        "400": _with_example(bad_request, examples["400"]),
-                        "401": _json(
-                            _ref("Error"),
+                        "400": with_example(bad_request, examples["400"]),
+                        "401": json_response(
+                            ref("Error"),
                             "Missing, malformed, unknown, revoked or expired key.",
                             example=_error_of(examples["401"]),
                         ),
-                        "403": _json(
-                            _ref("Error"),
+                        "403": json_response(
+                            ref("Error"),
                             "The key's IP allowlist does not include the caller.",
                             example=_error_of(_answer("forbidden", reason="ip_not_allowed")),
                         ),
-                        "429": _with_example(limited, _error_of(examples["429"])),
-                        "503": _with_example(unavailable, examples["503"]),
+                        "429": with_example(limited, _error_of(examples["429"])),
+                        "503": with_example(unavailable, examples["503"]),
                     },
                 }
             },
@@ -498,25 +261,25 @@ def openapi_document() -> dict[str, Any]:
                     "summary": 'Try a scoped key: a route protected by `@require_api_key(scope="files:write")`',
                     "security": [{"bearer": []}],
                     "responses": {
-                        "200": _json(
+                        "200": json_response(
                             {"type": "object"},
                             "The key may write files.",
                             RATE_HEADERS,
                             {"accepted": True, **_protected(examples["200"])},
                         ),
-                        "400": _with_example(bad_request, examples["400"]),
-                        "401": _json(
-                            _ref("Error"),
+                        "400": with_example(bad_request, examples["400"]),
+                        "401": json_response(
+                            ref("Error"),
                             "Missing, malformed, unknown, revoked or expired key.",
                             example=_error_of(examples["401"]),
                         ),
-                        "403": _json(
-                            _ref("Error"),
+                        "403": json_response(
+                            ref("Error"),
                             "`insufficient_scope` (no `files:write`) or `ip_not_allowed`.",
                             example=_error_of(examples["403"]),
                         ),
-                        "429": _with_example(limited, _error_of(examples["429"])),
-                        "503": _with_example(unavailable, examples["503"]),
+                        "429": with_example(limited, _error_of(examples["429"])),
+                        "503": with_example(unavailable, examples["503"]),
                     },
                 }
             },
@@ -531,23 +294,23 @@ def openapi_document() -> dict[str, Any]:
                     ),
                     "requestBody": {
                         "required": True,
-                        "content": {"application/json": {"schema": _ref("RevokeRequest")}},
+                        "content": {"application/json": {"schema": ref("RevokeRequest")}},
                     },
                     "responses": {
-                        "202": _json(
-                            _ref("Accepted"),
+                        "202": json_response(
+                            ref("Accepted"),
                             "Taken: if this was a working key, it no longer is.",
                             example={"status": "accepted"},
                         ),
-                        "400": _json(
-                            _ref("Error"),
+                        "400": json_response(
+                            ref("Error"),
                             "The body is not JSON with a `key` that looks like a key.",
                             example=error_body(
                                 "invalid_request", 'Send a JSON body {"key": "pk_…"} with the key to revoke.'
                             ),
                         ),
-                        "429": _json(
-                            _ref("Error"),
+                        "429": json_response(
+                            ref("Error"),
                             "Too many requests from this address; retry later.",
                             ("Retry-After",),
                             error_body("rate_limited", "Too many revocation requests from this address; retry later."),
@@ -581,23 +344,23 @@ def openapi_document() -> dict[str, Any]:
                     ],
                     "requestBody": {
                         "required": True,
-                        "content": {"application/json": {"schema": {"type": "array", "items": _ref("ReportedToken")}}},
+                        "content": {"application/json": {"schema": {"type": "array", "items": ref("ReportedToken")}}},
                     },
                     "responses": {
-                        "200": _json(
-                            {"type": "array", "items": _ref("TokenLabel")},
+                        "200": json_response(
+                            {"type": "array", "items": ref("TokenLabel")},
                             "One label per reported token: `true_positive` for a ProCode key (live or revoked).",
                             example=[
                                 {"token_raw": "pk_live_…", "token_type": "procode_api_key", "label": "true_positive"}
                             ],
                         ),
-                        "400": _json(
-                            _ref("Error"),
+                        "400": json_response(
+                            ref("Error"),
                             "Signed, but not a report.",
                             example=error_body("invalid_report", "The report must be a JSON array of tokens."),
                         ),
-                        "401": _json(
-                            _ref("Error"),
+                        "401": json_response(
+                            ref("Error"),
                             "Missing, unknown or invalid signature. Nothing changed.",
                             example=error_body(
                                 "invalid_signature", "The report's signature does not verify with a configured key."

@@ -12,16 +12,13 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from portal.api.openapi_components import ref
 from portal.models import ApiKey, Organization
 from portal.notify.catalogue import EVENTS, EXPIRY_WARNINGS_DAYS, PAYLOAD_VERSION, QUOTA_THRESHOLDS, TEST_EVENT
 from portal.notify.events import key_data, payload_for
 from portal.roles import ROLES
 
 SIGNATURE_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
 
 
 def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
@@ -52,19 +49,19 @@ LEAK_SOURCE = {
 }
 
 _DATA: dict[str, dict[str, Any]] = {
-    "key.created": _object({"key": _ref("WebhookKey"), "actor": ACTOR}, ("key", "actor")),
+    "key.created": _object({"key": ref("WebhookKey"), "actor": ACTOR}, ("key", "actor")),
     "key.rolled": _object(
         {
-            "key": _ref("WebhookKey"),
+            "key": ref("WebhookKey"),
             "actor": ACTOR,
-            "new_key": {"oneOf": [_ref("WebhookKey"), {"type": "null"}], "description": "The key that replaces it."},
+            "new_key": {"oneOf": [ref("WebhookKey"), {"type": "null"}], "description": "The key that replaces it."},
             "old_key_stops_at": {**_nullable(TIMESTAMP), "description": "When the rolled key stops working."},
         },
         ("key", "actor", "new_key", "old_key_stops_at"),
     ),
     "key.revoked": _object(
         {
-            "key": _ref("WebhookKey"),
+            "key": ref("WebhookKey"),
             "actor": ACTOR,
             "reason": {"type": "string", "enum": ["revoked", "reported_leaked"]},
             "source": LEAK_SOURCE,
@@ -72,17 +69,17 @@ _DATA: dict[str, dict[str, Any]] = {
         ("key", "actor", "reason"),
     ),
     "key.leak_reported": _object(
-        {"key": _ref("WebhookKey"), "actor": ACTOR, "source": LEAK_SOURCE}, ("key", "actor", "source")
+        {"key": ref("WebhookKey"), "actor": ACTOR, "source": LEAK_SOURCE}, ("key", "actor", "source")
     ),
     "key.expiring": _object(
-        {"key": _ref("WebhookKey"), "days": {"type": "integer", "enum": list(EXPIRY_WARNINGS_DAYS)}},
+        {"key": ref("WebhookKey"), "days": {"type": "integer", "enum": list(EXPIRY_WARNINGS_DAYS)}},
         ("key", "days"),
         "Sent once per key and warning: `days` before `key.expires_at`.",
     ),
-    "key.expired": _object({"key": _ref("WebhookKey")}, ("key",)),
+    "key.expired": _object({"key": ref("WebhookKey")}, ("key",)),
     "key.idle": _object(
         {
-            "key": _ref("WebhookKey"),
+            "key": ref("WebhookKey"),
             "idle_days": {"type": "integer", "minimum": 1},
             "last_used_at": {**_nullable(TIMESTAMP), "description": "Null: never used."},
         },
@@ -107,10 +104,10 @@ _DATA: dict[str, dict[str, Any]] = {
         ("hour", "refused"),
         "The first refusal of an hour; later ones in the same hour send nothing.",
     ),
-    "member.joined": _object({"member": _ref("WebhookMember"), "actor": ACTOR}, ("member", "actor")),
+    "member.joined": _object({"member": ref("WebhookMember"), "actor": ACTOR}, ("member", "actor")),
     "member.removed": _object(
         {
-            "member": _ref("WebhookMember"),
+            "member": ref("WebhookMember"),
             "actor": ACTOR,
             "reason": {"type": "string", "description": "Why, when not a plain removal: `organization_deleted`."},
         },
@@ -169,8 +166,8 @@ def _envelope(event_type: str) -> dict[str, Any]:
                 "that removes or redefines one increments it.",
             },
             "created_at": {**TIMESTAMP, "description": "When it happened."},
-            "organization": _ref("WebhookOrganization"),
-            "data": _ref(schema_name(event_type, "Data")),
+            "organization": ref("WebhookOrganization"),
+            "data": ref(schema_name(event_type, "Data")),
         },
         ("id", "type", "version", "created_at", "organization", "data"),
         _description(event_type),
@@ -284,7 +281,7 @@ def webhooks() -> dict[str, Any]:
                 "parameters": [{"$ref": f"#/components/parameters/{header}"} for header in SIGNATURE_HEADERS],
                 "requestBody": {
                     "required": True,
-                    "content": {"application/json": {"schema": _ref(schema_name(name)), "example": example(name)}},
+                    "content": {"application/json": {"schema": ref(schema_name(name)), "example": example(name)}},
                 },
                 "responses": {
                     "2XX": {
