@@ -153,11 +153,11 @@ def _issued_register_challenge(client) -> bytes:
 
 
 def test_a_passkey_challenge_is_accepted_once_even_from_a_copied_cookie(client, owner):
-    from portal.twofactor import services
+    from portal.twofactor import passkey_services
 
     _login(client, owner)
     challenge = _issued_register_challenge(client)
-    services.spend_challenge(challenge)  # answered once already, from a copy of this session cookie
+    passkey_services.spend_challenge(challenge)  # answered once already, from a copy of this session cookie
     db.session.commit()
     again = client.post("/account/two-factor/passkeys/new", data={"name": "Laptop", "credential": "{}"})
     assert again.status_code == 422 and "answered already" in again.get_data(as_text=True)

@@ -12,7 +12,7 @@ from werkzeug.wrappers import Response
 from portal.http import render_form_page
 from portal.models import User
 from portal.orgs.context import org_view
-from portal.twofactor import bp, passkeys, pending, sealing, services, totp
+from portal.twofactor import bp, passkey_services, passkeys, pending, sealing, services, totp
 from portal.twofactor.forms import (
     CodeForm,
     ConfirmIdentityForm,
@@ -89,7 +89,7 @@ def challenge_passkey() -> Any:
             if stored is None:
                 raise PasskeyError("This passkey request expired. Try again.")
             credential = passkey_form.credential.data
-            services.sign_in_with_passkey(pending.actor(user), credential, stored, pending.relying_party())
+            passkey_services.sign_in_with_passkey(pending.actor(user), credential, stored, pending.relying_party())
         except (services.TwoFactorError, PasskeyError) as exc:
             passkey_form.form_errors.append(str(exc))
             status = 429 if isinstance(exc, services.Throttled) else 401
@@ -271,7 +271,7 @@ def passkey_new() -> Any:
                 if stored is None:
                     raise PasskeyError("This passkey request expired. Try again.")
                 confirmation = form.confirmation.data if confirming else None
-                codes = services.add_passkey(
+                codes = passkey_services.add_passkey(
                     pending.actor(user), form.name.data, form.credential.data, stored, rp, confirmation
                 )
             except services.WrongConfirmation as exc:
@@ -294,13 +294,13 @@ def passkey_new() -> Any:
 @bp.route("/account/two-factor/passkeys/<passkey_id>/remove", methods=["GET", "POST"])
 @login_required
 def passkey_remove(passkey_id: str) -> Any:
-    passkey = services.find_passkey(_me(), passkey_id)
+    passkey = passkey_services.find_passkey(_me(), passkey_id)
     if passkey is None:
         abort(404)
     name = passkey.name
 
     def remove(actor: services.Actor, confirmation: str) -> Response:
-        turned_off = services.remove_passkey(actor, passkey, confirmation)
+        turned_off = passkey_services.remove_passkey(actor, passkey, confirmation)
         return _signed_out_elsewhere(turned_off, f"Passkey “{name}” removed.")
 
     return _confirmed_change(

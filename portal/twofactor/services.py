@@ -1,7 +1,8 @@
-"""Two-factor sign-in: enrolment, checking codes and passkeys, recovery codes, turning it off, requirements.
+"""Two-factor sign-in: enrolling an app, checking codes, recovery codes, turning it off, requirements.
 
-No Flask request here: views pass the client address and user agent, and the relying party for passkeys.
-An account has two-factor on while it has an authenticator app (TOTP) or at least one passkey.
+No Flask request here: views pass the client address and user agent. An account has two-factor on while it
+has an authenticator app (TOTP) or at least one passkey; passkeys themselves are in ``passkey_services``, which
+shares the throttling, confirmation and turning on and off defined here.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 from flask import current_app
-from sqlalchemy.dialects.postgresql import insert
 
 from portal import audit, mail, ratelimit
 from portal.extensions import db
@@ -25,14 +25,12 @@ from portal.models import (
     Organization,
     Passkey,
     RecoveryCode,
-    SpentPasskeyChallenge,
     TotpCredential,
     User,
 )
 from portal.security import verify_password
 from portal.timeutil import utcnow
-from portal.twofactor import hooks, passkeys, sealing, totp
-from portal.twofactor.passkeys import PasskeyError, RelyingParty
+from portal.twofactor import hooks, sealing, totp
 
 log = logging.getLogger("portal.twofactor")
 
@@ -107,7 +105,7 @@ def passkeys_of(user: User) -> list[Passkey]:
 
 
 @contextmanager
-def _attempt(user: User) -> Iterator[None]:
+def counted_attempt(user: User) -> Iterator[None]:
     """Count a code attempt before it is checked (committed, so concurrent guesses each count), and give it
     back when the block succeeds: wrong answers are limited per account, right ones never use up the limit."""
     cfg = current_app.config
@@ -166,7 +164,7 @@ def _use_recovery_code(user: User, code: str) -> bool:
 def verify_sign_in_code(actor: Actor, code: str) -> str:
     """Check the second step of a sign-in: a current app code or an unused recovery code. Returns which."""
     user, value = actor.user, normalize_code(code)
-    with _attempt(user):
+    with counted_attempt(user):
         if totp.is_code_shaped(value):
             method = "totp" if _use_totp_code(user, value) else None
             wrong = "That code is not valid. Enter the current code from your app."
@@ -185,7 +183,7 @@ def verify_sign_in_code(actor: Actor, code: str) -> str:
 def confirm_identity(actor: Actor, confirmation: str) -> None:
     """For changes that weaken the account: the password, or a current app code."""
     user, value = actor.user, normalize_code(confirmation)
-    with _attempt(user):
+    with counted_attempt(user):
         if totp.is_code_shaped(value):
             ok = _use_totp_code(user, value)
         else:
@@ -230,7 +228,7 @@ def _announce(user: User, template: str, **context: object) -> None:
     mail.enqueue(user.email, template, user=user, at=utcnow(), **context)
 
 
-def _turned_on(actor: Actor, method: str) -> list[str]:
+def turned_on(actor: Actor, method: str) -> list[str]:
     """The account just got its first factor: recovery codes (returned, to show once) and a mail. Sessions
     signed in with the password alone end, and this one counts as having passed the second step: enrolment
     just checked the factor."""
@@ -244,7 +242,7 @@ def _turned_on(actor: Actor, method: str) -> list[str]:
     return codes
 
 
-def _confirm_another_factor(actor: Actor, confirmation: str | None) -> None:
+def confirm_another_factor(actor: Actor, confirmation: str | None) -> None:
     """Adding a factor to an account that has two-factor on needs the password or a current code, like
     removing one: a session alone must not be enough to plant a way in."""
     if is_enabled(actor.user.id):
@@ -256,8 +254,8 @@ def enable_totp(actor: Actor, secret: str, code: str, confirmation: str | None =
     turns two-factor on (an account that already has passkeys keeps its codes: an empty list). With two-factor
     on already, ``confirmation`` (the password or a current code) is required."""
     user = actor.user
-    _confirm_another_factor(actor, confirmation)
-    with _attempt(user):
+    confirm_another_factor(actor, confirmation)
+    with counted_attempt(user):
         step = totp.matching_step(secret, normalize_code(code), utcnow())
         if step is None:
             raise InvalidCode("That code does not match. Check your phone's clock and enter the current code.")
@@ -267,85 +265,16 @@ def enable_totp(actor: Actor, secret: str, code: str, confirmation: str | None =
         raise TwoFactorError("An authenticator app is already set up.")
     was_on = is_enabled(user.id)
     db.session.add(TotpCredential(user_id=user.id, secret_sealed=sealing.seal(secret), last_used_step=step))
-    codes = [] if was_on else _turned_on(actor, "an authenticator app")
+    codes = [] if was_on else turned_on(actor, "an authenticator app")
     hooks.record_security_event(user, "totp.added", ip=actor.ip, user_agent=actor.user_agent)
     db.session.commit()
     return codes
 
 
-def spend_challenge(challenge: bytes) -> None:
-    """Accept an issued passkey challenge once (no commit: it is spent with the change it allows). The session
-    cookie that carried it is signed, not single use, so the record of spent ones is kept here; rows older than
-    any challenge still usable are deleted on the way."""
-    db.session.execute(
-        sa.delete(SpentPasskeyChallenge).where(
-            SpentPasskeyChallenge.spent_at < utcnow() - 2 * passkeys.CHALLENGE_MAX_AGE
-        )
-    )
-    spent = db.session.scalar(
-        insert(SpentPasskeyChallenge)
-        .values(challenge_hash=hashlib.sha256(challenge).digest(), spent_at=utcnow())
-        .on_conflict_do_nothing()
-        .returning(SpentPasskeyChallenge.challenge_hash)
-    )
-    if spent is None:
-        raise PasskeyError("This passkey request was answered already. Try again.")
-
-
-def add_passkey(
-    actor: Actor, name: str, credential_json: str, challenge: bytes, rp: RelyingParty, confirmation: str | None = None
-) -> list[str]:
-    """Register a verified passkey. Returns new recovery codes when this turns two-factor on. With two-factor on
-    already, ``confirmation`` (the password or a current code) is required."""
-    user = actor.user
-    _confirm_another_factor(actor, confirmation)
-    spend_challenge(challenge)
-    new = passkeys.verify_registration(credential_json, challenge, rp)
-    if db.session.scalar(sa.select(Passkey.id).where(Passkey.credential_id == new.credential_id)) is not None:
-        raise PasskeyError("This passkey is already registered.")
-    was_on = is_enabled(user.id)
-    db.session.add(
-        Passkey(
-            user_id=user.id,
-            name=name,
-            credential_id=new.credential_id,
-            public_key=new.public_key,
-            sign_count=new.sign_count,
-            transports=new.transports,
-        )
-    )
-    codes = [] if was_on else _turned_on(actor, "a passkey")
-    hooks.record_security_event(user, "passkey.added", ip=actor.ip, user_agent=actor.user_agent, name=name)
-    db.session.commit()
-    return codes
-
-
-def sign_in_with_passkey(actor: Actor, credential_json: str, challenge: bytes, rp: RelyingParty) -> Passkey:
-    """The second step of a sign-in with one of the account's passkeys; counts as an attempt like a code."""
-    user = actor.user
-    with _attempt(user):
-        spend_challenge(challenge)
-        credential_id = passkeys.credential_id_of(credential_json)
-        passkey = db.session.scalar(
-            sa.select(Passkey)
-            .where(Passkey.user_id == user.id, Passkey.credential_id == credential_id)
-            .with_for_update()
-        )
-        if passkey is None:
-            raise PasskeyError("That passkey is not registered to this account.")
-        passkey.sign_count = passkeys.verify_assertion(credential_json, challenge, rp, passkey)
-        passkey.last_used_at = utcnow()
-        hooks.record_security_event(
-            user, "two_factor.sign_in", ip=actor.ip, user_agent=actor.user_agent, via="passkey", name=passkey.name
-        )
-    db.session.commit()
-    return passkey
-
-
 # Turning it off -----------------------------------------------------------------------------------------------
 
 
-def _turned_off_if_last(actor: Actor, reason: str) -> bool:
+def turned_off_if_last(actor: Actor, reason: str) -> bool:
     """After removing a factor: with none left, two-factor is off. Recovery codes go, other sessions and every
     pending account link end, and the owner is told by mail. Returns whether that happened."""
     db.session.flush()
@@ -366,7 +295,7 @@ def disable(actor: Actor, confirmation: str) -> None:
     confirm_identity(actor, confirmation)
     db.session.execute(sa.delete(TotpCredential).where(TotpCredential.user_id == actor.user.id))
     db.session.execute(sa.delete(Passkey).where(Passkey.user_id == actor.user.id))
-    _turned_off_if_last(actor, "two-factor turned off")
+    turned_off_if_last(actor, "two-factor turned off")
     db.session.commit()
 
 
@@ -377,26 +306,7 @@ def remove_totp(actor: Actor, confirmation: str) -> bool:
     confirm_identity(actor, confirmation)
     db.session.execute(sa.delete(TotpCredential).where(TotpCredential.user_id == actor.user.id))
     hooks.record_security_event(actor.user, "totp.removed", ip=actor.ip, user_agent=actor.user_agent)
-    off = _turned_off_if_last(actor, "authenticator app removed")
-    db.session.commit()
-    return off
-
-
-def find_passkey(user: User, passkey_id: object) -> Passkey | None:
-    try:
-        key = uuid.UUID(str(passkey_id))
-    except ValueError:
-        return None
-    return db.session.scalar(sa.select(Passkey).where(Passkey.id == key, Passkey.user_id == user.id))
-
-
-def remove_passkey(actor: Actor, passkey: Passkey, confirmation: str) -> bool:
-    """Remove one passkey; returns whether that turned two-factor off (it was the last factor)."""
-    confirm_identity(actor, confirmation)
-    name = passkey.name
-    db.session.execute(sa.delete(Passkey).where(Passkey.id == passkey.id, Passkey.user_id == actor.user.id))
-    hooks.record_security_event(actor.user, "passkey.removed", ip=actor.ip, user_agent=actor.user_agent, name=name)
-    off = _turned_off_if_last(actor, "last passkey removed")
+    off = turned_off_if_last(actor, "authenticator app removed")
     db.session.commit()
     return off
 
