@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import secrets
+import threading
+import time
 from typing import Any
 
 import sqlalchemy as sa
@@ -181,3 +183,61 @@ def test_usage_becomes_daily_partitions_and_back_keeping_every_row(database_serv
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP ROLE IF EXISTS "{role}"'))
         admin.dispose()
+
+
+def test_a_writer_still_open_when_the_copy_starts_loses_no_row(database_server):
+    """0022 copies by id, and ids are drawn at insert, not at commit: a writer still open holds an id below the
+    highest committed one. The copy waits for it, so its row is copied once it commits, not skipped."""
+    url = make_database(database_server, "usage_open_writer")
+    engine = sa.create_engine(url)
+    insert = sa.text(
+        "INSERT INTO api_key_usage (key_id, organization_id, status_code, outcome)"
+        " SELECT id, organization_id, 200, 'ok' FROM api_keys RETURNING id"
+    )
+    try:
+        app = create_app({"SQLALCHEMY_DATABASE_URI": url}, env="testing")
+        with app.app_context():
+            upgrade(revision="0021")
+            with engine.begin() as conn:
+                org = conn.scalar(sa.text("INSERT INTO organizations (name, slug) VALUES ('A', 'a') RETURNING id"))
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO api_keys (organization_id, name, environment, hint, key_hash)"
+                        " VALUES (:o, 'k', 'live', 'pk_live_…abcd', '\\x01')"
+                    ),
+                    {"o": org},
+                )
+            open_writer = engine.connect()
+            held = open_writer.scalar(insert)  # drawn, not committed
+            with engine.begin() as conn:
+                later = conn.scalar(insert)  # a higher id, committed first
+            assert later > held
+
+            errors: list[BaseException] = []
+
+            def migrate() -> None:
+                try:
+                    with app.app_context():
+                        upgrade()
+                except BaseException as exc:  # noqa: BLE001 -- reported by the test's thread
+                    errors.append(exc)
+
+            migration = threading.Thread(target=migrate, name="upgrade")
+            migration.start()
+            time.sleep(1.0)  # the migration reads the highest id while the writer is still open
+            open_writer.commit()
+            open_writer.close()
+            migration.join(timeout=120)
+            assert not migration.is_alive() and errors == []
+            with engine.connect() as conn:
+                assert (
+                    conn.scalar(sa.text("SELECT relkind::text FROM pg_class WHERE oid = 'api_key_usage'::regclass"))
+                    == "p"
+                )
+                assert conn.scalars(sa.text("SELECT id FROM api_key_usage ORDER BY id")).all() == [held, later]
+            from portal.extensions import db
+
+            db.engine.dispose()
+    finally:
+        engine.dispose()
+        drop_database(database_server, url)

@@ -25,6 +25,8 @@ Converting a populated table, while the portal keeps writing to it:
 2. The new table api_key_usage_next is created with a partition per such day and per day from yesterday to a
    week ahead, and the rows are copied into it in batches of 250,000 ids, each batch its own transaction
    (ACCESS SHARE on the old table only). Primary key and indexes are built after the copy, partition by partition.
+   Each pass reads the highest id, then waits for the transactions writing to the table at that moment to end
+   (an open writer may hold lower ids than the highest committed one), so no row is skipped.
 3. The rows written meanwhile are copied in further batches until few remain; then, in the migration's
    transaction, ACCESS EXCLUSIVE on api_key_usage: the last rows are copied, the old table is dropped and the new
    one renamed in its place, with the triggers, grants and identity. Readers and writers wait only for this
@@ -151,10 +153,40 @@ def _create_partitions(parent: str, days: set[date]) -> None:
             )
 
 
+def _wait_for_writers() -> None:
+    """Wait until every transaction writing to the old table now has ended. Ids are drawn when a row is inserted,
+    not when it commits: a writer still open may hold ids below the highest committed one, and copying up to that
+    id before it commits would skip its rows for good. Writers take ROW EXCLUSIVE on the table before they draw an
+    id, so waiting for the holders of that lock at this moment is enough; new writers are not held up."""
+    holders = set(
+        op.get_bind()
+        .execute(
+            sa.text(
+                "SELECT virtualtransaction FROM pg_locks WHERE locktype = 'relation'"
+                " AND relation = CAST(:t AS regclass) AND mode = 'RowExclusiveLock' AND pid <> pg_backend_pid()"
+            ),
+            {"t": TABLE},
+        )
+        .scalars()
+    )
+    while holders:
+        time.sleep(0.01)
+        holders &= set(
+            op.get_bind()
+            .execute(
+                sa.text("SELECT virtualtransaction FROM pg_locks WHERE virtualtransaction = ANY(:v)"),
+                {"v": sorted(holders)},
+            )
+            .scalars()
+        )
+
+
 def _copy_batches(start: int) -> int:
     """Copy rows with ids in (start, max id] from the old table to the new one, a batch per transaction; returns
-    the last id copied. Rows are never updated, so copying by id misses nothing written before the copy began."""
+    the last id copied. Rows are never updated and every writer that could hold an id up to max id has ended
+    before the copy starts (:func:`_wait_for_writers`), so copying by id misses nothing."""
     last = _scalar(f"SELECT max(id) FROM {TABLE}") or 0  # noqa: S608
+    _wait_for_writers()
     while start < last:
         end = min(start + BATCH, last)
         op.execute(
