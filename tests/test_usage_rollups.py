@@ -178,6 +178,114 @@ def test_concurrent_writers_and_a_folder_lose_nothing(committed_org):
     assert total == 2 * 40 * 25
 
 
+@pytest.fixture
+def orgs_in_two_lanes(app) -> Iterator[list[tuple[uuid.UUID, uuid.UUID, int]]]:
+    """Two committed organizations in different fold lanes, a key each: (organization, key, lane); removed with
+    everything they recorded afterwards."""
+    owner = factories.user()
+    made: dict[int, tuple[uuid.UUID, uuid.UUID, int]] = {}
+    extra: list[uuid.UUID] = []
+    while len(made) < 2:
+        org = factories.org()
+        lane = db.session.scalar(sa.text("SELECT usage_fold_lane(:o)"), {"o": org.id})
+        if lane in made:
+            extra.append(org.id)
+            continue
+        made[lane] = (org.id, factories.api_key(org, owner).api_key.id, lane)
+    user_id = owner.id
+    db.session.commit()
+    db.session.remove()
+    yield list(made.values())
+    db.session.remove()
+    with db.engine.begin() as conn:
+        for org_id in [o for o, _, _ in made.values()] + extra:
+            for table in ("api_key_usage", "usage_rollup_pending", "usage_client_pending", "audit_events"):
+                conn.execute(sa.text(f"DELETE FROM {table} WHERE organization_id = :o"), {"o": org_id})  # noqa: S608
+            conn.execute(sa.text("DELETE FROM organizations WHERE id = :o"), {"o": org_id})  # cascades to rollups
+        conn.execute(sa.text("DELETE FROM users WHERE id = :u"), {"u": user_id})
+
+
+@pytest.mark.concurrency
+def test_folders_of_different_lanes_fold_side_by_side(orgs_in_two_lanes):
+    """A folder holding one organization's lane (a writer's transaction still open) keeps no other lane from being
+    folded, nor a second folder of its own lane waiting: that one skips it at once; the whole fold waits for it."""
+    (first_org, first_key, first_lane), (second_org, second_key, second_lane) = orgs_in_two_lanes
+    engine = db.engine
+
+    class Key:  # what event() needs from an ApiKey
+        def __init__(self, key_id: uuid.UUID, org_id: uuid.UUID) -> None:
+            self.id, self.organization_id = key_id, org_id
+
+    def pending(org_id: uuid.UUID) -> int:
+        with engine.connect() as conn:
+            return int(
+                conn.scalar(
+                    sa.text("SELECT count(*) FROM usage_rollup_pending WHERE organization_id = :o"), {"o": org_id}
+                )
+            )
+
+    with engine.connect() as conn:
+        record([event(Key(first_key, first_org), T0 + timedelta(minutes=i)) for i in range(3)], connection=conn)
+        record([event(Key(second_key, second_org), T0, "rate_limited")], connection=conn)
+        record([event(Key(second_key, second_org), T0, endpoint="/v1/embed")], connection=conn)
+        conn.commit()
+    assert pending(first_org) == 1 and pending(second_org) == 2  # a statement's sums per key, hour and endpoint
+
+    fold_lanes = sa.text("SELECT usage_rollup_fold_lanes(CAST(:l AS int[]))")
+    with engine.connect() as holder, engine.connect() as other:
+        assert holder.scalar(fold_lanes, {"l": [first_lane]}) == 1
+        # first_lane is held until holder commits: another folder skips it at once and folds the other lane
+        assert other.scalar(fold_lanes, {"l": [first_lane]}) == 0
+        assert other.scalar(fold_lanes, {"l": [first_lane, second_lane]}) == 2
+        other.commit()
+        assert pending(second_org) == 0 and pending(first_org) == 1  # the holder's fold is not committed yet
+
+        whole: list[int] = []
+        folding = threading.Thread(
+            target=lambda: whole.append(maintenance_fold_on(engine)), name="whole-fold", daemon=True
+        )
+        folding.start()
+        folding.join(timeout=0.5)
+        assert folding.is_alive(), "the whole fold must wait for the lane another folder holds"
+        holder.commit()
+        folding.join(timeout=10)
+        assert not folding.is_alive() and whole == [0]
+
+    assert pending(first_org) == 0
+    assert maintenance.rollup_mismatches(first_org) == {} and maintenance.rollup_mismatches(second_org) == {}
+    calls = db.session.scalar(
+        sa.text("SELECT sum(calls) FROM usage_key_hourly WHERE key_id IN (:a, :b)"), {"a": first_key, "b": second_key}
+    )
+    assert calls == 5
+
+
+def maintenance_fold_on(engine: sa.Engine) -> int:
+    with engine.connect() as conn:
+        folded = int(conn.scalar(sa.text("SELECT usage_rollup_fold()")) or 0)
+        conn.commit()
+        return folded
+
+
+def test_fold_lanes_are_the_ones_the_app_counts(app):
+    """The app's lane count (simulate's shares) is the database's: every lane folds, one past the last is refused."""
+    every = list(range(maintenance.FOLD_LANES))
+    assert maintenance.lanes_of(0, 1) == every
+    assert sorted(maintenance.lanes_of(0, 3) + maintenance.lanes_of(1, 3) + maintenance.lanes_of(2, 3)) == every
+    assert maintenance.lanes_of(0, 2) == [0, 2, 4, 6] and maintenance.lanes_of(17, 30) == maintenance.lanes_of(1, 30)
+    folded = db.session.execute(
+        sa.text("SELECT usage_rollup_fold_lanes(CAST(:l AS int[])), usage_clients_fold_lanes(CAST(:l AS int[]))"),
+        {"l": every},
+    ).one()
+    assert folded == (0, 0)
+    with pytest.raises(sa.exc.DBAPIError, match="fold lane"):
+        db.session.execute(sa.text("SELECT usage_rollup_fold_lanes(ARRAY[:l])"), {"l": maintenance.FOLD_LANES})
+    db.session.rollback()
+    lanes = db.session.scalars(
+        sa.text("SELECT DISTINCT usage_fold_lane(gen_random_uuid()) FROM generate_series(1, 500)")
+    )
+    assert set(lanes) == set(range(maintenance.FOLD_LANES))
+
+
 def test_top_keys_mix_daily_and_hourly_rollups_without_losing_the_edges(org, keys):
     from portal.usage import services
     from portal.usage.ranges import parse_range

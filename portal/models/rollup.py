@@ -2,7 +2,7 @@
 
 Every INSERT into ``api_key_usage`` appends its aggregated sums to ``usage_rollup_pending`` (statement-level
 trigger, migration 0003), so every write path feeds them; ``usage_rollup_fold()`` moves pending sums into the
-rollup tables. Counts per outcome are columns rather than
+rollup tables, one lane of organizations per folder (migration 0023). Counts per outcome are columns rather than
 a dimension: a key-hour is one row however its calls ended, which keeps the tables small and the scans short.
 Hours are UTC hours; days are UTC days.
 """

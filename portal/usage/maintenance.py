@@ -68,8 +68,18 @@ WITH src AS MATERIALIZED (
 )"""
 
 
+FOLD_LANES = 8  # as migration 0023: organizations fall into this many lanes, each folded on its own
+
+
+def lanes_of(job: int, jobs: int) -> list[int]:
+    """The fold lanes job ``job`` of ``jobs`` folds: a share each, so their folds run side by side (one job: all)."""
+    groups = min(jobs, FOLD_LANES)
+    return [lane for lane in range(FOLD_LANES) if lane % groups == job % groups]
+
+
 def fold() -> int:
-    """Move pending sums into the rollup tables now (one folder at a time); returns how many were moved.
+    """Move pending sums into the rollup tables now (every lane, waiting for folders of the same lanes); returns
+    how many were moved.
 
     The client rollups have their own :func:`fold_clients`, run where they are read, so the charts' pages do
     not pay for them."""

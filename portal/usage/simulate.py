@@ -23,7 +23,7 @@ from portal.keys import format as keyformat
 from portal.keys.services import pepper
 from portal.models import ApiKey, Organization
 from portal.timeutil import utcnow
-from portal.usage import partitions
+from portal.usage import maintenance, partitions
 
 DAY, WEEK = 86_400, 7 * 86_400
 DAILY_PEAK, WEEKLY_PEAK = (
@@ -133,8 +133,8 @@ def simulate(
 ) -> int:
     """Insert ``events`` calls spread over the last ``days`` days, over ``key_count`` keys of each organization;
     one commit per chunk. Keys are ranked in the order of ``orgs`` (the first organization's keys are the
-    busiest). ``jobs`` connections insert chunks side by side: the rollup triggers only append, and each job's
-    folds wait for the others' (one folder at a time)."""
+    busiest). ``jobs`` connections insert chunks side by side: the rollup triggers only append, and each job
+    folds its own share of the organizations' fold lanes, so no job waits for another's fold."""
     orgs = [orgs] if isinstance(orgs, Organization) else list(orgs)
     now = now or utcnow()
     start = now - timedelta(days=days)
@@ -171,23 +171,25 @@ def _insert_chunks(
     vacuum_pending: bool,
     jobs: int,
 ) -> None:
-    """Each chunk is one INSERT through the rollup triggers and a commit, then the pending sums are folded (and,
-    if ``vacuum_pending``, their tables vacuumed: a bulk chunk leaves many dead pending rows). One job works in
-    the session's own transaction; more take a connection each."""
+    """Each chunk is one INSERT through the rollup triggers and a commit, then the pending sums of the job's share
+    of the fold lanes are folded (and, if ``vacuum_pending``, their tables vacuumed: a bulk chunk leaves many dead
+    pending rows). One job works in the session's own transaction and folds every lane; more take a connection
+    each and fold side by side, never waiting for each other. A last whole fold takes what is left."""
     todo = iter(chunks)
     lock = threading.Lock()
     errors: list[BaseException] = []
 
-    def run(execute: Callable[[sa.TextClause, dict[str, Any] | None], Any], commit: Callable[[], None]) -> None:
+    def run(
+        execute: Callable[[sa.TextClause, dict[str, Any] | None], Any], commit: Callable[[], None], job: int = 0
+    ) -> None:
         while not errors:
             with lock:
                 lo_hi = next(todo, None)
             if lo_hi is None:
-                return
+                break
             execute(SIMULATE_SQL, {**params, "lo": lo_hi[0], "hi": lo_hi[1]})
             commit()
-            execute(sa.text("SELECT usage_rollup_fold()"), None)
-            execute(sa.text("SELECT usage_clients_fold()"), None)
+            execute(FOLD_LANES_SQL, {"lanes": maintenance.lanes_of(job, jobs)})
             commit()
             if vacuum_pending:
                 _vacuum(engine, "usage_rollup_pending", "usage_client_pending")
@@ -197,22 +199,29 @@ def _insert_chunks(
 
     if jobs == 1:
         run(db.session.execute, db.session.commit)
-        return
+    else:
 
-    def work() -> None:
-        try:
-            with engine.connect() as conn:
-                run(conn.execute, conn.commit)
-        except BaseException as exc:  # noqa: BLE001 -- raised again by the caller's thread
-            errors.append(exc)
+        def work(job: int) -> None:
+            try:
+                with engine.connect() as conn:
+                    run(conn.execute, conn.commit, job)
+            except BaseException as exc:  # noqa: BLE001 -- raised again by the caller's thread
+                errors.append(exc)
 
-    threads = [threading.Thread(target=work, name=f"simulate-{n}") for n in range(jobs)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
+        threads = [threading.Thread(target=work, args=(n,), name=f"simulate-{n}") for n in range(jobs)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
+    maintenance.fold()  # the lanes another job held when this one came to them
+    maintenance.fold_clients()
+
+
+FOLD_LANES_SQL = sa.text(
+    "SELECT usage_rollup_fold_lanes(CAST(:lanes AS int[])), usage_clients_fold_lanes(CAST(:lanes AS int[]))"
+)
 
 
 def _vacuum(engine: sa.Engine, *tables: str) -> None:
