@@ -176,7 +176,7 @@ def _named_upstream(name: str) -> Iterator[str]:
 
 def test_the_shipped_proxy_sends_v1_to_its_own_gunicorn(tmp_path):
     """docs/deploy/nginx.conf, as docker-compose.yml runs it: /v1 goes to the `api` service's gunicorn, every
-    other path to `web`'s."""
+    other path to `web`'s, but /metrics to neither."""
     if gateway_binary("nginx") is None:
         pytest.skip("nginx is not installed (make test installs Debian's nginx-light when run as root)")
     paths = ("/v1/keys/verify", "/v1/openapi.json", "/orgs/acme/usage", "/login", "/docs/api")
@@ -185,6 +185,9 @@ def test_the_shipped_proxy_sends_v1_to_its_own_gunicorn(tmp_path):
         for path in paths:
             with urllib.request.urlopen(f"{base}{path}", timeout=30) as answer:  # noqa: S310 - loopback
                 answers.append(json.loads(answer.read()))
+        with pytest.raises(urllib.error.HTTPError) as refused:  # scraped from each gunicorn, never through here
+            urllib.request.urlopen(f"{base}/metrics", timeout=30)  # noqa: S310 - loopback
+        assert refused.value.code == 404
     assert [(a["path"], a["upstream"]) for a in answers] == [
         ("/v1/keys/verify", "api"),
         ("/v1/openapi.json", "api"),
