@@ -73,13 +73,20 @@ def trust_proxy(app: Flask) -> None:
 
 
 def configure_database(app: Flask) -> None:
-    from portal.db import check_connection, migrations_head, replica_binds, resolve_database_url, schema_warning
+    from portal.db import (
+        check_connection,
+        migration_revisions,
+        migrations_head,
+        replica_binds,
+        resolve_database_url,
+        schema_warning,
+    )
 
     url = resolve_database_url(app.config, app.instance_path)
     app.config["SQLALCHEMY_DATABASE_URI"] = url
     app.config["SQLALCHEMY_BINDS"] = {**app.config.get("SQLALCHEMY_BINDS", {}), **replica_binds(app.config)}
     if not app.testing:
-        warning = schema_warning(check_connection(url), migrations_head())
+        warning = schema_warning(check_connection(url), migrations_head(), migration_revisions())
         app.config["SCHEMA_WARNING"] = warning
         if warning:
             log.warning(warning)

@@ -8,6 +8,7 @@ import re
 import time
 import uuid
 import warnings
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -120,10 +121,15 @@ REPLICA_RETRY_SECONDS = 30.0
 _replica_retry_at = [0.0]  # monotonic time from which this process tries the replica again
 
 
+# How a usage read is run: :func:`read` (the replica when there is one), or ``db.session.execute`` for a read that
+# must see everything the primary has committed (the rotation watch, the revoke and roll confirmations).
+Reader = Callable[[sa.Executable, dict[str, Any] | None], sa.Result[*TupleAny]]
+
+
 def read(statement: sa.Executable, params: dict[str, Any] | None = None) -> sa.Result[*TupleAny]:
     """Run a read-only statement (the usage pages' reads) on the streaming replica when ``DATABASE_REPLICA_URL``
     names one, which may lag the primary by a moment; else, or while the replica does not answer, on the
-    session's own connection to the primary."""
+    session's own connection to the primary. A read that must not lag goes through ``db.session.execute``."""
     engine = db.engines.get(REPLICA_BIND)
     if engine is not None and time.monotonic() >= _replica_retry_at[0]:
         try:
@@ -165,22 +171,37 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations" / "versio
 _REVISION = re.compile(r'^(down_revision|revision) = "?([0-9A-Za-z_]+)"?$', re.MULTILINE)
 
 
-def migrations_head(directory: Path = MIGRATIONS_DIR) -> str | None:
-    """The newest migration's revision, read from the scripts' text (no Alembic import in web workers)."""
-    revisions, parents = set(), set()
+def migration_revisions(directory: Path = MIGRATIONS_DIR) -> dict[str, str]:
+    """Every revision the code's migration scripts define, with the one each follows (``"None"`` for the first),
+    read from the scripts' text (no Alembic import in web workers)."""
+    revisions = {}
     for script in directory.glob("*.py"):
         fields = dict(_REVISION.findall(script.read_text()))
         if "revision" in fields:
-            revisions.add(fields["revision"])
-            parents.add(fields.get("down_revision", "None"))
-    heads = sorted(revisions - parents)
+            revisions[fields["revision"]] = fields.get("down_revision", "None")
+    return revisions
+
+
+def migrations_head(directory: Path = MIGRATIONS_DIR) -> str | None:
+    """The newest migration's revision."""
+    revisions = migration_revisions(directory)
+    heads = sorted(set(revisions) - set(revisions.values()))
     return heads[-1] if heads else None
 
 
-def schema_warning(current: str | None, head: str | None) -> str | None:
-    """One line for an operator when the database's migrations are behind the code, else ``None``."""
+def database_ahead(current: str | None, head: str | None, known: Collection[str]) -> bool:
+    """The database is at a revision this code's migrations do not define: a newer release migrated it (the
+    deploy migrates before it replaces the old code), so the code runs on a schema newer than its own."""
+    return head is not None and current is not None and current != head and current not in known
+
+
+def schema_warning(current: str | None, head: str | None, known: Collection[str]) -> str | None:
+    """One line for an operator when the database's migrations are not the code's newest (``known``: every
+    revision the code's migrations define), else ``None``."""
     if head is None or current == head:
         return None
+    if database_ahead(current, head, known):
+        return f"the database is at migration {current}, newer than this code's {head}: deploy the new code"
     return (
         f"the database is at migration {current or 'none (empty database)'} but the code expects {head}: "
         "run `flask db upgrade`"

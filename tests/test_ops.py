@@ -11,13 +11,16 @@ from typing import Any
 
 import psycopg2
 import pytest
+import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from portal import create_app, logs, metrics
+from portal.db import database_ahead, migration_revisions, migrations_head, schema_warning
 from portal.extensions import db
 from portal.keys import format as keyformat
 from portal.logs import JsonFormatter, TextFormatter
 from portal.models import NotificationEvent, OutboxMail, WebhookDelivery, WebhookEndpoint
+from portal.ops import health
 from portal.timeutil import utcnow
 from portal.verification.usage_writer import BufferedRecorder
 from tests.conftest import drop_database, make_database
@@ -69,6 +72,93 @@ def test_readyz_is_503_with_the_reason_before_migrations(unmigrated_database):
     error = response.get_json()["error"]
     assert error["code"] == "migrations_not_at_head"
     assert "flask db upgrade" in error["message"] and other.config["MIGRATIONS_HEAD"] in error["message"]
+
+
+@pytest.fixture(scope="module")
+def versioned_database(database_server: str) -> Iterator[str]:
+    """A database with nothing but ``alembic_version``, which is all readiness reads; a test sets its revision."""
+    url = make_database(database_server, "versioned")
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE alembic_version (version_num varchar(32) NOT NULL PRIMARY KEY)"))
+    engine.dispose()
+    yield url
+    drop_database(database_server, url)
+
+
+def _probe_at(url: str, revision: str, probes: int = 1) -> Any:
+    """Set the database's revision, then ask a new app's ``/readyz`` ``probes`` times; the last answer."""
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM alembic_version"))
+        conn.execute(sa.text("INSERT INTO alembic_version VALUES (:r)"), {"r": revision})
+    engine.dispose()
+    other = create_app({"SQLALCHEMY_DATABASE_URI": url}, env="testing")
+    client = other.test_client()
+    try:
+        for _ in range(probes):
+            response = client.get("/readyz")
+        return response
+    finally:
+        with other.app_context():
+            db.engine.dispose()
+
+
+def test_readyz_is_503_when_the_database_is_at_an_older_migration(versioned_database):
+    head = migrations_head()
+    older = migration_revisions()[head]  # the one the newest migration follows
+    response = _probe_at(versioned_database, older)
+    assert response.status_code == 503
+    assert response.headers["Cache-Control"] == "no-store"
+    error = response.get_json()["error"]
+    assert error == {
+        "code": "migrations_not_at_head",
+        "message": f"The database is at migration {older} but the code expects {head}: run `flask db upgrade`.",
+    }
+
+
+def test_readyz_stays_ready_when_a_newer_release_has_migrated_the_database(versioned_database, caplog, monkeypatch):
+    """A rolling deploy migrates first: the instances still on this code keep serving (and say so), instead of
+    all leaving the load balancer at once. The log says it once per process, not on every probe."""
+    monkeypatch.setattr(health, "_ahead_logged", [False])
+    head, newer = migrations_head(), "9999_from_a_newer_release"
+    with caplog.at_level(logging.WARNING, logger="portal.ops"):
+        response = _probe_at(versioned_database, newer, probes=3)
+    assert response.status_code == 200
+    assert response.get_json() == {
+        "status": "ready",
+        "migration": newer,
+        "note": f"database ahead of this code (revision {newer}; code head {head})",
+    }
+    logged = [r.getMessage() for r in caplog.records if newer in r.getMessage()]
+    assert logged == [
+        f"readiness: the database is at migration {newer}, newer than this code's {head}: deploy the new code;"
+        " still ready, so a rolling deploy keeps this instance until it is replaced"
+    ]
+
+
+def test_readyz_is_ready_without_a_note_at_head(versioned_database):
+    head = migrations_head()
+    response = _probe_at(versioned_database, head)
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ready", "migration": head}
+
+
+def test_the_startup_warning_says_what_to_do_behind_and_ahead():
+    head, known = migrations_head(), migration_revisions()
+    assert head is not None
+    assert schema_warning(head, head, known) is None
+    assert schema_warning(None, head, known) == (
+        f"the database is at migration none (empty database) but the code expects {head}: run `flask db upgrade`"
+    )
+    assert schema_warning("0001", head, known) == (
+        f"the database is at migration 0001 but the code expects {head}: run `flask db upgrade`"
+    )
+    assert schema_warning("9999", head, known) == (
+        f"the database is at migration 9999, newer than this code's {head}: deploy the new code"
+    )
+    assert not database_ahead("0001", head, known) and not database_ahead(None, head, known)
+    assert database_ahead("9999", head, known) and not database_ahead(head, head, known)
 
 
 def test_without_a_database_healthz_answers_and_readyz_does_not(caplog):

@@ -270,6 +270,40 @@ def test_usage_pages_read_the_streaming_replica(pair, replica_app):
     assert _calls(client, dashboard) == _calls(client, key_page) == 5
 
 
+def test_the_revoke_confirmation_counts_calls_the_replica_has_not_replayed(pair, replica_app):
+    """What a revoke or roll would break is read from the primary: with the replica's replay paused, calls made
+    since show on the revoke and roll confirmations (count, client, last call), while the key's usage page, read
+    from the replica, still has none. A stalled replica never makes a key in use look safe to revoke."""
+    client = replica_app.test_client()
+    with replica_app.app_context():
+        org = factories.org(plan="pro")
+        owner = factories.member(org, "owner")
+        key = factories.api_key(org, owner).api_key
+        db.session.commit()
+        key_id, base = key.id, f"/orgs/{org.slug}/keys/{key.id}"
+        client.post("/login", data={"email": owner.email, "password": factories.PASSWORD})
+    pair.wait_for_replay()  # the replica has the key, and no calls
+
+    pair.pause_replay()
+    try:
+        with replica_app.app_context():
+            key = db.session.get(ApiKey, key_id)
+            now = utcnow()
+            record([event(key, now - timedelta(minutes=m), client_ip="203.0.113.77") for m in (1, 2, 3)])
+            db.session.commit()
+        for page in (f"{base}/revoke", f"{base}/roll"):
+            answer = client.get(page)
+            assert answer.status_code == 200
+            html = answer.get_data(as_text=True)
+            assert "3 calls</strong> in the last 24 hours (3 succeeded) from <strong>1 client" in html, page
+            assert "203.0.113.77" in html and "none ever" not in html
+        assert _calls(client, f"{base}/usage.csv") == 0  # the replica, as it was: it has replayed none of them
+    finally:
+        pair.resume_replay()
+    pair.wait_for_replay()
+    assert _calls(client, f"{base}/usage.csv") == 3
+
+
 def test_the_usage_pages_read_the_primary_while_the_replica_is_away(database_url, caplog):
     """A replica that refuses connections costs the pages nothing but a log line: the dashboard, its key page and
     the key list answer 200 with the primary's numbers, and the replica is tried again only later."""

@@ -13,10 +13,12 @@ bp = Blueprint("ops", __name__)
 
 def init_app(app: Flask) -> None:
     """Register the probes and metrics, the request hooks and the pool gauge."""
-    from portal.db import migrations_head
+    from portal.db import migration_revisions, migrations_head
     from portal.ops import requests
 
     app.config.setdefault("MIGRATIONS_HEAD", migrations_head())  # what /readyz expects the database to be at
+    # every revision this code knows: a database at any other one was migrated by a newer release
+    app.config.setdefault("MIGRATIONS_KNOWN", frozenset(migration_revisions()))
     app.register_blueprint(bp)
     requests.init_app(app)
 

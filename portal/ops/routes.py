@@ -12,7 +12,7 @@ from portal import metrics
 from portal.errors import json_error
 from portal.extensions import db
 from portal.ops import bp
-from portal.ops.health import check_readiness
+from portal.ops.health import AHEAD, check_readiness
 
 BEARER = "bearer "
 
@@ -31,11 +31,16 @@ def healthz() -> Any:
 
 @bp.get("/readyz")
 def readyz() -> Any:
-    """Ready to serve: the database answers and its migrations are at head; else 503 with the reason."""
-    readiness = check_readiness(db.engine, current_app.config["MIGRATIONS_HEAD"])
+    """Ready to serve: the database answers and this code's newest migration is applied (the database may be
+    ahead of it, mid rolling deploy: then a note says so); else 503 with the reason."""
+    config = current_app.config
+    readiness = check_readiness(db.engine, config["MIGRATIONS_HEAD"], config["MIGRATIONS_KNOWN"])
     if not readiness.ready:
         return _no_store(json_error(503, readiness.code, readiness.message), 503)
-    return _no_store(jsonify({"status": "ready", "migration": readiness.revision}))
+    body = {"status": "ready", "migration": readiness.revision}
+    if readiness.code == AHEAD:
+        body["note"] = readiness.message
+    return _no_store(jsonify(body))
 
 
 @bp.get("/metrics", endpoint="metrics")

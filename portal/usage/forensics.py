@@ -15,7 +15,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from portal.db import read
+from portal.db import Reader, read
+from portal.extensions import db
 from portal.usage import partitions
 from portal.usage.maintenance import fold, fold_clients
 from portal.usage.ranges import floor_hour
@@ -91,10 +92,10 @@ HOURLY_CLIENTS_SQL = sa.text(_CLIENTS_SQL.format(table="usage_key_clients_hourly
 DAILY_CLIENTS_SQL = sa.text(_CLIENTS_SQL.format(table="usage_key_clients_daily", period="day"))
 
 
-def last_use(organization_id: uuid.UUID, key_id: uuid.UUID) -> LastUse | None:
+def last_use(organization_id: uuid.UUID, key_id: uuid.UUID, reader: Reader = read) -> LastUse | None:
     """The key's newest call, however it was answered: when, from which address and client, to which endpoint."""
-    since = partitions.key_events_since(key_id, 1)
-    row = read(LAST_USE_SQL, {"key": key_id, "org": organization_id, "since": since}).first()
+    since = partitions.key_events_since(key_id, 1, reader)
+    row = reader(LAST_USE_SQL, {"key": key_id, "org": organization_id, "since": since}).first()
     return LastUse(*row) if row is not None else None
 
 
@@ -104,7 +105,12 @@ def window_arg(value: str | None) -> str:
 
 
 def recent_clients(
-    organization_id: uuid.UUID, key_id: uuid.UUID, window: str, now: datetime, limit: int = MAX_CLIENTS
+    organization_id: uuid.UUID,
+    key_id: uuid.UUID,
+    window: str,
+    now: datetime,
+    limit: int = MAX_CLIENTS,
+    reader: Reader = read,
 ) -> Clients:
     """The key's distinct (address, user agent) pairs with calls in ``window`` (a :data:`WINDOWS` name),
     pending sums folded first."""
@@ -115,7 +121,7 @@ def recent_clients(
     counted_from = floor_hour(since) if hourly else datetime.combine(since.date(), time(), tzinfo=UTC)
     start = counted_from if hourly else counted_from.date()
     params: dict[str, Any] = {"key": key_id, "org": organization_id, "start": start, "since": since, "limit": limit}
-    rows = read(HOURLY_CLIENTS_SQL if hourly else DAILY_CLIENTS_SQL, params).all()
+    rows = reader(HOURLY_CLIENTS_SQL if hourly else DAILY_CLIENTS_SQL, params).all()
     total = int(rows[0].total) if rows else 0
     calls = int(rows[0].all_calls) if rows else 0
     clients = [Client(r.client_ip or None, r.user_agent, int(r.calls), r.first_seen, r.last_seen) for r in rows]
@@ -139,8 +145,14 @@ LAST_DAY_SQL = sa.text(
 
 
 def impact(organization_id: uuid.UUID, key_id: uuid.UUID, now: datetime) -> Impact:
-    """The key's calls in the last 24 hours (whole UTC hours from the first), and who made them."""
+    """The key's calls in the last 24 hours (whole UTC hours from the first), and who made them.
+
+    Read from the primary, never the read replica, as the rotation watch is: this page comes right before a
+    revoke or roll that cannot be undone, and a replica that lags (or has stopped replaying) would show a key
+    in use as quiet, "no calls in the last 24 hours", which is when a revoke breaks a client. The primary also
+    holds the sums :func:`fold` has just folded, which a replica shows only once it replays them."""
     fold()
-    clients = recent_clients(organization_id, key_id, "24h", now)
-    row = read(LAST_DAY_SQL, {"key": key_id, "org": organization_id, "from_hour": clients.counted_from}).one()
-    return Impact(int(row.calls), int(row.ok), clients, last_use(organization_id, key_id))
+    primary = db.session.execute
+    clients = recent_clients(organization_id, key_id, "24h", now, reader=primary)
+    row = primary(LAST_DAY_SQL, {"key": key_id, "org": organization_id, "from_hour": clients.counted_from}).one()
+    return Impact(int(row.calls), int(row.ok), clients, last_use(organization_id, key_id, primary))
