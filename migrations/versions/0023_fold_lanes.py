@@ -16,7 +16,11 @@ different lanes never touch the same row and need not wait for each other.
   bodies with the pending rows limited to the lanes given; their callers hold those lanes' locks.
 
 The lane locks are two-key advisory locks (0003's and 0012's lock ids, lane), apart from the one-key locks the
-previous functions took. The downgrade restores 0011's and 0012's functions.
+previous functions took; like those, a lane's lock is held until its folder's transaction ends. So a transaction
+that inserts usage rows (its trigger may fold a lane) must not run the whole fold before it commits: two such
+transactions could each hold a lane the other waits for. The portal never does: the usage writers commit their
+inserts, and pages, the scheduler and the commands fold in transactions of their own.
+The downgrade restores 0011's and 0012's functions.
 
 Revision ID: 0023
 Revises: 0022
