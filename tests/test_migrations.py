@@ -241,3 +241,29 @@ def test_a_writer_still_open_when_the_copy_starts_loses_no_row(database_server):
     finally:
         engine.dispose()
         drop_database(database_server, url)
+
+
+def test_the_partition_drop_function_brings_its_lock_timeout_and_the_downgrade_takes_it_back(database_server):
+    """0024 replaces 0022's usage_partitions_drop with one that sets its own lock_timeout; the downgrade restores
+    0022's text, without it."""
+    url = make_database(database_server, "drop_function")
+    try:
+        app = create_app({"SQLALCHEMY_DATABASE_URI": url}, env="testing")
+        engine = sa.create_engine(url)
+        config = sa.text("SELECT proconfig, prosrc FROM pg_proc WHERE proname = 'usage_partitions_drop'")
+        with app.app_context():
+            upgrade()
+            with engine.connect() as conn:
+                settings, source = conn.execute(config).one()
+            assert "lock_timeout=10s" in settings and "FINALIZE" in source
+            downgrade(revision="0023")
+            with engine.connect() as conn:
+                settings, source = conn.execute(config).one()
+            assert [s for s in settings if s.startswith("lock_timeout")] == [] and "FINALIZE" not in source
+            upgrade()
+            from portal.extensions import db
+
+            db.engine.dispose()
+        engine.dispose()
+    finally:
+        drop_database(database_server, url)

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg2
@@ -34,6 +35,8 @@ from portal.keys import services as key_services
 from portal.keys.policy import KeyPolicy
 from portal.models import ApiKeyUsage, Organization, User
 from portal.plans import PLANS
+from portal.timeutil import utcnow
+from portal.usage import partitions
 from portal.verification import pooling, sql
 from portal.verification.backend import STATUS, DirectBackend, libpq_dsn
 from portal.verification.usage_writer import BufferedRecorder
@@ -289,6 +292,30 @@ def test_migrations_run_through_session_pooling(poolers, database_server):
         assert check_connection(pooled) == migrations_head()
     finally:
         drop_database(database_server, url)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_retention_as_the_owner_through_pgbouncer(mode, poolers, app, monkeypatch):
+    """Through session pooling the table's owner detaches concurrently, its lock timeout a session setting it
+    resets afterwards. Through transaction pooling that setting could stay on one server connection while the
+    detach runs on another, so the owner goes through usage_partitions_drop, whose timeout holds on any server
+    connection. Neither leaves a setting on the pooler's server connections."""
+    used: list[str] = []
+    concurrently, function = partitions._drop_concurrently, partitions._drop_through_function
+    monkeypatch.setattr(partitions, "_drop_concurrently", lambda *a: used.append("concurrently") or concurrently(*a))
+    monkeypatch.setattr(partitions, "_drop_through_function", lambda *a: used.append("function") or function(*a))
+    day = utcnow().date() - timedelta(days=400)  # older than anything another test leaves
+    midnight = datetime.combine(day, datetime.min.time(), UTC)
+    with portal_on(through(app.config["SQLALCHEMY_DATABASE_URI"], poolers[mode]), mode) as pooled:
+        db.session.execute(partitions.ENSURE_SQL, {"lo": midnight, "hi": midnight})
+        db.session.commit()
+        dropped = partitions.drop_expired(timedelta(days=399))
+        assert [p.name for p in dropped] == [f"api_key_usage_p{day:%Y%m%d}"]
+        assert used == ["concurrently" if mode == "session" else "function"]
+        assert pooled.config["DATABASE_POOL_MODE"] == mode
+        # Two transactions open at once hold two server connections (all of the transaction pool's).
+        with db.engine.connect() as first, db.engine.connect() as second:
+            assert [conn.scalar(sa.text("SHOW lock_timeout")) for conn in (first, second)] == ["0", "0"]
 
 
 def test_prepared_statements_fail_under_transaction_pooling(committed, database_server, tmp_path):

@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -309,6 +311,202 @@ def test_the_apps_role_keeps_partitions_through_the_functions(papp, key, app_rol
         db.session.rollback()
         db.engine.dispose()
     assert day_name(old.date()) not in names()
+
+
+@contextmanager
+def as_role(papp: Flask, role: str) -> Iterator[Flask]:
+    """An app instance connecting as ``role``, in its own app context; its connections closed after."""
+    role_app = create_app(
+        {
+            "SQLALCHEMY_DATABASE_URI": sa.make_url(papp.config["SQLALCHEMY_DATABASE_URI"])
+            .set(username=role)
+            .render_as_string(hide_password=False)
+        },
+        env="testing",
+    )
+    try:
+        with role_app.app_context():
+            yield role_app
+    finally:
+        with role_app.app_context():
+            db.session.remove()
+            db.engine.dispose()
+
+
+def make_days(*days: date) -> None:
+    """Partitions for these days (through the function, as the workers make them), committed."""
+    for day in days:
+        midnight = datetime.combine(day, datetime.min.time(), UTC)
+        db.session.execute(partitions.ENSURE_SQL, {"lo": midnight, "hi": midnight})
+    db.session.commit()
+
+
+def detach(day: date) -> None:
+    """What a prune that died between its DETACH and its DROP leaves: the day's table, no longer a partition."""
+    db.session.execute(sa.text(f"ALTER TABLE api_key_usage DETACH PARTITION {day_name(day)}"))
+    db.session.commit()
+
+
+def leftover_names() -> list[str]:
+    db.session.rollback()
+    return [p.name for p in partitions.leftovers()]
+
+
+def function_config(name: str) -> list[str]:
+    return db.session.scalar(sa.text("SELECT proconfig FROM pg_proc WHERE proname = :n"), {"n": name}) or []
+
+
+DROP_FUNCTION = "usage_partitions_drop(text, timestamptz)"
+
+
+def test_the_drop_function_gives_up_after_its_own_lock_timeout_whatever_the_session_says(papp, app_role):
+    """Behind a transaction pooler a session's SET lands on one server connection and the next statement may
+    run on another: the function carries its timeout, so a drop queued behind a long read gives up instead of
+    waiting as long as the read, with every insert queued behind its ACCESS EXCLUSIVE request."""
+    assert f"lock_timeout={partitions.LOCK_TIMEOUT_MS // 1000}s" in function_config("usage_partitions_drop")
+    assert not any(c.startswith("lock_timeout=") for c in function_config("usage_partitions_ensure"))
+    old = today() - timedelta(days=150)
+    make_days(old)
+    # The same mechanism with a timeout short enough for a test (the owner may change it; restored below).
+    db.session.execute(sa.text(f"ALTER FUNCTION {DROP_FUNCTION} SET lock_timeout = '300ms'"))
+    db.session.commit()
+    reader = psycopg2.connect(dsn(papp))  # a long read: its transaction holds ACCESS SHARE on the table
+    app_conn = psycopg2.connect(dsn(papp, app_role))
+    app_conn.autocommit = True
+    try:
+        with reader.cursor() as cur:
+            cur.execute("SELECT count(*) FROM api_key_usage")
+        with app_conn.cursor() as cur:
+            cur.execute("SET lock_timeout = 0")  # what the server connection a pooler hands over may have
+            started = time.monotonic()
+            with pytest.raises(psycopg2.errors.LockNotAvailable):
+                cur.execute("SELECT usage_partitions_drop(%s, now() - interval '90 days')", (day_name(old),))
+            assert time.monotonic() - started < 5
+        with as_role(papp, app_role), pytest.raises(sa.exc.OperationalError, match="lock timeout"):
+            partitions.drop_expired(timedelta(days=90))
+        assert day_name(old) in names()
+        reader.rollback()  # the read ends: the same drop goes through
+        with app_conn.cursor() as cur:
+            cur.execute("SELECT usage_partitions_drop(%s, now() - interval '90 days')", (day_name(old),))
+            assert cur.fetchone()[0] is True
+        assert day_name(old) not in names() and day_name(old) not in leftover_names()
+    finally:
+        reader.close()
+        app_conn.close()
+        db.session.rollback()
+        db.session.execute(
+            sa.text(f"ALTER FUNCTION {DROP_FUNCTION} SET lock_timeout = '{partitions.LOCK_TIMEOUT_MS // 1000}s'")
+        )
+        db.session.commit()
+
+
+@pytest.mark.parametrize("through", ["owner", "function"])
+def test_two_prunes_at_once_both_succeed_and_drop_each_partition_once(papp, app_role, through):
+    """The owner's concurrent detaches, and the app role's function calls: the second prune skips what the
+    first detached or dropped meanwhile."""
+    days = [today() - timedelta(days=n) for n in (133, 132, 131, 130)]
+    make_days(*days)
+    with ExitStack() as stack:
+        app = stack.enter_context(as_role(papp, app_role)) if through == "function" else papp
+        start = threading.Barrier(2)
+        results: list[list[str]] = []
+        errors: list[BaseException] = []
+
+        def prune() -> None:
+            with app.app_context():
+                try:
+                    start.wait()
+                    results.append([p.name for p in partitions.drop_expired(timedelta(days=90))])
+                except BaseException as exc:  # reported below
+                    errors.append(exc)
+                finally:
+                    db.session.remove()
+
+        threads = [threading.Thread(target=prune) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert errors == []
+    assert sorted(results[0] + results[1]) == sorted(day_name(d) for d in days)  # each once, by one of them
+    assert not set(map(day_name, days)) & set(names() + leftover_names())
+
+
+@pytest.mark.parametrize("through", ["owner", "function"])
+def test_a_table_a_prune_detached_and_did_not_drop_is_listed_then_dropped_by_the_next(papp, app_role, through):
+    expired, recent = today() - timedelta(days=140), today() - timedelta(days=30)
+    building = today() - timedelta(days=300)  # a partition of api_key_usage_next, as migration 0022 makes them
+    make_days(expired, recent)
+    detach(expired)
+    detach(recent)  # detached by hand, say, and not past retention: left alone
+    db.session.execute(sa.text("CREATE TABLE api_key_usage_next (LIKE api_key_usage) PARTITION BY RANGE (occurred_at)"))
+    db.session.execute(
+        sa.text(
+            f"CREATE TABLE {day_name(building)} PARTITION OF api_key_usage_next"
+            f" FOR VALUES FROM ('{building} 00:00:00+00') TO ('{building + timedelta(days=1)} 00:00:00+00')"
+        )
+    )
+    db.session.execute(sa.text("CREATE TABLE api_key_usage_p20251399 (LIKE api_key_usage)"))  # no date
+    db.session.commit()
+    try:
+        assert leftover_names() == [day_name(expired), day_name(recent)]
+        assert day_name(expired) not in names()
+        listed = papp.test_cli_runner().invoke(args=["usage", "partitions", "list"]).output.splitlines()
+        assert [line.split()[0] for line in listed if "detached," in line] == [day_name(expired), day_name(recent)]
+        assert next(line for line in listed if day_name(expired) in line).endswith("(detached, to be dropped)")
+        assert next(line for line in listed if day_name(recent) in line).endswith(
+            "(detached, kept until past retention)"
+        )
+        assert "2 tables detached by a prune that did not drop them" in "\n".join(listed)
+        assert day_name(building) not in "\n".join(listed) and "api_key_usage_p20251399" not in "\n".join(listed)
+
+        if through == "owner":
+            result = papp.test_cli_runner().invoke(args=["usage", "prune"])
+            assert result.exit_code == 0, result.output
+            assert result.output.startswith(f"Dropped 1 partition of raw events older than 90 days ({expired} to")
+        else:
+            with as_role(papp, app_role):
+                assert [p.name for p in partitions.drop_expired(timedelta(days=90))] == [day_name(expired)]
+                for name in (day_name(recent), day_name(building), "api_key_usage_p20251399", "api_key_usage_next"):
+                    dropped = db.session.scalar(
+                        sa.text("SELECT usage_partitions_drop(:n, now() - interval '90 days')"), {"n": name}
+                    )
+                    assert dropped is False, name
+                db.session.rollback()
+        assert leftover_names() == [day_name(recent)]
+        kept = db.session.scalars(
+            sa.text("SELECT relname FROM pg_class WHERE relname IN (:a, :b, 'api_key_usage_p20251399') ORDER BY 1"),
+            {"a": day_name(recent), "b": day_name(building)},
+        ).all()
+        assert kept == sorted([day_name(recent), day_name(building), "api_key_usage_p20251399"])
+    finally:
+        db.session.rollback()
+        for table in ("api_key_usage_next", "api_key_usage_p20251399", day_name(recent)):
+            db.session.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
+        db.session.commit()
+
+
+def test_the_apps_role_finishes_an_interrupted_concurrent_detach(papp, app_role):
+    old = today() - timedelta(days=160)
+    make_days(old)
+    reader = psycopg2.connect(dsn(papp))
+    owner = psycopg2.connect(dsn(papp))
+    owner.autocommit = True
+    try:
+        with reader.cursor() as cur:
+            cur.execute("SELECT count(*) FROM api_key_usage")
+        with owner.cursor() as cur:
+            cur.execute("SET lock_timeout = '300ms'")
+            with pytest.raises(psycopg2.errors.LockNotAvailable):  # its second step waits for the read
+                cur.execute(f"ALTER TABLE api_key_usage DETACH PARTITION {day_name(old)} CONCURRENTLY")
+    finally:
+        reader.close()
+        owner.close()
+    db.session.rollback()
+    assert [p.detaching for p in partitions.listing() if p.name == day_name(old)] == [True]
+    with as_role(papp, app_role):
+        assert [p.name for p in partitions.drop_expired(timedelta(days=90))] == [day_name(old)]
+    assert day_name(old) not in names() + leftover_names()
 
 
 def test_only_granted_roles_may_run_the_functions(papp):

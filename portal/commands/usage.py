@@ -128,21 +128,36 @@ def partitions_group() -> None:
 
 @partitions_group.command("list")
 def partitions_list() -> None:
-    """Every partition: its UTC day, estimated rows and size on disk."""
+    """Every partition: its UTC day, estimated rows and size on disk; and the tables a prune detached but did not
+    drop (the next prune drops those past retention)."""
     found = partitions.listing()
+    detached = partitions.leftovers()
     if not found:
         click.echo("api_key_usage has no partitions: every write fails until `flask usage partitions create`.")
-        return
+        if not detached:
+            return
+    cutoff = utcnow() - timedelta(days=current_app.config["USAGE_RAW_RETENTION_DAYS"])  # as `flask usage prune`
     click.echo(f"{'partition':<26}{'UTC day':<12}{'rows (est.)':>14}{'size':>12}")
-    for p in found:
+    for p in sorted([*found, *detached], key=lambda p: p.start):
         rows = f"{p.rows:,}" if p.rows >= 0 else "?"
-        note = "  (detach pending)" if p.detaching else ""
+        note = ""
+        if p.detaching:
+            note = "  (detach pending)"
+        elif p.detached:
+            note = "  (detached, to be dropped)" if p.end <= cutoff else "  (detached, kept until past retention)"
         click.echo(f"{p.name:<26}{p.start:%Y-%m-%d}  {rows:>14}{_size(p.bytes):>12}{note}")
-    ahead = (found[-1].end - timedelta(days=1)).date() - utcnow().date()
-    click.echo(
-        f"{len(found)} partitions, {found[0].start:%Y-%m-%d} to {found[-1].end - timedelta(days=1):%Y-%m-%d};"
-        f" {_size(sum(p.bytes for p in found))}; {ahead.days} days ahead of today."
-    )
+    if detached:
+        plural = "s" if len(detached) != 1 else ""
+        click.echo(
+            f"{len(detached)} table{plural} detached by a prune that did not drop {'them' if plural else 'it'}"
+            f" ({_size(sum(p.bytes for p in detached))}); `flask usage prune` drops those past retention."
+        )
+    if found:
+        ahead = (found[-1].end - timedelta(days=1)).date() - utcnow().date()
+        click.echo(
+            f"{len(found)} partitions, {found[0].start:%Y-%m-%d} to {found[-1].end - timedelta(days=1):%Y-%m-%d};"
+            f" {_size(sum(p.bytes for p in found))}; {ahead.days} days ahead of today."
+        )
 
 
 def _size(n: int) -> str:
