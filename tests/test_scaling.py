@@ -187,6 +187,7 @@ def test_the_shipped_proxy_sends_v1_to_its_own_gunicorn(tmp_path):
                 answers.append(json.loads(answer.read()))
         with pytest.raises(urllib.error.HTTPError) as refused:  # scraped from each gunicorn, never through here
             urllib.request.urlopen(f"{base}/metrics", timeout=30)  # noqa: S310 - loopback
+        refused.value.close()
         assert refused.value.code == 404
     assert [(a["path"], a["upstream"]) for a in answers] == [
         ("/v1/keys/verify", "api"),
