@@ -84,6 +84,8 @@ def configure_database(app: Flask) -> None:
 
     url = resolve_database_url(app.config, app.instance_path)
     app.config["SQLALCHEMY_DATABASE_URI"] = url
+    # Engine options given to create_app (a test's, an embedding's) still hide bound values from errors and logs.
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {"hide_parameters": True, **app.config["SQLALCHEMY_ENGINE_OPTIONS"]}
     app.config["SQLALCHEMY_BINDS"] = {**app.config.get("SQLALCHEMY_BINDS", {}), **replica_binds(app.config)}
     if not app.testing:
         warning = schema_warning(check_connection(url), migrations_head(), migration_revisions())

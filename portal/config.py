@@ -68,7 +68,15 @@ class Config:
     # Per worker process. A gevent worker can have hundreds of page requests in flight, and a request beyond
     # the pool waits (cooperatively) for a connection: 10 + 20 overflow per worker, plus the verification and
     # usage-writer connections, keeps two workers at about 64 connections, under PostgreSQL's default 100.
-    SQLALCHEMY_ENGINE_OPTIONS: dict[str, Any] = {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20}
+    # hide_parameters: a statement's error (logged with its traceback) shows its SQL, never the values bound to
+    # it, which can be a mail's body with a reset link, a token's hash or an address (create_app adds it to
+    # engine options given without it).
+    SQLALCHEMY_ENGINE_OPTIONS: dict[str, Any] = {
+        "pool_pre_ping": True,
+        "pool_size": 10,
+        "max_overflow": 20,
+        "hide_parameters": True,
+    }
     # The pool mode of a connection pooler between the app and PostgreSQL (PgBouncer's pool_mode): `session`
     # (also for no pooler) sets the verification connection up once; `transaction` makes each verification one
     # query string that brings its settings and prepares its statement where missing, at a CPU cost per call

@@ -82,7 +82,7 @@ def embedded_server_url(data_dir: Path, database: str = "procode") -> str:
 
 def ensure_database(admin_url: str, database: str) -> None:
     """Create ``database`` on the server behind ``admin_url`` if it does not exist yet."""
-    engine = sa.create_engine(normalize_url(admin_url), isolation_level="AUTOCOMMIT")
+    engine = sa.create_engine(normalize_url(admin_url), isolation_level="AUTOCOMMIT", hide_parameters=True)
     try:
         with engine.connect() as conn:
             exists = conn.scalar(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": database})
@@ -154,7 +154,7 @@ def check_connection(url: str) -> str | None:
 
     Returns the database's migration revision (``None`` before the first ``flask db upgrade``).
     """
-    engine = sa.create_engine(url)
+    engine = sa.create_engine(url, hide_parameters=True)
     try:
         with engine.connect() as conn:
             if conn.execute(sa.text("SELECT to_regclass('alembic_version')")).scalar() is None:

@@ -92,11 +92,13 @@ def outage(error: BaseException) -> Any:
     request_id = g.request_id
     g.database_unavailable = True
     first_line = str(getattr(error, "orig", None) or error).strip().splitlines()[:1]
+    # The route by endpoint name, as the request's own line names it: never the path, which can hold a mailed
+    # one-time token (/password/reset/<token>, /invite/<token>), nor the query string.
     log.warning(
         "database unavailable (request id %s, %s %s): %s",
         request_id,
         request.method,
-        request.path,
+        request.endpoint or "-",
         first_line[0] if first_line else type(error).__name__,
     )
     from portal.extensions import db

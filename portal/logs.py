@@ -3,7 +3,8 @@
 ``LOG_FORMAT=text`` (the default) writes ``time LEVEL [request id] logger: message``; ``LOG_FORMAT=json`` writes
 one JSON object per line with the same fields plus each request's own (:data:`REQUEST_FIELDS`). A request's line
 names its route by endpoint name, never its path or query string (paths can hold mailed one-time tokens), and
-no header or body: no key, password or token reaches a log through it.
+no header or body: no key, password or token reaches a log through it. Where there is no route yet (gunicorn's
+own lines, written before the app is called), :func:`redacted_path` is what names the request.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Container
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,6 +28,30 @@ _LOGGING_STARTED: float = getattr(logging, "_startTime", time.time())  # what Lo
 # What a request's line carries besides the request id, in this order (JSON keys; ``key=value`` in text).
 REQUEST_FIELDS = ("method", "route", "status", "duration_ms", "user_id", "organization_id")
 REQUEST_MESSAGE = "%s %s %d %.2fms user=%s org=%s"
+REDACTED = "…"  # what stands for a path segment that is not one of the routes' own words
+
+
+def route_words(app: Any) -> frozenset[str]:
+    """The fixed segments of every URL rule of ``app`` (``orgs``, ``keys``, ``password``, ``reset``, ``v1``):
+    the only parts of a path :func:`redacted_path` keeps; none for an object without Flask's ``url_map``."""
+    url_map = getattr(app, "url_map", None)
+    if url_map is None:
+        return frozenset()
+    return frozenset(
+        segment
+        for rule in url_map.iter_rules()
+        for segment in rule.rule.split("/")
+        if segment and "<" not in segment and ">" not in segment
+    )
+
+
+def redacted_path(path: str, words: Container[str] = frozenset()) -> str:
+    """``path`` as a log line may name it: the query string dropped, and every segment that is not one of
+    ``words`` (:func:`route_words`) replaced by ``…``. Whatever a client put in a path (a mailed one-time token,
+    an id, a slug, a control character) is never kept, only the routes' own words:
+    ``/password/reset/<token>?next=/invite/<token>`` is logged as ``/password/reset/…``."""
+    path = path.partition("?")[0].partition("#")[0]
+    return "/".join(segment if not segment or segment in words else REDACTED for segment in path.split("/"))
 
 
 class RequestIdFilter(logging.Filter):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import secrets
 
 # Set on every answer, HTML or not.
@@ -29,6 +30,9 @@ CONTENT_SECURITY_POLICY = (
 )
 REQUEST_ID_HEADER = "X-Request-ID"
 MAX_REQUEST_ID_LENGTH = 64
+# What a caller's request id may be made of: letters, digits, '.', '_' and '-'. It is written into every log line
+# of its request, so a space, bracket, quote or line break could forge fields or whole lines in the text format.
+_CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]+").fullmatch
 # A fresh request id is a random per-process prefix and a counter: unique like a uuid4, without a system call
 # for randomness on every request (measurable on the verification path). Reset in each forked worker.
 _PROCESS_ID = ""
@@ -47,5 +51,11 @@ if hasattr(os, "register_at_fork"):
 
 
 def request_id(incoming: str | None) -> str:
-    """The caller's request id (trimmed, so logs stay bounded), or a fresh one when it sent none."""
-    return (incoming or "")[:MAX_REQUEST_ID_LENGTH] or f"{_PROCESS_ID}{next(_SEQUENCE):012x}"
+    """The caller's request id, cut to ``MAX_REQUEST_ID_LENGTH`` characters, when it is made of letters, digits,
+    '.', '_' and '-' only; else (none sent, or anything else in it) a fresh one. The one place a client's id is
+    accepted: pages, errors and the /v1 fast path all call it."""
+    if incoming:
+        incoming = incoming[:MAX_REQUEST_ID_LENGTH]
+        if _CLIENT_REQUEST_ID(incoming):
+            return incoming
+    return f"{_PROCESS_ID}{next(_SEQUENCE):012x}"

@@ -16,6 +16,10 @@ body holds one of the worker's connections for good, and 2,000 of them took both
   that has been waiting longest for (the rest of) its request is closed to make room, so a flood of slow
   clients cannot keep a new one out for a whole deadline. A request being answered is never closed.
 
+A refused request is logged (gunicorn's error log) by its method, its path as :func:`portal.logs.redacted_path`
+gives it (the routes' own words, every other segment ``…``, no query string: a path can carry a mailed one-time
+token) and the client's address; gunicorn's own "Error handling request" line names it the same way.
+
 A body larger than the app accepts (``MAX_CONTENT_LENGTH``) is not read here: the app refuses it from its
 ``Content-Length`` alone. gunicorn is still not meant to face the internet: a reverse proxy in front (the
 compose file's nginx, docs/operations.md) buffers requests, limits connections per client address and answers
@@ -94,6 +98,21 @@ class Refused(Exception):
             sock.sendall(self.answer(path))
 
 
+def logged_path(req: Any, words: frozenset[str]) -> str:
+    """gunicorn's ``req`` path for a log line: the routes' own words kept, every other segment ``…``."""
+    from portal.logs import redacted_path  # here, not at import: the master loads this module
+
+    return redacted_path(req.path or "", words)
+
+
+def _unnamed(req: Any, words: frozenset[str]) -> None:
+    """Before gunicorn's ``handle_error`` logs a request ("Error handling request GET /invite/<token>?…"): its
+    path redacted, its query string gone. The request is over (its connection is closed after the error)."""
+    if req is not None and hasattr(req, "uri"):
+        req.uri = req.path = logged_path(req, words)
+        req.query = req.fragment = ""
+
+
 def late(seconds: float) -> Refused:
     return Refused(408, "request_timeout", f"The request did not arrive within {seconds:g} seconds.")
 
@@ -170,9 +189,12 @@ class GeventWorker(ggevent.GeventWorker):
     """gunicorn's gevent worker with a deadline per request, and room kept for new connections."""
 
     def load_wsgi(self) -> None:
+        from portal.logs import route_words  # here, not at import: the master loads this module
+
         super().load_wsgi()
         self.read_timeout = read_timeout()
         self.body_limit = body_limit(self.wsgi)
+        self.route_words = route_words(self.wsgi)
         # A new connection is let in by closing the longest-waiting one once fewer slots than this are free.
         self.reserve = max(1, self.worker_connections // 20)
         self.connections: dict[Any, _Connection] = {}  # every open connection, by the greenlet serving it
@@ -220,9 +242,14 @@ class GeventWorker(ggevent.GeventWorker):
             self.waiting.pop(me, None)
         return super().handle_request(listener_name, req, sock, addr)  # type: ignore[no-any-return]
 
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: Any) -> None:
+        _unnamed(req, self.route_words)
+        super().handle_error(req, client, addr, exc)
+
     def _refuse(self, refusal: Refused, req: Any, sock: Any, addr: Any, why: str = "") -> None:
-        refusal.send(sock, req.path or "")
-        self.log.info("%s %s from %s: %s %s", req.method, req.path, addr, refusal.status, why or refusal.message)
+        refusal.send(sock, req.path or "")  # the path only chooses the answer's shape (JSON under /v1)
+        path = logged_path(req, self.route_words)
+        self.log.info("%s %s from %s: %s %s", req.method, path, addr, refusal.status, why or refusal.message)
         raise StopIteration  # gunicorn closes the connection
 
     def _make_room(self) -> None:
@@ -247,9 +274,16 @@ class ThreadWorker(gthread.ThreadWorker):
     gunicorn waits up to 5 s for a request's first bytes outside its threads)."""
 
     def load_wsgi(self) -> None:
+        from portal.logs import route_words  # here, not at import: the master loads this module
+
         super().load_wsgi()
         self.read_timeout = read_timeout()
         self.body_limit = body_limit(self.wsgi)
+        self.route_words = route_words(self.wsgi)
+
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: Any) -> None:
+        _unnamed(req, self.route_words)
+        super().handle_error(req, client, addr, exc)
 
     def handle_request(self, req: Any, conn: Any) -> bool:
         try:
@@ -258,7 +292,8 @@ class ThreadWorker(gthread.ThreadWorker):
             except TimeoutError:
                 raise late(self.read_timeout) from None
         except Refused as refusal:
-            refusal.send(conn.sock, req.path or "")
-            self.log.info("%s %s from %s: %s %s", req.method, req.path, conn.client, refusal.status, refusal.message)
+            refusal.send(conn.sock, req.path or "")  # the path only chooses the answer's shape (JSON under /v1)
+            path = logged_path(req, self.route_words)
+            self.log.info("%s %s from %s: %s %s", req.method, path, conn.client, refusal.status, refusal.message)
             return False  # gunicorn closes the connection
         return super().handle_request(req, conn)  # type: ignore[no-any-return]

@@ -50,8 +50,61 @@ def test_request_ids_are_kept_trimmed_or_made_up():
     from portal.security_headers import MAX_REQUEST_ID_LENGTH, request_id
 
     assert request_id("abc") == "abc"
+    assert request_id("Trace-1.a_B") == "Trace-1.a_B"
     assert request_id("x" * 500) == "x" * MAX_REQUEST_ID_LENGTH
     assert len(request_id(None)) == 32 and request_id("") != request_id("")
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        "abc def",
+        "abc] ERROR [x",
+        "abc\n2026-01-01 00:00:00,000 INFO [x] portal.auth: signed in",
+        "abc\r",
+        'abc"',
+        "abc/../x",
+        "ab\x00c",
+        "ab\u00e9c",  # letters, but not ASCII ones
+        "abc\u2028x",
+    ],
+)
+def test_a_request_id_with_anything_but_letters_digits_dot_dash_underscore_is_replaced(forged):
+    """The caller's id goes into every log line of its request: one that could forge a field or a line (text
+    logs are ``time LEVEL [request id] logger: message``) is not taken, a fresh one is made instead."""
+    from portal.security_headers import request_id
+
+    given = request_id(forged)
+    assert given != forged and len(given) == 32 and given.isalnum()
+
+
+def test_a_logged_path_keeps_only_the_routes_own_words(app):
+    from portal.logs import REDACTED, redacted_path, route_words
+
+    words = route_words(app)
+    assert {"password", "reset", "invite", "verify-email", "v1", "keys", "verify", "orgs"} <= words
+    assert not any("<" in word or ">" in word for word in words)
+    token = "q4N9x-TokenOfTheMailedLink_0123456789abcdef"
+    cases = {
+        f"/password/reset/{token}": "/password/reset/…",
+        f"/password/reset/{token}?next=/invite/{token}": "/password/reset/…",
+        f"/invite/{token}": "/invite/…",
+        f"/verify-email/{token}#{token}": "/verify-email/…",
+        f"/account/email/confirm/{token}": "/account/email/confirm/…",
+        f"//invite/{token}/": "//invite/…/",
+        f"/%69nvite/{token}": "/…/…",  # what werkzeug would decode to /invite/<token>: unknown words are dropped too
+        f"/orgs/acme/keys/{token}/revoke": "/orgs/…/keys/…/revoke",
+        "/v1/keys/verify": "/v1/keys/verify",
+        "/login": "/login",
+        "/a b\nINFO": "/…",
+        "*": "…",
+    }
+    for path, logged in cases.items():
+        assert redacted_path(path, words) == logged, path
+    assert REDACTED == "…"
+    # Without the app's words (an app that is not Flask), nothing but the slashes is kept.
+    assert redacted_path(f"/invite/{token}") == "/…/…"
+    assert route_words(object()) == frozenset()
 
 
 def test_every_answer_carries_the_shared_security_headers(client):

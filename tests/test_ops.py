@@ -418,6 +418,25 @@ def test_secrets_sent_to_pages_never_reach_the_log(client, owner, request_lines)
     _assert_nothing_secret(lines, password, token, owner.email)
 
 
+def test_a_forged_request_id_is_replaced_everywhere_it_would_be_logged(client, api_key, request_lines):
+    """A caller's id with anything but letters, digits, '.', '_' and '-' could forge fields (or, where a header
+    may carry it, lines) of the text log: pages, the /v1 fast path and errors all give the request a fresh id."""
+    forged = "x] ERROR [admin portal.auth: signed in as staff"
+    page = client.get("/login", headers={"X-Request-ID": forged})
+    verify = client.post("/v1/keys/verify", json={"key": api_key.plaintext}, headers={"X-Request-ID": forged})
+    missing = client.get("/no/such/page", headers={"X-Request-ID": "a b"})
+    kept = client.get("/login", headers={"X-Request-ID": "Trace_7.a-b"})
+    given = [page.headers["X-Request-ID"], verify.headers["X-Request-ID"], missing.headers["X-Request-ID"]]
+    assert all(len(rid) == 32 and rid.isalnum() for rid in given)
+    assert kept.headers["X-Request-ID"] == "Trace_7.a-b"
+    lines = _lines(request_lines)
+    assert sorted(r.request_id for r in lines) == sorted([*given, "Trace_7.a-b"])
+    for record in lines:
+        text = TextFormatter().format(record)
+        assert forged not in text and "[a b]" not in text
+        assert text.count("[") == text.count("]") == 1
+
+
 def test_json_lines_are_json_with_every_field(client, api_key, request_lines):
     client.post("/v1/keys/verify", json={"key": api_key.plaintext})
     client.get("/healthz")

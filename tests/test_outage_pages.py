@@ -59,6 +59,30 @@ def test_a_signed_in_page_says_temporarily_unavailable(dead_app, caplog):
     assert lines[0].exc_info is None  # one line, no chained tracebacks
 
 
+@pytest.mark.parametrize(
+    ("path", "endpoint"),
+    [
+        ("/password/reset/{token}?next=/invite/{token}", "auth.reset_password"),
+        ("/verify-email/{token}", "auth.verify_email"),
+        ("/account/email/confirm/{token}", "auth.confirm_email_change"),
+        ("/invite/{token}", "orgs.invitation"),
+    ],
+)
+def test_an_outage_while_a_mailed_link_is_opened_logs_its_route_never_its_token(dead_app, caplog, path, endpoint):
+    """The outage line names the route by endpoint, as the request line does: a one-time token in the path (or
+    the query string) never reaches the log."""
+    token = "mailed-one-time-token-Zq8vX3"
+    dead_client = dead_app.test_client()
+    dead_client.set_cookie(dead_app.config["SESSION_COOKIE_NAME"], _signed_in_cookie(dead_app))
+    with caplog.at_level(logging.INFO, logger="portal"):
+        answer = dead_client.get(path.format(token=token), headers={"X-Request-ID": "outage-7"})
+    _assert_outage_page(answer)
+    (line,) = [r for r in caplog.records if r.name == "portal.errors"]
+    assert line.getMessage().startswith(f"database unavailable (request id outage-7, GET {endpoint}): ")
+    assert token not in caplog.text
+    assert all(token not in record.getMessage() for record in caplog.records)
+
+
 def test_signing_in_says_the_same_instead_of_a_500(dead_app):
     answer = dead_app.test_client().post("/login", data={"email": "ada@example.com", "password": factories.PASSWORD})
     _assert_outage_page(answer)

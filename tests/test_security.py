@@ -67,6 +67,43 @@ def test_unexpected_error_is_a_plain_page_with_request_id(client, auth, org, own
     assert any("req-123" in record.getMessage() for record in caplog.records)
 
 
+def test_a_failing_statement_is_logged_without_the_values_bound_to_it(client, auth, org, owner, monkeypatch, caplog):
+    """The engines hide bound parameters: a statement's error, logged with its traceback, shows its SQL but not
+    a mail's body, a reset link or a key it was given."""
+    import sqlalchemy as sa
+
+    from portal.extensions import db
+    from portal.keys import services
+
+    link = "https://portal.example/password/reset/one-time-token-Yw3kP9"
+
+    def broken(*args, **kwargs):
+        db.session.execute(sa.text("SELECT 1 / 0 WHERE :body <> ''"), {"body": f"Reset it here: {link}"})
+
+    monkeypatch.setattr(services, "list_keys", broken)
+    auth.login(owner)
+    response = client.get(f"/orgs/{org.slug}/keys/", headers={"X-Request-ID": "req-sql-1"})
+    assert response.status_code == 500
+    logged = [r for r in caplog.records if r.name == "portal.errors"]
+    assert len(logged) == 1 and logged[0].exc_info is not None
+    assert "division by zero" in caplog.text and "SQL parameters hidden" in caplog.text
+    assert link not in caplog.text and "one-time-token" not in caplog.text
+    assert db.engine.hide_parameters
+
+
+def test_engine_options_given_to_the_app_still_hide_parameters(database_url):
+    from portal.config import CONFIGS
+    from portal.extensions import db
+
+    assert all(config.SQLALCHEMY_ENGINE_OPTIONS["hide_parameters"] is True for config in CONFIGS.values())
+    app = create_app(
+        {"SQLALCHEMY_DATABASE_URI": database_url, "SQLALCHEMY_ENGINE_OPTIONS": {"pool_size": 2}}, env="testing"
+    )
+    with app.app_context():
+        assert db.engine.hide_parameters and db.engine.pool.size() == 2
+        db.engine.dispose()
+
+
 @pytest.mark.parametrize("missing", ["SECRET_KEY", "API_KEY_PEPPER"])
 def test_production_refuses_to_start_without_either_secret(monkeypatch, missing):
     monkeypatch.setenv("SECRET_KEY", "x" * 32)

@@ -6,6 +6,9 @@ normal client out nor stay open: the normal client is answered while the flood s
 then closes every slow connection (408, or just closed). Against gunicorn alone the flood is larger than all
 the workers' connections together and the normal client waits less than the read deadline, so only a server
 that makes room for new clients answers it, not one that waits for the flood's deadline to free a connection.
+
+What both write about a request they refuse or pass on never holds a mailed one-time token, a query string or
+a Referer: gunicorn's refusal lines and nginx's access log are read back after requests to token paths.
 """
 
 from __future__ import annotations
@@ -29,9 +32,10 @@ import sqlalchemy as sa
 
 from portal.extensions import db
 from portal.keys.policy import KeyPolicy
+from portal.logs import route_words
 from portal.models import ApiKeyUsage, Organization
 from tests import factories
-from tests.servers import PROXY_CONFIG, ROOT, SECRETS, gateway_binary, gunicorn, proxy
+from tests.servers import PROXY_CONFIG, ROOT, SECRETS, echo_upstream, gateway_binary, gunicorn, proxy
 
 pytestmark = [pytest.mark.slow_clients, pytest.mark.concurrency]
 
@@ -40,6 +44,9 @@ CLIENT_TIMEOUT = 8  # seconds a normal client waits for its answer: less than a 
 FLOOD_MOST = 800
 MALFORMED = json.dumps({"key": "pk_test_not-a-key"}).encode()
 NGINX_MISSING = "nginx is not installed (make test installs Debian's nginx-light when run as root)"
+# A mailed one-time token, as it would appear in a link's path and in a `next` query string: never in a log.
+TOKEN = "Mailed-0ne-Time-Token_q4N9xZ"
+TOKEN_PATH = f"/password/reset/{TOKEN}?next=/invite/{TOKEN}"
 
 
 def flood_size() -> int:
@@ -186,6 +193,15 @@ def json_body(answer: bytes) -> Any:
     return json.loads(answer.partition(b"\r\n\r\n")[2])
 
 
+def server_log(log_dir: Path, base: str, holding: str, within: float = 10.0) -> str:
+    """gunicorn's log (tests/servers.py) once it holds ``holding``: a refusal is logged just after it is sent."""
+    path = log_dir / f"gunicorn-{base.rsplit(':', 1)[1]}.log"
+    deadline = time.monotonic() + within
+    while holding not in (text := path.read_text(errors="replace")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return text
+
+
 # --- gunicorn alone -------------------------------------------------------------------------------------------
 
 
@@ -195,12 +211,17 @@ def size() -> int:
 
 
 @pytest.fixture(scope="module")
-def portal(app: Any, size: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def portal_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("portal")
+
+
+@pytest.fixture(scope="module")
+def portal(app: Any, size: int, portal_logs: Path) -> Iterator[str]:
     """gunicorn with the shipped settings, but fewer connections per worker than a quarter of the flood: the
     flood outnumbers both workers' connections together."""
     with gunicorn(
         app.config["SQLALCHEMY_DATABASE_URI"],
-        tmp_path_factory.mktemp("portal"),
+        portal_logs,
         GUNICORN_REQUEST_READ_TIMEOUT=str(READ_TIMEOUT),
         GUNICORN_WORKER_CONNECTIONS=str(size // 4),
     ) as base:
@@ -244,6 +265,26 @@ def test_bodies_still_arrive_whole(portal):
     assert json_body(declared)["error"]["code"] == "body_too_large"
 
 
+def test_a_refused_body_is_logged_without_the_token_in_its_path(portal, portal_logs):
+    """A chunked body over the limit is refused (413) by the gevent worker before the app sees it: its log line
+    names the path by the routes' own words, never the token in it or the query string."""
+    host = portal.removeprefix("http://")
+    limit = 2 * 1024 * 1024  # MAX_CONTENT_LENGTH
+    head = (
+        f"POST {TOKEN_PATH} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n"
+    )
+    # One byte over the limit, in one chunk: the worker reads it all, to the last chunk, before it refuses, and
+    # closes a connection with nothing left unread (the answer is not lost to a reset).
+    body = b"%x\r\n%s\r\n0\r\n\r\n" % (limit + 1, b"x" * (limit + 1))
+    answer = raw_exchange(portal, head.encode() + body)
+    assert status_of(answer) == 413
+    log = server_log(portal_logs, portal, "POST /password/reset/")
+    (line,) = [line for line in log.splitlines() if "POST /password/reset/" in line]
+    assert re.search(r"POST /password/reset/(…|\\u2026) from .*: 413 ", line), line
+    assert TOKEN not in log and "next=" not in log
+
+
 def test_gthread_workers_bound_bodies_too(app, flood, tmp_path):
     with gunicorn(
         app.config["SQLALCHEMY_DATABASE_URI"],
@@ -253,10 +294,51 @@ def test_gthread_workers_bound_bodies_too(app, flood, tmp_path):
     ) as base:
         warmed_up(base)
         flood.open(base, 3, "/v1/keys/verify")
+        flood.open(base, 1, TOKEN_PATH)
         assert served(base) == (200, 401)
         closed = flood.closed_by_server(within=20)
-    assert len(closed) == 3
+        log = server_log(tmp_path, base, "POST /password/reset/")
+    assert len(closed) == 4
     assert {status_of(received) for received in closed.values()} == {408}
+    # The late body's line names its path by the routes' own words: no token, no query string.
+    (line,) = [line for line in log.splitlines() if "POST /password/reset/" in line]
+    assert re.search(r"POST /password/reset/(…|\\u2026) from .*: 408 ", line), line
+    assert TOKEN not in log and "next=" not in log
+
+
+@pytest.mark.parametrize("worker", ["GeventWorker", "ThreadWorker"])
+def test_gunicorns_own_error_line_names_no_token_either(app, worker):
+    """gunicorn logs "Error handling request <method> <uri>" when the app raises past its own handlers: the
+    workers redact the request first, as they do for their own refusals."""
+    from gunicorn.config import Config
+    from gunicorn.http.parser import RequestParser
+
+    from portal import serving
+
+    worker_class = getattr(serving, worker)
+    config = Config()
+    source = iter([f"GET {TOKEN_PATH} HTTP/1.1\r\nHost: portal\r\n\r\n".encode()])
+    request = next(RequestParser(config, source, ("127.0.0.1", 1)))
+    worker = worker_class.__new__(worker_class)  # just what handle_error reads, without a master
+    worker.cfg, worker.route_words = config, route_words(app)
+    lines: list[str] = []
+
+    class Log:
+        def exception(self, message: str, *args: Any) -> None:
+            lines.append(message % args)
+
+        def access(self, *args: Any) -> None:
+            pass
+
+    worker.log = Log()
+    server, client = socket.socketpair()
+    with server, client:
+        try:
+            raise RuntimeError("an error no handler caught")
+        except RuntimeError as exc:
+            worker.handle_error(request, server, ("127.0.0.1", 1), exc)
+        assert status_of(client.recv(65536)) == 500
+    assert lines == ["Error handling request GET /password/reset/…"]
 
 
 def test_a_deadline_that_is_not_a_number_of_seconds_stops_the_server_in_one_line(database_url):
@@ -418,3 +500,69 @@ def test_v1_errors_from_the_proxy_are_json(tmp_path):
     assert status_of(answer) == 503
     assert "retry-after: 1" in head and "content-type: application/json" in head
     assert json_body(answer)["error"]["code"] == "unavailable"
+
+
+# --- what the proxy logs -------------------------------------------------------------------------------------
+
+
+def proxy_log_paths() -> dict[str, str]:
+    """docs/deploy/nginx.conf's map from a path to what its access log shows: {regex: replacement}."""
+    found = re.search(r"map \$uri \$portal_log_path \{(.*?)\}", PROXY_CONFIG.read_text(), flags=re.DOTALL)
+    assert found, "docs/deploy/nginx.conf maps each path to what its access log shows"
+    entries = re.findall(r'^\s*"~\*(.+?)"\s+"(.+?)";', found.group(1), flags=re.MULTILINE)
+    assert entries
+    return dict(entries)
+
+
+def test_the_proxys_log_masks_every_route_with_a_token_in_its_path(app):
+    """Every route whose path carries a token (a mailed one-time link) is masked by the access log's map, and
+    logged as the route's own words followed by ``…``."""
+    rules = [rule.rule for rule in app.url_map.iter_rules() if any("token" in name for name in rule.arguments)]
+    assert {"/password/reset/<token>", "/verify-email/<token>", "/invite/<token>"} <= set(rules)
+    masks = proxy_log_paths()
+    for rule in rules:
+        path = rule.replace("<token>", TOKEN)
+        matches = [(match, value) for pattern, value in masks.items() if (match := re.match(pattern, path, re.I))]
+        assert len(matches) == 1, rule
+        match, value = matches[0]
+        logged = re.sub(r"\$(\d)", lambda number: match.group(int(number.group(1))), value)  # noqa: B023
+        assert logged == rule.split("<token>")[0] + "…", rule
+
+
+def test_the_proxys_access_log_holds_no_token_query_string_or_referer(tmp_path):
+    """Through docs/deploy/nginx.conf: a mailed link's path is logged up to its token, never a query string (a
+    `next` can hold another link) nor the Referer (a reset page's assets send its address, token included)."""
+    if gateway_binary("nginx") is None:
+        pytest.skip(NGINX_MISSING)
+    requests = {
+        TOKEN_PATH: "/password/reset/…",
+        f"/verify-email/{TOKEN}": "/verify-email/…",
+        f"/account/email/confirm/{TOKEN}": "/account/email/confirm/…",
+        f"//invite/{TOKEN}/": "/invite/…",  # nginx has merged the slashes
+        f"/%69nvite/{TOKEN}": "/invite/…",  # and decoded the path
+        f"/Invite/{TOKEN}": "/Invite/…",
+        f"/login?next=/invite/{TOKEN}": "/login",
+        f"/static/app.css?v={TOKEN}": "/static/app.css",
+    }
+    with echo_upstream() as upstream, proxy(upstream, tmp_path / "proxy") as base:
+        host, port = base.removeprefix("http://").split(":")
+        for path in requests:
+            connection = http.client.HTTPConnection(host, int(port), timeout=CLIENT_TIMEOUT)
+            try:
+                connection.request(
+                    "GET",
+                    path,
+                    headers={"Referer": f"{base}/password/reset/{TOKEN}", "User-Agent": 'probe" 200 "forged'},
+                )
+                assert connection.getresponse().status == 200
+            finally:
+                connection.close()
+        log_path = tmp_path / "proxy" / "nginx.log"
+        deadline = time.monotonic() + 10
+        while log_path.read_text().count("GET ") < len(requests) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    log = log_path.read_text()
+    lines = [line for line in log.splitlines() if "GET " in line]
+    assert [re.search(r'"GET (\S+) HTTP/1\.1"', line).group(1) for line in lines] == list(requests.values())  # type: ignore[union-attr]
+    assert TOKEN not in log and "?" not in log and "next" not in log
+    assert all(' "probe\\" 200 \\"forged" ' in line and " 200 " in line for line in lines)
