@@ -47,6 +47,7 @@ def answers(client, api_key, org) -> list[tuple[int, object, dict[str, str | Non
 
 
 def test_fast_path_answers_like_the_flask_view(client, org, owner, api_key, app):
+    malformed = invalid_key_calls("malformed")  # counts other tests' real servers committed stay in the table
     fast = answers(client, api_key, org)
     rows_fast = usage_count()
     other = factories.org()
@@ -60,7 +61,7 @@ def test_fast_path_answers_like_the_flask_view(client, org, owner, api_key, app)
     assert fast[1:] == slow[1:]
     assert fast[0][0] == slow[0][0] and fast[0][2] == slow[0][2]
     assert usage_count() == 2 * rows_fast == 4
-    assert invalid_key_calls("malformed") == 2
+    assert invalid_key_calls("malformed") - malformed == 2
 
 
 def test_fast_path_sets_a_request_id(client):
