@@ -81,6 +81,24 @@ def test_invalid_key_rows_become_counts_and_back(database_server):
         drop_database(database_server, url)
 
 
+ONE_CALL = sa.text(  # one call of each key (the tests below make one), returning its id
+    "INSERT INTO api_key_usage (key_id, organization_id, status_code, outcome)"
+    " SELECT id, organization_id, 200, 'ok' FROM api_keys RETURNING id"
+)
+
+
+def _one_key(conn: sa.Connection) -> None:
+    """An organization with one key, as the usage tests below need (no portal code: the schema is not the head's)."""
+    org = conn.scalar(sa.text("INSERT INTO organizations (name, slug) VALUES ('A', 'a') RETURNING id"))
+    conn.execute(
+        sa.text(
+            "INSERT INTO api_keys (organization_id, name, environment, hint, key_hash)"
+            " VALUES (:o, 'k', 'live', 'pk_live_…abcd', '\\x01')"
+        ),
+        {"o": org},
+    )
+
+
 def test_usage_becomes_daily_partitions_and_back_keeping_every_row(database_server):
     """0022 copies a populated usage table into daily partitions (and its downgrade back into one table): the
     same rows and ids, the grants, rollup triggers that count each new call once, and the next id after the
@@ -108,26 +126,14 @@ def test_usage_becomes_daily_partitions_and_back_keeping_every_row(database_serv
 
     def insert_one() -> int:
         with engine.begin() as conn:
-            return conn.scalar(
-                sa.text(
-                    "INSERT INTO api_key_usage (key_id, organization_id, status_code, outcome)"
-                    " SELECT id, organization_id, 200, 'ok' FROM api_keys RETURNING id"
-                )
-            )
+            return conn.scalar(ONE_CALL)
 
     try:
         app = create_app({"SQLALCHEMY_DATABASE_URI": url}, env="testing")
         with app.app_context():
             upgrade(revision="0021")
             with engine.begin() as conn:
-                org = conn.scalar(sa.text("INSERT INTO organizations (name, slug) VALUES ('A', 'a') RETURNING id"))
-                conn.execute(
-                    sa.text(
-                        "INSERT INTO api_keys (organization_id, name, environment, hint, key_hash)"
-                        " VALUES (:o, 'k', 'live', 'pk_live_…abcd', '\\x01')"
-                    ),
-                    {"o": org},
-                )
+                _one_key(conn)
                 conn.execute(  # 1,200 calls over the last 3 days and 4 hours, through the rollup triggers
                     sa.text(
                         "INSERT INTO api_key_usage (key_id, organization_id, occurred_at, endpoint, status_code,"
@@ -190,27 +196,16 @@ def test_a_writer_still_open_when_the_copy_starts_loses_no_row(database_server):
     highest committed one. The copy waits for it, so its row is copied once it commits, not skipped."""
     url = make_database(database_server, "usage_open_writer")
     engine = sa.create_engine(url)
-    insert = sa.text(
-        "INSERT INTO api_key_usage (key_id, organization_id, status_code, outcome)"
-        " SELECT id, organization_id, 200, 'ok' FROM api_keys RETURNING id"
-    )
     try:
         app = create_app({"SQLALCHEMY_DATABASE_URI": url}, env="testing")
         with app.app_context():
             upgrade(revision="0021")
             with engine.begin() as conn:
-                org = conn.scalar(sa.text("INSERT INTO organizations (name, slug) VALUES ('A', 'a') RETURNING id"))
-                conn.execute(
-                    sa.text(
-                        "INSERT INTO api_keys (organization_id, name, environment, hint, key_hash)"
-                        " VALUES (:o, 'k', 'live', 'pk_live_…abcd', '\\x01')"
-                    ),
-                    {"o": org},
-                )
+                _one_key(conn)
             open_writer = engine.connect()
-            held = open_writer.scalar(insert)  # drawn, not committed
+            held = open_writer.scalar(ONE_CALL)  # drawn, not committed
             with engine.begin() as conn:
-                later = conn.scalar(insert)  # a higher id, committed first
+                later = conn.scalar(ONE_CALL)  # a higher id, committed first
             assert later > held
 
             errors: list[BaseException] = []
