@@ -5,6 +5,7 @@ import threading
 import time
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from flask_migrate import check, downgrade, upgrade
 
@@ -261,4 +262,69 @@ def test_the_partition_drop_function_brings_its_lock_timeout_and_the_downgrade_t
             db.engine.dispose()
         engine.dispose()
     finally:
+        drop_database(database_server, url)
+
+
+def test_the_usage_migration_finishes_under_a_steady_writer_and_keeps_every_row(database_server):
+    """A usage writer inserting all along, as the workers do: 0022's upgrade and its downgrade each finish (the
+    writer's inserts queue behind the swap's lock for a moment, and the copy never waits for a queued one), and
+    every row the writer committed is in the table after both."""
+    url = make_database(database_server, "usage_steady_writer")
+    engine = sa.create_engine(url)
+    written: list[int] = []
+    stop = threading.Event()
+
+    def writer() -> None:
+        with engine.connect() as conn:
+            while not stop.is_set():
+                written.append(conn.scalar(ONE_CALL))
+                conn.commit()
+                time.sleep(0.005)
+
+    try:
+        app = create_app({"SQLALCHEMY_DATABASE_URI": url}, env="testing")
+        with app.app_context():
+            upgrade(revision="0021")
+            with engine.begin() as conn:
+                _one_key(conn)
+        writing = threading.Thread(target=writer, name="usage-writer", daemon=True)
+        writing.start()
+        for step in (lambda: upgrade(revision="0022"), lambda: downgrade(revision="0021")):
+            errors: list[BaseException] = []
+
+            def migrate(step: Any = step, errors: list[BaseException] = errors) -> None:
+                try:
+                    with app.app_context():
+                        step()
+                except BaseException as exc:  # noqa: BLE001 -- reported by the test's thread
+                    errors.append(exc)
+
+            before = len(written)
+            migration = threading.Thread(target=migrate, name="migration", daemon=True)
+            migration.start()
+            migration.join(timeout=120)
+            if migration.is_alive():
+                with engine.connect() as conn:  # free the writer and the migration before failing
+                    conn.execute(
+                        sa.text(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                        )
+                    )
+                pytest.fail("the migration waited for a writer queued behind its own lock")
+            assert errors == [] and len(written) > before  # the writer went on during the migration
+        stop.set()
+        writing.join(timeout=30)
+        with engine.connect() as conn:
+            assert (
+                conn.scalar(sa.text("SELECT relkind::text FROM pg_class WHERE oid = 'api_key_usage'::regclass")) == "r"
+            )
+            assert conn.scalars(sa.text("SELECT id FROM api_key_usage ORDER BY id")).all() == sorted(written)
+        with app.app_context():
+            from portal.extensions import db
+
+            db.engine.dispose()
+    finally:
+        stop.set()
+        engine.dispose()
         drop_database(database_server, url)

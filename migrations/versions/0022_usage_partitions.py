@@ -157,18 +157,21 @@ def _wait_for_writers() -> None:
     """Wait until every transaction writing to the old table now has ended. Ids are drawn when a row is inserted,
     not when it commits: a writer still open may hold ids below the highest committed one, and copying up to that
     id before it commits would skip its rows for good. Writers take ROW EXCLUSIVE on the table before they draw an
-    id, so waiting for the holders of that lock at this moment is enough; new writers are not held up."""
+    id, so waiting for the transactions granted that lock at this moment is enough: writers still queued for it
+    (behind the swap's ACCESS EXCLUSIVE, say) hold no id yet, and new writers are not held up."""
     holders = set(
         op.get_bind()
         .execute(
             sa.text(
-                "SELECT virtualtransaction FROM pg_locks WHERE locktype = 'relation'"
-                " AND relation = CAST(:t AS regclass) AND mode = 'RowExclusiveLock' AND pid <> pg_backend_pid()"
+                "SELECT virtualtransaction FROM pg_locks WHERE locktype = 'relation' AND granted"
+                " AND relation = CAST(:t AS regclass) AND mode = 'RowExclusiveLock'"
+                " AND pid IS DISTINCT FROM pg_backend_pid()"  # prepared transactions have no pid
             ),
             {"t": TABLE},
         )
         .scalars()
     )
+    started = time.monotonic()
     while holders:
         time.sleep(0.01)
         holders &= set(
@@ -179,6 +182,9 @@ def _wait_for_writers() -> None:
             )
             .scalars()
         )
+        if holders and time.monotonic() - started > 10:
+            log.warning("0022: waiting for %d open transactions that write to %s to end", len(holders), TABLE)
+            started = time.monotonic()
 
 
 def _copy_batches(start: int) -> int:
