@@ -113,6 +113,19 @@ def _unnamed(req: Any, words: frozenset[str]) -> None:
         req.query = req.fragment = ""
 
 
+def untold(exc: BaseException) -> BaseException:
+    """The same gunicorn parse error, without what the client sent: gunicorn quotes it ("Invalid HTTP request
+    line: 'GET /password/reset/<token>…'", a header's value) in its warning line and in the 400 answer. Other
+    errors are returned as they are."""
+    kind = type(exc)
+    if not kind.__module__.startswith("gunicorn.http."):
+        return exc
+    quiet_kind = type(kind.__name__, (kind,), {"__str__": lambda self: f"{kind.__name__} (not quoted)"})
+    quiet: BaseException = BaseException.__new__(quiet_kind)
+    quiet.__dict__.update(exc.__dict__)
+    return quiet
+
+
 def late(seconds: float) -> Refused:
     return Refused(408, "request_timeout", f"The request did not arrive within {seconds:g} seconds.")
 
@@ -244,7 +257,7 @@ class GeventWorker(ggevent.GeventWorker):
 
     def handle_error(self, req: Any, client: Any, addr: Any, exc: Any) -> None:
         _unnamed(req, self.route_words)
-        super().handle_error(req, client, addr, exc)
+        super().handle_error(req, client, addr, untold(exc))
 
     def _refuse(self, refusal: Refused, req: Any, sock: Any, addr: Any, why: str = "") -> None:
         refusal.send(sock, req.path or "")  # the path only chooses the answer's shape (JSON under /v1)
@@ -283,7 +296,7 @@ class ThreadWorker(gthread.ThreadWorker):
 
     def handle_error(self, req: Any, client: Any, addr: Any, exc: Any) -> None:
         _unnamed(req, self.route_words)
-        super().handle_error(req, client, addr, exc)
+        super().handle_error(req, client, addr, untold(exc))
 
     def handle_request(self, req: Any, conn: Any) -> bool:
         try:

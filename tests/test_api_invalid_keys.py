@@ -205,13 +205,14 @@ def test_counts_are_pruned_with_the_raw_events(app):
     recorder.count_invalid(now - timedelta(days=100), "192.0.2.1", "malformed")
     recorder.count_invalid(now - timedelta(days=1), "192.0.2.1", "malformed")
     result = app.test_cli_runner().invoke(args=["usage", "prune", "--older-than", "90d"])
-    assert result.exit_code == 0 and "1 invalid-key counts" in result.output
+    assert result.exit_code == 0 and "1 invalid-key count older than 90 days" in result.output
     assert [minute.date() for minute, _, _ in invalid_key_counts()] == [(now - timedelta(days=1)).date()]
     assert maintenance.prune_invalid_key_counts(timedelta(days=90)) == 0
 
 
-def test_records_of_replayed_spill_files_are_pruned_with_the_raw_events(app):
-    """A record only guards a spill file still on disk; past retention its rows would land in dropped days."""
+def test_records_of_replayed_spill_files_are_pruned_with_the_rollups(app):
+    """A record keeps a spill file still on disk from counting twice in the rollups: it goes with them, not with
+    the raw events."""
     old, recent = uuid.uuid4(), uuid.uuid4()
     now = datetime.now(UTC)
     db.session.execute(
@@ -219,12 +220,12 @@ def test_records_of_replayed_spill_files_are_pruned_with_the_raw_events(app):
             "INSERT INTO usage_spill_replays (id, replayed_at, usage_rows, invalid_key_calls)"
             " VALUES (:old, :long_ago, 3, 0), (:recent, :lately, 2, 1)"
         ),
-        {"old": old, "recent": recent, "long_ago": now - timedelta(days=91), "lately": now - timedelta(days=89)},
+        {"old": old, "recent": recent, "long_ago": now - timedelta(days=401), "lately": now - timedelta(days=91)},
     )
     try:
         result = app.test_cli_runner().invoke(args=["usage", "prune", "--older-than", "90d"])
         assert result.exit_code == 0, result.output
-        assert "1 records of replayed spill files older than 90 days" in result.output
+        assert "and 1 record of replayed spill files older than 400 days" in result.output
         kept = db.session.scalars(
             sa.text("SELECT id FROM usage_spill_replays WHERE id IN (:old, :recent)"), {"old": old, "recent": recent}
         ).all()

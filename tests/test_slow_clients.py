@@ -341,6 +341,42 @@ def test_gunicorns_own_error_line_names_no_token_either(app, worker):
     assert lines == ["Error handling request GET /password/reset/…"]
 
 
+@pytest.mark.parametrize("worker", ["GeventWorker", "ThreadWorker"])
+def test_a_request_line_gunicorn_cannot_parse_is_not_quoted(worker):
+    """gunicorn's warning for a request it cannot parse quotes the request line, a token in its path included
+    (nginx passes such paths on): the workers log and answer the error without it."""
+    from gunicorn.config import Config
+    from gunicorn.http.errors import InvalidRequestLine
+    from gunicorn.http.parser import RequestParser
+
+    from portal import serving
+
+    worker_class = getattr(serving, worker)
+    config = Config()
+    source = iter([f"GET {TOKEN_PATH}\x7f HTTP/1.1\r\nHost: portal\r\n\r\n".encode()])  # DEL: not a URI
+    with pytest.raises(InvalidRequestLine) as raised:
+        next(RequestParser(config, source, ("127.0.0.1", 1)))
+    assert TOKEN in str(raised.value)  # what gunicorn would have logged
+    worker = worker_class.__new__(worker_class)
+    worker.cfg, worker.route_words = config, frozenset()
+    lines: list[str] = []
+
+    class Log:
+        def warning(self, message: str, *args: Any) -> None:
+            lines.append(message % args if args else message)
+
+        def access(self, *args: Any) -> None:
+            pass
+
+    worker.log = Log()
+    server, client = socket.socketpair()
+    with server, client:
+        worker.handle_error(None, server, ("127.0.0.1", 1), raised.value)
+        answer = client.recv(65536)
+    assert status_of(answer) == 400 and TOKEN.encode() not in answer
+    assert lines == ["Invalid request from ip=127.0.0.1: InvalidRequestLine (not quoted)"]
+
+
 def test_a_deadline_that_is_not_a_number_of_seconds_stops_the_server_in_one_line(database_url):
     settings = {**os.environ, **SECRETS, "DATABASE_URL": database_url, "GUNICORN_REQUEST_READ_TIMEOUT": "10s"}
     result = subprocess.run(  # noqa: S603 - our own server, run with this interpreter

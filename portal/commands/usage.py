@@ -99,8 +99,8 @@ def _age(age: timedelta) -> str:
     help="Also drop rollups older than this (default: USAGE_ROLLUP_RETENTION_DAYS).",
 )
 def prune(older_than: str | None, rollups_older_than: str | None) -> None:
-    """Drop raw events (whole days), invalid-key counts and spill-replay records past retention; rollups keep the
-    history far longer."""
+    """Drop raw events (whole days) and invalid-key counts past retention; rollups (and the records of replayed
+    spill files, which keep a replay from counting in them twice) keep the history far longer."""
     raw_age = _retention(older_than)
     try:
         rollup_age = maintenance.parse_age(
@@ -112,13 +112,17 @@ def prune(older_than: str | None, rollups_older_than: str | None) -> None:
         raise click.BadParameter("rollups must be kept at least as long as raw events")
     dropped = maintenance.prune_raw(raw_age)
     invalid = maintenance.prune_invalid_key_counts(raw_age)
-    replays = maintenance.prune_spill_replays(raw_age)
     rollups = maintenance.prune_rollups(rollup_age)
+    replays = maintenance.prune_spill_replays(rollup_age)
     click.echo(_dropped(dropped, raw_age))
     click.echo(
-        f"Deleted {invalid:,} invalid-key counts and {replays:,} records of replayed spill files older than"
-        f" {_age(raw_age)}, and {rollups:,} rollup rows older than {_age(rollup_age)}."
+        f"Deleted {_many(invalid, 'invalid-key count')} older than {_age(raw_age)}, and {_many(rollups, 'rollup row')}"
+        f" and {_many(replays, 'record')} of replayed spill files older than {_age(rollup_age)}."
     )
+
+
+def _many(count: int, noun: str) -> str:
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
 @usage.group("partitions")

@@ -126,8 +126,9 @@ def prune_invalid_key_counts(older_than: timedelta, now: datetime | None = None)
 
 
 def prune_spill_replays(older_than: timedelta, now: datetime | None = None) -> int:
-    """Delete the records of spill files replayed before the cutoff: a record only keeps a file that is still on
-    disk from being written twice, and rows that old would land in days retention has dropped anyway."""
+    """Delete the records of spill files replayed before the cutoff, which must be the rollups' retention: a record
+    keeps a file still on disk (its removal failed) from being written twice, and its rows would count again in
+    rollups that are still kept, however old the raw days they land in."""
     count = _rowcount(
         sa.text("DELETE FROM usage_spill_replays WHERE replayed_at < :cutoff"),
         {"cutoff": (now or utcnow()) - older_than},
