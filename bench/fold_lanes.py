@@ -98,6 +98,7 @@ def run_side(
 
 
 def main() -> None:
+    """Both sides' runs, interleaved, on a fresh database dropped afterwards; then the report."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=2_000_000)
     parser.add_argument("--orgs", type=int, default=1_000)
@@ -148,6 +149,7 @@ def main() -> None:
 
 
 def report(results: dict[str, list[dict[str, float]]]) -> None:
+    """Every run, the ratios of the means, a PASS/FAIL line per target; the exit status follows the targets."""
     base, lanes = results["one folder"], results["lanes"]
     rate = statistics.mean(r["rate"] for r in lanes) / statistics.mean(r["rate"] for r in base)
     cpu = statistics.mean(r["cpu_us"] for r in lanes) / statistics.mean(r["cpu_us"] for r in base)

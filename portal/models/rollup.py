@@ -2,9 +2,9 @@
 
 Every INSERT into ``api_key_usage`` appends its aggregated sums to ``usage_rollup_pending`` (statement-level
 trigger, migration 0003), so every write path feeds them; ``usage_rollup_fold()`` moves pending sums into the
-rollup tables, one lane of organizations per folder (migration 0023). Counts per outcome are columns rather than
-a dimension: a key-hour is one row however its calls ended, which keeps the tables small and the scans short.
-Hours are UTC hours; days are UTC days.
+rollup tables (every lane of organizations; each lane is folded by one folder at a time, migration 0023).
+Counts per outcome are columns rather than a dimension: a key-hour is one row however its calls ended, which
+keeps the tables small and the scans short. Hours are UTC hours; days are UTC days.
 """
 
 from __future__ import annotations

@@ -89,7 +89,7 @@ def fold() -> int:
 
 
 def fold_clients() -> int:
-    """Move pending client sums into ``usage_key_clients`` (its own folder lock), so a page reads them all."""
+    """Move pending client sums into ``usage_key_clients`` (its own lane locks), so a page reads them all."""
     moved = int(db.session.scalar(sa.text("SELECT usage_clients_fold()")) or 0)
     db.session.commit()
     return moved
