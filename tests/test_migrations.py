@@ -328,3 +328,35 @@ def test_the_usage_migration_finishes_under_a_steady_writer_and_keeps_every_row(
         stop.set()
         engine.dispose()
         drop_database(database_server, url)
+
+
+def test_the_fold_lanes_downgrade_restores_the_functions_it_replaced(database_server):
+    """0023 (and 0024 above it) down again: the rollup and client folds and triggers are 0022's, word for word,
+    and the lane functions are gone."""
+    url = make_database(database_server, "fold_lanes_down")
+    engine = sa.create_engine(url)
+    functions = ("usage_rollup_fold", "usage_rollup_ingest", "usage_clients_fold", "usage_clients_ingest")
+    bodies = sa.text("SELECT proname, prosrc FROM pg_proc WHERE proname = ANY(:names) ORDER BY proname")
+
+    def state() -> tuple[dict[str, str], list[str]]:
+        with engine.connect() as conn:
+            lanes = conn.scalars(sa.text("SELECT proname FROM pg_proc WHERE proname LIKE '%fold_lane%' ORDER BY 1"))
+            return {row[0]: row[1] for row in conn.execute(bodies, {"names": list(functions)})}, list(lanes)
+
+    try:
+        app = create_app({"SQLALCHEMY_DATABASE_URI": url}, env="testing")
+        with app.app_context():
+            upgrade(revision="0022")
+            before, no_lanes = state()
+            upgrade()
+            after, lanes = state()
+            assert sorted(after) == sorted(functions) and after != before
+            assert lanes == ["usage_clients_fold_lanes", "usage_fold_lane", "usage_rollup_fold_lanes"]
+            downgrade(revision="0022")
+            assert state() == (before, no_lanes) and no_lanes == []
+            from portal.extensions import db
+
+            db.engine.dispose()
+    finally:
+        engine.dispose()
+        drop_database(database_server, url)
