@@ -88,7 +88,8 @@ def configure_database(app: Flask) -> None:
     app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {"hide_parameters": True, **app.config["SQLALCHEMY_ENGINE_OPTIONS"]}
     app.config["SQLALCHEMY_BINDS"] = {**app.config.get("SQLALCHEMY_BINDS", {}), **replica_binds(app.config)}
     if not app.testing:
-        warning = schema_warning(check_connection(url), migrations_head(), migration_revisions())
+        revisions = migration_revisions()
+        warning = schema_warning(check_connection(url), migrations_head(revisions), revisions)
         app.config["SCHEMA_WARNING"] = warning
         if warning:
             log.warning(warning)

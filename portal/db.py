@@ -8,7 +8,7 @@ import re
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -182,9 +182,9 @@ def migration_revisions(directory: Path = MIGRATIONS_DIR) -> dict[str, str]:
     return revisions
 
 
-def migrations_head(directory: Path = MIGRATIONS_DIR) -> str | None:
-    """The newest migration's revision."""
-    revisions = migration_revisions(directory)
+def migrations_head(revisions: Mapping[str, str] | None = None) -> str | None:
+    """The newest migration's revision, among ``revisions`` (:func:`migration_revisions`, read if not given)."""
+    revisions = migration_revisions() if revisions is None else revisions
     heads = sorted(set(revisions) - set(revisions.values()))
     return heads[-1] if heads else None
 

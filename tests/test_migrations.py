@@ -3,13 +3,17 @@ from __future__ import annotations
 import secrets
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from flask import Flask
 from flask_migrate import check, downgrade, upgrade
 
 from portal import create_app
+from portal.extensions import db
 from tests.conftest import drop_database, make_database
 
 
@@ -100,6 +104,30 @@ def _one_key(conn: sa.Connection) -> None:
     )
 
 
+@contextmanager
+def scratch_database(database_server: str, label: str) -> Iterator[tuple[Flask, sa.Engine]]:
+    """A database of its own for one migration test, the app on it (nothing migrated yet) and an engine; all
+    disposed of, and the database dropped, afterwards."""
+    url = make_database(database_server, label)
+    engine = sa.create_engine(url)
+    app = create_app({"SQLALCHEMY_DATABASE_URI": url}, env="testing")
+    try:
+        yield app, engine
+    finally:
+        with app.app_context():
+            db.engine.dispose()
+        engine.dispose()
+        drop_database(database_server, url)
+
+
+def at_0021_with_a_key(app: Flask, engine: sa.Engine) -> None:
+    """The schema before usage partitions, with one organization and key (:func:`_one_key`)."""
+    with app.app_context():
+        upgrade(revision="0021")
+    with engine.begin() as conn:
+        _one_key(conn)
+
+
 def test_usage_becomes_daily_partitions_and_back_keeping_every_row(database_server):
     """0022 copies a populated usage table into daily partitions (and its downgrade back into one table): the
     same rows and ids, the grants, rollup triggers that count each new call once, and the next id after the
@@ -132,9 +160,8 @@ def test_usage_becomes_daily_partitions_and_back_keeping_every_row(database_serv
     try:
         app = create_app({"SQLALCHEMY_DATABASE_URI": url}, env="testing")
         with app.app_context():
-            upgrade(revision="0021")
+            at_0021_with_a_key(app, engine)
             with engine.begin() as conn:
-                _one_key(conn)
                 conn.execute(  # 1,200 calls over the last 3 days and 4 hours, through the rollup triggers
                     sa.text(
                         "INSERT INTO api_key_usage (key_id, organization_id, occurred_at, endpoint, status_code,"
@@ -195,168 +222,127 @@ def test_usage_becomes_daily_partitions_and_back_keeping_every_row(database_serv
 def test_a_writer_still_open_when_the_copy_starts_loses_no_row(database_server):
     """0022 copies by id, and ids are drawn at insert, not at commit: a writer still open holds an id below the
     highest committed one. The copy waits for it, so its row is copied once it commits, not skipped."""
-    url = make_database(database_server, "usage_open_writer")
-    engine = sa.create_engine(url)
-    try:
-        app = create_app({"SQLALCHEMY_DATABASE_URI": url}, env="testing")
-        with app.app_context():
-            upgrade(revision="0021")
-            with engine.begin() as conn:
-                _one_key(conn)
-            open_writer = engine.connect()
-            held = open_writer.scalar(ONE_CALL)  # drawn, not committed
-            with engine.begin() as conn:
-                later = conn.scalar(ONE_CALL)  # a higher id, committed first
-            assert later > held
+    with scratch_database(database_server, "usage_open_writer") as (app, engine):
+        at_0021_with_a_key(app, engine)
+        open_writer = engine.connect()
+        held = open_writer.scalar(ONE_CALL)  # drawn, not committed
+        with engine.begin() as conn:
+            later = conn.scalar(ONE_CALL)  # a higher id, committed first
+        assert later > held
 
-            errors: list[BaseException] = []
+        errors: list[BaseException] = []
 
-            def migrate() -> None:
-                try:
-                    with app.app_context():
-                        upgrade()
-                except BaseException as exc:  # noqa: BLE001 -- reported by the test's thread
-                    errors.append(exc)
+        def migrate() -> None:
+            try:
+                with app.app_context():
+                    upgrade()
+            except BaseException as exc:  # noqa: BLE001 -- reported by the test's thread
+                errors.append(exc)
 
-            migration = threading.Thread(target=migrate, name="upgrade")
-            migration.start()
-            time.sleep(1.0)  # the migration reads the highest id while the writer is still open
-            open_writer.commit()
-            open_writer.close()
-            migration.join(timeout=120)
-            assert not migration.is_alive() and errors == []
-            with engine.connect() as conn:
-                assert (
-                    conn.scalar(sa.text("SELECT relkind::text FROM pg_class WHERE oid = 'api_key_usage'::regclass"))
-                    == "p"
-                )
-                assert conn.scalars(sa.text("SELECT id FROM api_key_usage ORDER BY id")).all() == [held, later]
-            from portal.extensions import db
-
-            db.engine.dispose()
-    finally:
-        engine.dispose()
-        drop_database(database_server, url)
+        migration = threading.Thread(target=migrate, name="upgrade")
+        migration.start()
+        time.sleep(1.0)  # the migration reads the highest id while the writer is still open
+        open_writer.commit()
+        open_writer.close()
+        migration.join(timeout=120)
+        assert not migration.is_alive() and errors == []
+        with engine.connect() as conn:
+            assert (
+                conn.scalar(sa.text("SELECT relkind::text FROM pg_class WHERE oid = 'api_key_usage'::regclass")) == "p"
+            )
+            assert conn.scalars(sa.text("SELECT id FROM api_key_usage ORDER BY id")).all() == [held, later]
 
 
 def test_the_partition_drop_function_brings_its_lock_timeout_and_the_downgrade_takes_it_back(database_server):
     """0024 replaces 0022's usage_partitions_drop with one that sets its own lock_timeout; the downgrade restores
     0022's text, without it."""
-    url = make_database(database_server, "drop_function")
-    try:
-        app = create_app({"SQLALCHEMY_DATABASE_URI": url}, env="testing")
-        engine = sa.create_engine(url)
-        config = sa.text("SELECT proconfig, prosrc FROM pg_proc WHERE proname = 'usage_partitions_drop'")
-        with app.app_context():
-            upgrade()
-            with engine.connect() as conn:
-                settings, source = conn.execute(config).one()
-            assert "lock_timeout=10s" in settings and "FINALIZE" in source
-            downgrade(revision="0023")
-            with engine.connect() as conn:
-                settings, source = conn.execute(config).one()
-            assert [s for s in settings if s.startswith("lock_timeout")] == [] and "FINALIZE" not in source
-            upgrade()
-            from portal.extensions import db
-
-            db.engine.dispose()
-        engine.dispose()
-    finally:
-        drop_database(database_server, url)
+    config = sa.text("SELECT proconfig, prosrc FROM pg_proc WHERE proname = 'usage_partitions_drop'")
+    with scratch_database(database_server, "drop_function") as (app, engine), app.app_context():
+        upgrade()
+        with engine.connect() as conn:
+            settings, source = conn.execute(config).one()
+        assert "lock_timeout=10s" in settings and "FINALIZE" in source
+        downgrade(revision="0023")
+        with engine.connect() as conn:
+            settings, source = conn.execute(config).one()
+        assert [s for s in settings if s.startswith("lock_timeout")] == [] and "FINALIZE" not in source
+        upgrade()
 
 
 def test_the_usage_migration_finishes_under_a_steady_writer_and_keeps_every_row(database_server):
     """A usage writer inserting all along, as the workers do: 0022's upgrade and its downgrade each finish (the
     writer's inserts queue behind the swap's lock for a moment, and the copy never waits for a queued one), and
     every row the writer committed is in the table after both."""
-    url = make_database(database_server, "usage_steady_writer")
-    engine = sa.create_engine(url)
     written: list[int] = []
     stop = threading.Event()
 
-    def writer() -> None:
-        with engine.connect() as conn:
-            while not stop.is_set():
-                written.append(conn.scalar(ONE_CALL))
-                conn.commit()
-                time.sleep(0.005)
+    with scratch_database(database_server, "usage_steady_writer") as (app, engine):
 
-    try:
-        app = create_app({"SQLALCHEMY_DATABASE_URI": url}, env="testing")
-        with app.app_context():
-            upgrade(revision="0021")
-            with engine.begin() as conn:
-                _one_key(conn)
-        writing = threading.Thread(target=writer, name="usage-writer", daemon=True)
-        writing.start()
-        for step in (lambda: upgrade(revision="0022"), lambda: downgrade(revision="0021")):
-            errors: list[BaseException] = []
+        def writer() -> None:
+            with engine.connect() as conn:
+                while not stop.is_set():
+                    written.append(conn.scalar(ONE_CALL))
+                    conn.commit()
+                    time.sleep(0.005)
 
-            def migrate(step: Any = step, errors: list[BaseException] = errors) -> None:
-                try:
-                    with app.app_context():
-                        step()
-                except BaseException as exc:  # noqa: BLE001 -- reported by the test's thread
-                    errors.append(exc)
+        try:
+            at_0021_with_a_key(app, engine)
+            writing = threading.Thread(target=writer, name="usage-writer", daemon=True)
+            writing.start()
+            for step in (lambda: upgrade(revision="0022"), lambda: downgrade(revision="0021")):
+                errors: list[BaseException] = []
 
-            before = len(written)
-            migration = threading.Thread(target=migrate, name="migration", daemon=True)
-            migration.start()
-            migration.join(timeout=120)
-            if migration.is_alive():
-                with engine.connect() as conn:  # free the writer and the migration before failing
-                    conn.execute(
-                        sa.text(
-                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                def migrate(step: Any = step, errors: list[BaseException] = errors) -> None:
+                    try:
+                        with app.app_context():
+                            step()
+                    except BaseException as exc:  # noqa: BLE001 -- reported by the test's thread
+                        errors.append(exc)
+
+                before = len(written)
+                migration = threading.Thread(target=migrate, name="migration", daemon=True)
+                migration.start()
+                migration.join(timeout=120)
+                if migration.is_alive():
+                    with engine.connect() as conn:  # free the writer and the migration before failing
+                        conn.execute(
+                            sa.text(
+                                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                            )
                         )
-                    )
-                pytest.fail("the migration waited for a writer queued behind its own lock")
-            assert errors == [] and len(written) > before  # the writer went on during the migration
-        stop.set()
-        writing.join(timeout=30)
-        with engine.connect() as conn:
-            assert (
-                conn.scalar(sa.text("SELECT relkind::text FROM pg_class WHERE oid = 'api_key_usage'::regclass")) == "r"
-            )
-            assert conn.scalars(sa.text("SELECT id FROM api_key_usage ORDER BY id")).all() == sorted(written)
-        with app.app_context():
-            from portal.extensions import db
-
-            db.engine.dispose()
-    finally:
-        stop.set()
-        engine.dispose()
-        drop_database(database_server, url)
+                    pytest.fail("the migration waited for a writer queued behind its own lock")
+                assert errors == [] and len(written) > before  # the writer went on during the migration
+            stop.set()
+            writing.join(timeout=30)
+            with engine.connect() as conn:
+                assert (
+                    conn.scalar(sa.text("SELECT relkind::text FROM pg_class WHERE oid = 'api_key_usage'::regclass"))
+                    == "r"
+                )
+                assert conn.scalars(sa.text("SELECT id FROM api_key_usage ORDER BY id")).all() == sorted(written)
+        finally:
+            stop.set()
 
 
 def test_the_fold_lanes_downgrade_restores_the_functions_it_replaced(database_server):
     """0023 (and 0024 above it) down again: the rollup and client folds and triggers are 0022's, word for word,
     and the lane functions are gone."""
-    url = make_database(database_server, "fold_lanes_down")
-    engine = sa.create_engine(url)
     functions = ("usage_rollup_fold", "usage_rollup_ingest", "usage_clients_fold", "usage_clients_ingest")
     bodies = sa.text("SELECT proname, prosrc FROM pg_proc WHERE proname = ANY(:names) ORDER BY proname")
 
-    def state() -> tuple[dict[str, str], list[str]]:
-        with engine.connect() as conn:
-            lanes = conn.scalars(sa.text("SELECT proname FROM pg_proc WHERE proname LIKE '%fold_lane%' ORDER BY 1"))
-            return {row[0]: row[1] for row in conn.execute(bodies, {"names": list(functions)})}, list(lanes)
+    with scratch_database(database_server, "fold_lanes_down") as (app, engine), app.app_context():
 
-    try:
-        app = create_app({"SQLALCHEMY_DATABASE_URI": url}, env="testing")
-        with app.app_context():
-            upgrade(revision="0022")
-            before, no_lanes = state()
-            upgrade()
-            after, lanes = state()
-            assert sorted(after) == sorted(functions) and after != before
-            assert lanes == ["usage_clients_fold_lanes", "usage_fold_lane", "usage_rollup_fold_lanes"]
-            downgrade(revision="0022")
-            assert state() == (before, no_lanes) and no_lanes == []
-            from portal.extensions import db
+        def state() -> tuple[dict[str, str], list[str]]:
+            with engine.connect() as conn:
+                lanes = conn.scalars(sa.text("SELECT proname FROM pg_proc WHERE proname LIKE '%fold_lane%' ORDER BY 1"))
+                return {row[0]: row[1] for row in conn.execute(bodies, {"names": list(functions)})}, list(lanes)
 
-            db.engine.dispose()
-    finally:
-        engine.dispose()
-        drop_database(database_server, url)
+        upgrade(revision="0022")
+        before, no_lanes = state()
+        upgrade()
+        after, lanes = state()
+        assert sorted(after) == sorted(functions) and after != before
+        assert lanes == ["usage_clients_fold_lanes", "usage_fold_lane", "usage_rollup_fold_lanes"]
+        downgrade(revision="0022")
+        assert state() == (before, no_lanes) and no_lanes == []

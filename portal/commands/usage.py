@@ -140,7 +140,7 @@ def partitions_list() -> None:
         click.echo("api_key_usage has no partitions: every write fails until `flask usage partitions create`.")
         if not detached:
             return
-    cutoff = utcnow() - timedelta(days=current_app.config["USAGE_RAW_RETENTION_DAYS"])  # as `flask usage prune`
+    cutoff = partitions.cutoff_for(_retention(None))  # as `flask usage prune` without options
     click.echo(f"{'partition':<26}{'UTC day':<12}{'rows (est.)':>14}{'size':>12}")
     for p in sorted([*found, *detached], key=lambda p: p.start):
         rows = f"{p.rows:,}" if p.rows >= 0 else "?"

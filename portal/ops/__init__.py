@@ -16,9 +16,10 @@ def init_app(app: Flask) -> None:
     from portal.db import migration_revisions, migrations_head
     from portal.ops import requests
 
-    app.config.setdefault("MIGRATIONS_HEAD", migrations_head())  # what /readyz expects the database to be at
+    revisions = migration_revisions()
+    app.config.setdefault("MIGRATIONS_HEAD", migrations_head(revisions))  # what /readyz expects the database at
     # every revision this code knows: a database at any other one was migrated by a newer release
-    app.config.setdefault("MIGRATIONS_KNOWN", frozenset(migration_revisions()))
+    app.config.setdefault("MIGRATIONS_KNOWN", frozenset(revisions))
     app.register_blueprint(bp)
     requests.init_app(app)
 

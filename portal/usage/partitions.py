@@ -117,7 +117,11 @@ def ensure_ahead(days: int = AHEAD_DAYS, now: datetime | None = None) -> int:
 
 def listing() -> list[Partition]:
     """Every partition of ``api_key_usage``, oldest first."""
-    return [Partition(*row) for row in db.session.execute(LIST_SQL)]
+    return _listing(db.session)
+
+
+def _listing(conn: Any) -> list[Partition]:
+    return [Partition(*row) for row in conn.execute(LIST_SQL)]
 
 
 def leftovers() -> list[Partition]:
@@ -194,7 +198,7 @@ def drop_expired(older_than: timedelta, now: datetime | None = None) -> list[Par
             if concurrent:
                 conn.execute(sa.text("SELECT pg_advisory_lock(:id)"), {"id": PRUNE_LOCK})
                 conn.execute(sa.text(f"SET lock_timeout = {LOCK_TIMEOUT_MS}"))
-            for partition in [Partition(*row) for row in conn.execute(LIST_SQL)]:
+            for partition in _listing(conn):
                 if partition.end <= cutoff and _drop(conn, partition, cutoff, concurrent):
                     dropped.append(partition)
             # Read after the partitions' turn: what this prune or an earlier one detached and did not drop.
